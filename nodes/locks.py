@@ -1,0 +1,152 @@
+"""Sleeping locks of the simulated kernel: the rw-semaphore (mmap_sem) and the mutex.
+
+Both are FIFO and fair in the way Linux's are: once a writer waits on an rw-semaphore, readers
+that arrive after it queue behind it (no writer starvation); when the lock is released the
+front of the queue is granted, all consecutive readers at once. Taking either in atomic context
+raises ``SleepingInAtomicContext`` (might_sleep()). Spinlocks live in ``nodes.runtime``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from nodes.errors import InternalError
+from nodes.runtime import might_sleep
+
+
+class RwSemaphore:
+    """Linux's rw_semaphore: many readers or one writer."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.readers = 0  # invariant: readers == 0 or not writer
+        self.writer = False
+        self._waiters: deque[tuple[bool, asyncio.Future[None]]] = deque()  # (is_write, fut)
+
+    def __repr__(self) -> str:
+        return f"RwSemaphore({self.name}, readers={self.readers}, writer={self.writer})"
+
+    @property
+    def contended(self) -> bool:
+        return bool(self._waiters)
+
+    async def down_read(self) -> None:
+        might_sleep(f"down_read({self.name})")
+        if not self.writer and not self._waiters:
+            self.readers += 1
+            return
+        await self._wait(False)
+
+    async def down_write(self) -> None:
+        might_sleep(f"down_write({self.name})")
+        if not self.writer and self.readers == 0 and not self._waiters:
+            self.writer = True
+            return
+        await self._wait(True)
+
+    def up_read(self) -> None:
+        if self.readers <= 0:
+            raise InternalError(f"up_read({self.name}) without a reader")
+        self.readers -= 1
+        self._grant()
+
+    def up_write(self) -> None:
+        if not self.writer:
+            raise InternalError(f"up_write({self.name}) without the writer")
+        self.writer = False
+        self._grant()
+
+    async def _wait(self, is_write: bool) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (is_write, fut)
+        self._waiters.append(entry)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                # granted but we are leaving: give it back
+                if is_write:
+                    self.up_write()
+                else:
+                    self.up_read()
+            else:
+                self._waiters.remove(entry)
+                self._grant()
+            raise
+
+    def _grant(self) -> None:
+        if self.writer:
+            return
+        while self._waiters:
+            is_write, fut = self._waiters[0]
+            if is_write:
+                if self.readers == 0:
+                    self._waiters.popleft()
+                    self.writer = True
+                    fut.set_result(None)
+                return
+            self._waiters.popleft()
+            self.readers += 1
+            fut.set_result(None)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[None]:
+        await self.down_read()
+        try:
+            yield
+        finally:
+            self.up_read()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[None]:
+        await self.down_write()
+        try:
+            yield
+        finally:
+            self.up_write()
+
+
+class Mutex:
+    """A sleeping mutex (FIFO), with might_sleep() on lock."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._lock = asyncio.Lock()
+
+    @property
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    async def lock(self) -> None:
+        might_sleep(f"mutex_lock({self.name})")
+        await self._lock.acquire()
+
+    def unlock(self) -> None:
+        self._lock.release()
+
+    async def __aenter__(self) -> "Mutex":
+        await self.lock()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.unlock()
+
+
+class WaitQueue:
+    """A wait queue (wait_queue_head_t): sleepers wait for the next ``wake_all``. Callers loop
+    on their condition, as kernel code does around wait_event()."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._event = asyncio.Event()
+
+    async def wait(self) -> None:
+        might_sleep(f"wait_event({self.name})")
+        await self._event.wait()
+
+    def wake_all(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()

@@ -1,0 +1,420 @@
+"""The MMU-notifier core of one partition, with the semantics of Linux v3.10
+(``mm/mmu_notifier.c`` after d34883d4e3, ``include/linux/mmu_notifier.h``).
+
+A secondary MMU subclasses ``MmuNotifier`` and overrides the ops it implements; the core calls
+an op only if it is overridden, exactly as the kernel calls ``mn->ops->op`` only if non-NULL.
+Every callout wrapper has the same shape: take the SRCU read lock, walk the mm's notifier list
+(an RCU hlist) **sequentially**, call each present op, drop the read lock. Because the SRCU
+domain is global to the partition (``srcu.scope: global``), ``synchronize()`` in unregister and
+in release at exit waits for every callout in flight on the partition, for any mm
+(21a92735f6). The ``parallel`` fan-out (all notifiers called at once) is an mmusim option, off
+by default; the kernel only walks sequentially.
+
+Unregister racing exit (the reason ->release may run twice, and why unregister must
+synchronize even when it did not call ->release itself):
+
+    exit_mmap (task B)                      mmu_notifier_unregister (task A)
+    ------------------                      ---------------------------------
+    srcu_read_lock
+    ->release(mn)   [sleeps: remote]        hashed? yes
+                                            srcu_read_lock; ->release(mn); unlock
+    srcu_read_unlock
+    lock; hlist_del_init_rcu(mn); unlock    lock; hlist_del_init_rcu(mn) [no-op]; unlock
+    synchronize_srcu                        synchronize_srcu
+    [Required: no method of mn runs after either synchronize returns; ->release at most twice]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from nodes.errors import InvalidArgument, NullPointerDereference
+from nodes.mm import Mm, mm_drop_all_locks, mm_take_all_locks
+from nodes.runtime import Runtime, SpinLock, TaskSignals, call_maybe_async, current_cpu, run_atomic, wait_all
+from nodes.srcu import Srcu
+
+if TYPE_CHECKING:
+    from nodes.oracle import Oracle
+
+FANOUTS = ("sequential", "parallel")
+
+
+class MmuNotifier:
+    """One secondary MMU's notifier (struct mmu_notifier + its mmu_notifier_ops).
+
+    Override the ops the secondary implements; leave the others alone (absent). Sleepable ops
+    may be ``async def``; the three atomic ops may be ``async def`` too (a remote secondary's
+    are), but they are driven in atomic context and any suspension raises
+    ``SleepingInAtomicContext`` naming the op and this notifier.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self.hlist = HlistNode(self)
+        self.mm: Mm | None = None  # the mm it was registered on
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name})"
+
+    def release(self, mm: Mm) -> Any:
+        """Called either by unregister or when the mm is being destroyed by exit_mmap, always
+        before all pages are freed, under the SRCU read lock. May sleep. The secondary must
+        drop every mapping of ``mm`` and stop establishing new ones: after it returns no
+        secondary access to ``mm``'s pages may happen. It can run twice for one notifier if
+        unregister races exit (see the module docstring)."""
+        raise NotImplementedError
+
+    def clear_flush_young(self, mm: Mm, address: int) -> Any:
+        """Called by page_referenced()/try_to_unmap() under the page-table lock (atomic: must
+        not sleep). Clear the secondary's accessed bit for ``address`` and return non-zero if
+        it was set. The core ORs the results of all notifiers."""
+        raise NotImplementedError
+
+    def test_young(self, mm: Mm, address: int) -> Any:
+        """Like clear_flush_young but only tests, without clearing (khugepaged). Under the
+        page-table lock: must not sleep. The core stops at the first non-zero answer."""
+        raise NotImplementedError
+
+    def change_pte(self, mm: Mm, address: int, pte: tuple[int, int]) -> Any:
+        """Called by set_pte_at_notify() *before* the primary pte at ``address`` is set to
+        ``pte`` = (pfn, flags) (KSM, COW). Under the page-table lock: must not sleep. Since
+        6bdb913f0a every caller brackets it with invalidate_range_start/end, so a secondary
+        that does nothing here is still correct."""
+        raise NotImplementedError
+
+    def invalidate_page(self, mm: Mm, address: int) -> Any:
+        """Called after the primary pte for ``address`` was cleared and before the page can be
+        freed (the caller still holds a reference). May sleep. The secondary must drop its
+        translation of ``address`` before returning."""
+        raise NotImplementedError
+
+    def invalidate_range_start(self, mm: Mm, start: int, end: int) -> Any:
+        """Called before the primary ptes in [start, end) are torn down, with no spinlock
+        held. May sleep. After it returns and until the paired invalidate_range_end the
+        secondary must not establish any translation in the range (e.g. refuse faults), and
+        must have dropped the ones it had."""
+        raise NotImplementedError
+
+    def invalidate_range_end(self, mm: Mm, start: int, end: int) -> Any:
+        """Called after the primary ptes in [start, end) were torn down. May sleep. Pairs with
+        one invalidate_range_start of the same range (unless the notifier was unregistered in
+        between). Pages of the range may be freed right after it returns."""
+        raise NotImplementedError
+
+
+OPS = (
+    "release",
+    "clear_flush_young",
+    "test_young",
+    "change_pte",
+    "invalidate_page",
+    "invalidate_range_start",
+    "invalidate_range_end",
+)
+ATOMIC_OPS = ("clear_flush_young", "test_young", "change_pte")
+
+
+def has_op(mn: MmuNotifier, op: str) -> bool:
+    """True if ``mn`` implements ``op`` (the kernel's ``if (mn->ops->op)``)."""
+    return getattr(type(mn), op) is not getattr(MmuNotifier, op)
+
+
+# -- the RCU hlist ----------------------------------------------------------------------------
+
+_POISON = object()  # LIST_POISON2: what hlist_del_rcu leaves in pprev
+
+
+class HlistNode:
+    """struct hlist_node: ``next`` and ``pprev`` (here the predecessor object, head or node)."""
+
+    __slots__ = ("owner", "next", "pprev")
+
+    def __init__(self, owner: Any):
+        self.owner = owner
+        self.next: HlistNode | None = None
+        self.pprev: Any = None  # None: unhashed; _POISON: deleted by hlist_del_rcu
+
+    def unhashed(self) -> bool:
+        return self.pprev is None
+
+
+class Hlist:
+    """An RCU-protected hlist_head. Writers hold the list spinlock; readers walk under SRCU
+    and see a deleted node's ``next`` still intact, as RCU readers do."""
+
+    def __init__(self) -> None:
+        self.next: HlistNode | None = None  # hlist_head.first
+
+    def empty(self) -> bool:
+        return self.next is None
+
+    def add_head_rcu(self, node: HlistNode) -> None:
+        node.next = self.next
+        if node.next is not None:
+            node.next.pprev = node
+        self.next = node
+        node.pprev = self
+
+    @staticmethod
+    def _unlink(node: HlistNode, op: str) -> None:
+        if node.pprev is None or node.pprev is _POISON:
+            state = "unhashed" if node.pprev is None else "already deleted (LIST_POISON2)"
+            raise NullPointerDereference(
+                f"BUG: {op} of {node.owner!r}, whose hlist entry is {state}: *pprev = next "
+                f"dereferences a bad pointer"
+            )
+        node.pprev.next = node.next
+        if node.next is not None:
+            node.next.pprev = node.pprev
+
+    def del_rcu(self, node: HlistNode) -> None:
+        """hlist_del_rcu(): unlink, poison pprev, keep next for concurrent readers."""
+        self._unlink(node, "hlist_del_rcu")
+        node.pprev = _POISON
+
+    def del_init_rcu(self, node: HlistNode) -> None:
+        """hlist_del_init_rcu(): unlink if hashed and mark unhashed; a no-op if unhashed."""
+        if node.unhashed():
+            return
+        self._unlink(node, "hlist_del_init_rcu")
+        node.pprev = None
+
+    def walk(self) -> Iterator[Any]:
+        """hlist_for_each_entry_rcu(): yields owners; a node deleted behind the walker's back
+        still leads on to its successors."""
+        node = self.next
+        while node is not None:
+            yield node.owner
+            node = node.next
+
+
+class MmuNotifierMm:
+    """struct mmu_notifier_mm: an mm's notifier list and the spinlock its writers take."""
+
+    def __init__(self, mm: Mm):
+        self.list = Hlist()
+        self.lock = SpinLock(f"{mm.name}.mmu_notifier_mm.lock")
+
+
+@dataclass
+class TeardownTiming:
+    """How long one unregister or exit took, in microseconds."""
+
+    total_us: float
+    release_us: float  # the ->release callout(s)
+    srcu_wait_us: float  # the synchronize_srcu() at the end
+
+
+class NotifierCore:
+    """The mmu_notifier core of one partition (mm/mmu_notifier.c)."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        srcu_for: Callable[[Mm], Srcu],
+        oracle: "Oracle",
+        *,
+        fanout: str = "sequential",
+    ):
+        if fanout not in FANOUTS:
+            raise ValueError(f"fanout must be one of {FANOUTS}, got {fanout!r}")
+        self.runtime = runtime
+        self.srcu_for = srcu_for
+        self.oracle = oracle
+        self.fanout = fanout
+
+    # -- the walk ---------------------------------------------------------------------------
+
+    @staticmethod
+    def has_notifiers(mm: Mm) -> bool:
+        """mm_has_notifiers(): the inline wrappers return at once when this is False."""
+        return mm.notifier_mm is not None and not mm.notifier_mm.list.empty()
+
+    async def _call(self, mn: MmuNotifier, mm: Mm, op: str, *args: Any) -> Any:
+        self.oracle.callout(mn, mm, op, args)
+        return await call_maybe_async(getattr(mn, op), mm, *args)
+
+    async def _walk(self, mm: Mm, op: str, *args: Any, after: Callable[[MmuNotifier], None] | None = None) -> None:
+        """Call ``op`` on every notifier of ``mm`` that has it, under the SRCU read lock."""
+        if not self.has_notifiers(mm):
+            return
+        assert mm.notifier_mm is not None
+        srcu = self.srcu_for(mm)
+        cpu = current_cpu.get()
+        idx = srcu.read_lock(cpu)
+        try:
+            if self.fanout == "parallel":
+                # mmusim option, not kernel behaviour: every notifier at once, wait for all.
+                async def one(mn: MmuNotifier) -> None:
+                    await self._call(mn, mm, op, *args)
+                    if after is not None:
+                        after(mn)
+
+                await wait_all([one(mn) for mn in mm.notifier_mm.list.walk() if has_op(mn, op)])
+            else:
+                for mn in mm.notifier_mm.list.walk():  # lazily: the list may change as we sleep
+                    if has_op(mn, op):
+                        await self._call(mn, mm, op, *args)
+                        if after is not None:
+                            after(mn)
+        finally:
+            srcu.read_unlock(idx, cpu)
+
+    def _walk_atomic(self, mm: Mm, op: str, *args: Any, stop_at_first: bool = False) -> int:
+        """The walk for ops called under the page-table lock: synchronous, no sleeping."""
+        if not self.has_notifiers(mm):
+            return 0
+        assert mm.notifier_mm is not None
+        srcu = self.srcu_for(mm)
+        cpu = current_cpu.get()
+        idx = srcu.read_lock(cpu)
+        result = 0
+        try:
+            for mn in mm.notifier_mm.list.walk():
+                if not has_op(mn, op):
+                    continue
+                self.oracle.callout(mn, mm, op, args)
+                r = run_atomic(f"{op} of notifier {mn.name}", getattr(mn, op), mm, *args)
+                result |= int(bool(r)) if op != "change_pte" else 0
+                if stop_at_first and r:
+                    break
+        finally:
+            srcu.read_unlock(idx, cpu)
+        return result
+
+    # -- callouts ---------------------------------------------------------------------------
+
+    async def invalidate_page(self, mm: Mm, address: int) -> None:
+        """mmu_notifier_invalidate_page()."""
+        await self._walk(mm, "invalidate_page", address)
+
+    async def invalidate_range_start(self, mm: Mm, start: int, end: int) -> None:
+        """mmu_notifier_invalidate_range_start(). Exported (fa794199e3): a driver may call it
+        for a range no VMA describes (SGI's extended vma), so the range is not checked against
+        the VMAs, only for sanity."""
+        if start >= end:
+            raise InvalidArgument(f"invalidate_range_start: empty range [{start:#x}, {end:#x})")
+        self.oracle.mm_range_start(mm, start, end)
+        await self._walk(
+            mm, "invalidate_range_start", start, end,
+            after=lambda mn: self.oracle.range_started(mn, mm, start, end),
+        )
+
+    async def invalidate_range_end(self, mm: Mm, start: int, end: int) -> None:
+        """mmu_notifier_invalidate_range_end(). Exported, like the start."""
+        if start >= end:
+            raise InvalidArgument(f"invalidate_range_end: empty range [{start:#x}, {end:#x})")
+        self.oracle.mm_range_end(mm, start, end)
+        await self._walk(mm, "invalidate_range_end", start, end)
+
+    def clear_flush_young(self, mm: Mm, address: int) -> int:
+        """mmu_notifier_clear_flush_young(): OR of every notifier's answer. Caller holds the
+        page-table lock."""
+        return self._walk_atomic(mm, "clear_flush_young", address)
+
+    def test_young(self, mm: Mm, address: int) -> int:
+        """mmu_notifier_test_young(): stops at the first non-zero answer. Caller holds the
+        page-table lock."""
+        return self._walk_atomic(mm, "test_young", address, stop_at_first=True)
+
+    def change_pte(self, mm: Mm, address: int, pte: tuple[int, int]) -> None:
+        """mmu_notifier_change_pte(). Caller holds the page-table lock."""
+        self._walk_atomic(mm, "change_pte", address, pte)
+
+    # -- registration -----------------------------------------------------------------------
+
+    async def register(self, mn: MmuNotifier, mm: Mm, *, current: TaskSignals | None = None) -> None:
+        """mmu_notifier_register(): takes mmap_sem for write itself."""
+        await self._do_register(mn, mm, take_mmap_sem=True, current=current)
+
+    async def register_locked(self, mn: MmuNotifier, mm: Mm, *, current: TaskSignals | None = None) -> None:
+        """__mmu_notifier_register(): the caller already holds mmap_sem for write."""
+        if not mm.mmap_sem.writer:
+            raise InvalidArgument(f"__mmu_notifier_register on {mm.name} without mmap_sem held for write")
+        await self._do_register(mn, mm, take_mmap_sem=False, current=current)
+
+    async def _do_register(self, mn: MmuNotifier, mm: Mm, *, take_mmap_sem: bool, current: TaskSignals | None) -> None:
+        """do_mmu_notifier_register() of v3.10 (35cfa2b0b4: allocate before taking locks)."""
+        if mm.users <= 0:
+            raise InvalidArgument(f"register of {mn.name} on {mm.name}, whose mm_users is 0 (exiting)")
+        if not mn.hlist.unhashed():
+            raise InvalidArgument(f"notifier {mn.name} is already registered on {mn.mm!r}")
+        prealloc = MmuNotifierMm(mm)  # kmalloc before any lock: allocation may enter reclaim
+        if take_mmap_sem:
+            await mm.mmap_sem.down_write()
+        try:
+            await mm_take_all_locks(mm, current)  # EINTR here changes nothing
+            try:
+                if mm.notifier_mm is None:
+                    mm.notifier_mm = prealloc
+                mm.count += 1  # the notifier pins the mm struct
+                with mm.notifier_mm.lock:
+                    mm.notifier_mm.list.add_head_rcu(mn.hlist)
+                mn.mm = mm
+                self.oracle.registered(mn, mm)
+            finally:
+                mm_drop_all_locks(mm)
+        finally:
+            if take_mmap_sem:
+                mm.mmap_sem.up_write()
+
+    async def unregister(self, mn: MmuNotifier, mm: Mm) -> TeardownTiming:
+        """mmu_notifier_unregister() of v3.10 (d34883d4e3)."""
+        if mn.mm is not mm:
+            raise InvalidArgument(f"unregister of {mn.name} from {mm.name}, where it was never registered")
+        t0 = self.runtime.now()
+        release_us = 0.0
+        srcu = self.srcu_for(mm)
+        if not mn.hlist.unhashed():
+            # Run ->release ourselves: exit_mmap has not, and will not find mn once we unhash it.
+            cpu = current_cpu.get()
+            idx = srcu.read_lock(cpu)
+            try:
+                if has_op(mn, "release"):
+                    t1 = self.runtime.now()
+                    await self._call(mn, mm, "release")
+                    release_us = self.runtime.now() - t1
+                    self.oracle.released(mn, mm, "unregister")
+            finally:
+                srcu.read_unlock(idx, cpu)
+            assert mm.notifier_mm is not None
+            with mm.notifier_mm.lock:
+                mm.notifier_mm.list.del_init_rcu(mn.hlist)
+        # Wait for any running method to finish, including ->release run by exit instead of us.
+        t2 = self.runtime.now()
+        self.oracle.unregister_waiting(mn, mm)
+        await srcu.synchronize()
+        t3 = self.runtime.now()
+        mm.count -= 1  # mmdrop()
+        mn.mm = None
+        self.oracle.unregistered(mn, mm)
+        return TeardownTiming(t3 - t0, release_us, t3 - t2)
+
+    async def release(self, mm: Mm) -> TeardownTiming:
+        """__mmu_notifier_release() of v3.10, called by exit_mmap before any page is freed."""
+        t0 = self.runtime.now()
+        if mm.notifier_mm is None:
+            return TeardownTiming(0.0, 0.0, 0.0)
+        srcu = self.srcu_for(mm)
+        nmm = mm.notifier_mm
+        await self._walk(mm, "release", after=lambda mn: self.oracle.released(mn, mm, "exit"))
+        t1 = self.runtime.now()
+        with nmm.lock:
+            while not nmm.list.empty():
+                assert nmm.list.next is not None
+                nmm.list.del_init_rcu(nmm.list.next)
+        # Do not free pages until every ->release that unregister started has finished.
+        await srcu.synchronize()
+        t2 = self.runtime.now()
+        return TeardownTiming(t2 - t0, t1 - t0, t2 - t1)
+
+    # -- set_pte_at_notify ------------------------------------------------------------------
+
+    def set_pte_at_notify(self, mm: Mm, address: int, pte: tuple[int, int], set_pte: Callable[[], None]) -> None:
+        """set_pte_at_notify(): change_pte callout *before* the primary pte is set. Caller
+        holds the page-table lock and (since 6bdb913f0a) brackets the call with
+        invalidate_range_start/end."""
+        self.change_pte(mm, address, pte)
+        set_pte()
+

@@ -1,0 +1,98 @@
+"""The boundary between a secondary MMU and the partition that owns the mm it maps.
+
+A secondary never touches the owner's page tables or frames directly: it asks through an
+``OwnerPort``, which is where an RPC goes when the secondary lives on another partition. The
+other direction (the owner calling the secondary's ops) is the ``MmuNotifier`` interface.
+
+``LocalOwner`` is the in-process port: the secondary and the mm share one process (and one
+Python object graph). The rpc layer provides a client with the same methods.
+
+The ``translation_*`` and ``dma_read`` methods feed the owner's oracle (invariants 1, 2 and 6):
+in hardware the secondary's TLB fill and remote read do not involve the owner's CPU, but the
+owner is where the frames, and so the ground truth, live.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from nodes.notifier import MmuNotifier, TeardownTiming
+
+if TYPE_CHECKING:
+    from nodes.partition import Partition
+    from nodes.runtime import TaskSignals
+
+
+@dataclass(frozen=True)
+class PageRef:
+    """One page handed to a secondary: where it is and what it holds."""
+
+    address: int  # user virtual address in the owner's mm (page aligned)
+    pfn: int  # frame on the owner's partition
+    stamp: tuple[int, int, int]  # contents when handed out: (owner mm, vpn, generation)
+    writable: bool  # the primary pte was writable (a write fault breaks COW first)
+
+
+class OwnerPort(Protocol):
+    """What a secondary MMU may ask of the owning partition."""
+
+    partition: str
+
+    async def get_user_pages(self, mm_id: int, address: int, npages: int, *, write: bool, pin: bool) -> list[PageRef]:
+        """get_user_pages(): fault in and return ``npages`` pages from ``address`` (under the
+        mm's mmap_sem, read). With ``pin`` each page keeps a reference (and a pin) until
+        ``put_user_pages``; without, the reference is dropped before returning, as GRU and
+        KVM do, and the secondary relies on the notifier to learn of changes."""
+
+    async def put_user_pages(self, mm_id: int, pfns: list[int] | np.ndarray) -> None:
+        """Drop pins taken by ``get_user_pages(pin=True)``."""
+
+    async def register(self, mn: MmuNotifier, mm_id: int, current: "TaskSignals | None" = None) -> None:
+        """mmu_notifier_register(mn, mm)."""
+
+    async def unregister(self, mn: MmuNotifier, mm_id: int) -> TeardownTiming:
+        """mmu_notifier_unregister(mn, mm)."""
+
+    async def dma_read(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
+        """A remote read of ``pfn`` through ``mn``'s translation of ``address``; returns the
+        frame's stamp (the oracle checks it against ``expected``)."""
+
+    def translation_established(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int) -> None:
+        """``mn`` now translates ``address`` to ``pfn`` (reported at the moment of install)."""
+
+    def translations_dropped(self, mn: MmuNotifier, mm_id: int, pfns: list[int] | np.ndarray) -> None:
+        """``mn`` dropped translations to these frames (one entry per translation)."""
+
+
+class LocalOwner:
+    """The in-process ``OwnerPort`` of a partition."""
+
+    def __init__(self, partition: "Partition"):
+        self.part = partition
+        self.partition = partition.name
+
+    async def get_user_pages(self, mm_id: int, address: int, npages: int, *, write: bool, pin: bool) -> list[PageRef]:
+        from nodes import vmops
+
+        return await vmops.get_user_pages(self.part, self.part.mm(mm_id), address, npages, write=write, pin=pin)
+
+    async def put_user_pages(self, mm_id: int, pfns: list[int] | np.ndarray) -> None:
+        self.part.frames.unpin(np.asarray(pfns, dtype=np.int64))
+
+    async def register(self, mn: MmuNotifier, mm_id: int, current: "TaskSignals | None" = None) -> None:
+        await self.part.core.register(mn, self.part.mm(mm_id), current=current)
+
+    async def unregister(self, mn: MmuNotifier, mm_id: int) -> TeardownTiming:
+        return await self.part.core.unregister(mn, self.part.mms[mm_id])
+
+    async def dma_read(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
+        return self.part.oracle.dma_read(mn, self.part.mms[mm_id], address, pfn, expected)
+
+    def translation_established(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int) -> None:
+        self.part.oracle.translation_established(mn, self.part.mms[mm_id], address, pfn)
+
+    def translations_dropped(self, mn: MmuNotifier, mm_id: int, pfns: list[int] | np.ndarray) -> None:
+        self.part.oracle.translations_dropped(pfns)

@@ -1,0 +1,190 @@
+"""What the model is given rather than reaching for: time, tasks and atomic context.
+
+The model in ``nodes/`` never reads the wall clock and never creates an unsupervised task. It
+receives a ``Runtime`` built from a ``Clock`` (``cluster/`` provides a virtual clock for the sim
+backend and a wall clock for the ray backend). All times are microseconds.
+
+Atomic context mirrors the kernel's preempt count: code that holds a spinlock (the page-table
+lock, a notifier list lock) runs in atomic context and must not sleep. In this model "sleep"
+means "suspend the coroutine". ``run_atomic`` drives a callout's coroutine by hand and raises
+``SleepingInAtomicContext`` the moment it would suspend, so a secondary that needs the network
+for an op the kernel calls under a spinlock is caught, named, and never half-run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+from typing import Any, Awaitable, Callable, Coroutine, Protocol
+
+from nodes.errors import InternalError, SleepingInAtomicContext
+
+
+class Clock(Protocol):
+    """An injected source of time, in microseconds."""
+
+    def now(self) -> float:
+        """The current time, in microseconds since an arbitrary origin."""
+
+    async def sleep(self, us: float) -> None:
+        """Suspend the calling task for ``us`` microseconds."""
+
+
+# The stack of atomic sections the running code is inside, innermost last. Only synchronous
+# code runs while it is non-empty (that is the point of atomic context), so one module-level
+# stack is exact even with many tasks.
+_atomic_stack: list[str] = []
+
+
+def in_atomic() -> bool:
+    """True while the running code holds a spinlock or runs a non-sleeping callout."""
+    return bool(_atomic_stack)
+
+
+def might_sleep(what: str) -> None:
+    """The kernel's might_sleep(): raise if ``what`` is about to sleep in atomic context."""
+    if _atomic_stack:
+        raise SleepingInAtomicContext(
+            f"BUG: sleeping function {what} called from atomic context "
+            f"(inside {_atomic_stack[-1]})"
+        )
+
+
+class SpinLock:
+    """A spinlock: held only by synchronous code, so holding it is atomic context.
+
+    ``with lock:`` marks the body atomic; an attempt to sleep inside it raises
+    ``SleepingInAtomicContext``. Taking a spinlock already held is a self-deadlock in the kernel
+    and an ``InternalError`` here (no other task can run while synchronous code holds it).
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self.held = False  # invariant: True only while a synchronous `with` body runs
+
+    def __enter__(self) -> "SpinLock":
+        if self.held:
+            raise InternalError(f"spinlock {self.name} taken recursively: self-deadlock")
+        self.held = True
+        _atomic_stack.append(f"spinlock {self.name}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _atomic_stack.pop()
+        self.held = False
+
+
+def run_atomic(what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Call ``fn(*args)`` in atomic context and return its result.
+
+    ``fn`` may be a plain function or a coroutine function. A coroutine is driven by hand: if it
+    finishes without suspending, its value is returned; if it suspends (awaits the network, a
+    lock, the clock) it is closed and ``SleepingInAtomicContext`` names ``what``.
+    """
+    _atomic_stack.append(what)
+    try:
+        result = fn(*args)
+        if inspect.iscoroutine(result):
+            try:
+                result.send(None)
+            except StopIteration as done:
+                return done.value
+            result.close()
+            raise SleepingInAtomicContext(
+                f"BUG: scheduling while atomic: {what} suspended; it is called under a "
+                f"spinlock and must not sleep"
+            )
+        if inspect.isawaitable(result):
+            raise SleepingInAtomicContext(f"BUG: {what} returned an awaitable in atomic context")
+        return result
+    finally:
+        _atomic_stack.pop()
+
+
+async def call_maybe_async(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a sleepable op that may be written as a plain or an async function."""
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+class Runtime:
+    """A clock plus supervised task spawning, handed to every model object.
+
+    Every task spawned here is tracked; the first failure is kept and re-raised by ``check()``
+    and ``join()``, so no error is ever dropped (the kernel analogue: a workqueue item that
+    oopses is not silently forgotten).
+    """
+
+    def __init__(self, clock: Clock):
+        self.clock = clock
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._failures: list[BaseException] = []
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    async def sleep(self, us: float) -> None:
+        might_sleep("sleep")
+        if us < 0:
+            raise InternalError(f"negative sleep of {us} us")
+        await self.clock.sleep(us)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        """Start ``coro`` as a supervised task."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._failures.append(task.exception())  # type: ignore[arg-type]
+
+    def check(self) -> None:
+        """Re-raise the first failure of any spawned task."""
+        if self._failures:
+            raise self._failures[0]
+
+    async def join(self) -> None:
+        """Wait until every spawned task (and any they spawn) has finished; then ``check()``."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+        self.check()
+
+    @property
+    def pending_tasks(self) -> int:
+        return len(self._tasks)
+
+
+async def wait_all(aws: list[Awaitable[Any]]) -> list[Any]:
+    """Await all ``aws`` concurrently and return their results; the first error propagates
+    after every one has finished (no task is left running behind an error)."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results
+
+
+# The CPU the running task is on, for per-CPU state (SRCU counters). Tasks inherit it from the
+# task that spawned them; workloads set it per stream.
+current_cpu: contextvars.ContextVar[int] = contextvars.ContextVar("current_cpu", default=0)
+
+
+class TaskSignals:
+    """The signal state of the task doing a call (the part of ``current`` the model needs):
+    interruptible waits such as mm_take_all_locks() fail with EINTR when a signal is pending."""
+
+    def __init__(self, name: str = "task"):
+        self.name = name
+        self.pending: str | None = None
+
+    def send(self, sig: str = "SIGKILL") -> None:
+        self.pending = sig
+
+    def signal_pending(self) -> bool:
+        return self.pending is not None
