@@ -89,6 +89,14 @@ class FrameTable:
         if len(pfns) == 0:
             return pfns
         self._check_allocated(pfns, "put_page")
+        uniq, drops = np.unique(pfns, return_counts=True)
+        over = uniq[self.refcount[uniq] < drops]
+        if len(over):  # repeats would drive refcount below zero without ever freeing
+            bad = int(over[0])
+            raise InternalError(
+                f"put_page of frame {bad}: {int(drops[uniq == bad][0])} drops of "
+                f"{int(self.refcount[bad])} reference(s)"
+            )
         np.subtract.at(self.refcount, pfns, 1)
         freed = np.unique(pfns[self.refcount[pfns] == 0])
         if len(freed):
@@ -108,10 +116,12 @@ class FrameTable:
         if len(pfns) == 0:
             return pfns
         self._check_allocated(pfns, "unpin")
+        uniq, drops = np.unique(pfns, return_counts=True)
+        short = drops > self.pincount[uniq]
+        if short.any():
+            bad = int(uniq[short][0])
+            raise InternalError(f"unpin of frame {bad}: {int(drops[short][0])} unpin(s) of {int(self.pincount[bad])} pin(s)")
         np.subtract.at(self.pincount, pfns, 1)
-        if (self.pincount[pfns] < 0).any():
-            bad = pfns[self.pincount[pfns] < 0][0]
-            raise InternalError(f"unpin of frame {bad} that was not pinned")
         return self.put(pfns)
 
     def _free(self, pfns: np.ndarray) -> None:

@@ -143,12 +143,40 @@ async def touch(p: "Partition", mm: Mm, address: int, *, write: bool = False) ->
         return await handle_mm_fault(p, mm, address, write=write)
 
 
+async def populate(p: "Partition", mm: Mm, start: int, length: int, *, write: bool = True) -> int:
+    """mm_populate() (mmap with MAP_POPULATE): fault in every absent page of [start,
+    start+length) at once, vectorised per VMA piece, under mmap_sem (read). Absent pages get
+    fresh frames, as do_anonymous_page() would give them one by one. Returns the pages faulted
+    in."""
+    end = check_range(start, length, "populate")
+    _check_live(mm)
+    faulted = 0
+    async with mm.mmap_sem.read():
+        for vma in mm.vmas_in(start, end):
+            if not vma.prot & PROT_READ or (write and not vma.writable):
+                raise BadAddress(f"populate: VMA [{vma.start:#x}, {vma.end:#x}) of {mm.name} does not allow the access")
+            sl = vma.pages(start, end)
+            absent = np.flatnonzero((vma.flags[sl] & (PTE_PRESENT | PTE_MIGRATION)) == 0) + sl.start
+            if not len(absent):
+                continue
+            vpns = (vma.start >> PAGE_SHIFT) + absent
+            pfns = p.frames.alloc(mm.id, vpns)
+            with mm.page_table_lock:
+                vma.pfn[absent] = pfns
+                vma.flags[absent] = PTE_PRESENT | PTE_YOUNG | (PTE_WRITE if vma.writable else 0) | (PTE_DIRTY if write else 0)
+            faulted += len(absent)
+    return faulted
+
+
 async def get_user_pages(
     p: "Partition", mm: Mm, address: int, npages: int, *, write: bool, pin: bool
 ) -> list[PageRef]:
     """get_user_pages() for a secondary MMU: under mmap_sem (read), fault in each page and take
     a reference. With ``pin`` the reference is kept (and counted as a pin) until the secondary
-    unpins it; without, it is dropped before returning (GRU's and KVM's lookups)."""
+    unpins it; without, it is dropped before returning (GRU's and KVM's lookups). All or
+    nothing: if a page cannot be faulted in (outside every VMA, no permission) the pins already
+    taken are dropped before the error propagates (the kernel returns the pages it got; here
+    the caller would get no refs to unpin them with)."""
     if not isinstance(npages, (int, np.integer)) or npages <= 0:
         raise InvalidArgument(f"get_user_pages: npages must be a positive integer, got {npages!r}")
     if not isinstance(address, (int, np.integer)):
@@ -157,14 +185,20 @@ async def get_user_pages(
     _check_live(mm)
     refs: list[PageRef] = []
     async with mm.mmap_sem.read():
-        for k in range(npages):
-            a = _page(address) + k * PAGE_SIZE
-            pfn = await handle_mm_fault(p, mm, a, write=write)
-            vma = mm.vma_or_fault(a)
-            if pin:
-                p.frames.pin(pfn)
-            writable = bool(vma.flags[vma.index(a)] & PTE_WRITE)
-            refs.append(PageRef(a, pfn, p.frames.stamp(pfn), writable))
+        try:
+            for k in range(npages):
+                a = _page(address) + k * PAGE_SIZE
+                pfn = await handle_mm_fault(p, mm, a, write=write)
+                vma = mm.vma_or_fault(a)
+                if pin:
+                    p.frames.pin(pfn)
+                writable = bool(vma.flags[vma.index(a)] & PTE_WRITE)
+                refs.append(PageRef(a, pfn, p.frames.stamp(pfn), writable))
+        except BaseException:
+            # All or nothing: the caller gets no refs, so it could never unpin these.
+            if pin and refs:
+                p.frames.unpin([r.pfn for r in refs])
+            raise
     return refs
 
 
