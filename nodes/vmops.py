@@ -221,6 +221,14 @@ async def unmap_region(p: "Partition", mm: Mm, start: int, end: int) -> None:
         p.frames.put(np.concatenate(gathered))
 
 
+async def mmap(p: "Partition", mm: Mm, start: int, length: int, prot: int = PROT_READ | PROT_WRITE) -> Vma:
+    """mmap(MAP_ANONYMOUS | MAP_PRIVATE | MAP_FIXED_NOREPLACE) under mmap_sem (write): a new
+    anonymous VMA; no page is faulted in and no callout is made."""
+    _check_live(mm)
+    async with mm.mmap_sem.write():
+        return mm.add_vma(start, length, prot)
+
+
 async def munmap(p: "Partition", mm: Mm, start: int, length: int) -> None:
     """munmap(): remove [start, start+length); unmapped holes are not an error."""
     end = check_range(start, length, "munmap")
