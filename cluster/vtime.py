@@ -81,9 +81,22 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
 
 class VirtualClock:
-    """The ``Clock`` of a running ``VirtualTimeLoop``: microseconds, exact for integer sums."""
+    """The ``Clock`` of a ``VirtualTimeLoop``: microseconds, exact for integer sums.
+
+    Made inside a running loop, it remembers that loop, so ``now()`` also answers between
+    steps (for example when an oracle sweep runs outside the loop)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None):
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+        self._loop = loop
 
     def now(self) -> float:
+        if self._loop is not None:
+            return self._loop.time()
         return asyncio.get_running_loop().time()
 
     async def sleep(self, us: float) -> None:

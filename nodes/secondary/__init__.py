@@ -1,0 +1,50 @@
+"""The secondary MMUs of the model: SGI GRU, XPMEM and a KVM-style shadow MMU.
+
+Each is an mmu notifier that overrides only the ops its kernel driver implements, and reaches
+the partition owning the mm only through an ``OwnerPort`` (``nodes.owner``), so it can live on
+another partition behind RPC:
+
+- ``GruMmu`` (drivers/misc/sgi-gru/grutlbpurge.c, grufault.c): a TLB, no page tables;
+  invalidate_range_start/end, invalidate_page, release.
+- ``XpmemDriver`` (hpc/xpmem kernel/xpmem_*.c): segments, permits and attachments of one
+  source mm; its embedded ``notifier`` implements invalidate_range_end, invalidate_page and
+  release, and safety comes from pinning.
+- ``KvmMmu`` (virt/kvm/kvm_main.c): shadow ptes with mmu_notifier_count/seq; all seven ops,
+  the three atomic ones as plain synchronous functions.
+
+Every translation installed is reported with ``owner.translation_established`` at the instant
+of install, every one dropped with ``owner.translations_dropped``, and every read goes through
+``owner.dma_read`` with the stamp recorded at install: the owner's oracle checks invariants 1, 2
+and 6 from these reports.
+"""
+
+from nodes.secondary.base import SecondaryMmu
+from nodes.secondary.gru import GRUMAXINVAL, GruMmu, GruStats, GruTimeout
+from nodes.secondary.kvm import KvmMmu, KvmStats, Spte
+from nodes.secondary.xpmem import (
+    XPMEM_RDONLY,
+    XPMEM_RDWR,
+    XpmemAttachment,
+    XpmemCred,
+    XpmemDriver,
+    XpmemMmuNotifier,
+    XpmemStats,
+)
+
+__all__ = [
+    "GRUMAXINVAL",
+    "GruMmu",
+    "GruStats",
+    "GruTimeout",
+    "KvmMmu",
+    "KvmStats",
+    "SecondaryMmu",
+    "Spte",
+    "XPMEM_RDONLY",
+    "XPMEM_RDWR",
+    "XpmemAttachment",
+    "XpmemCred",
+    "XpmemDriver",
+    "XpmemMmuNotifier",
+    "XpmemStats",
+]
