@@ -496,7 +496,8 @@ async def ksm_merge(p: "Partition", mm_a: Mm, addr_a: int, mm_b: Mm, addr_b: int
 async def thp_collapse(p: "Partition", mm: Mm, address: int) -> bool:
     """khugepaged collapsing the 2 MiB range at ``address`` into a huge page.
     khugepaged_scan_pmd(): every pte present and writable, no page with extra references, and
-    at least one referenced (pte young, or a secondary's test_young under the PT lock).
+    at least one referenced (pte young, or a secondary's test_young under the PT lock, asked
+    for each pte that is not young).
     collapse_huge_page(): mmap_sem for write, the anon_vma lock, range_start, clear the pmd,
     range_end, isolate (abort if a page gained a reference), copy into the new frames, free the
     old pages, map the huge page. Returns True if collapsed."""
@@ -513,11 +514,15 @@ async def thp_collapse(p: "Partition", mm: Mm, address: int) -> bool:
             return False
         if (frames.refcount[pfns] != 1).any():
             return False
+        referenced = False
         with mm.page_table_lock:
-            for k in range(HPAGE_PMD_NR):  # short-circuits like the kernel's ||
-                if flags[k] & PTE_YOUNG or p.core.test_young(mm, start + (k << PAGE_SHIFT)):
-                    return True
-        return False
+            for k in range(HPAGE_PMD_NR):
+                # v3.10 khugepaged_scan_pmd(): every pte is looked at; `||` short-circuits per
+                # pte only, and the notifier is asked about `address`, the 2 MiB base, not the
+                # pte's own address (as the v3.10 source does)
+                if flags[k] & PTE_YOUNG or p.core.test_young(mm, start):
+                    referenced = True
+        return referenced
 
     async with mm.mmap_sem.read():
         vma = mm.find_vma(start)

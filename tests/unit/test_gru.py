@@ -20,31 +20,12 @@ from nodes.owner import LocalOwner
 from nodes.partition import Partition
 from nodes.runtime import Runtime
 from nodes.secondary.gru import GRU_TIMEOUT_US, GRUMAXINVAL, GruMmu, GruTimeout
+from doubles import DelayedOwner
 
 P = PAGE_SIZE
 BASE = 0x4000_0000
 NPAGES = 64
 FLUSH = 2.0  # us per page (the default)
-
-
-class DelayedOwner(LocalOwner):
-    """``LocalOwner`` behind a network: get/put_user_pages cost ``one_way_us`` each way."""
-
-    def __init__(self, partition: Partition, one_way_us: float):
-        super().__init__(partition)
-        self.one_way_us = one_way_us
-
-    async def get_user_pages(self, mm_id, address, npages, *, write, pin):
-        await self.part.runtime.sleep(self.one_way_us)
-        try:
-            return await super().get_user_pages(mm_id, address, npages, write=write, pin=pin)
-        finally:
-            await self.part.runtime.sleep(self.one_way_us)
-
-    async def put_user_pages(self, mm_id, pfns):
-        await self.part.runtime.sleep(self.one_way_us)
-        await super().put_user_pages(mm_id, pfns)
-        await self.part.runtime.sleep(self.one_way_us)
 
 
 async def setup(rt: Runtime, *, one_way_us: float = 0.0, npages: int = NPAGES, gru_cls=GruMmu, **config):

@@ -19,26 +19,12 @@ from nodes.owner import LocalOwner
 from nodes.partition import Partition
 from nodes.runtime import Runtime
 from nodes.secondary.kvm import KvmMmu
+from doubles import DelayedOwner
 
 P = PAGE_SIZE
 BASE = 0x4000_0000
 NPAGES = 32
 REFAULT = 1.0
-
-
-class DelayedOwner(LocalOwner):
-    """``LocalOwner`` behind a network: get_user_pages costs ``one_way_us`` each way."""
-
-    def __init__(self, partition: Partition, one_way_us: float):
-        super().__init__(partition)
-        self.one_way_us = one_way_us
-
-    async def get_user_pages(self, mm_id, address, npages, *, write, pin):
-        await self.part.runtime.sleep(self.one_way_us)
-        try:
-            return await super().get_user_pages(mm_id, address, npages, write=write, pin=pin)
-        finally:
-            await self.part.runtime.sleep(self.one_way_us)
 
 
 async def setup(rt: Runtime, *, one_way_us: float = 0.0, kvm_cls=KvmMmu, **config):
