@@ -383,7 +383,6 @@ class NotifierCore:
                 mm.notifier_mm.list.del_init_rcu(mn.hlist)
         # Wait for any running method to finish, including ->release run by exit instead of us.
         t2 = self.runtime.now()
-        self.oracle.unregister_waiting(mn, mm)
         await srcu.synchronize()
         t3 = self.runtime.now()
         mm.count -= 1  # mmdrop()

@@ -140,9 +140,6 @@ class Oracle:
         elif len(runs) == 2 and runs[0] == runs[1]:
             self.violation(5, f"release ran twice from {by}, not from an unregister/exit race", mm=mm.name, notifier=mn.name)
 
-    def unregister_waiting(self, mn: MmuNotifier, mm: Mm) -> None:
-        """unregister has unhashed ``mn`` and now waits for the grace period."""
-
     def unregistered(self, mn: MmuNotifier, mm: Mm) -> None:
         self._unregistered.add(mn)
         self._registered[mm.id].discard(mn)
