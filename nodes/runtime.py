@@ -27,8 +27,8 @@ class Clock(Protocol):
     def now(self) -> float:
         """The current time, in microseconds since an arbitrary origin."""
 
-    async def sleep(self, us: float) -> None:
-        """Suspend the calling task for ``us`` microseconds."""
+    def sleep(self, us: float) -> Awaitable[None]:
+        """An awaitable suspending the awaiting task for ``us`` microseconds."""
 
 
 # The stack of atomic sections the running code is inside, innermost last. Only synchronous
@@ -120,27 +120,38 @@ class Runtime:
 
     def __init__(self, clock: Clock):
         self.clock = clock
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # a dict, not a set: iteration in creation order keeps runs deterministic
+        self._tasks: dict[asyncio.Task[Any], None] = {}
         self._failures: list[BaseException] = []
 
     def now(self) -> float:
         return self.clock.now()
 
-    async def sleep(self, us: float) -> None:
+    def sleep(self, us: float) -> Awaitable[None]:
+        """An awaitable that sleeps ``us`` microseconds (``await runtime.sleep(us)``); returned
+        straight from the clock, without a coroutine frame of its own (the simulator's hot
+        path)."""
         might_sleep("sleep")
         if us < 0:
             raise InternalError(f"negative sleep of {us} us")
-        await self.clock.sleep(us)
+        return self.clock.sleep(us)
+
+    def trace(self, kind: str, detail: str) -> None:
+        """Report a model event to the clock's trace, if it keeps one (the sim backend's does:
+        the events enter the run's digest)."""
+        tracer = getattr(self.clock, "trace", None)
+        if tracer is not None:
+            tracer(kind, detail)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
         """Start ``coro`` as a supervised task."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
+        self._tasks[task] = None
         task.add_done_callback(self._task_done)
         return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             self._failures.append(task.exception())  # type: ignore[arg-type]
 

@@ -175,7 +175,11 @@ def test_spawn_failure_is_reraised_by_check_and_the_first_one_wins():
 def test_cancelled_task_is_not_a_failure():
     async def main():
         rt = Runtime(VirtualClock())
-        t = rt.spawn(rt.sleep(1e6), name="sleeper")
+
+        async def sleeper() -> None:
+            await rt.sleep(1e6)
+
+        t = rt.spawn(sleeper(), name="sleeper")
         await rt.sleep(1)
         t.cancel()
         await rt.join()  # does not raise
