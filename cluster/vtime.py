@@ -205,63 +205,30 @@ class _NoIoSelector(selectors.BaseSelector):
         self._keys.clear()
 
 
-class _Sleep:
-    """A future-like object for ``VirtualClock.sleep``: the task that awaits it is woken
-    straight from the loop's sleeper heap, without an asyncio Future, TimerHandle or Handle
-    (the C Task accepts any object with ``_asyncio_future_blocking``). This keeps the hot path
-    of a simulation (tasks sleeping for latencies) a heap push and a heap pop."""
+class _Sleep(asyncio.Future):  # type: ignore[type-arg]
+    """The future returned by ``VirtualClock.sleep``: the task that awaits it is woken straight
+    from the loop's sleeper heap. It is a C ``asyncio.Future`` (so awaiting it and reading its
+    result run in C) whose done-callback is kept here instead of being scheduled through
+    ``call_soon``: the hot path of a simulation, tasks sleeping for latencies, is then a heap
+    push and a heap pop."""
 
-    __slots__ = ("_loop", "_when", "_callback", "_context", "_state", "_asyncio_future_blocking")
-
-    _PENDING, _DONE, _CANCELLED = 0, 1, 2
-
-    def __init__(self, loop: "VirtualTimeLoop", when: float):
-        self._loop = loop
-        self._when = when
-        self._callback: Any = None
-        self._context: Any = None
-        self._state = _Sleep._PENDING
-        self._asyncio_future_blocking = False
-
-    def __await__(self) -> Any:
-        self._asyncio_future_blocking = True
-        yield self
-        self.result()
-
-    def get_loop(self) -> "VirtualTimeLoop":
-        return self._loop
+    __slots__ = ("_when", "_wake", "_wake_context")
 
     def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
-        self._callback = fn
-        self._context = context
+        # only the awaiting Task calls this, once, while the sleep is pending
+        self._wake = fn
+        self._wake_context = context
         loop = self._loop
         loop._sleeper_seq += 1
         heapq.heappush(loop._sleepers, (self._when, loop._sleeper_seq, self))
 
-    def remove_done_callback(self, fn: Any) -> int:
-        self._callback = None
-        return 1
-
     def cancel(self, msg: Any = None) -> bool:
-        if self._state != _Sleep._PENDING:
+        if not super().cancel(msg=msg):
             return False
-        self._state = _Sleep._CANCELLED
-        if self._callback is not None:
-            self._loop.call_soon(self._callback, self, context=self._context)
+        wake = getattr(self, "_wake", None)
+        if wake is not None:  # wake the sleeping task now, with CancelledError
+            self.get_loop().call_soon(wake, self, context=self._wake_context)
         return True
-
-    def cancelled(self) -> bool:
-        return self._state == _Sleep._CANCELLED
-
-    def done(self) -> bool:
-        return self._state != _Sleep._PENDING
-
-    def result(self) -> None:
-        if self._state == _Sleep._CANCELLED:
-            raise asyncio.CancelledError()
-
-    def exception(self) -> None:
-        self.result()
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
@@ -280,7 +247,12 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def sleep(self, us: float) -> _Sleep:
         """An awaitable that resumes the awaiting task ``us`` virtual microseconds from now."""
-        return _Sleep(self, self._virtual_now + us)
+        fut = _Sleep(loop=self)
+        fut._when = self._virtual_now + us
+        return fut
+
+    def get_debug(self) -> bool:
+        return False  # asked by every Future created; the virtual loop has no debug mode
 
     def time(self) -> float:
         return self._virtual_now
@@ -342,12 +314,12 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             while True:
                 while sleepers and sleepers[0][0] <= now:
                     sleep = heapq.heappop(sleepers)[2]
-                    if sleep._state != _Sleep._PENDING:
+                    if sleep.done():  # cancelled
                         continue
-                    sleep._state = _Sleep._DONE
+                    sleep.set_result(None)
                     if tracing:
-                        trace.step(now, self._key_of(sleep._callback)[1])
-                    sleep._context.run(sleep._callback, sleep)
+                        trace.step(now, self._key_of(sleep._wake)[1])
+                    sleep._wake_context.run(sleep._wake, sleep)
                 for _ in range(len(ready)):
                     handle = ready.popleft()
                     if handle._cancelled:
@@ -366,9 +338,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
                     self._virtual_now = now = nxt
         while sleepers and sleepers[0][0] <= now:
             sleep = heapq.heappop(sleepers)[2]
-            if sleep._state == _Sleep._PENDING:
-                sleep._state = _Sleep._DONE
-                ready.append(asyncio.Handle(sleep._callback, (sleep,), self, sleep._context))
+            if not sleep.done():
+                sleep.set_result(None)
+                ready.append(asyncio.Handle(sleep._wake, (sleep,), self, sleep._wake_context))
         live = [h for h in ready if not h._cancelled]
         ready.clear()
         if not live:
@@ -406,8 +378,12 @@ class VirtualClock:
 
     def sleep(self, us: float) -> Any:
         """An awaitable resuming the awaiting task ``us`` virtual microseconds from now."""
-        loop = self._loop if self._loop is not None else asyncio.get_running_loop()
-        return _Sleep(loop, loop._virtual_now + us)  # type: ignore[attr-defined]
+        loop = self._loop
+        if loop is None:
+            loop = asyncio.get_running_loop()
+        fut = _Sleep(loop=loop)
+        fut._when = loop._virtual_now + us  # type: ignore[attr-defined]
+        return fut
 
     def trace(self, kind: str, detail: str) -> None:
         """Record a model event in the loop's trace."""

@@ -1,7 +1,7 @@
 """The exceptions of the partition model, in three families.
 
 - ``ModelError`` and its subclasses: misuse at an API boundary (a bad address, a bad size, a
-  missing permission). Each carries the errno the kernel would return, and its message names
+  missing permission), or a partition that does not answer (``Unreachable``). Each carries the errno the kernel would return, and its message names
   the bad value. The rpc layer maps each to one gRPC status code.
 - ``KernelBug``: the simulated kernel did something the real kernel would oops or BUG() on
   (sleeping in atomic context, dereferencing a deleted list entry, synchronize_srcu() inside its
@@ -71,6 +71,13 @@ class Busy(ModelError):
     """EBUSY/EAGAIN: the operation could not be done now (a pinned page cannot migrate)."""
 
     errno = _errno.EAGAIN
+
+
+class Unreachable(ModelError):
+    """A message to or from another partition got no answer in time: the partition is dead,
+    cut off, or the message was lost (gRPC's UNAVAILABLE / DEADLINE_EXCEEDED)."""
+
+    errno = _errno.EHOSTUNREACH
 
 
 class KernelBug(Exception):

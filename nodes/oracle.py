@@ -79,6 +79,8 @@ class Oracle:
         self._releases: dict[MmuNotifier, list[str]] = defaultdict(list)
         self._registered: dict[int, set[MmuNotifier]] = defaultdict(set)
         self._unregistered: set[MmuNotifier] = set()
+        # invariant: sum over notifiers of _translations[mn][p] == smap[p]
+        self._translations: dict[MmuNotifier, Counter[int]] = defaultdict(Counter)
 
     # -- recording --------------------------------------------------------------------------
 
@@ -169,14 +171,28 @@ class Oracle:
         if self.frames.is_free(pfn):
             self.violation(1, f"translation of {address:#x} to free frame {pfn}", mm=mm.name, notifier=mn.name, pfn=pfn)
         self.smap[pfn] += 1
+        self._translations[mn][pfn] += 1
 
-    def translations_dropped(self, pfns: Iterable[int] | np.ndarray) -> None:
+    def translations_dropped(self, mn: MmuNotifier, pfns: Iterable[int] | np.ndarray) -> None:
         pfns = np.asarray(list(pfns) if not isinstance(pfns, np.ndarray) else pfns, dtype=np.int64)
         if len(pfns) == 0:
             return
+        held = self._translations[mn]
+        held.subtract(pfns.tolist())
+        if min(held[int(p)] for p in np.unique(pfns)) < 0:
+            raise InternalError(f"notifier {mn.name} dropped a translation it did not hold")
         np.subtract.at(self.smap, pfns, 1)
         if (self.smap[pfns] < 0).any():
             raise InternalError(f"secondary translation count of frame {pfns[self.smap[pfns] < 0][0]} below zero")
+
+    def forget_notifier(self, mn: MmuNotifier) -> int:
+        """A fenced secondary (its partition is gone) holds no translation any more: drop them
+        all. Returns how many there were."""
+        held = self._translations.pop(mn, Counter())
+        pfns = [pfn for pfn, n in held.items() for _ in range(n)]
+        if pfns:
+            np.subtract.at(self.smap, np.asarray(pfns, dtype=np.int64), 1)
+        return len(pfns)
 
     def dma_read(self, mn: MmuNotifier, mm: Mm, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
         """A remote read through ``mn``'s translation of ``address``: returns what the frame

@@ -95,4 +95,4 @@ class LocalOwner:
         self.part.oracle.translation_established(mn, self.part.mms[mm_id], address, pfn)
 
     def translations_dropped(self, mn: MmuNotifier, mm_id: int, pfns: list[int] | np.ndarray) -> None:
-        self.part.oracle.translations_dropped(pfns)
+        self.part.oracle.translations_dropped(mn, pfns)

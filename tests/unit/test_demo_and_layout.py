@@ -14,7 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_demo_shows_the_global_srcu_hang_and_per_mm_removes_it() -> None:
-    glob, per_mm = run_demo(streams=3, pages=128, unregisters=8, ncpus=2)
+    glob, per_mm = run_demo(streams=3, pages=128, unregisters=8, cpus=2)
     assert (glob.srcu_scope, per_mm.srcu_scope) == ("global", "per_mm")
     assert glob.violations == [] and per_mm.violations == []
     # with a global domain, unregister on an idle mm waits for the other mms' GRU flushes

@@ -733,7 +733,7 @@ def test_oracle_violation_1_when_a_secondary_mapped_frame_is_freed(vrun):
         oracle.translation_established(mn, mm, 0x10000, int(pfns[0]))
         oracle.translation_established(mn, mm, 0x11000, int(pfns[1]))
         assert oracle.smap[pfns].tolist() == [1, 1]
-        oracle.translations_dropped([int(pfns[1])])
+        oracle.translations_dropped(mn, [int(pfns[1])])
         ft.put(pfns)  # pfns[0] is still mapped by the secondary
         (v,) = oracle.violations
         assert v.invariant == 1 and v.where["pfn"] == int(pfns[0])

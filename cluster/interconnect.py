@@ -1,0 +1,138 @@
+"""The sim backend's interconnect: requests between partitions in one process, with modelled
+latency, loss and crashes, on the virtual clock.
+
+A request from ``src`` to a service on ``dst`` sleeps one one-way latency (the topology's hop
+count times a per-hop sample, plus a per-byte cost, plus any extra latency for its kind, e.g.
+``callout``), runs the handler, and sleeps the way back. Every call has a deadline: a request
+or reply that is lost, a destination that is down (crashed before or while handling), or a
+handler slower than the deadline gives ``Unreachable`` at the deadline, as gRPC's
+DEADLINE_EXCEEDED would. A crashed source cannot send at all.
+
+A handler whose caller gave up keeps running (a server does not notice that its client left);
+an error it raises then is kept in ``orphan_errors`` rather than failing the run, since no one
+was waiting for it.
+
+Note: the deadline uses ``asyncio.wait(timeout=...)`` and is correct on the virtual-time loop,
+where one loop time unit is one microsecond. This module is for the sim backend only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from typing import Any
+
+from nodes.errors import InternalError, Unreachable
+from nodes.runtime import Runtime
+
+from cluster.topology import LatencyModel, Topology
+
+DEFAULT_DEADLINE_US = 1_000_000.0  # one second, a typical RPC deadline
+REPLY_BYTES = 64
+
+
+class SimInterconnect:
+    """Implements ``nodes.remote.Interconnect`` for partitions in one process."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        topology: Topology,
+        latency: LatencyModel,
+        rng: random.Random,
+        *,
+        loss: float = 0.0,
+        deadline_us: float = DEFAULT_DEADLINE_US,
+    ):
+        if not 0.0 <= loss < 1.0:
+            raise ValueError(f"interconnect.loss must be in [0, 1), got {loss!r}")
+        if deadline_us <= 0:
+            raise ValueError(f"interconnect.deadline_us must be positive, got {deadline_us!r}")
+        self.runtime = runtime
+        self.topology = topology
+        self.latency = latency
+        self.rng = rng
+        self.loss = loss
+        self.deadline_us = deadline_us
+        self._services: dict[tuple[str, str], Any] = {}
+        self.down: dict[str, float] = {}  # partition -> virtual time it crashed
+        self.messages: Counter[str] = Counter()  # per kind
+        self.failures: Counter[str] = Counter()  # per kind: calls that ended Unreachable
+        self.orphan_errors: list[BaseException] = []
+
+    def serve(self, partition: str, service: str, handler: Any) -> None:
+        """Make ``handler``'s methods callable as ``service`` on ``partition``."""
+        if partition not in self.topology:
+            raise ValueError(f"partition {partition!r} is not in the topology ({', '.join(self.topology.names)})")
+        self._services[(partition, service)] = handler
+
+    def alive(self, partition: str) -> bool:
+        return partition not in self.down
+
+    def crash(self, partition: str) -> None:
+        """``partition`` stops now: it answers nothing and sends nothing from here on."""
+        if partition not in self.topology:
+            raise ValueError(f"cannot crash unknown partition {partition!r}")
+        self.down.setdefault(partition, self.runtime.now())
+        self.runtime.trace("crash", partition)
+
+    def crash_at(self, partition: str, at_us: float) -> None:
+        """Schedule ``crash(partition)`` at virtual time ``at_us``."""
+        if partition not in self.topology:
+            raise ValueError(f"crashes: unknown partition {partition!r}")
+        if at_us < 0:
+            raise ValueError(f"crashes.{partition}: time must be >= 0, got {at_us!r}")
+
+        async def later() -> None:
+            await self.runtime.sleep(max(0.0, at_us - self.runtime.now()))
+            self.crash(partition)
+
+        self.runtime.spawn(later(), name=f"crash[{partition}]@{at_us}")
+
+    def _one_way(self, src: str, dst: str, kind: str, nbytes: int) -> float:
+        return self.latency.one_way(self.topology.hops(src, dst), nbytes, kind, self.rng)
+
+    def _lost(self) -> bool:
+        return self.loss > 0.0 and self.rng.random() < self.loss
+
+    async def _give_up(self, t_deadline: float, why: str, kind: str) -> None:
+        self.failures[kind] += 1
+        remaining = t_deadline - self.runtime.now()
+        if remaining > 0:
+            await self.runtime.sleep(remaining)
+        raise Unreachable(why)
+
+    async def call(self, src: str, dst: str, service: str, method: str, *args: Any, kind: str = "rpc", nbytes: int = 64) -> Any:
+        """Send ``service.method(*args)`` from ``src`` to ``dst`` and await the answer."""
+        if not self.alive(src):
+            raise Unreachable(f"partition {src} is down and cannot send {method} to {dst}")
+        handler = self._services.get((dst, service))
+        if handler is None:
+            raise InternalError(f"no service {service!r} on partition {dst}")
+        self.messages[kind] += 1
+        t_deadline = self.runtime.now() + self.deadline_us
+        what = f"{service}.{method} {src}->{dst}"
+        if self._lost():
+            await self._give_up(t_deadline, f"{what}: request lost, deadline of {self.deadline_us:.0f} us exceeded", kind)
+        await self.runtime.sleep(self._one_way(src, dst, kind, nbytes))
+        if not self.alive(dst):
+            await self._give_up(t_deadline, f"{what}: {dst} is down, deadline of {self.deadline_us:.0f} us exceeded", kind)
+        task = asyncio.get_running_loop().create_task(getattr(handler, method)(*args), name=f"handle {what}")
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, t_deadline - self.runtime.now()))
+        if not done:
+            task.add_done_callback(self._orphan_done)
+            await self._give_up(t_deadline, f"{what}: no answer within the deadline of {self.deadline_us:.0f} us", kind)
+        back = self._one_way(dst, src, kind, REPLY_BYTES)
+        if not self.alive(dst) or self._lost() or self.runtime.now() + back > t_deadline:
+            task.exception()  # retrieved: the reply (or error) never arrived
+            await self._give_up(t_deadline, f"{what}: reply lost or {dst} went down, deadline exceeded", kind)
+        await self.runtime.sleep(back)
+        if not self.alive(src):
+            task.exception()
+            raise Unreachable(f"partition {src} went down waiting for {what}")
+        return task.result()
+
+    def _orphan_done(self, task: "asyncio.Task[Any]") -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.orphan_errors.append(task.exception())  # type: ignore[arg-type]

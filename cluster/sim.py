@@ -1,0 +1,227 @@
+"""The sim backend: a whole cluster of partitions in one process, on a virtual clock, from a
+seed.
+
+The unchanged ``nodes/`` model runs for every partition; only time (``VirtualTimeLoop``),
+scheduling (a seeded ``SchedulingPolicy``) and the network (``SimInterconnect``) are swapped,
+in the spirit of FoundationDB's simulation. The same config and seed give the same trace digest
+and the same metrics, in any process.
+
+Entry point::
+
+    config = SimConfig(partitions=4, hop_latency=1.0, seed=7)
+
+    async def workload(c: SimCluster):
+        a, b = c.partition("p0"), c.partition("p1")
+        mm = a.create_mm()
+        ...
+        gru = await c.gru(host="p1", owner="p0", mm=mm)   # registered through the interconnect
+        ...
+        return {"hang_us": t.total_us}
+
+    run = run_sim(config, workload)   # SimRun: result, trace digest, virtual time, faults
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Generic, TypeVar
+
+from nodes.mm import Mm
+from nodes.notifier import FANOUTS
+from nodes.owner import LocalOwner, OwnerPort
+from nodes.partition import SRCU_SCOPES, Partition
+from nodes.remote import OWNER_SERVICE, SECONDARY_SERVICE, Fault, OwnerService, RemoteOwner, SecondaryService
+from nodes.runtime import Runtime
+from nodes.secondary.gru import GruMmu
+from nodes.secondary.xpmem import XpmemCred, XpmemDriver
+
+from cluster.interconnect import DEFAULT_DEADLINE_US, SimInterconnect
+from cluster.topology import LatencyDist, LatencyModel, Topology, parse_latency
+from cluster.vtime import POLICIES, TRACE_LEVELS, Trace, VirtualClock, VirtualTimeLoop, make_policy, run_virtual
+
+T = TypeVar("T")
+TOPOLOGIES = ("uniform", "ring", "numalink")
+
+
+@dataclass
+class SimConfig:
+    """Everything that shapes a sim run. Latency fields take what ``parse_latency`` takes: a
+    bare number of microseconds or a mapping naming a distribution."""
+
+    partitions: int = 2
+    nframes: int = 65536  # per partition
+    cpus: int = 4  # per partition
+    srcu_scope: str = "global"
+    jiffy_us: float = 1000.0
+    fanout: str = "sequential"
+    topology: str = "uniform"  # uniform | ring | numalink
+    hops: int = 1  # for the uniform topology
+    hop_latency: Any = 1.0  # per hop, one way
+    per_byte_us: float = 0.0
+    callout_latency: Any = None  # extra one-way latency of each callout message
+    loss: float = 0.0
+    deadline_us: float = DEFAULT_DEADLINE_US
+    crashes: dict[str, float] = field(default_factory=dict)  # partition -> virtual time (us)
+    scheduler: str = "fifo"  # fifo | random | pct
+    seed: int = 0
+    trace: str = "hash"  # off | hash | full
+
+    def __post_init__(self) -> None:
+        def bad(key: str, expected: str, value: Any) -> ValueError:
+            return ValueError(f"sim config {key}: expected {expected}, got {value!r}")
+
+        if not isinstance(self.partitions, int) or isinstance(self.partitions, bool) or self.partitions < 1:
+            raise bad("partitions", "a positive integer", self.partitions)
+        for key in ("nframes", "cpus", "hops"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise bad(key, "a positive integer", v)
+        if self.srcu_scope not in SRCU_SCOPES:
+            raise bad("srcu_scope", f"one of {SRCU_SCOPES}", self.srcu_scope)
+        if self.fanout not in FANOUTS:
+            raise bad("fanout", f"one of {FANOUTS}", self.fanout)
+        if self.topology not in TOPOLOGIES:
+            raise bad("topology", f"one of {TOPOLOGIES}", self.topology)
+        if self.scheduler not in POLICIES:
+            raise bad("scheduler", f"one of {POLICIES}", self.scheduler)
+        if self.trace not in TRACE_LEVELS:
+            raise bad("trace", f"one of {TRACE_LEVELS}", self.trace)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise bad("seed", "an integer", self.seed)
+        if self.jiffy_us <= 0:
+            raise bad("jiffy_us", "a positive number", self.jiffy_us)
+        names = set(self.names)
+        for p in self.crashes:
+            if p not in names:
+                raise bad(f"crashes.{p}", f"a partition name ({', '.join(self.names)})", p)
+        self.hop_dist: LatencyDist = parse_latency(self.hop_latency, "hop_latency")
+        self.callout_dist: LatencyDist | None = (
+            None if self.callout_latency is None else parse_latency(self.callout_latency, "callout_latency")
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return [f"p{i}" for i in range(self.partitions)]
+
+
+@dataclass
+class SimRun(Generic[T]):
+    """The outcome of ``run_sim``."""
+
+    result: T
+    trace_digest: str
+    steps: int
+    virtual_time_us: float
+    decisions: list[int]
+    faults: list[Fault]
+    violations: list[str]
+    trace_entries: list[str]
+
+
+class SimCluster:
+    """The partitions of one sim run, wired through one ``SimInterconnect``."""
+
+    def __init__(self, config: SimConfig, runtime: Runtime):
+        self.config = config
+        self.runtime = runtime
+        names = config.names
+        if config.topology == "uniform":
+            topo = Topology.uniform(names, hops=config.hops)
+        elif config.topology == "ring":
+            topo = Topology.ring(names)
+        else:
+            topo = Topology.numalink(names)
+        self.topology = topo
+        extra = {"callout": config.callout_dist} if config.callout_dist is not None else {}
+        self.latency = LatencyModel(config.hop_dist, config.per_byte_us, extra)
+        # model randomness has its own stream, apart from the scheduler's
+        self.rng = random.Random(f"mmusim-interconnect-{config.seed}")
+        self.interconnect = SimInterconnect(runtime, topo, self.latency, self.rng, loss=config.loss, deadline_us=config.deadline_us)
+        self.partitions: dict[str, Partition] = {}
+        self.owner_services: dict[str, OwnerService] = {}
+        self.secondary_services: dict[str, SecondaryService] = {}
+        for name in names:
+            p = Partition(
+                runtime, name=name, nframes=config.nframes, ncpus=config.cpus, srcu_scope=config.srcu_scope,
+                jiffy_us=config.jiffy_us, fanout=config.fanout,
+            )
+            self.partitions[name] = p
+            self.owner_services[name] = OwnerService(p, self.interconnect)
+            self.secondary_services[name] = SecondaryService(name)
+            self.interconnect.serve(name, OWNER_SERVICE, self.owner_services[name])
+            self.interconnect.serve(name, SECONDARY_SERVICE, self.secondary_services[name])
+        for name, at in config.crashes.items():
+            self.interconnect.crash_at(name, at)
+
+    def partition(self, name: str) -> Partition:
+        p = self.partitions.get(name)
+        if p is None:
+            raise KeyError(f"no partition {name!r}; the cluster has {', '.join(self.partitions)}")
+        return p
+
+    def owner_port(self, host: str, owner: str) -> OwnerPort:
+        """How a secondary on ``host`` reaches the mms of ``owner``: in-process on the same
+        partition, through the interconnect otherwise."""
+        self.partition(host)
+        if host == owner:
+            return LocalOwner(self.partition(owner))
+        return RemoteOwner(self.interconnect, self.secondary_services[host], owner, self.owner_services[owner])
+
+    async def gru(self, host: str, owner: str, mm: Mm, name: str | None = None, **config: Any) -> GruMmu:
+        """A GRU on ``host`` mapping ``mm`` of ``owner``, registered (across the interconnect
+        when host != owner)."""
+        gru = GruMmu(self.runtime, self.owner_port(host, owner), mm.id, name or f"gru@{host}:{mm.name}", **config)
+        await gru.register()
+        return gru
+
+    async def xpmem(self, host: str, owner: str, mm: Mm, name: str | None = None, **config: Any) -> XpmemDriver:
+        """An XPMEM driver on ``host`` for source ``mm`` of ``owner``, its notifier registered."""
+        cred = config.pop("cred", XpmemCred(tgid=mm.id, uid=1000, gid=1000))
+        drv = XpmemDriver(self.runtime, self.owner_port(host, owner), mm.id, name or f"xpmem@{host}:{mm.name}", cred=cred, **config)
+        await drv.register()
+        return drv
+
+    @property
+    def faults(self) -> list[Fault]:
+        return [f for s in self.owner_services.values() for f in s.faults]
+
+    def violations(self) -> list[str]:
+        return [str(v) for p in self.partitions.values() for v in p.oracle.violations]
+
+
+def run_sim(
+    config: SimConfig,
+    workload: Callable[[SimCluster], Awaitable[T]],
+    *,
+    replay: list[int] | None = None,
+) -> SimRun[T]:
+    """Build the cluster of ``config`` on a fresh virtual-time loop, run ``workload`` on it,
+    wait for every supervised task, and return what happened. ``replay``: the decisions of an
+    earlier run (``SimRun.decisions``) to re-make instead of the seeded policy's."""
+    from cluster.vtime import ReplayPolicy
+
+    policy = ReplayPolicy(replay) if replay is not None else make_policy(config.scheduler, config.seed)
+    loop = VirtualTimeLoop(policy=policy, trace=Trace(config.trace))
+    holder: dict[str, Any] = {}
+
+    async def main() -> T:
+        runtime = Runtime(VirtualClock())
+        cluster = SimCluster(config, runtime)
+        holder["cluster"] = cluster
+        result = await workload(cluster)
+        await runtime.join()
+        return result
+
+    result = run_virtual(main(), loop=loop)
+    cluster: SimCluster = holder["cluster"]
+    return SimRun(
+        result=result,
+        trace_digest=loop.trace.digest(),
+        steps=loop.trace.steps,
+        virtual_time_us=loop.time(),
+        decisions=list(loop.decisions),
+        faults=cluster.faults,
+        violations=cluster.violations(),
+        trace_entries=loop.trace.entries if config.trace == "full" else [],
+    )

@@ -1,0 +1,321 @@
+"""Secondary MMUs on another partition: both ends of the wire, over an injected interconnect.
+
+A GRU or XPMEM secondary on partition B maps pages of an mm on partition A. Two services and
+two proxies carry that across the interconnect:
+
+    partition B (secondary host)                    partition A (owner)
+    ----------------------------                    -------------------
+    GruMmu / XpmemDriver                            NotifierCore (SRCU, list walk)
+      |  OwnerPort calls                              |  ops of a RemoteNotifier
+    RemoteOwner  ------ get_user_pages, register -->  OwnerService
+    SecondaryService <---- callout(op, ...) --------  RemoteNotifier
+
+- ``RemoteOwner`` (on B) is the ``OwnerPort`` of a secondary whose mm lives on A: each call is a
+  request to A's ``OwnerService``.
+- ``OwnerService`` (on A) registers a ``RemoteNotifier`` on the mm for each remote secondary;
+  the notifier core calls it like any notifier, and each op it implements is a request to B's
+  ``SecondaryService``, which calls the real secondary. The core therefore sleeps for the
+  network inside ``invalidate_range_start`` under its SRCU read lock, as it would for GRU
+  callouts across NUMAlink. The atomic ops (``change_pte``, ``clear_flush_young``,
+  ``test_young``) are forwarded too, and so raise ``SleepingInAtomicContext``: a secondary on
+  another partition cannot honour an op the kernel calls under a spinlock.
+- Fencing: when a callout to B gets no answer (``Unreachable``: B died, or its link did), A
+  fences B: every notifier B registered is treated as released (no more callouts), every page
+  B pinned is unpinned, the oracle forgets B's translations, and the fault is recorded in
+  ``OwnerService.faults``. The operation that hit the fault then completes. Exit and unregister
+  on A therefore finish even with a dead secondary.
+
+The interconnect is injected (``Interconnect``): the sim backend's in-memory one sleeps for a
+modelled latency; the ray backend's is gRPC. Arguments are plain data so either can carry
+them. Oracle reports (translations established or dropped) are not modelled traffic: they go
+straight to the owner's oracle through ``oracle_sink``, because the oracle is an observer with
+a global view, not part of the machine.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from nodes.errors import NotFound, Unreachable
+from nodes.mm import Mm
+from nodes.notifier import OPS, MmuNotifier, TeardownTiming, has_op
+from nodes.owner import LocalOwner, PageRef
+from nodes.partition import Partition
+
+OWNER_SERVICE = "owner"
+SECONDARY_SERVICE = "secondary"
+
+
+class Interconnect(Protocol):
+    """Sends a request from one partition to a service on another and awaits the answer.
+    Model errors raised by the handler come back as the same errors; a partition that does
+    not answer in time gives ``Unreachable``."""
+
+    async def call(
+        self, src: str, dst: str, service: str, method: str, *args: Any, kind: str = "rpc", nbytes: int = 64
+    ) -> Any: ...
+
+
+@dataclass(frozen=True)
+class MmRef:
+    """How a secondary on another partition sees the mm a callout is about."""
+
+    id: int
+    name: str
+
+
+# -- the owner's side ---------------------------------------------------------------------------
+
+
+def _forwarding_op(op: str) -> Any:
+    async def forward(self: "RemoteNotifier", mm: Mm, *args: Any) -> Any:
+        return await self.service.forward(self, op, mm, args)
+
+    forward.__name__ = op
+    forward.__doc__ = f"Forward {op} to the secondary's partition (see MmuNotifier.{op})."
+    return forward
+
+
+class RemoteNotifier(MmuNotifier):
+    """The owner-side stand-in of a secondary that lives on another partition. Built per set
+    of ops (``remote_notifier_class``) so the core sees exactly the ops the secondary has."""
+
+    def __init__(self, service: "OwnerService", host: str, notifier_id: str, name: str):
+        super().__init__(f"{host}:{name}")
+        self.service = service
+        self.host = host
+        self.notifier_id = notifier_id
+        self.fenced = False  # the host stopped answering: treated as released from then on
+
+
+_proxy_classes: dict[frozenset[str], type[RemoteNotifier]] = {}
+
+
+def remote_notifier_class(ops: frozenset[str]) -> type[RemoteNotifier]:
+    """The ``RemoteNotifier`` subclass implementing exactly ``ops``."""
+    unknown = ops - set(OPS)
+    if unknown:
+        raise ValueError(f"unknown notifier ops {sorted(unknown)}; known: {list(OPS)}")
+    cls = _proxy_classes.get(ops)
+    if cls is None:
+        body = {op: _forwarding_op(op) for op in sorted(ops)}
+        cls = type(f"RemoteNotifier[{','.join(sorted(ops))}]", (RemoteNotifier,), body)
+        _proxy_classes[ops] = cls
+    return cls
+
+
+@dataclass
+class Fault:
+    """A secondary's partition that stopped answering, as the owner saw it."""
+
+    host: str
+    when: float
+    during: str  # the callout that found out
+    error: str
+    unpinned: int  # pages the fence unpinned
+    notifiers: list[str] = field(default_factory=list)
+
+
+class OwnerService:
+    """What an owner partition serves to secondaries on other partitions."""
+
+    def __init__(self, partition: Partition, interconnect: Interconnect):
+        self.part = partition
+        self.name = partition.name
+        self.interconnect = interconnect
+        self.local = LocalOwner(partition)
+        self.notifiers: dict[tuple[str, str], RemoteNotifier] = {}
+        # invariant: pins[host][pfn] == pins held by secondaries on host (their references)
+        self.pins: dict[str, Counter[int]] = {}
+        self.fenced_hosts: set[str] = set()
+        self.faults: list[Fault] = []
+
+    # -- requests from secondaries ----------------------------------------------------------
+
+    def _notifier(self, host: str, notifier_id: str) -> RemoteNotifier:
+        mn = self.notifiers.get((host, notifier_id))
+        if mn is None:
+            raise NotFound(f"no notifier {notifier_id!r} of partition {host} on {self.name}")
+        return mn
+
+    def _check_host(self, host: str) -> None:
+        if host in self.fenced_hosts:
+            raise Unreachable(f"partition {host} was fenced by {self.name} and may not come back")
+
+    async def register(self, host: str, notifier_id: str, name: str, ops: list[str], mm_id: int) -> None:
+        self._check_host(host)
+        if (host, notifier_id) in self.notifiers:
+            raise NotFound(f"notifier {notifier_id!r} of partition {host} is already registered on {self.name}")
+        mn = remote_notifier_class(frozenset(ops))(self, host, notifier_id, name)
+        self.notifiers[(host, notifier_id)] = mn
+        try:
+            await self.part.core.register(mn, self.part.mm(mm_id))
+        except BaseException:
+            del self.notifiers[(host, notifier_id)]
+            raise
+
+    async def unregister(self, host: str, notifier_id: str, mm_id: int) -> tuple[float, float, float]:
+        mn = self._notifier(host, notifier_id)
+        mm = self.part.mms.get(mm_id)
+        if mm is None:
+            raise NotFound(f"no mm {mm_id} on partition {self.name}")
+        t = await self.part.core.unregister(mn, mm)
+        del self.notifiers[(host, notifier_id)]
+        return (t.total_us, t.release_us, t.srcu_wait_us)
+
+    async def get_user_pages(self, host: str, mm_id: int, address: int, npages: int, write: bool, pin: bool) -> list[PageRef]:
+        self._check_host(host)
+        refs = await self.local.get_user_pages(mm_id, address, npages, write=write, pin=pin)
+        if pin:
+            if host in self.fenced_hosts:  # fenced while the lookup ran: give the pins back
+                await self.local.put_user_pages(mm_id, [r.pfn for r in refs])
+                raise Unreachable(f"partition {host} was fenced by {self.name} during get_user_pages")
+            self.pins.setdefault(host, Counter()).update(r.pfn for r in refs)
+        return refs
+
+    async def put_user_pages(self, host: str, mm_id: int, pfns: list[int]) -> None:
+        held = self.pins.get(host, Counter())
+        for pfn in pfns:
+            if held[pfn] <= 0:
+                raise NotFound(f"partition {host} holds no pin on frame {pfn} of {self.name}")
+            held[pfn] -= 1
+        await self.local.put_user_pages(mm_id, pfns)
+
+    async def dma_read(self, host: str, notifier_id: str, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
+        self._check_host(host)
+        return await self.local.dma_read(self._notifier(host, notifier_id), mm_id, address, pfn, expected)
+
+    # -- oracle reports (not modelled traffic) ----------------------------------------------
+
+    def translation_established(self, host: str, notifier_id: str, mm_id: int, address: int, pfn: int) -> None:
+        if host in self.fenced_hosts:
+            return  # a fenced partition can no longer reach this partition's memory
+        self.local.translation_established(self._notifier(host, notifier_id), mm_id, address, pfn)
+
+    def translations_dropped(self, host: str, notifier_id: str, mm_id: int, pfns: list[int] | np.ndarray) -> None:
+        if host in self.fenced_hosts:
+            return  # the fence already forgot every translation of this host
+        self.local.translations_dropped(self._notifier(host, notifier_id), mm_id, pfns)
+
+    # -- callouts to secondaries ------------------------------------------------------------
+
+    async def forward(self, mn: RemoteNotifier, op: str, mm: Mm, args: tuple[Any, ...]) -> Any:
+        """A callout of ``mn``: a request to its host's SecondaryService, or nothing if the
+        host was fenced. ``Unreachable`` fences the host and the callout returns as if the
+        secondary had done its part (it can no longer touch the owner's memory)."""
+        if mn.fenced:
+            return 0
+        try:
+            return await self.interconnect.call(
+                self.name, mn.host, SECONDARY_SERVICE, "callout", mn.notifier_id, op, mm.id, mm.name, args,
+                kind="callout",
+            )
+        except Unreachable as e:
+            self.fence(mn.host, during=f"{op} of {mn.name}", error=str(e))
+            return 0
+
+    def fence(self, host: str, *, during: str, error: str) -> None:
+        """Treat every secondary of ``host`` as released and drop its pins (see module doc)."""
+        if host in self.fenced_hosts:
+            return
+        self.fenced_hosts.add(host)
+        names = []
+        for (h, _), mn in self.notifiers.items():
+            if h == host:
+                mn.fenced = True
+                names.append(mn.name)
+                self.part.oracle.forget_notifier(mn)
+        held = self.pins.pop(host, Counter())
+        pfns = [pfn for pfn, n in held.items() for _ in range(n)]
+        if pfns:
+            self.part.frames.unpin(np.asarray(pfns, dtype=np.int64))
+        self.faults.append(Fault(host, self.part.runtime.now(), during, error, len(pfns), names))
+        self.part.runtime.trace("fence", f"{self.name} fenced {host} during {during}: {len(pfns)} unpinned")
+
+
+# -- the secondary's side -----------------------------------------------------------------------
+
+
+class SecondaryService:
+    """What a partition hosting secondaries serves to owners: the callouts."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.notifiers: dict[str, MmuNotifier] = {}
+        self._next_id = 0
+
+    def add(self, mn: MmuNotifier) -> str:
+        self._next_id += 1
+        nid = f"{mn.name}#{self._next_id}"
+        self.notifiers[nid] = mn
+        return nid
+
+    async def callout(self, notifier_id: str, op: str, mm_id: int, mm_name: str, args: tuple[Any, ...]) -> Any:
+        mn = self.notifiers.get(notifier_id)
+        if mn is None:
+            raise NotFound(f"no notifier {notifier_id!r} on partition {self.name}")
+        if op not in OPS or not has_op(mn, op):
+            raise NotFound(f"notifier {notifier_id!r} on partition {self.name} has no op {op!r}")
+        result = getattr(mn, op)(MmRef(mm_id, mm_name), *args)
+        if hasattr(result, "__await__"):
+            result = await result
+        return result
+
+
+class RemoteOwner:
+    """The ``OwnerPort`` of secondaries on ``host`` whose mm lives on partition ``owner``."""
+
+    def __init__(self, interconnect: Interconnect, host: SecondaryService, owner: str, oracle_sink: OwnerService):
+        self.interconnect = interconnect
+        self.host = host
+        self.partition = owner
+        self.oracle_sink = oracle_sink
+        self._ids: dict[MmuNotifier, str] = {}
+
+    def _id(self, mn: MmuNotifier) -> str:
+        nid = self._ids.get(mn)
+        if nid is None:
+            raise NotFound(f"notifier {mn.name} was never registered through partition {self.host.name}")
+        return nid
+
+    async def _call(self, method: str, *args: Any, kind: str = "rpc") -> Any:
+        return await self.interconnect.call(self.host.name, self.partition, OWNER_SERVICE, method, *args, kind=kind)
+
+    async def get_user_pages(self, mm_id: int, address: int, npages: int, *, write: bool, pin: bool) -> list[PageRef]:
+        return await self._call("get_user_pages", self.host.name, mm_id, address, npages, write, pin, kind="fault")
+
+    async def put_user_pages(self, mm_id: int, pfns: list[int] | np.ndarray) -> None:
+        await self._call("put_user_pages", self.host.name, mm_id, [int(p) for p in pfns])
+
+    async def register(self, mn: MmuNotifier, mm_id: int, current: Any = None) -> None:
+        if current is not None:
+            raise ValueError("a remote register cannot carry the caller's signal state")
+        nid = self.host.add(mn)
+        self._ids[mn] = nid
+        ops = [op for op in OPS if has_op(mn, op)]
+        try:
+            await self._call("register", self.host.name, nid, mn.name, ops, mm_id)
+        except BaseException:
+            del self._ids[mn]
+            self.host.notifiers.pop(nid, None)
+            raise
+
+    async def unregister(self, mn: MmuNotifier, mm_id: int) -> TeardownTiming:
+        nid = self._id(mn)
+        total, release, wait = await self._call("unregister", self.host.name, nid, mm_id)
+        del self._ids[mn]
+        self.host.notifiers.pop(nid, None)
+        return TeardownTiming(total, release, wait)
+
+    async def dma_read(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
+        return await self._call("dma_read", self.host.name, self._id(mn), mm_id, address, pfn, expected, kind="read")
+
+    def translation_established(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int) -> None:
+        self.oracle_sink.translation_established(self.host.name, self._id(mn), mm_id, address, pfn)
+
+    def translations_dropped(self, mn: MmuNotifier, mm_id: int, pfns: list[int] | np.ndarray) -> None:
+        self.oracle_sink.translations_dropped(self.host.name, self._id(mn), mm_id, pfns)
