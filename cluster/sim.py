@@ -23,6 +23,7 @@ Entry point::
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generic, TypeVar
@@ -89,12 +90,22 @@ class SimConfig:
             raise bad("trace", f"one of {TRACE_LEVELS}", self.trace)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise bad("seed", "an integer", self.seed)
-        if self.jiffy_us <= 0:
-            raise bad("jiffy_us", "a positive number", self.jiffy_us)
+
+        def number(key: str, v: Any, positive: bool) -> None:
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0 or (positive and v == 0):
+                raise bad(key, "a positive number" if positive else "a number >= 0", v)
+
+        number("jiffy_us", self.jiffy_us, True)
+        number("deadline_us", self.deadline_us, True)
+        number("per_byte_us", self.per_byte_us, False)
+        number("loss", self.loss, False)
+        if self.loss >= 1:
+            raise bad("loss", "a probability in [0, 1)", self.loss)
         names = set(self.names)
-        for p in self.crashes:
+        for p, at in self.crashes.items():
             if p not in names:
                 raise bad(f"crashes.{p}", f"a partition name ({', '.join(self.names)})", p)
+            number(f"crashes.{p}", at, False)
         self.hop_dist: LatencyDist = parse_latency(self.hop_latency, "hop_latency")
         self.callout_dist: LatencyDist | None = (
             None if self.callout_latency is None else parse_latency(self.callout_latency, "callout_latency")

@@ -342,14 +342,14 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
                 sleep.set_result(None)
                 ready.append(asyncio.Handle(sleep._wake, (sleep,), self, sleep._wake_context))
         live = [h for h in ready if not h._cancelled]
+        if len(live) <= 1:
+            i = 0
+        else:  # before ready is cleared: if the policy raises (ReplayDiverged), nothing is lost
+            i = self.policy.choose([self._key(h)[0] for h in live])
+            self.decisions.append(i)
         ready.clear()
         if not live:
             return
-        if len(live) == 1:
-            i = 0
-        else:
-            i = self.policy.choose([self._key(h)[0] for h in live])
-            self.decisions.append(i)
         handle = live.pop(i)
         ready.extend(live)
         if tracing:
@@ -399,6 +399,9 @@ def run_virtual(coro: Coroutine[Any, Any, T], *, loop: VirtualTimeLoop | None = 
     loop = loop if loop is not None else VirtualTimeLoop()
     try:
         return loop.run_until_complete(coro)
+    except BaseException:
+        loop.policy = None  # the policy may be what failed (a diverged replay): clean up in fifo order
+        raise
     finally:
         try:
             pending = [t for t in asyncio.all_tasks(loop) if not t.done()]

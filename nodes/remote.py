@@ -19,6 +19,8 @@ two proxies carry that across the interconnect:
   callouts across NUMAlink. The atomic ops (``change_pte``, ``clear_flush_young``,
   ``test_young``) are forwarded too, and so raise ``SleepingInAtomicContext``: a secondary on
   another partition cannot honour an op the kernel calls under a spinlock.
+- A pinning get_user_pages whose answer is lost is undone by the secondary's side
+  (``abort_pins``), so a pin is never held for a request no one saw answered.
 - Fencing: when a callout to B gets no answer (``Unreachable``: B died, or its link did), A
   fences B: every notifier B registered is treated as released (no more callouts), every page
   B pinned is unpinned, the oracle forgets B's translations, and the fault is recorded in
@@ -47,6 +49,8 @@ from nodes.owner import LocalOwner, PageRef
 from nodes.partition import Partition
 
 OWNER_SERVICE = "owner"
+PIN_REQUESTS_KEPT = 4096  # pinning requests per host an abort can still undo
+ABORT_ATTEMPTS = 8  # tries to undo a pinning request whose answer was lost
 SECONDARY_SERVICE = "secondary"
 
 
@@ -133,6 +137,9 @@ class OwnerService:
         self.pins: dict[str, Counter[int]] = {}
         self.fenced_hosts: set[str] = set()
         self.faults: list[Fault] = []
+        # host -> {request id -> (mm id, pfns)} of its latest pinning get_user_pages, so that a
+        # request whose reply was lost can be undone (abort_pins); oldest forgotten first
+        self._pin_requests: dict[str, dict[int, tuple[int, list[int]]]] = {}
 
     # -- requests from secondaries ----------------------------------------------------------
 
@@ -167,7 +174,9 @@ class OwnerService:
         del self.notifiers[(host, notifier_id)]
         return (t.total_us, t.release_us, t.srcu_wait_us)
 
-    async def get_user_pages(self, host: str, mm_id: int, address: int, npages: int, write: bool, pin: bool) -> list[PageRef]:
+    async def get_user_pages(
+        self, host: str, mm_id: int, address: int, npages: int, write: bool, pin: bool, request_id: int = 0
+    ) -> list[PageRef]:
         self._check_host(host)
         refs = await self.local.get_user_pages(mm_id, address, npages, write=write, pin=pin)
         if pin:
@@ -175,7 +184,20 @@ class OwnerService:
                 await self.local.put_user_pages(mm_id, [r.pfn for r in refs])
                 raise Unreachable(f"partition {host} was fenced by {self.name} during get_user_pages")
             self.pins.setdefault(host, Counter()).update(r.pfn for r in refs)
+            recent = self._pin_requests.setdefault(host, {})
+            recent[request_id] = (mm_id, [r.pfn for r in refs])
+            if len(recent) > PIN_REQUESTS_KEPT:
+                del recent[next(iter(recent))]
         return refs
+
+    async def abort_pins(self, host: str, request_id: int) -> int:
+        """The pinning get_user_pages ``request_id`` of ``host`` got no answer there: if it
+        was served, drop the pins it took (the secondary never learned of them). Returns the
+        pages unpinned. Idempotent."""
+        mm_id, pfns = self._pin_requests.get(host, {}).pop(request_id, (0, []))
+        if pfns:
+            await self.put_user_pages(host, mm_id, pfns)
+        return len(pfns)
 
     async def put_user_pages(self, host: str, mm_id: int, pfns: list[int]) -> None:
         held = self.pins.get(host, Counter())
@@ -275,6 +297,7 @@ class RemoteOwner:
         self.partition = owner
         self.oracle_sink = oracle_sink
         self._ids: dict[MmuNotifier, str] = {}
+        self._requests = 0  # ids of pinning get_user_pages requests
 
     def _id(self, mn: MmuNotifier) -> str:
         nid = self._ids.get(mn)
@@ -286,7 +309,23 @@ class RemoteOwner:
         return await self.interconnect.call(self.host.name, self.partition, OWNER_SERVICE, method, *args, kind=kind)
 
     async def get_user_pages(self, mm_id: int, address: int, npages: int, *, write: bool, pin: bool) -> list[PageRef]:
-        return await self._call("get_user_pages", self.host.name, mm_id, address, npages, write, pin, kind="fault")
+        """A pinning request whose answer is lost may still have pinned pages on the owner:
+        then the pins are undone (``abort_pins``, retried a few times) before ``Unreachable``
+        reaches the caller, so no pin outlives a request its secondary never saw answered."""
+        if not pin:
+            return await self._call("get_user_pages", self.host.name, mm_id, address, npages, write, pin, kind="fault")
+        self._requests += 1
+        rid = self._requests
+        try:
+            return await self._call("get_user_pages", self.host.name, mm_id, address, npages, write, pin, rid, kind="fault")
+        except Unreachable:
+            for _ in range(ABORT_ATTEMPTS):
+                try:
+                    await self._call("abort_pins", self.host.name, rid)
+                    break
+                except Unreachable:
+                    continue
+            raise
 
     async def put_user_pages(self, mm_id: int, pfns: list[int] | np.ndarray) -> None:
         await self._call("put_user_pages", self.host.name, mm_id, [int(p) for p in pfns])
