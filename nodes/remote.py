@@ -193,7 +193,7 @@ class OwnerService:
     async def abort_pins(self, host: str, request_id: int) -> int:
         """The pinning get_user_pages ``request_id`` of ``host`` got no answer there: if it
         was served, drop the pins it took (the secondary never learned of them). Returns the
-        pages unpinned. Idempotent."""
+        pages unpinned. Idempotent; nothing to do for a fenced host (the fence dropped its pins)."""
         mm_id, pfns = self._pin_requests.get(host, {}).pop(request_id, (0, []))
         if pfns:
             await self.put_user_pages(host, mm_id, pfns)
@@ -252,6 +252,7 @@ class OwnerService:
                 names.append(mn.name)
                 self.part.oracle.forget_notifier(mn)
         held = self.pins.pop(host, Counter())
+        self._pin_requests.pop(host, None)  # the fence drops every pin; nothing left to abort
         pfns = [pfn for pfn, n in held.items() for _ in range(n)]
         if pfns:
             self.part.frames.unpin(np.asarray(pfns, dtype=np.int64))
