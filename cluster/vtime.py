@@ -378,12 +378,8 @@ class VirtualClock:
 
     def sleep(self, us: float) -> Any:
         """An awaitable resuming the awaiting task ``us`` virtual microseconds from now."""
-        loop = self._loop
-        if loop is None:
-            loop = asyncio.get_running_loop()
-        fut = _Sleep(loop=loop)
-        fut._when = loop._virtual_now + us  # type: ignore[attr-defined]
-        return fut
+        loop = self._loop if self._loop is not None else asyncio.get_running_loop()
+        return loop.sleep(us)  # type: ignore[attr-defined]
 
     def trace(self, kind: str, detail: str) -> None:
         """Record a model event in the loop's trace."""

@@ -47,6 +47,7 @@ from nodes.mm import Mm
 from nodes.notifier import OPS, MmuNotifier, TeardownTiming, has_op
 from nodes.owner import LocalOwner, PageRef
 from nodes.partition import Partition
+from nodes.runtime import call_maybe_async
 
 OWNER_SERVICE = "owner"
 PIN_REQUESTS_KEPT = 4096  # pinning requests per host an abort can still undo
@@ -283,10 +284,7 @@ class SecondaryService:
             raise NotFound(f"no notifier {notifier_id!r} on partition {self.name}")
         if op not in OPS or not has_op(mn, op):
             raise NotFound(f"notifier {notifier_id!r} on partition {self.name} has no op {op!r}")
-        result = getattr(mn, op)(MmRef(mm_id, mm_name), *args)
-        if hasattr(result, "__await__"):
-            result = await result
-        return result
+        return await call_maybe_async(getattr(mn, op), MmRef(mm_id, mm_name), *args)
 
 
 class RemoteOwner:
