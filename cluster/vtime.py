@@ -14,6 +14,12 @@ spirit of SimPy's ``Environment.step`` and trio's ``MockClock(autojump)``:
   events the model reports through ``Runtime.trace``. Its digest identifies the interleaving:
   the same seed gives the same digest, in any process.
 
+Every coroutine the loop runs runs in a ``SimTask``: asyncio's Task rewritten so that a virtual
+sleep is a heap push and a heap pop, SimPy-style, with no Future; ``loop.create_future()``
+makes a ``SimFuture``, which wakes the task awaiting it straight from the ready queue. Both
+are C ``asyncio.Future`` subclasses, so awaiting, gathering, cancelling, ``current_task()``
+and per-task contextvars behave as on asyncio's own loop.
+
 Model code must use the injected ``VirtualClock``; asyncio helpers that take seconds
 (``asyncio.wait_for``) would read them as microseconds on this loop.
 """
@@ -21,12 +27,15 @@ Model code must use the injected ``VirtualClock``; asyncio helpers that take sec
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import hashlib
 import heapq
 import random
 import selectors
+import types
 from collections import deque
-from typing import Any, Coroutine, Sequence, TypeVar
+from typing import Any, Coroutine, Generator, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -48,43 +57,75 @@ class ReplayDiverged(Exception):
 
 class Trace:
     """What ran when: a running digest of every step and model event, and optionally the
-    whole list (``level="full"``). Entries are buffered and hashed in batches."""
+    whole list (``level="full"``).
 
-    _BATCH = 4096
+    Entries are buffered and hashed in batches: the virtual time as a float whenever it has
+    moved, a step as the name of who ran (a str; the virtual loop appends these to ``_buf``
+    itself), an event as a ``(kind, detail)`` tuple. The digest is of the concatenated
+    ``repr`` of the entries, so it does not depend on where batches end."""
+
+    BATCH = 4096
 
     def __init__(self, level: str = "hash"):
         if level not in TRACE_LEVELS:
             raise ValueError(f"trace level must be one of {TRACE_LEVELS}, got {level!r}")
         self.level = level
         self._hash = hashlib.blake2b(digest_size=16)
-        self._buf: list[tuple[float, str, str]] = []
+        self._buf: list[Any] = []
+        self._buf_other = 0  # entries in _buf that are not steps
+        self._now = 0.0  # the time last recorded
+        self._full_now = 0.0  # the time of the last line of ``entries``
         self._entries: list[str] = []
-        self.steps = 0
+        self._steps = 0
         self.events = 0
 
+    @property
+    def steps(self) -> int:
+        """Scheduling steps recorded (0 when the level is ``off``)."""
+        return self._steps + len(self._buf) - self._buf_other
+
+    def at(self, now: float) -> None:
+        """Note the virtual time, if it has moved since last noted."""
+        if now != self._now:
+            self._now = now
+            self._buf_other += 1
+            self._buf.append(now)
+
     def step(self, now: float, key: str) -> None:
-        self.steps += 1
-        self._buf.append((now, "run", key))
-        if len(self._buf) >= self._BATCH:
+        self.at(now)
+        self._buf.append(key)
+        if len(self._buf) >= self.BATCH:
             self._flush()
 
     def event(self, now: float, kind: str, detail: str) -> None:
         self.events += 1
         if self.level != "off":
-            self._buf.append((now, kind, detail))
-            if len(self._buf) >= self._BATCH:
+            self.at(now)
+            self._buf_other += 1
+            self._buf.append((kind, detail))
+            if len(self._buf) >= self.BATCH:
                 self._flush()
 
     def _flush(self) -> None:
-        lines = [f"{t!r} {kind} {what}\n" for t, kind, what in self._buf]
-        self._buf.clear()
-        self._hash.update("".join(lines).encode())
+        buf = self._buf
+        if not buf:
+            return
+        self._steps += len(buf) - self._buf_other
+        self._buf_other = 0
+        self._hash.update("".join(map(repr, buf)).encode())
         if self.level == "full":
-            self._entries.extend(lines)
+            for e in buf:
+                if type(e) is float:
+                    self._full_now = e
+                elif type(e) is str:
+                    self._entries.append(f"{self._full_now!r} run {e}\n")
+                else:
+                    self._entries.append(f"{self._full_now!r} {e[0]} {e[1]}\n")
+        buf.clear()
 
     @property
     def entries(self) -> list[str]:
-        """Every line of the trace (``level="full"`` only)."""
+        """Every line of the trace (``level="full"`` only): ``time kind detail``."""
         self._flush()
         return self._entries
 
@@ -135,7 +176,7 @@ class PctPolicy(SchedulingPolicy):
     def choose(self, keys: Sequence[Any]) -> int:
         best, best_prio = 0, None
         for i, key in enumerate(keys):
-            if not isinstance(key, asyncio.Task):
+            if not isinstance(key, _TASKS):
                 return i
             prio = self.priority.get(key)
             if prio is None:
@@ -205,30 +246,226 @@ class _NoIoSelector(selectors.BaseSelector):
         self._keys.clear()
 
 
-class _Sleep(asyncio.Future):  # type: ignore[type-arg]
-    """The future returned by ``VirtualClock.sleep``: the task that awaits it is woken straight
-    from the loop's sleeper heap. It is a C ``asyncio.Future`` (so awaiting it and reading its
-    result run in C) whose done-callback is kept here instead of being scheduled through
-    ``call_soon``: the hot path of a simulation, tasks sleeping for latencies, is then a heap
-    push and a heap pop."""
+class _Ready(list):  # type: ignore[type-arg]
+    """A callback on the virtual loop's ready queue, ``[callback, args, context]``: what
+    ``VirtualTimeLoop.call_soon`` returns instead of an ``asyncio.Handle``. It is built in C
+    (no Python ``__init__``), which matters because Future done-callbacks come through
+    ``call_soon``. It has ``Handle``'s public ``cancel()`` and ``cancelled()``."""
 
-    __slots__ = ("_when", "_wake", "_wake_context")
+    __slots__ = ()
 
-    def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
-        # only the awaiting Task calls this, once, while the sleep is pending
-        self._wake = fn
-        self._wake_context = context
-        loop = self._loop
-        loop._sleeper_seq += 1
-        heapq.heappush(loop._sleepers, (self._when, loop._sleeper_seq, self))
+    def cancel(self) -> None:
+        self[0] = None
+
+    def cancelled(self) -> bool:
+        return self[0] is None
+
+
+class SimFuture(asyncio.Future):  # type: ignore[type-arg]
+    """``loop.create_future()`` on the virtual loop: an ``asyncio.Future`` (a C one) that
+    remembers the one ``SimTask`` awaiting it, if any, and puts that task straight on the ready
+    queue when it completes; the task's resumption then reads the outcome (``await`` of a done
+    Future returns its result or raises its exception). Other done-callbacks go the asyncio
+    way, through ``call_soon``. This is how a task wakes another (a lock release, an SRCU grace
+    period, a message delivered) at the cost of one Python frame."""
+
+    _waiter: "SimTask | None" = None  # a class default: no __init__ to run per Future
+
+    def set_result(self, result: Any) -> None:
+        _future_set_result(self, result)
+        waiter = self._waiter
+        if waiter is not None:  # (_wake_waiter, inlined: this is how one task wakes another)
+            waiter._fut_waiter = None
+            self._loop._ready.append(waiter)
+            self._waiter = None
+
+    def set_exception(self, exception: Any) -> None:
+        _future_set_exception(self, exception)
+        self._wake_waiter()
 
     def cancel(self, msg: Any = None) -> bool:
-        if not super().cancel(msg=msg):
+        if not _future_cancel(self, msg=msg):
             return False
-        wake = getattr(self, "_wake", None)
-        if wake is not None:  # wake the sleeping task now, with CancelledError
-            self.get_loop().call_soon(wake, self, context=self._wake_context)
+        self._wake_waiter()
         return True
+
+    def _wake_waiter(self) -> None:
+        """Put the SimTask awaiting this (if any) on the ready queue."""
+        waiter = self._waiter
+        if waiter is not None:
+            waiter._fut_waiter = None
+            self._loop._ready.append(waiter)
+            self._waiter = None
+
+
+_future_set_result = asyncio.Future.set_result
+_future_set_exception = asyncio.Future.set_exception
+_future_cancel = asyncio.Future.cancel
+
+
+class SimTask(SimFuture):
+    """The virtual loop's Task: asyncio's ``Task`` (``asyncio/tasks.py``, ``__step`` and
+    ``__wakeup``) rewritten so that a virtual sleep costs no Future.
+
+    It is an ``asyncio.Future`` (a C one), so it can be awaited, gathered, waited on and
+    cancelled like any task, ``asyncio.current_task()`` returns it while it runs, and
+    ``asyncio.all_tasks()`` lists it. What differs is the hot path of a simulation, a task
+    sleeping for a latency: the sleep yields its wake-up time (a float), and the task files
+    itself straight into the loop's sleeper heap, SimPy-style; the loop steps it from there.
+    Anything else a coroutine awaits (a Future, a lock, another task) goes the asyncio way.
+
+    Only a ``SimTask`` understands a virtual sleep; ``VirtualTimeLoop.create_task`` makes one
+    for every coroutine the loop runs (``asyncio.Task(coro)`` made by hand would refuse the
+    sleep with "bad yield")."""
+
+    __slots__ = ("_coro", "_name", "_context", "_must_cancel", "_cancel_message", "_num_cancels_requested",
+                 "_fut_waiter", "_sleeping", "_log_destroy_pending")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], *, loop: "VirtualTimeLoop", name: str | None = None,
+                 context: contextvars.Context | None = None):
+        super().__init__(loop=loop)  # (SimFuture)
+        if not asyncio.iscoroutine(coro):
+            raise TypeError(f"a coroutine was expected, got {coro!r}")
+        self._coro = coro
+        loop._tasks_made += 1
+        self._name = name if name is not None else f"{getattr(coro, '__qualname__', 'task')}#{loop._tasks_made}"
+        self._context = context if context is not None else contextvars.copy_context()
+        self._must_cancel = False
+        self._cancel_message: Any = None
+        self._num_cancels_requested = 0
+        self._fut_waiter: Any = None
+        self._sleeping = 0  # the sequence number of this task's live entry in the sleeper heap
+        self._log_destroy_pending = True
+        loop.call_soon(self._step, context=self._context)
+        asyncio.tasks._register_task(self)
+
+    def get_coro(self) -> Coroutine[Any, Any, Any]:
+        return self._coro
+
+    def get_name(self) -> str:
+        return self._name
+
+    def set_name(self, value: object) -> None:
+        self._name = str(value)
+
+    def get_context(self) -> contextvars.Context:
+        return self._context
+
+    def cancelling(self) -> int:
+        return self._num_cancels_requested
+
+    def uncancel(self) -> int:
+        if self._num_cancels_requested > 0:
+            self._num_cancels_requested -= 1
+        return self._num_cancels_requested
+
+    def cancel(self, msg: Any = None) -> bool:
+        """As ``Task.cancel``; a sleeping task is woken now, with ``CancelledError``."""
+        if self.done():
+            return False
+        self._num_cancels_requested += 1
+        if self._fut_waiter is not None and self._fut_waiter.cancel(msg=msg):
+            return True  # the waiter's callback steps this task with CancelledError
+        self._must_cancel = True
+        self._cancel_message = msg
+        if self._sleeping:
+            self._sleeping = 0  # its heap entry is dead
+            self._loop.call_soon(self._step, context=self._context)
+        return True
+
+    def set_result(self, result: Any) -> None:
+        raise RuntimeError("SimTask does not support set_result()")
+
+    def set_exception(self, exception: Any) -> None:
+        raise RuntimeError("SimTask does not support set_exception()")
+
+    def _step(self, exc: BaseException | None = None) -> None:
+        """Run the coroutine to its next suspension (``Task.__step``)."""
+        if self._must_cancel:
+            if not isinstance(exc, asyncio.CancelledError):
+                exc = self._make_cancelled_error()
+            self._must_cancel = False
+        loop = self._loop
+        # asyncio's _enter_task/_leave_task, as dict stores: asyncio.current_task() is this task
+        _current_tasks[loop] = self
+        try:
+            result = self._coro.send(None) if exc is None else self._coro.throw(exc)
+        except BaseException as e:
+            _current_tasks[loop] = None
+            self._finish(e)
+            return
+        _current_tasks[loop] = None
+        if type(result) is float:  # a virtual sleep until ``result``: into the sleeper heap
+            loop._sleeper_seq = seq = loop._sleeper_seq + 1
+            self._sleeping = seq
+            _heappush(loop._sleepers, (result, seq, self))
+            if self._must_cancel:  # it cancelled itself, then slept
+                self._sleeping = 0
+                loop.call_soon(self._step, context=self._context)
+        elif (type(result) is SimFuture and result._waiter is None and result._asyncio_future_blocking
+              and result._loop is loop):  # waits for a SimFuture, which will put it on the ready queue
+            result._asyncio_future_blocking = False
+            result._waiter = self
+            self._fut_waiter = result
+            if self._must_cancel and result.cancel(msg=self._cancel_message):
+                self._must_cancel = False
+        else:
+            self._suspend(result)
+
+    def _finish(self, e: BaseException) -> None:
+        """The coroutine returned or raised ``e``."""
+        if isinstance(e, StopIteration):
+            if self._must_cancel:  # cancelled while returning
+                self._must_cancel = False
+                super().cancel(msg=self._cancel_message)
+            else:
+                super().set_result(e.value)
+        elif isinstance(e, asyncio.CancelledError):
+            super().cancel()
+        else:
+            super().set_exception(e)
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise e
+
+    def _suspend(self, result: Any) -> None:
+        """The coroutine yielded ``result``, not a sleep: wait for a Future, or run again."""
+        loop = self._loop
+        if getattr(result, "_asyncio_future_blocking", None) is not None:
+            if result.get_loop() is not loop:
+                new_exc: BaseException = RuntimeError(
+                    f"Task {self!r} got Future {result!r} attached to a different loop")
+            elif not result._asyncio_future_blocking:
+                new_exc = RuntimeError(f"yield was used instead of yield from in task {self!r} with {result!r}")
+            elif result is self:
+                new_exc = RuntimeError(f"Task cannot await on itself: {self!r}")
+            else:
+                result._asyncio_future_blocking = False
+                result.add_done_callback(self._wakeup, context=self._context)
+                self._fut_waiter = result
+                if self._must_cancel and result.cancel(msg=self._cancel_message):
+                    self._must_cancel = False
+                return
+        elif result is None:  # a bare yield: run again in the next step
+            loop.call_soon(self._step, context=self._context)
+            return
+        else:
+            new_exc = RuntimeError(f"Task got bad yield: {result!r}")
+        loop.call_soon(self._step, new_exc, context=self._context)
+
+    def _wakeup(self, future: "asyncio.Future[Any]") -> None:
+        """The Future this task awaited is done (``Task.__wakeup``)."""
+        self._fut_waiter = None
+        try:
+            future.result()
+        except BaseException as exc:
+            self._step(exc)
+        else:
+            self._step()
+
+
+_current_tasks = asyncio.tasks._current_tasks  # what asyncio.current_task() reads
+_heappush = heapq.heappush
+_TASKS = (asyncio.Task, SimTask)
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
@@ -240,39 +477,65 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self.policy = policy
         self.trace = trace if trace is not None else Trace("hash")
         self.decisions: list[int] = []  # index chosen at each step with more than one ready
-        self._task_keys: dict[asyncio.Task[Any], str] = {}
-        self._tasks_seen = 0
-        self._sleepers: list[tuple[float, int, _Sleep]] = []  # heap of pending sleeps
+        self._tasks_made = 0
+        self._sleepers: list[tuple[float, int, SimTask]] = []  # heap of sleeping tasks
         self._sleeper_seq = 0
+        # ``loop.create_future()``, as a C callable: a Future costs no Python frame to make
+        self.create_future = functools.partial(SimFuture, loop=self)  # type: ignore[method-assign]
 
-    def sleep(self, us: float) -> _Sleep:
-        """An awaitable that resumes the awaiting task ``us`` virtual microseconds from now."""
-        fut = _Sleep(loop=self)
-        fut._when = self._virtual_now + us
-        return fut
+    def create_task(self, coro: Coroutine[Any, Any, T], *, name: str | None = None,
+                    context: contextvars.Context | None = None) -> SimTask:
+        """Every coroutine this loop runs runs in a ``SimTask``."""
+        self._check_closed()  # type: ignore[attr-defined]
+        return SimTask(coro, loop=self, name=name, context=context)
 
-    def get_debug(self) -> bool:
-        return False  # asked by every Future created; the virtual loop has no debug mode
+    # Asked by every Future made; the virtual loop has no debug mode. ``bool()`` is False,
+    # and as a C function it costs no Python frame per Future.
+    get_debug = staticmethod(bool)  # type: ignore[assignment]
+
+
+    def call_soon(self, callback: Any, *args: Any, context: contextvars.Context | None = None) -> Any:
+        """As ``BaseEventLoop.call_soon``, but queues a ``_Ready`` rather than a Handle."""
+        if self._closed:  # type: ignore[attr-defined]
+            raise RuntimeError("Event loop is closed")
+        entry = _Ready((callback, args, context if context is not None else contextvars.copy_context()))
+        self._ready.append(entry)  # type: ignore[attr-defined]
+        return entry
 
     def time(self) -> float:
         return self._virtual_now
 
-    def _key(self, handle: asyncio.Handle) -> tuple[Any, str]:
-        """(scheduling key, trace name) of a ready handle: its task, or its callback."""
-        return self._key_of(handle._callback)  # type: ignore[attr-defined]
+    def _key(self, entry: Any) -> tuple[Any, str]:
+        """(scheduling key, trace name) of a ready entry (a ``_Ready`` or a Handle): its task,
+        or its callback."""
+        if type(entry) is SimTask:
+            return entry, entry._name
+        return self._key_of(entry[0] if type(entry) is _Ready else entry._callback)
+
+    def _run_entry(self, entry: Any) -> None:
+        """Run a ready entry, as ``Handle._run`` does: an exception goes to the exception handler."""
+        if type(entry) is SimTask:
+            entry._context.run(entry._step)
+            return
+        if type(entry) is not _Ready:
+            entry._run()
+            return
+        fn, args, context = entry
+        try:
+            context.run(fn, *args)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._callback_failed(fn, args, exc)
+
+    def _callback_failed(self, fn: Any, args: tuple[Any, ...], exc: BaseException) -> None:
+        """A callback raised: report it to the exception handler, as ``Handle._run`` does."""
+        self.call_exception_handler({"message": f"Exception in callback {fn!r}{args!r}", "exception": exc})
 
     def _key_of(self, cb: Any) -> tuple[Any, str]:
         task = getattr(cb, "__self__", None)
-        if isinstance(task, asyncio.Task):
-            name = self._task_keys.get(task)
-            if name is None:
-                self._tasks_seen += 1
-                given = task.get_name()
-                # asyncio's default names count tasks process-wide: use the coroutine instead
-                name = given if not given.startswith("Task-") else f"{task.get_coro().__qualname__}#{self._tasks_seen}"
-                self._task_keys[task] = name
-                task.add_done_callback(self._task_keys.pop)
-            return task, name
+        if isinstance(task, SimTask):
+            return task, task._name
         return cb, getattr(cb, "__qualname__", type(cb).__name__)
 
     def _run_once(self) -> None:
@@ -292,6 +555,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             self._timer_cancelled_count -= 1  # type: ignore[attr-defined]
             heapq.heappop(sched)._scheduled = False
         sleepers = self._sleepers
+        while sleepers and sleepers[0][2]._sleeping != sleepers[0][1]:
+            heapq.heappop(sleepers)  # the sleep of a task cancelled meanwhile
         if not ready:
             if self._stopping:  # type: ignore[attr-defined]
                 return
@@ -310,38 +575,69 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             ready.append(handle)
         trace = self.trace
         tracing = trace.level != "off"
-        if self.policy is None:  # fifo: due sleepers in time order, then asyncio's own batch
+        record = trace._buf.append  # a step: who ran (after trace.at(now))
+        pop = heapq.heappop
+        if self.policy is None:
+            # fifo: due sleepers in time order, then asyncio's own batch. While there is more to
+            # do, go on here rather than through run_forever: the simulator's hot path.
             while True:
+                if tracing and now != trace._now:
+                    trace.at(now)
                 while sleepers and sleepers[0][0] <= now:
-                    sleep = heapq.heappop(sleepers)[2]
-                    if sleep.done():  # cancelled
+                    _, seq, task = pop(sleepers)
+                    if task._sleeping != seq:  # cancelled meanwhile
                         continue
-                    sleep.set_result(None)
+                    task._sleeping = 0
                     if tracing:
-                        trace.step(now, self._key_of(sleep._wake)[1])
-                    sleep._wake_context.run(sleep._wake, sleep)
+                        record(task._name)
+                    task._context.run(task._step)
                 for _ in range(len(ready)):
                     handle = ready.popleft()
+                    if type(handle) is SimTask:  # woken by the SimFuture it awaited
+                        if tracing:
+                            record(handle._name)
+                        handle._context.run(handle._step)
+                        continue
+                    if type(handle) is _Ready:
+                        fn, args, context = handle
+                        if fn is None:  # cancelled
+                            continue
+                        if tracing:
+                            record(self._key_of(fn)[1])
+                        try:
+                            context.run(fn, *args)
+                        except (SystemExit, KeyboardInterrupt):
+                            raise
+                        except BaseException as exc:
+                            self._callback_failed(fn, args, exc)
+                        continue
                     if handle._cancelled:
                         continue
                     if tracing:
-                        trace.step(now, self._key(handle)[1])
+                        record(self._key(handle)[1])
                     handle._run()
-                # While only sleepers are due next, go on here rather than through
-                # run_forever: the simulator's hot path.
-                if ready or self._stopping or not sleepers:  # type: ignore[attr-defined]
+                if tracing and len(trace._buf) >= trace.BATCH:
+                    trace._flush()
+                if self._stopping:  # type: ignore[attr-defined]
                     return
-                nxt = sleepers[0][0]
-                if sched and sched[0]._when <= nxt:
-                    return
-                if nxt > now:
-                    self._virtual_now = now = nxt
+                if not ready:  # nothing more now: jump to the next sleeper, unless a timer is first
+                    while sleepers and sleepers[0][2]._sleeping != sleepers[0][1]:
+                        pop(sleepers)  # the sleep of a task cancelled meanwhile
+                    if not sleepers:
+                        return
+                    nxt = sleepers[0][0]
+                    if sched and sched[0]._when <= nxt:
+                        return
+                    if nxt > now:
+                        self._virtual_now = now = nxt
+                elif sched and sched[0]._when <= now:
+                    return  # a timer is due too: let the next _run_once queue it in order
         while sleepers and sleepers[0][0] <= now:
-            sleep = heapq.heappop(sleepers)[2]
-            if not sleep.done():
-                sleep.set_result(None)
-                ready.append(asyncio.Handle(sleep._wake, (sleep,), self, sleep._wake_context))
-        live = [h for h in ready if not h._cancelled]
+            _, seq, task = pop(sleepers)
+            if task._sleeping == seq:
+                task._sleeping = 0
+                ready.append(_Ready((task._step, (), task._context)))
+        live = [h for h in ready if type(h) is SimTask or not (h[0] is None if type(h) is _Ready else h._cancelled)]
         if len(live) <= 1:
             i = 0
         else:  # before ready is cleared: if the policy raises (ReplayDiverged), nothing is lost
@@ -354,7 +650,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         ready.extend(live)
         if tracing:
             trace.step(now, self._key(handle)[1])
-        handle._run()
+        self._run_entry(handle)
 
 
 class VirtualClock:
@@ -376,10 +672,12 @@ class VirtualClock:
             return self._loop.time()
         return asyncio.get_running_loop().time()
 
-    def sleep(self, us: float) -> Any:
-        """An awaitable resuming the awaiting task ``us`` virtual microseconds from now."""
+    @types.coroutine
+    def sleep(self, us: float) -> Generator[float, None, None]:
+        """Resume the awaiting task ``us`` virtual microseconds from now: yields the wake-up
+        time to the ``SimTask`` awaiting it, which files itself in the loop's sleeper heap."""
         loop = self._loop if self._loop is not None else asyncio.get_running_loop()
-        return loop.sleep(us)  # type: ignore[attr-defined]
+        yield loop._virtual_now + us  # type: ignore[attr-defined]
 
     def trace(self, kind: str, detail: str) -> None:
         """Record a model event in the loop's trace."""

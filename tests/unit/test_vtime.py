@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import contextvars
 
 import pytest
 
-from cluster.vtime import Deadlock, VirtualClock, run_virtual
+from cluster.vtime import Deadlock, SimTask, Trace, VirtualClock, VirtualTimeLoop, make_policy, run_virtual
 from nodes.errors import InternalError
 from nodes.runtime import Runtime
 
 
-def test_long_sleep_jumps_the_clock_in_no_real_time():
+def test_long_sleep_jumps_the_clock_in_one_step():
     async def main():
         clock = VirtualClock()
         t0 = clock.now()
@@ -21,11 +21,13 @@ def test_long_sleep_jumps_the_clock_in_no_real_time():
         await clock.sleep(250)
         return t0, t1, clock.now()
 
-    wall = time.perf_counter()
-    t0, t1, t2 = run_virtual(main())
-    wall = time.perf_counter() - wall
+    loop = VirtualTimeLoop(trace=Trace("full"))
+    t0, t1, t2 = run_virtual(main(), loop=loop)
     assert (t0, t1, t2) == (0.0, 1e6, 1e6 + 250)
-    assert wall < 0.5
+    # the clock jumped: the task ran three times (start, after each sleep), nothing ticked
+    steps = [line.split() for line in loop.trace.entries if ".main#" in line]
+    assert [float(t) for t, _, _ in steps] == [0.0, 1e6, 1e6 + 250]
+    assert loop.trace.steps == 4  # and asyncio's run_until_complete callback
 
 
 def test_concurrent_sleepers_wake_in_virtual_time_order():
@@ -206,3 +208,173 @@ def test_tasks_spawned_by_tasks_are_joined_too(vrun):
 
     assert vrun(body) == 600.0
     assert seen == [600.0]
+
+
+# --- SimTask and SimFuture: asyncio's Task and Future semantics on the virtual loop ---------
+
+SCHEDULERS = ["fifo", "random"]
+
+
+def _loop(scheduler: str) -> VirtualTimeLoop:
+    return VirtualTimeLoop(policy=make_policy(scheduler, 5))
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_cancelling_a_sleeping_task_wakes_it_at_once(scheduler):
+    seen = []
+
+    async def sleeper(clock):
+        try:
+            await clock.sleep(10_000_000)
+        except asyncio.CancelledError:
+            seen.append(("cancelled at", clock.now()))
+            raise
+
+    async def main():
+        clock = VirtualClock()
+        t = asyncio.get_running_loop().create_task(sleeper(clock))
+        assert isinstance(t, SimTask) and asyncio.current_task() is not t
+        await clock.sleep(5)
+        assert t.cancel() and t.cancelling() == 1
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        assert t.cancelled() and not t.cancel()
+        await clock.sleep(1)
+        return clock.now()
+
+    loop = _loop(scheduler)
+    assert run_virtual(main(), loop=loop) == 6  # the dead sleep did not pull the clock to 10 s
+    assert seen == [("cancelled at", 5)]
+
+
+def test_a_task_that_cancels_itself_and_sleeps_is_cancelled_at_once():
+    async def selfish(clock):
+        asyncio.current_task().cancel()
+        await clock.sleep(1_000)
+
+    async def main():
+        clock = VirtualClock()
+        t = asyncio.get_running_loop().create_task(selfish(clock))
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        return clock.now()
+
+    assert run_virtual(main()) == 0
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_a_future_delivers_result_exception_and_cancellation_to_every_waiter(scheduler):
+    async def wait(fut, out, who):
+        try:
+            out.append((who, await fut))
+        except BaseException as e:  # noqa: BLE001 - the outcome is what the test checks
+            out.append((who, type(e).__name__))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        clock = VirtualClock()
+        outcomes = []
+        for outcome in ("value", "error", "cancel"):
+            fut = loop.create_future()
+            called = []
+            fut.add_done_callback(lambda f: called.append(f.cancelled()))
+            waiters = [loop.create_task(wait(fut, outcomes, f"{outcome}{i}")) for i in range(3)]
+            await clock.sleep(1)
+            if outcome == "value":
+                fut.set_result(42)
+            elif outcome == "error":
+                fut.set_exception(KeyError("k"))
+            else:
+                fut.cancel()
+            await asyncio.gather(*waiters)
+            assert called == [outcome == "cancel"]
+        return sorted(outcomes)
+
+    got = run_virtual(main(), loop=_loop(scheduler))
+    assert got == sorted([(f"value{i}", 42) for i in range(3)] + [(f"error{i}", "KeyError") for i in range(3)]
+                         + [(f"cancel{i}", "CancelledError") for i in range(3)])
+
+
+def test_cancelling_a_task_that_waits_on_a_future_cancels_the_future():
+    async def main():
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        async def waiter():
+            await fut
+
+        t = loop.create_task(waiter())
+        await asyncio.sleep(0)  # let it start waiting
+        assert t.cancel(msg="stop")
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        return fut.cancelled(), t.cancelled()
+
+    assert run_virtual(main()) == (True, True)
+
+
+def test_asyncio_primitives_run_in_virtual_time():
+    """Lock, Event, wait with a timeout, gather and contextvars, on SimTasks."""
+    var = contextvars.ContextVar("var", default="unset")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        clock = VirtualClock()
+        lock = asyncio.Lock()
+        order = []
+
+        async def holder(name, hold):
+            var.set(name)
+            async with lock:
+                order.append((name, clock.now()))
+                await clock.sleep(hold)
+            assert var.get() == name  # each task kept its own context across its sleeps
+            return name
+
+        names = await asyncio.gather(holder("a", 10), holder("b", 20), holder("c", 5))
+        event = asyncio.Event()
+        loop.call_later(7, event.set)  # loop time is virtual microseconds
+        await event.wait()
+        t_event = clock.now()
+        slow = loop.create_task(clock.sleep(100))
+        done, pending = await asyncio.wait({slow}, timeout=30)
+        t_wait = clock.now()
+        await slow
+        return names, order, t_event, (done, pending == {slow}), t_wait, clock.now(), var.get()
+
+    names, order, t_event, (done, pending_ok), t_wait, t_end, outer = run_virtual(main())
+    assert names == ["a", "b", "c"]
+    assert order == [("a", 0), ("b", 10), ("c", 30)]
+    assert t_event == 42 and done == set() and pending_ok and t_wait == 72 and t_end == 142
+    assert outer == "unset"
+
+
+def test_a_failing_done_callback_is_reported_and_the_loop_goes_on():
+    reported = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, ctx: reported.append(type(ctx["exception"]).__name__))
+        fut = loop.create_future()
+        fut.add_done_callback(lambda f: 1 / 0)
+        h = loop.call_soon(reported.append, "must not run")
+        h.cancel()
+        assert h.cancelled()
+        fut.set_result(None)
+        await VirtualClock().sleep(1)
+        return "went on"
+
+    assert run_virtual(main()) == "went on"
+    assert reported == ["ZeroDivisionError"]
+
+
+def test_a_bad_yield_is_refused_with_a_clear_error():
+    class Odd:
+        def __await__(self):
+            yield "not a future"
+
+    async def main():
+        await Odd()
+
+    with pytest.raises(RuntimeError, match="bad yield: 'not a future'"):
+        run_virtual(main())
