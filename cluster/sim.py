@@ -164,6 +164,7 @@ class SimCluster:
             self.interconnect.serve(name, SECONDARY_SERVICE, self.secondary_services[name])
         for name, at in config.crashes.items():
             self.interconnect.crash_at(name, at)
+        self._contexts: dict[str, SimPartitionContext] = {}
 
     def partition(self, name: str) -> Partition:
         p = self.partitions.get(name)
@@ -194,11 +195,50 @@ class SimCluster:
         return drv
 
     @property
+    def names(self) -> list[str]:
+        return list(self.partitions)
+
+    def context(self, name: str) -> "SimPartitionContext":
+        """Partition ``name`` as workload code running on it sees it (``cluster/context.py``)."""
+        ctx = self._contexts.get(name)
+        if ctx is None:
+            ctx = self._contexts[name] = SimPartitionContext(self, name)
+        return ctx
+
+    async def on(self, name: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run ``fn(ctx, *args)`` on partition ``name``: here, in this process."""
+        return await fn(self.context(name), *args)
+
+    @property
     def faults(self) -> list[Fault]:
         return [f for s in self.owner_services.values() for f in s.faults]
 
     def violations(self) -> list[str]:
         return [str(v) for p in self.partitions.values() for v in p.oracle.violations]
+
+
+class SimPartitionContext:
+    """A ``PartitionContext`` (``cluster/context.py``) of the sim backend."""
+
+    def __init__(self, cluster: SimCluster, name: str):
+        self.cluster = cluster
+        self.name = name
+        self.partition = cluster.partition(name)
+        self.runtime = cluster.runtime
+        self.objects: dict[str, Any] = {}
+
+    async def gru(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> GruMmu:
+        gru = await self.cluster.gru(self.name, owner, self.cluster.partition(owner).mm(mm_id), name, **config)
+        self.objects[gru.name] = gru
+        return gru
+
+    async def xpmem(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> XpmemDriver:
+        drv = await self.cluster.xpmem(self.name, owner, self.cluster.partition(owner).mm(mm_id), name, **config)
+        self.objects[drv.name] = drv
+        return drv
+
+    async def flush_reports(self) -> None:
+        """Nothing to wait for: reports reach the owner's oracle at once in one process."""
 
 
 def run_sim(

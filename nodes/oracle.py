@@ -185,6 +185,12 @@ class Oracle:
         if (self.smap[pfns] < 0).any():
             raise InternalError(f"secondary translation count of frame {pfns[self.smap[pfns] < 0][0]} below zero")
 
+    def holds(self, mn: MmuNotifier, pfns: Iterable[int]) -> bool:
+        """Whether ``mn`` holds a translation to each of ``pfns`` (counted with repeats)."""
+        need = Counter(pfns)
+        held = self._translations.get(mn, Counter())
+        return all(held[p] >= n for p, n in need.items())
+
     def forget_notifier(self, mn: MmuNotifier) -> int:
         """A fenced secondary (its partition is gone) holds no translation any more: drop them
         all. Returns how many there were."""

@@ -38,16 +38,17 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 import numpy as np
 
-from nodes.errors import NotFound, Unreachable
+from nodes.errors import InvalidArgument, NotFound, Unreachable
 from nodes.mm import Mm
 from nodes.notifier import OPS, MmuNotifier, TeardownTiming, has_op
 from nodes.owner import LocalOwner, PageRef
 from nodes.partition import Partition
 from nodes.runtime import call_maybe_async
+from nodes.vmops import exit_mmap
 
 OWNER_SERVICE = "owner"
 PIN_REQUESTS_KEPT = 4096  # pinning requests per host an abort can still undo
@@ -104,7 +105,7 @@ def remote_notifier_class(ops: frozenset[str]) -> type[RemoteNotifier]:
     """The ``RemoteNotifier`` subclass implementing exactly ``ops``."""
     unknown = ops - set(OPS)
     if unknown:
-        raise ValueError(f"unknown notifier ops {sorted(unknown)}; known: {list(OPS)}")
+        raise InvalidArgument(f"unknown notifier ops {sorted(unknown)}; known: {list(OPS)}")
     cls = _proxy_classes.get(ops)
     if cls is None:
         body = {op: _forwarding_op(op) for op in sorted(ops)}
@@ -212,7 +213,34 @@ class OwnerService:
         self._check_host(host)
         return await self.local.dma_read(self._notifier(host, notifier_id), mm_id, address, pfn, expected)
 
+    async def exit(self, mm_id: int) -> tuple[float, float, float]:
+        """The owning process of mm ``mm_id`` exits (mmput -> exit_mmap): (total, release,
+        SRCU wait) in microseconds."""
+        t = await exit_mmap(self.part, self.part.mm(mm_id))
+        return (t.total_us, t.release_us, t.srcu_wait_us)
+
     # -- oracle reports (not modelled traffic) ----------------------------------------------
+
+    def report_translations(self, host: str, notifier_id: str, mm_id: int, address: int, pfns: list[int], established: bool) -> None:
+        """A report from a secondary's partition in another process (the gRPC sink): one
+        translation of ``address`` to ``pfns[0]`` established, or translations to ``pfns``
+        dropped."""
+        if host in self.fenced_hosts:
+            return
+        mn = self._notifier(host, notifier_id)
+        nframes = self.part.frames.nframes
+        bad = [p for p in pfns if not 0 <= p < nframes]
+        if bad:
+            raise InvalidArgument(f"frame {bad[0]} is not a frame of partition {self.name} (0..{nframes - 1})")
+        if established:
+            if len(pfns) != 1:
+                raise InvalidArgument(f"an established translation names one frame, got {len(pfns)}: {pfns[:4]}")
+            self.part.mm(mm_id)  # NotFound for an unknown mm
+            self.translation_established(host, notifier_id, mm_id, address, pfns[0])
+        else:
+            if not self.part.oracle.holds(mn, pfns):
+                raise InvalidArgument(f"notifier {notifier_id!r} of {host} does not hold translations to all of {pfns[:8]}")
+            self.translations_dropped(host, notifier_id, mm_id, pfns)
 
     def translation_established(self, host: str, notifier_id: str, mm_id: int, address: int, pfn: int) -> None:
         if host in self.fenced_hosts:
@@ -271,6 +299,10 @@ class SecondaryService:
         self.name = name
         self.notifiers: dict[str, MmuNotifier] = {}
         self._next_id = 0
+        # set when oracle reports travel asynchronously (to an owner in another process): the
+        # reports a callout makes then reach their owner before the callout returns, as they
+        # do in-process
+        self.flush_reports: Callable[[], Awaitable[None]] | None = None
 
     def add(self, mn: MmuNotifier) -> str:
         self._next_id += 1
@@ -284,13 +316,16 @@ class SecondaryService:
             raise NotFound(f"no notifier {notifier_id!r} on partition {self.name}")
         if op not in OPS or not has_op(mn, op):
             raise NotFound(f"notifier {notifier_id!r} on partition {self.name} has no op {op!r}")
-        return await call_maybe_async(getattr(mn, op), MmRef(mm_id, mm_name), *args)
+        result = await call_maybe_async(getattr(mn, op), MmRef(mm_id, mm_name), *args)
+        if self.flush_reports is not None:
+            await self.flush_reports()
+        return result
 
 
 class RemoteOwner:
     """The ``OwnerPort`` of secondaries on ``host`` whose mm lives on partition ``owner``."""
 
-    def __init__(self, interconnect: Interconnect, host: SecondaryService, owner: str, oracle_sink: OwnerService):
+    def __init__(self, interconnect: Interconnect, host: SecondaryService, owner: str, oracle_sink: Any):
         self.interconnect = interconnect
         self.host = host
         self.partition = owner
@@ -305,6 +340,9 @@ class RemoteOwner:
         return nid
 
     async def _call(self, method: str, *args: Any, kind: str = "rpc") -> Any:
+        flush = getattr(self.oracle_sink, "flush", None)
+        if flush is not None:  # a sink in another process: reports made so far arrive first
+            await flush()
         return await self.interconnect.call(self.host.name, self.partition, OWNER_SERVICE, method, *args, kind=kind)
 
     async def get_user_pages(self, mm_id: int, address: int, npages: int, *, write: bool, pin: bool) -> list[PageRef]:

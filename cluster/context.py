@@ -1,0 +1,56 @@
+"""What workload code sees of one partition, on either backend, and how it gets there.
+
+A workload (the harness's, a test's, a user's) is a coroutine given a cluster. It runs code *on*
+a partition with ``await cluster.on(name, fn, *args)``: ``fn(ctx, *args)`` is awaited where
+that partition lives (in this process on the sim backend, in the partition's actor on the ray
+backend) and its result comes back. ``fn`` must be a plain module-level or closure-free
+coroutine function and its arguments and result plain data, because on the ray backend they
+are pickled across processes.
+
+``ctx`` is a ``PartitionContext``: the partition (``ctx.partition``, the model of
+``nodes/``), its runtime, secondaries made on it (``ctx.gru``, ``ctx.xpmem``: mapping an mm of
+any partition, across the interconnect when it is another), and ``ctx.objects``, a place to keep
+them between calls by name.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
+
+if TYPE_CHECKING:
+    from nodes.partition import Partition
+    from nodes.runtime import Runtime
+    from nodes.secondary.gru import GruMmu
+    from nodes.secondary.xpmem import XpmemDriver
+
+
+class PartitionContext(Protocol):
+    """One partition, as workload code running on it sees it."""
+
+    name: str
+    partition: "Partition"
+    runtime: "Runtime"
+    objects: dict[str, Any]  # what workload code keeps here between calls, by name
+
+    async def gru(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> "GruMmu":
+        """A GRU on this partition mapping mm ``mm_id`` of ``owner``, registered there; kept
+        in ``objects`` under its name."""
+
+    async def xpmem(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> "XpmemDriver":
+        """An XPMEM driver on this partition for source mm ``mm_id`` of ``owner``, its notifier
+        registered; kept in ``objects`` under its name."""
+
+    async def flush_reports(self) -> None:
+        """Wait until the oracle reports of secondaries here have reached their owners."""
+
+
+PartitionFn = Callable[..., Awaitable[Any]]  # fn(ctx, *args)
+
+
+class Cluster(Protocol):
+    """The partitions of one run, as a workload drives them."""
+
+    names: list[str]
+
+    async def on(self, name: str, fn: PartitionFn, *args: Any) -> Any:
+        """Run ``fn(ctx, *args)`` on partition ``name`` and return its result."""

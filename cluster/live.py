@@ -1,0 +1,110 @@
+"""One partition served over gRPC in this process, in real time: the ray backend's unit, and its
+``PartitionContext`` (``cluster/context.py``).
+
+``LivePartition`` is the plain model (``Partition``, its ``OwnerService`` and
+``SecondaryService`` from ``nodes/remote.py``) plus a grpc.aio ``PartitionServer`` and a
+``GrpcInterconnect`` to the other partitions. A Ray actor wraps one (``cluster/ray_backend.py``);
+integration tests run several in one process on port 0, without Ray.
+
+Secondaries made here (``gru``, ``xpmem``) map an mm of another partition through a
+``RemoteOwner``: faults and registration go to the owner over gRPC, callouts come back to this
+partition's server, oracle reports go to the owner through a ``ReportSink``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from cluster.wallclock import WallClock
+from nodes.owner import LocalOwner, OwnerPort
+from nodes.partition import Partition
+from nodes.remote import OwnerService, RemoteOwner, SecondaryService
+from nodes.rpc.client import DEFAULT_DEADLINE_US, GrpcInterconnect, ReportSink
+from nodes.rpc.server import PartitionServer
+from nodes.runtime import Runtime
+from nodes.secondary.gru import GruMmu
+from nodes.secondary.xpmem import XpmemCred, XpmemDriver
+
+
+class LivePartition:
+    """A partition, its gRPC server, and its clients to the other partitions."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        nframes: int = 65536,
+        cpus: int = 4,
+        srcu_scope: str = "global",
+        jiffy_us: float = 1000.0,
+        fanout: str = "sequential",
+        deadline_us: float = DEFAULT_DEADLINE_US,
+        latency_us: Callable[[str, str], float] | None = None,
+    ):
+        self.name = name
+        self.runtime = Runtime(WallClock())
+        self.partition = Partition(self.runtime, name=name, nframes=nframes, ncpus=cpus, srcu_scope=srcu_scope,
+                                   jiffy_us=jiffy_us, fanout=fanout)
+        self.directory: dict[str, str] = {}
+        self.interconnect = GrpcInterconnect(self.directory, deadline_us=deadline_us)
+        self.owner_service = OwnerService(self.partition, self.interconnect)
+        self.secondary_service = SecondaryService(name)
+        self.secondary_service.flush_reports = self.flush_reports
+        self.server = PartitionServer(self.owner_service, self.secondary_service, latency_us=latency_us)
+        self._sinks: dict[str, ReportSink] = {}
+        self.objects: dict[str, Any] = {}  # what workload code keeps here (cluster/context.py)
+        self.address: str | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on ``host:port`` (0: ephemeral); returns the address."""
+        self.address = await self.server.start(host, port)
+        self.directory[self.name] = self.address
+        return self.address
+
+    def connect(self, directory: dict[str, str]) -> None:
+        """Learn the addresses of the other partitions."""
+        self.directory.update(directory)
+
+    def owner_port(self, owner: str) -> OwnerPort:
+        """How a secondary here reaches the mms of ``owner``: in-process when it is this
+        partition, over gRPC otherwise."""
+        if owner == self.name:
+            return LocalOwner(self.partition)
+        sink = self._sinks.get(owner)
+        if sink is None:
+            sink = self._sinks[owner] = ReportSink(self.runtime, self.interconnect, self.name, owner)
+        return RemoteOwner(self.interconnect, self.secondary_service, owner, sink)
+
+    async def gru(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> GruMmu:
+        """A GRU here mapping mm ``mm_id`` of ``owner``, registered there."""
+        gru = GruMmu(self.runtime, self.owner_port(owner), mm_id, name or f"gru@{self.name}:{owner}/mm{mm_id}", **config)
+        await gru.register()
+        self.objects[gru.name] = gru
+        return gru
+
+    async def xpmem(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> XpmemDriver:
+        """An XPMEM driver here for source mm ``mm_id`` of ``owner``, its notifier registered."""
+        cred = config.pop("cred", XpmemCred(tgid=mm_id, uid=1000, gid=1000))
+        drv = XpmemDriver(self.runtime, self.owner_port(owner), mm_id, name or f"xpmem@{self.name}:{owner}/mm{mm_id}",
+                          cred=cred, **config)
+        await drv.register()
+        self.objects[drv.name] = drv
+        return drv
+
+    async def flush_reports(self) -> None:
+        """Wait until every oracle report made here has reached its owner."""
+        for sink in self._sinks.values():
+            await sink.flush()
+
+    async def stop(self) -> None:
+        """Close the report sinks and clients, stop serving, and join every task. The server
+        stops whatever else fails; the first failure is raised."""
+        try:
+            for sink in self._sinks.values():
+                await sink.close()
+        finally:
+            try:
+                await self.interconnect.close()
+            finally:
+                await self.server.stop(0)
+                await self.runtime.join()

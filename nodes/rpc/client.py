@@ -1,0 +1,139 @@
+"""The client side of the gRPC interconnect: ``GrpcInterconnect`` (the ``Interconnect`` of
+``nodes/remote.py`` over gRPC) and ``ReportSink`` (oracle reports to an owner in another process).
+
+Every call has a deadline. A failed call raises the model error the server answered (by the
+class name in its trailing metadata, else by status code); a partition that does not answer in
+time, or cannot be reached, raises ``Unreachable``, which is what makes an owner fence it.
+Channels are opened once per destination and kept (a new channel costs milliseconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import grpc
+
+from nodes.errors import ModelError, Unreachable
+from nodes.remote import OWNER_SERVICE, SECONDARY_SERVICE
+from nodes.rpc import codec
+from nodes.rpc.pb import interconnect_pb2_grpc as pb_grpc
+from nodes.rpc.server import DST_KEY, SRC_KEY
+from nodes.rpc.status import ERROR_KEY, error_from
+from nodes.runtime import Runtime
+
+DEFAULT_DEADLINE_US = 5_000_000.0  # five seconds: a Python RPC on a loaded 2-core machine can take 100 ms
+
+
+def raise_from_rpc_error(e: grpc.aio.AioRpcError, what: str) -> None:
+    """Re-raise a failed call as the model error it carries."""
+    name = dict(e.trailing_metadata() or ()).get(ERROR_KEY)
+    code = e.code()
+    details = e.details() or ""
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and name is None:
+        raise Unreachable(f"{what}: {code.name}: {details}") from None
+    raise error_from(code, details, name if isinstance(name, str) else None) from None
+
+
+class GrpcInterconnect:
+    """Requests from this process's partitions to services on others, over gRPC.
+
+    ``directory`` maps a partition name to its server's address (host:port); it may be
+    updated as partitions come up."""
+
+    def __init__(self, directory: dict[str, str], *, deadline_us: float = DEFAULT_DEADLINE_US):
+        if not deadline_us > 0:
+            raise ValueError(f"deadline_us must be positive, got {deadline_us!r}")
+        self.directory = directory
+        self.deadline_us = float(deadline_us)
+        self.messages: Counter[str] = Counter()  # by kind, as the sim interconnect counts them
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[tuple[str, str], Any] = {}
+
+    def _stub(self, dst: str, service: str) -> Any:
+        address = self.directory.get(dst)
+        if address is None:
+            raise Unreachable(f"no address for partition {dst!r}; known: {sorted(self.directory)}")
+        stub = self._stubs.get((address, service))
+        if stub is None:
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = self._channels[address] = grpc.aio.insecure_channel(address)
+            stub = (pb_grpc.OwnerStub if service == OWNER_SERVICE else pb_grpc.SecondaryStub)(channel)
+            self._stubs[(address, service)] = stub
+        return stub
+
+    async def call(self, src: str, dst: str, service: str, method: str, *args: Any, kind: str = "rpc",
+                   nbytes: int = 64) -> Any:
+        """Send ``service.method(*args)`` from ``src`` to partition ``dst`` and await the answer.
+        ``nbytes`` is for the sim's latency model; gRPC sends what the message is."""
+        if service == OWNER_SERVICE:
+            m = codec.OWNER.get(method)
+            if m is None:
+                raise ValueError(f"the Owner service has no method {method!r}; known: {sorted(codec.OWNER)}")
+            request = m.encode(*args)
+        elif service == SECONDARY_SERVICE and method == "callout":
+            m, request = codec.encode_callout(*args)
+        else:
+            raise ValueError(f"no RPC for {service}.{method}")
+        stub = self._stub(dst, service)
+        self.messages[kind] += 1
+        try:
+            reply = await getattr(stub, m.rpc)(
+                request, timeout=self.deadline_us / 1e6, metadata=((SRC_KEY, src), (DST_KEY, dst)))
+        except grpc.aio.AioRpcError as e:
+            raise_from_rpc_error(e, f"{m.rpc} from {src} to {dst}")
+        return m.decode_result(reply)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        self._stubs.clear()
+
+
+class ReportSink:
+    """The ``oracle_sink`` of a ``RemoteOwner`` whose owner is in another process: reports of
+    translations established and dropped, sent to the owner in the order they were made by one
+    supervised task (the model calls the sink synchronously, at the moment of install). A
+    report the owner cannot be reached for is counted in ``lost`` (a fenced partition's
+    translations are forgotten by the owner anyway); one the owner refuses (the notifier was
+    unregistered meanwhile) is kept in ``refused`` with the owner's reason."""
+
+    def __init__(self, runtime: Runtime, interconnect: GrpcInterconnect, host: str, owner: str):
+        self.runtime = runtime
+        self.interconnect = interconnect
+        self.host = host
+        self.owner = owner
+        self.lost = 0
+        self.refused: list[str] = []
+        self._queue: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()
+        self._task = runtime.spawn(self._send_all(), name=f"{host}->{owner} oracle reports")
+
+    def translation_established(self, host: str, notifier_id: str, mm_id: int, address: int, pfn: int) -> None:
+        self._queue.put_nowait((host, notifier_id, mm_id, address, [pfn], True))
+
+    def translations_dropped(self, host: str, notifier_id: str, mm_id: int, pfns: Any) -> None:
+        self._queue.put_nowait((host, notifier_id, mm_id, 0, [int(p) for p in pfns], False))
+
+    async def _send_all(self) -> None:
+        while (report := await self._queue.get()) is not None:
+            try:
+                await self.interconnect.call(self.host, self.owner, OWNER_SERVICE, "report_translations", *report,
+                                             kind="report")
+            except Unreachable:
+                self.lost += 1
+            except ModelError as e:
+                self.refused.append(f"{type(e).__name__}: {e}")
+            finally:
+                self._queue.task_done()
+
+    async def flush(self) -> None:
+        """Wait until every report made so far has been answered (or lost)."""
+        await self._queue.join()
+
+    async def close(self) -> None:
+        await self.flush()
+        self._queue.put_nowait(None)
+        await self._task

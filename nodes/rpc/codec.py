@@ -1,0 +1,208 @@
+"""Messages <-> model calls: for each RPC, how the model's arguments become a request, how a
+request becomes the arguments again, and the same for the reply. One table per service; the
+servicers (``server.py``) and the client (``client.py``) are both built from it, so a field
+is translated in exactly one place.
+
+The model side is ``nodes/remote.py``: an ``OwnerService`` method called with the positional
+arguments ``RemoteOwner`` passes to ``Interconnect.call``, and ``SecondaryService.callout``
+with ``(notifier_id, op, mm_id, mm_name, op_args)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from google.protobuf.message import Message
+
+from nodes.errors import InvalidArgument
+from nodes.owner import PageRef
+from nodes.rpc.pb import interconnect_pb2 as pb
+
+
+@dataclass(frozen=True)
+class Method:
+    """One RPC: ``rpc`` in the proto service; ``call`` the model method it reaches."""
+
+    rpc: str
+    call: str
+    request: type[Message]
+    reply: type[Message]
+    encode: Callable[..., Message]  # model args -> request
+    decode: Callable[[Any], tuple[Any, ...]]  # request -> model args
+    encode_result: Callable[[Any], Message]  # model result -> reply
+    decode_result: Callable[[Any], Any]  # reply -> model result
+
+
+def build(cls: type[Message], **fields: Any) -> Message:
+    """``cls(**fields)``, refusing a value the field cannot carry with ``InvalidArgument``
+    naming it (an int beyond int64, a str where a number goes) instead of protobuf's errors."""
+    try:
+        return cls(**fields)
+    except (ValueError, TypeError) as e:
+        raise InvalidArgument(f"{cls.DESCRIPTOR.name}: cannot encode {fields!r}: {e}") from None
+
+
+def _empty(_: Any = None) -> Message:
+    return pb.Empty()
+
+
+def _none(_: Any) -> None:
+    return None
+
+
+def _timing(t: tuple[float, float, float]) -> Message:
+    return pb.TeardownTiming(total_us=t[0], release_us=t[1], srcu_wait_us=t[2])
+
+
+def _untiming(m: Any) -> tuple[float, float, float]:
+    return (m.total_us, m.release_us, m.srcu_wait_us)
+
+
+def _stamp(s: tuple[int, int, int]) -> Any:
+    return build(pb.Stamp, mm=s[0], vpn=s[1], generation=s[2])
+
+
+def _unstamp(m: Any) -> tuple[int, int, int]:
+    return (m.mm, m.vpn, m.generation)
+
+
+def _pages(refs: list[PageRef]) -> Message:
+    return pb.GetUserPagesReply(
+        pages=[pb.PageRef(address=r.address, pfn=r.pfn, stamp=_stamp(r.stamp), writable=r.writable) for r in refs]
+    )
+
+
+def _unpages(m: Any) -> list[PageRef]:
+    return [PageRef(p.address, p.pfn, _unstamp(p.stamp), p.writable) for p in m.pages]
+
+
+def _gup(host: str, mm_id: int, address: int, npages: int, write: bool, pin: bool, request_id: int = 0) -> Message:
+    return build(pb.GetUserPagesRequest, host=host, mm_id=mm_id, address=address, npages=npages, write=write, pin=pin,
+                 request_id=request_id)
+
+
+OWNER: dict[str, Method] = {
+    m.call: m
+    for m in (
+        Method(
+            "RegisterNotifier", "register", pb.RegisterNotifierRequest, pb.Empty,
+            lambda host, nid, name, ops, mm_id: build(
+                pb.RegisterNotifierRequest, host=host, notifier_id=nid, name=name, ops=list(ops), mm_id=mm_id),
+            lambda r: (r.host, r.notifier_id, r.name, list(r.ops), r.mm_id),
+            _empty, _none,
+        ),
+        Method(
+            "UnregisterNotifier", "unregister", pb.UnregisterNotifierRequest, pb.TeardownTiming,
+            lambda host, nid, mm_id: build(pb.UnregisterNotifierRequest, host=host, notifier_id=nid, mm_id=mm_id),
+            lambda r: (r.host, r.notifier_id, r.mm_id),
+            _timing, _untiming,
+        ),
+        Method(
+            "GetUserPages", "get_user_pages", pb.GetUserPagesRequest, pb.GetUserPagesReply,
+            _gup,
+            lambda r: (r.host, r.mm_id, r.address, r.npages, r.write, r.pin, r.request_id),
+            _pages, _unpages,
+        ),
+        Method(
+            "AbortPins", "abort_pins", pb.AbortPinsRequest, pb.AbortPinsReply,
+            lambda host, rid: build(pb.AbortPinsRequest, host=host, request_id=rid),
+            lambda r: (r.host, r.request_id),
+            lambda n: pb.AbortPinsReply(unpinned=n), lambda m: m.unpinned,
+        ),
+        Method(
+            "PutUserPages", "put_user_pages", pb.PutUserPagesRequest, pb.Empty,
+            lambda host, mm_id, pfns: build(pb.PutUserPagesRequest, host=host, mm_id=mm_id, pfns=[int(p) for p in pfns]),
+            lambda r: (r.host, r.mm_id, list(r.pfns)),
+            _empty, _none,
+        ),
+        Method(
+            "DmaRead", "dma_read", pb.DmaReadRequest, pb.Stamp,
+            lambda host, nid, mm_id, address, pfn, expected: build(
+                pb.DmaReadRequest, host=host, notifier_id=nid, mm_id=mm_id, address=address, pfn=pfn,
+                expected=_stamp(expected)),
+            lambda r: (r.host, r.notifier_id, r.mm_id, r.address, r.pfn, _unstamp(r.expected)),
+            _stamp, _unstamp,
+        ),
+        Method(
+            "ReportTranslations", "report_translations", pb.TranslationReport, pb.Empty,
+            lambda host, nid, mm_id, address, pfns, established: build(
+                pb.TranslationReport, host=host, notifier_id=nid, mm_id=mm_id, address=address,
+                pfns=[int(p) for p in pfns], established=established),
+            lambda r: (r.host, r.notifier_id, r.mm_id, r.address, list(r.pfns), r.established),
+            _empty, _none,
+        ),
+        Method(
+            "Exit", "exit", pb.ExitRequest, pb.TeardownTiming,
+            lambda mm_id: build(pb.ExitRequest, mm_id=mm_id),
+            lambda r: (r.mm_id,),
+            _timing, _untiming,
+        ),
+    )
+}
+
+
+def _target(nid: str, mm_id: int, mm_name: str) -> Any:
+    return build(pb.CalloutTarget, notifier_id=nid, mm_id=mm_id, mm_name=mm_name)
+
+
+def _callout(op: str, args_of: Callable[[Any], tuple[Any, ...]]) -> Callable[[Any], tuple[Any, ...]]:
+    """request -> the arguments of ``SecondaryService.callout`` for ``op``."""
+    def decode(r: Any) -> tuple[Any, ...]:
+        return (r.target.notifier_id, op, r.target.mm_id, r.target.mm_name, args_of(r))
+    return decode
+
+
+def _young(n: Any) -> Message:
+    return build(pb.YoungReply, young=int(n or 0))
+
+
+# keyed by notifier op; each reaches SecondaryService.callout
+SECONDARY: dict[str, Method] = {
+    m.call: m
+    for m in (
+        Method(
+            "InvalidateRangeStart", "invalidate_range_start", pb.RangeCallout, pb.Empty,
+            lambda t, start, end: build(pb.RangeCallout, target=t, start=start, end=end),
+            _callout("invalidate_range_start", lambda r: (r.start, r.end)), _empty, _none,
+        ),
+        Method(
+            "InvalidateRangeEnd", "invalidate_range_end", pb.RangeCallout, pb.Empty,
+            lambda t, start, end: build(pb.RangeCallout, target=t, start=start, end=end),
+            _callout("invalidate_range_end", lambda r: (r.start, r.end)), _empty, _none,
+        ),
+        Method(
+            "InvalidatePage", "invalidate_page", pb.PageCallout, pb.Empty,
+            lambda t, address: build(pb.PageCallout, target=t, address=address),
+            _callout("invalidate_page", lambda r: (r.address,)), _empty, _none,
+        ),
+        Method(
+            "Release", "release", pb.ReleaseCallout, pb.Empty,
+            lambda t: build(pb.ReleaseCallout, target=t),
+            _callout("release", lambda r: ()), _empty, _none,
+        ),
+        Method(
+            "ChangePte", "change_pte", pb.ChangePteCallout, pb.Empty,
+            lambda t, address, pte: build(pb.ChangePteCallout, target=t, address=address, pfn=pte[0], flags=pte[1]),
+            _callout("change_pte", lambda r: (r.address, (r.pfn, r.flags))), _empty, _none,
+        ),
+        Method(
+            "ClearFlushYoung", "clear_flush_young", pb.PageCallout, pb.YoungReply,
+            lambda t, address: build(pb.PageCallout, target=t, address=address),
+            _callout("clear_flush_young", lambda r: (r.address,)), _young, lambda m: m.young,
+        ),
+        Method(
+            "TestYoung", "test_young", pb.PageCallout, pb.YoungReply,
+            lambda t, address: build(pb.PageCallout, target=t, address=address),
+            _callout("test_young", lambda r: (r.address,)), _young, lambda m: m.young,
+        ),
+    )
+}
+
+
+def encode_callout(notifier_id: str, op: str, mm_id: int, mm_name: str, args: tuple[Any, ...]) -> tuple[Method, Message]:
+    """The RPC and request carrying ``SecondaryService.callout(notifier_id, op, ...)``."""
+    m = SECONDARY.get(op)
+    if m is None:
+        raise InvalidArgument(f"no RPC for notifier op {op!r}; known: {sorted(SECONDARY)}")
+    return m, m.encode(_target(notifier_id, mm_id, mm_name), *args)

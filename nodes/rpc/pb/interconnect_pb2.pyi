@@ -1,0 +1,205 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Empty(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Stamp(_message.Message):
+    __slots__ = ("mm", "vpn", "generation")
+    MM_FIELD_NUMBER: _ClassVar[int]
+    VPN_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    mm: int
+    vpn: int
+    generation: int
+    def __init__(self, mm: _Optional[int] = ..., vpn: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class PageRef(_message.Message):
+    __slots__ = ("address", "pfn", "stamp", "writable")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PFN_FIELD_NUMBER: _ClassVar[int]
+    STAMP_FIELD_NUMBER: _ClassVar[int]
+    WRITABLE_FIELD_NUMBER: _ClassVar[int]
+    address: int
+    pfn: int
+    stamp: Stamp
+    writable: bool
+    def __init__(self, address: _Optional[int] = ..., pfn: _Optional[int] = ..., stamp: _Optional[_Union[Stamp, _Mapping]] = ..., writable: _Optional[bool] = ...) -> None: ...
+
+class TeardownTiming(_message.Message):
+    __slots__ = ("total_us", "release_us", "srcu_wait_us")
+    TOTAL_US_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_US_FIELD_NUMBER: _ClassVar[int]
+    SRCU_WAIT_US_FIELD_NUMBER: _ClassVar[int]
+    total_us: float
+    release_us: float
+    srcu_wait_us: float
+    def __init__(self, total_us: _Optional[float] = ..., release_us: _Optional[float] = ..., srcu_wait_us: _Optional[float] = ...) -> None: ...
+
+class RegisterNotifierRequest(_message.Message):
+    __slots__ = ("host", "notifier_id", "name", "ops", "mm_id")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    NOTIFIER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    MM_ID_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    notifier_id: str
+    name: str
+    ops: _containers.RepeatedScalarFieldContainer[str]
+    mm_id: int
+    def __init__(self, host: _Optional[str] = ..., notifier_id: _Optional[str] = ..., name: _Optional[str] = ..., ops: _Optional[_Iterable[str]] = ..., mm_id: _Optional[int] = ...) -> None: ...
+
+class UnregisterNotifierRequest(_message.Message):
+    __slots__ = ("host", "notifier_id", "mm_id")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    NOTIFIER_ID_FIELD_NUMBER: _ClassVar[int]
+    MM_ID_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    notifier_id: str
+    mm_id: int
+    def __init__(self, host: _Optional[str] = ..., notifier_id: _Optional[str] = ..., mm_id: _Optional[int] = ...) -> None: ...
+
+class GetUserPagesRequest(_message.Message):
+    __slots__ = ("host", "mm_id", "address", "npages", "write", "pin", "request_id")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    MM_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    NPAGES_FIELD_NUMBER: _ClassVar[int]
+    WRITE_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    mm_id: int
+    address: int
+    npages: int
+    write: bool
+    pin: bool
+    request_id: int
+    def __init__(self, host: _Optional[str] = ..., mm_id: _Optional[int] = ..., address: _Optional[int] = ..., npages: _Optional[int] = ..., write: _Optional[bool] = ..., pin: _Optional[bool] = ..., request_id: _Optional[int] = ...) -> None: ...
+
+class GetUserPagesReply(_message.Message):
+    __slots__ = ("pages",)
+    PAGES_FIELD_NUMBER: _ClassVar[int]
+    pages: _containers.RepeatedCompositeFieldContainer[PageRef]
+    def __init__(self, pages: _Optional[_Iterable[_Union[PageRef, _Mapping]]] = ...) -> None: ...
+
+class AbortPinsRequest(_message.Message):
+    __slots__ = ("host", "request_id")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    request_id: int
+    def __init__(self, host: _Optional[str] = ..., request_id: _Optional[int] = ...) -> None: ...
+
+class AbortPinsReply(_message.Message):
+    __slots__ = ("unpinned",)
+    UNPINNED_FIELD_NUMBER: _ClassVar[int]
+    unpinned: int
+    def __init__(self, unpinned: _Optional[int] = ...) -> None: ...
+
+class PutUserPagesRequest(_message.Message):
+    __slots__ = ("host", "mm_id", "pfns")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    MM_ID_FIELD_NUMBER: _ClassVar[int]
+    PFNS_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    mm_id: int
+    pfns: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, host: _Optional[str] = ..., mm_id: _Optional[int] = ..., pfns: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class DmaReadRequest(_message.Message):
+    __slots__ = ("host", "notifier_id", "mm_id", "address", "pfn", "expected")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    NOTIFIER_ID_FIELD_NUMBER: _ClassVar[int]
+    MM_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PFN_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    notifier_id: str
+    mm_id: int
+    address: int
+    pfn: int
+    expected: Stamp
+    def __init__(self, host: _Optional[str] = ..., notifier_id: _Optional[str] = ..., mm_id: _Optional[int] = ..., address: _Optional[int] = ..., pfn: _Optional[int] = ..., expected: _Optional[_Union[Stamp, _Mapping]] = ...) -> None: ...
+
+class TranslationReport(_message.Message):
+    __slots__ = ("host", "notifier_id", "mm_id", "address", "pfns", "established")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    NOTIFIER_ID_FIELD_NUMBER: _ClassVar[int]
+    MM_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PFNS_FIELD_NUMBER: _ClassVar[int]
+    ESTABLISHED_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    notifier_id: str
+    mm_id: int
+    address: int
+    pfns: _containers.RepeatedScalarFieldContainer[int]
+    established: bool
+    def __init__(self, host: _Optional[str] = ..., notifier_id: _Optional[str] = ..., mm_id: _Optional[int] = ..., address: _Optional[int] = ..., pfns: _Optional[_Iterable[int]] = ..., established: _Optional[bool] = ...) -> None: ...
+
+class ExitRequest(_message.Message):
+    __slots__ = ("mm_id",)
+    MM_ID_FIELD_NUMBER: _ClassVar[int]
+    mm_id: int
+    def __init__(self, mm_id: _Optional[int] = ...) -> None: ...
+
+class CalloutTarget(_message.Message):
+    __slots__ = ("notifier_id", "mm_id", "mm_name")
+    NOTIFIER_ID_FIELD_NUMBER: _ClassVar[int]
+    MM_ID_FIELD_NUMBER: _ClassVar[int]
+    MM_NAME_FIELD_NUMBER: _ClassVar[int]
+    notifier_id: str
+    mm_id: int
+    mm_name: str
+    def __init__(self, notifier_id: _Optional[str] = ..., mm_id: _Optional[int] = ..., mm_name: _Optional[str] = ...) -> None: ...
+
+class RangeCallout(_message.Message):
+    __slots__ = ("target", "start", "end")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    target: CalloutTarget
+    start: int
+    end: int
+    def __init__(self, target: _Optional[_Union[CalloutTarget, _Mapping]] = ..., start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
+
+class PageCallout(_message.Message):
+    __slots__ = ("target", "address")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    target: CalloutTarget
+    address: int
+    def __init__(self, target: _Optional[_Union[CalloutTarget, _Mapping]] = ..., address: _Optional[int] = ...) -> None: ...
+
+class ReleaseCallout(_message.Message):
+    __slots__ = ("target",)
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    target: CalloutTarget
+    def __init__(self, target: _Optional[_Union[CalloutTarget, _Mapping]] = ...) -> None: ...
+
+class ChangePteCallout(_message.Message):
+    __slots__ = ("target", "address", "pfn", "flags")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PFN_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    target: CalloutTarget
+    address: int
+    pfn: int
+    flags: int
+    def __init__(self, target: _Optional[_Union[CalloutTarget, _Mapping]] = ..., address: _Optional[int] = ..., pfn: _Optional[int] = ..., flags: _Optional[int] = ...) -> None: ...
+
+class YoungReply(_message.Message):
+    __slots__ = ("young",)
+    YOUNG_FIELD_NUMBER: _ClassVar[int]
+    young: int
+    def __init__(self, young: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,134 @@
+"""The gRPC server of one partition: ``Owner`` and ``Secondary`` servicers, health, and optional
+injected latency.
+
+The servicers are thin (DESIGN.md): each RPC decodes its request with ``codec``, calls the
+model (``OwnerService`` or ``SecondaryService`` of ``nodes/remote.py``), and encodes the result;
+a model error is answered with its status code (``status``) and its class name in the trailing
+metadata. Anything else raised is a bug in mmusim: INTERNAL, logged with its traceback, and the
+server keeps serving. A request addressed to another partition (metadata ``mmusim-dst``) is
+NOT_FOUND.
+
+The standard ``grpc.health.v1.Health`` service reports both services SERVING while the server
+runs. ``latency_us(src, dst)``, if given, delays each request by the modelled distance between
+the calling partition (metadata ``mmusim-src``) and this one: latency injection in the
+application, as the machines have no netem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from nodes.remote import OwnerService, SecondaryService
+from nodes.rpc import codec
+from nodes.rpc.pb import interconnect_pb2_grpc as pb_grpc
+from nodes.rpc.status import ERROR_KEY, code_of
+from nodes.runtime import call_maybe_async
+
+log = logging.getLogger(__name__)
+
+SRC_KEY = "mmusim-src"  # request metadata: the calling partition
+DST_KEY = "mmusim-dst"  # request metadata: the partition the request is for
+OWNER_SERVICE_NAME = "mmusim.v1.Owner"
+SECONDARY_SERVICE_NAME = "mmusim.v1.Secondary"
+
+
+def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode()
+    return None
+
+
+def _handler(partition: str, method: codec.Method, target: Callable[..., Any]) -> Callable[..., Any]:
+    async def handle(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        dst = _metadata(context, DST_KEY)
+        if dst is not None and dst != partition:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"this is partition {partition}, not {dst}",
+                                trailing_metadata=((ERROR_KEY, "NotFound"),))
+        try:
+            result = await call_maybe_async(target, *method.decode(request))
+            return method.encode_result(result)
+        except Exception as e:  # noqa: BLE001 - every error is answered, none is dropped
+            code = code_of(e)
+            if code is None:
+                log.exception("partition %s: %s failed with a bug in mmusim", partition, method.rpc)
+                await context.abort(grpc.StatusCode.INTERNAL, f"mmusim bug in {method.rpc}: {type(e).__name__}: {e}")
+            await context.abort(code, str(e), trailing_metadata=((ERROR_KEY, type(e).__name__),))
+
+    handle.__name__ = method.rpc
+    return handle
+
+
+def owner_servicer(owner: OwnerService) -> pb_grpc.OwnerServicer:
+    """The ``Owner`` servicer of ``owner``'s partition."""
+    body = {m.rpc: _handler(owner.name, m, getattr(owner, m.call)) for m in codec.OWNER.values()}
+    return type("OwnerServicer", (pb_grpc.OwnerServicer,), body)()
+
+
+def secondary_servicer(secondary: SecondaryService) -> pb_grpc.SecondaryServicer:
+    """The ``Secondary`` servicer of a partition hosting secondaries."""
+    body = {m.rpc: _handler(secondary.name, m, secondary.callout) for m in codec.SECONDARY.values()}
+    return type("SecondaryServicer", (pb_grpc.SecondaryServicer,), body)()
+
+
+class InjectedLatency(grpc.aio.ServerInterceptor):
+    """Delays each request by ``latency_us(src, dst)`` microseconds before it is handled."""
+
+    def __init__(self, partition: str, latency_us: Callable[[str, str], float]):
+        self.partition = partition
+        self.latency_us = latency_us
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        src = dict(details.invocation_metadata or ()).get(SRC_KEY)
+        if src is None:
+            return handler
+        delay_s = self.latency_us(src, self.partition) / 1e6
+        inner = handler.unary_unary
+
+        async def delayed(request: Any, context: Any) -> Any:
+            await asyncio.sleep(delay_s)
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            delayed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
+
+
+class PartitionServer:
+    """A grpc.aio server for one partition's ``OwnerService`` and ``SecondaryService``."""
+
+    def __init__(self, owner: OwnerService, secondary: SecondaryService, *,
+                 latency_us: Callable[[str, str], float] | None = None):
+        if owner.name != secondary.name:
+            raise ValueError(f"owner service of {owner.name} and secondary service of {secondary.name} differ")
+        self.name = owner.name
+        interceptors = [InjectedLatency(self.name, latency_us)] if latency_us is not None else []
+        self.server = grpc.aio.server(interceptors=interceptors)
+        pb_grpc.add_OwnerServicer_to_server(owner_servicer(owner), self.server)
+        pb_grpc.add_SecondaryServicer_to_server(secondary_servicer(secondary), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.address: str | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on ``host:port`` (port 0: an ephemeral one) and return the address."""
+        bound = self.server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            raise OSError(f"partition {self.name}: cannot listen on {host}:{port}")
+        await self.server.start()
+        for service in ("", OWNER_SERVICE_NAME, SECONDARY_SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.address = f"{host}:{bound}"
+        return self.address
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)

@@ -1,0 +1,72 @@
+"""The model over gRPC: a secondary on p1 maps an mm of p0; faults, callouts, exit and
+unregister cross real sockets; errors come back as the model errors they were."""
+
+from __future__ import annotations
+
+import pytest
+
+from nodes import vmops
+from nodes.errors import BadAddress, NotFound, Released
+from nodes.mm import PAGE_SIZE
+
+BASE = 0x10000000
+
+
+async def _mapped(p, npages=16):
+    mm = p.partition.create_mm()
+    await vmops.mmap(p.partition, mm, BASE, npages * PAGE_SIZE)
+    await vmops.populate(p.partition, mm, BASE, npages * PAGE_SIZE)
+    return mm
+
+
+def test_gru_on_p1_faults_p0_pages_and_munmap_on_p0_invalidates_it(live):
+    async def body(p0, p1):
+        mm = await _mapped(p0)
+        gru = await p1.gru("p0", mm.id)
+        stamps = [await gru.access(BASE + i * PAGE_SIZE) for i in range(4)]
+        assert [s[1] for s in stamps] == [(BASE >> 12) + i for i in range(4)]  # the pages' own stamps
+        assert len(gru.tlb) == 4
+        await p1.flush_reports()
+        assert int(p0.partition.oracle.smap.sum()) == 4  # the owner's oracle knows of them
+        await vmops.munmap(p0.partition, mm, BASE, 2 * PAGE_SIZE)  # callouts cross to p1
+        assert len(gru.tlb) == 2
+        assert p0.interconnect.messages["callout"] >= 2
+        await p1.flush_reports()
+        assert p0.partition.check_invariants() == []
+        t = await gru.unregister()
+        assert t.total_us > 0 and t.srcu_wait_us >= 0
+        assert p0.partition.check_invariants(final=True) == []
+
+    live(body, "p0", "p1")
+
+
+def test_exit_on_p0_releases_the_remote_gru_and_is_timed(live):
+    async def body(p0, p1):
+        mm = await _mapped(p0)
+        gru = await p1.gru("p0", mm.id)
+        await gru.access(BASE)
+        total, release, wait = await p1.interconnect.call("p1", "p0", "owner", "exit", mm.id)
+        assert total >= release >= 0 and wait >= 0
+        assert gru.ms_released  # ->release reached p1 over gRPC
+        with pytest.raises(Released):
+            await gru.access(BASE)
+        await p1.flush_reports()
+        assert p0.partition.check_invariants(final=True) == []
+
+    live(body, "p0", "p1")
+
+
+def test_model_errors_come_back_as_themselves(live):
+    async def body(p0, p1):
+        mm = await _mapped(p0, npages=2)
+        gru = await p1.gru("p0", mm.id)
+        with pytest.raises(BadAddress, match=hex(BASE + 64 * PAGE_SIZE)):
+            await gru.access(BASE + 64 * PAGE_SIZE)  # outside every VMA of p0's mm
+        with pytest.raises(NotFound, match="mm 999"):
+            await p1.interconnect.call("p1", "p0", "owner", "get_user_pages", "p1", 999, BASE, 1, False, False)
+        p1.directory["p7"] = p0.address  # a request for p7 that reaches p0
+        with pytest.raises(NotFound, match="this is partition p0, not p7"):
+            await p1.interconnect.call("p1", "p7", "owner", "exit", mm.id)
+        await gru.unregister()
+
+    live(body, "p0", "p1")
