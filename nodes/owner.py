@@ -24,6 +24,7 @@ from nodes.notifier import MmuNotifier, TeardownTiming
 if TYPE_CHECKING:
     from nodes.partition import Partition
     from nodes.runtime import TaskSignals
+    from nodes.secondary.xpmem import XpmemCred, XpmemGrant
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,27 @@ class OwnerPort(Protocol):
     def translations_dropped(self, mn: MmuNotifier, mm_id: int, pfns: list[int] | np.ndarray) -> None:
         """``mn`` dropped translations to these frames (one entry per translation)."""
 
+    # XPMEM's source side (``nodes.secondary.xpmem.XpmemSegments`` of the owner's partition);
+    # ``mn`` is the asking driver's notifier: it identifies where the attachment lives.
+
+    async def xpmem_make(self, mm_id: int, vaddr: int, size: int, permit_mode: int, cred: "XpmemCred") -> int:
+        """xpmem_make(); returns the segid."""
+
+    async def xpmem_get(self, segid: int, flags: int, cred: "XpmemCred") -> int:
+        """xpmem_get(); returns the apid."""
+
+    async def xpmem_attach(self, mn: MmuNotifier, apid: int, offset: int, size: int, cred: "XpmemCred") -> "XpmemGrant":
+        """xpmem_attach(), the source half: checks, and records the attachment as ``mn``'s."""
+
+    async def xpmem_detach(self, mn: MmuNotifier, attachment_id: int, cred: "XpmemCred | None") -> None:
+        """``mn``'s driver detached ``attachment_id``: the source side forgets it."""
+
+    async def xpmem_release(self, apid: int, cred: "XpmemCred") -> None:
+        """xpmem_release(): the permit's attachments are detached wherever they live."""
+
+    async def xpmem_remove(self, segid: int, cred: "XpmemCred") -> None:
+        """xpmem_remove(): every permit released, every attachment detached."""
+
 
 class LocalOwner:
     """The in-process ``OwnerPort`` of a partition."""
@@ -96,3 +118,21 @@ class LocalOwner:
 
     def translations_dropped(self, mn: MmuNotifier, mm_id: int, pfns: list[int] | np.ndarray) -> None:
         self.part.oracle.translations_dropped(mn, pfns)
+
+    async def xpmem_make(self, mm_id: int, vaddr: int, size: int, permit_mode: int, cred: "XpmemCred") -> int:
+        return self.part.xpmem.make(mm_id, vaddr, size, permit_mode, cred)
+
+    async def xpmem_get(self, segid: int, flags: int, cred: "XpmemCred") -> int:
+        return self.part.xpmem.get(segid, flags, cred)
+
+    async def xpmem_attach(self, mn: MmuNotifier, apid: int, offset: int, size: int, cred: "XpmemCred") -> "XpmemGrant":
+        return self.part.xpmem.attach(apid, offset, size, cred, mn.driver)  # type: ignore[attr-defined]
+
+    async def xpmem_detach(self, mn: MmuNotifier, attachment_id: int, cred: "XpmemCred | None") -> None:
+        self.part.xpmem.detached(attachment_id, cred)
+
+    async def xpmem_release(self, apid: int, cred: "XpmemCred") -> None:
+        await self.part.xpmem.release(apid, cred)
+
+    async def xpmem_remove(self, segid: int, cred: "XpmemCred") -> None:
+        await self.part.xpmem.remove(segid, cred)

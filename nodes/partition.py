@@ -1,4 +1,5 @@
-"""One partition: its frames, its mms, its SRCU domain(s), its notifier core and its oracle.
+"""One partition: its frames, its mms, its SRCU domain(s), its notifier core, its oracle, and
+XPMEM's source side for its mms.
 
 A plain class (Ray wraps it at the edge, in ``cluster/``). The SRCU scope is a parameter:
 ``global`` (one domain for every mm of the partition, as the kernel does: the source of the
@@ -14,6 +15,7 @@ from nodes.mm import Mm
 from nodes.notifier import NotifierCore
 from nodes.oracle import Oracle, Violation
 from nodes.runtime import Runtime
+from nodes.secondary.xpmem import XpmemSegments
 from nodes.srcu import DEFAULT_JIFFY_US, Srcu
 
 SRCU_SCOPES = ("global", "per_mm")
@@ -47,6 +49,7 @@ class Partition:
         self.core = NotifierCore(runtime, self.srcu_for, self.oracle, fanout=fanout)
         self.mms: dict[int, Mm] = {}
         self._next_mm_id = 1
+        self.xpmem = XpmemSegments(self)  # XPMEM's source side: segments made from these mms
 
     def __repr__(self) -> str:
         return f"Partition({self.name}, {len(self.mms)} mms, {self.frames.nfree}/{self.frames.nframes} frames free)"

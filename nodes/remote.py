@@ -48,6 +48,7 @@ from nodes.notifier import OPS, MmuNotifier, TeardownTiming, has_op
 from nodes.owner import LocalOwner, PageRef
 from nodes.partition import Partition
 from nodes.runtime import call_maybe_async
+from nodes.secondary.xpmem import XpmemCred, XpmemGrant
 from nodes.vmops import exit_mmap
 
 OWNER_SERVICE = "owner"
@@ -142,6 +143,7 @@ class OwnerService:
         # host -> {request id -> (mm id, pfns)} of its latest pinning get_user_pages, so that a
         # request whose reply was lost can be undone (abort_pins); oldest forgotten first
         self._pin_requests: dict[str, dict[int, tuple[int, list[int]]]] = {}
+        self._xpmem_attachers: dict[RemoteNotifier, RemoteXpmemAttacher] = {}
 
     # -- requests from secondaries ----------------------------------------------------------
 
@@ -219,6 +221,33 @@ class OwnerService:
         t = await exit_mmap(self.part, self.part.mm(mm_id))
         return (t.total_us, t.release_us, t.srcu_wait_us)
 
+    # -- XPMEM's source side, for drivers on other partitions --------------------------------
+
+    async def xpmem_make(self, mm_id: int, vaddr: int, size: int, permit_mode: int, cred: XpmemCred) -> int:
+        return self.part.xpmem.make(mm_id, vaddr, size, permit_mode, cred)
+
+    async def xpmem_get(self, segid: int, flags: int, cred: XpmemCred) -> int:
+        return self.part.xpmem.get(segid, flags, cred)
+
+    async def xpmem_attach(self, host: str, notifier_id: str, apid: int, offset: int, size: int, cred: XpmemCred) -> XpmemGrant:
+        """Record the attachment as living with ``host``'s notifier ``notifier_id``: release
+        and remove reach it there (``RemoteXpmemAttacher``)."""
+        self._check_host(host)
+        mn = self._notifier(host, notifier_id)
+        attacher = self._xpmem_attachers.get(mn)
+        if attacher is None:
+            attacher = self._xpmem_attachers[mn] = RemoteXpmemAttacher(self, mn)
+        return self.part.xpmem.attach(apid, offset, size, cred, attacher)
+
+    async def xpmem_detach(self, host: str, attachment_id: int, cred: XpmemCred | None) -> None:
+        self.part.xpmem.detached(attachment_id, cred)
+
+    async def xpmem_release(self, apid: int, cred: XpmemCred) -> None:
+        await self.part.xpmem.release(apid, cred)
+
+    async def xpmem_remove(self, segid: int, cred: XpmemCred) -> None:
+        await self.part.xpmem.remove(segid, cred)
+
     # -- oracle reports (not modelled traffic) ----------------------------------------------
 
     def report_translations(self, host: str, notifier_id: str, mm_id: int, address: int, pfns: list[int], established: bool) -> None:
@@ -289,6 +318,28 @@ class OwnerService:
         self.part.runtime.trace("fence", f"{self.name} fenced {host} during {during}: {len(pfns)} unpinned")
 
 
+class RemoteXpmemAttacher:
+    """Where XPMEM attachments made through a remote driver live, as the source side reaches
+    them: a request to the driver's partition to detach them. A partition that does not answer
+    is fenced, which drops every pin it held, so the detach is done either way."""
+
+    def __init__(self, service: OwnerService, mn: RemoteNotifier):
+        self.service = service
+        self.mn = mn
+
+    async def detach_by_owner(self, attachment_ids: list[int]) -> None:
+        mn = self.mn
+        if mn.fenced:
+            return
+        try:
+            await self.service.interconnect.call(
+                self.service.name, mn.host, SECONDARY_SERVICE, "xpmem_detach", mn.notifier_id, list(attachment_ids),
+                kind="callout",
+            )
+        except Unreachable as e:
+            self.service.fence(mn.host, during=f"xpmem detach of {mn.name}", error=str(e))
+
+
 # -- the secondary's side -----------------------------------------------------------------------
 
 
@@ -320,6 +371,19 @@ class SecondaryService:
         if self.flush_reports is not None:
             await self.flush_reports()
         return result
+
+
+    async def xpmem_detach(self, notifier_id: str, attachment_ids: list[int]) -> None:
+        """The source side of an XPMEM driver here tears these attachments down."""
+        mn = self.notifiers.get(notifier_id)
+        if mn is None:
+            raise NotFound(f"no notifier {notifier_id!r} on partition {self.name}")
+        detach = getattr(getattr(mn, "driver", None), "detach_by_owner", None)
+        if detach is None:
+            raise NotFound(f"notifier {notifier_id!r} on partition {self.name} is not an XPMEM driver's")
+        await detach(list(attachment_ids))
+        if self.flush_reports is not None:
+            await self.flush_reports()
 
 
 class RemoteOwner:
@@ -389,6 +453,24 @@ class RemoteOwner:
 
     async def dma_read(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
         return await self._call("dma_read", self.host.name, self._id(mn), mm_id, address, pfn, expected, kind="read")
+
+    async def xpmem_make(self, mm_id: int, vaddr: int, size: int, permit_mode: int, cred: XpmemCred) -> int:
+        return await self._call("xpmem_make", mm_id, vaddr, size, permit_mode, cred)
+
+    async def xpmem_get(self, segid: int, flags: int, cred: XpmemCred) -> int:
+        return await self._call("xpmem_get", segid, flags, cred)
+
+    async def xpmem_attach(self, mn: MmuNotifier, apid: int, offset: int, size: int, cred: XpmemCred) -> XpmemGrant:
+        return await self._call("xpmem_attach", self.host.name, self._id(mn), apid, offset, size, cred)
+
+    async def xpmem_detach(self, mn: MmuNotifier, attachment_id: int, cred: XpmemCred | None) -> None:
+        await self._call("xpmem_detach", self.host.name, attachment_id, cred)
+
+    async def xpmem_release(self, apid: int, cred: XpmemCred) -> None:
+        await self._call("xpmem_release", apid, cred)
+
+    async def xpmem_remove(self, segid: int, cred: XpmemCred) -> None:
+        await self._call("xpmem_remove", segid, cred)
 
     def translation_established(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int) -> None:
         self.oracle_sink.translation_established(self.host.name, self._id(mn), mm_id, address, pfn)

@@ -75,6 +75,9 @@ class GrpcInterconnect:
             request = m.encode(*args)
         elif service == SECONDARY_SERVICE and method == "callout":
             m, request = codec.encode_callout(*args)
+        elif service == SECONDARY_SERVICE and method in codec.SECONDARY_METHODS:
+            m = codec.SECONDARY_METHODS[method]
+            request = m.encode(*args)
         else:
             raise ValueError(f"no RPC for {service}.{method}")
         stub = self._stub(dst, service)

@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 
 from nodes.errors import InvalidArgument
 from nodes.owner import PageRef
+from nodes.secondary.xpmem import XpmemCred, XpmemGrant
 from nodes.rpc.pb import interconnect_pb2 as pb
 
 
@@ -142,6 +143,61 @@ OWNER: dict[str, Method] = {
 }
 
 
+def _cred(c: XpmemCred) -> Any:
+    return build(pb.XpmemCred, tgid=c.tgid, uid=c.uid, gid=c.gid, groups=sorted(c.groups))
+
+
+def _uncred(m: Any) -> XpmemCred:
+    return XpmemCred(m.tgid, m.uid, m.gid, frozenset(m.groups))
+
+
+OWNER.update({
+    m.call: m
+    for m in (
+        Method(
+            "XpmemMake", "xpmem_make", pb.XpmemMakeRequest, pb.XpmemMakeReply,
+            lambda mm_id, vaddr, size, mode, cred: build(
+                pb.XpmemMakeRequest, mm_id=mm_id, vaddr=vaddr, size=size, permit_mode=mode, cred=_cred(cred)),
+            lambda r: (r.mm_id, r.vaddr, r.size, r.permit_mode, _uncred(r.cred)),
+            lambda segid: pb.XpmemMakeReply(segid=segid), lambda m: m.segid,
+        ),
+        Method(
+            "XpmemGet", "xpmem_get", pb.XpmemGetRequest, pb.XpmemGetReply,
+            lambda segid, flags, cred: build(pb.XpmemGetRequest, segid=segid, flags=flags, cred=_cred(cred)),
+            lambda r: (r.segid, r.flags, _uncred(r.cred)),
+            lambda apid: pb.XpmemGetReply(apid=apid), lambda m: m.apid,
+        ),
+        Method(
+            "XpmemAttach", "xpmem_attach", pb.XpmemAttachRequest, pb.XpmemAttachReply,
+            lambda host, nid, apid, offset, size, cred: build(
+                pb.XpmemAttachRequest, host=host, notifier_id=nid, apid=apid, offset=offset, size=size, cred=_cred(cred)),
+            lambda r: (r.host, r.notifier_id, r.apid, r.offset, r.size, _uncred(r.cred)),
+            lambda g: pb.XpmemAttachReply(attachment_id=g.attachment_id, src_start=g.src_start, size=g.size, mode=g.mode),
+            lambda m: XpmemGrant(m.attachment_id, m.src_start, m.size, m.mode),
+        ),
+        Method(
+            "XpmemDetach", "xpmem_detach", pb.XpmemDetachRequest, pb.Empty,
+            lambda host, aid, cred: build(
+                pb.XpmemDetachRequest, host=host, attachment_id=aid, **({} if cred is None else {"cred": _cred(cred)})),
+            lambda r: (r.host, r.attachment_id, _uncred(r.cred) if r.HasField("cred") else None),
+            _empty, _none,
+        ),
+        Method(
+            "XpmemRelease", "xpmem_release", pb.XpmemReleaseRequest, pb.Empty,
+            lambda apid, cred: build(pb.XpmemReleaseRequest, apid=apid, cred=_cred(cred)),
+            lambda r: (r.apid, _uncred(r.cred)),
+            _empty, _none,
+        ),
+        Method(
+            "XpmemRemove", "xpmem_remove", pb.XpmemRemoveRequest, pb.Empty,
+            lambda segid, cred: build(pb.XpmemRemoveRequest, segid=segid, cred=_cred(cred)),
+            lambda r: (r.segid, _uncred(r.cred)),
+            _empty, _none,
+        ),
+    )
+})
+
+
 def _target(nid: str, mm_id: int, mm_name: str) -> Any:
     return build(pb.CalloutTarget, notifier_id=nid, mm_id=mm_id, mm_name=mm_name)
 
@@ -195,6 +251,20 @@ SECONDARY: dict[str, Method] = {
             "TestYoung", "test_young", pb.PageCallout, pb.YoungReply,
             lambda t, address: build(pb.PageCallout, target=t, address=address),
             _callout("test_young", lambda r: (r.address,)), _young, lambda m: m.young,
+        ),
+    )
+}
+
+
+# other requests to a partition hosting secondaries, keyed by SecondaryService method
+SECONDARY_METHODS: dict[str, Method] = {
+    m.call: m
+    for m in (
+        Method(
+            "XpmemDetachAttachments", "xpmem_detach", pb.XpmemDetachCallout, pb.Empty,
+            lambda nid, ids: build(pb.XpmemDetachCallout, target=_target(nid, 0, ""), attachment_ids=list(ids)),
+            lambda r: (r.target.notifier_id, list(r.attachment_ids)),
+            _empty, _none,
         ),
     )
 }

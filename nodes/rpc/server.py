@@ -73,6 +73,7 @@ def owner_servicer(owner: OwnerService) -> pb_grpc.OwnerServicer:
 def secondary_servicer(secondary: SecondaryService) -> pb_grpc.SecondaryServicer:
     """The ``Secondary`` servicer of a partition hosting secondaries."""
     body = {m.rpc: _handler(secondary.name, m, secondary.callout) for m in codec.SECONDARY.values()}
+    body.update({m.rpc: _handler(secondary.name, m, getattr(secondary, m.call)) for m in codec.SECONDARY_METHODS.values()})
     return type("SecondaryServicer", (pb_grpc.SecondaryServicer,), body)()
 
 

@@ -1,20 +1,25 @@
 """XPMEM as a secondary MMU: cross-partition attachments of another process's memory.
 
 Mirrors the hpc/xpmem kernel module (``kernel/xpmem_make.c``, ``xpmem_get.c``,
-``xpmem_attach.c``, ``xpmem_pfn.c``, ``xpmem_mmu_notifier.c``). The objects, as in the kernel:
+``xpmem_attach.c``, ``xpmem_pfn.c``, ``xpmem_mmu_notifier.c``), split the way SGI's
+cross-partition XPMEM splits it: what belongs to the *source* lives on the partition that owns
+the source mm, what belongs to an *attacher* lives on the attacher's partition.
 
-- ``XpmemDriver``: the XPMEM thread group of one *source* mm (struct xpmem_thread_group). It
-  owns the segments made from that mm and the access permits handed out for them, and it embeds
-  the mmu notifier registered on the source mm (``tg->mmu_not``: here ``driver.notifier``, an
-  ``XpmemMmuNotifier``). The API object and the notifier are separate because both have a
-  ``release``: XPMEM's ``release(apid)`` and the notifier's ``->release``.
-- a segment (``make``): a page-aligned range of the source mm, its permit mode, owned by the
-  source process.
-- an access permit (``get``): the right of one process (an attacher identity) to attach a
-  segment, read-only or read-write; the permission check is IPC-style (``xpmem_ipcperms``).
-- an attachment (``attach``): a range of the attacher's address space mapping part of the
-  segment. A fault on it pins the source page (remote get_user_pages with a pin) and maps it;
-  the attacher's pte holds that pin until it is zapped.
+- ``XpmemSegments`` (source side, one per partition, ``partition.xpmem``): the segments made from
+  its mms (``make``: a page-aligned range of the source mm and its permit mode, owned by the
+  source process) and the access permits handed out for them (``get``: the right of one process
+  to attach a segment, read-only or read-write; the check is IPC-style, ``xpmem_ipcperms``), and
+  a record of each attachment (``attach``), so that ``release`` and ``remove`` can tear the
+  attachments down wherever they are.
+- ``XpmemDriver`` (attacher side, one per source mm per attaching partition): the attachments
+  made there, their ptes, and the mmu notifier registered on the source mm (``tg->mmu_not``:
+  here ``driver.notifier``, an ``XpmemMmuNotifier``). An attachment maps part of a segment into
+  the attacher's address space; a fault on it pins the source page (remote get_user_pages with
+  a pin) and maps it; the attacher's pte holds that pin until it is zapped. The driver reaches
+  the source side through its ``OwnerPort`` (in-process, or over the interconnect), and the
+  source side reaches the driver back to detach (``detach_by_owner``). The API object and the
+  notifier are separate because both have a ``release``: XPMEM's ``release(apid)`` and the
+  notifier's ``->release``.
 
 The notifier implements only ``invalidate_range_end``, ``invalidate_page`` and ``release``:
 XPMEM acts once the primary ptes are gone. For each attachment overlapping the range, under
@@ -43,7 +48,7 @@ travels back, so each attachment carries an invalidate sequence (as KVM's mmu_no
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from nodes.errors import BadAddress, InvalidArgument, NotFound, PermissionDenied, Released
 from nodes.locks import Mutex
@@ -53,6 +58,7 @@ from nodes.secondary.base import keys_in_span, page_align
 
 if TYPE_CHECKING:
     from nodes.owner import OwnerPort
+    from nodes.partition import Partition
     from nodes.runtime import Runtime, TaskSignals
 
 XPMEM_RDONLY = 0x1
@@ -96,6 +102,7 @@ class XpmemSegment:
     """struct xpmem_segment: [vaddr, vaddr+size) of the source mm."""
 
     segid: int
+    mm_id: int
     vaddr: int
     size: int
     permit_mode: int
@@ -115,17 +122,235 @@ class XpmemAccessPermit:
     segment: XpmemSegment
     mode: int  # XPMEM_RDONLY or XPMEM_RDWR
     cred: XpmemCred  # the process that got it (its thread group owns the apid)
-    attachments: list["XpmemAttachment"] = field(default_factory=list)
+    attachments: dict[int, "XpmemAttacher"] = field(default_factory=dict)  # attachment id -> where it lives
     destroyed: bool = False
+
+
+class XpmemAttacher(Protocol):
+    """Where an attachment lives, as the source side reaches it: the attacher's driver
+    in-process, or a proxy that sends the request to the attacher's partition."""
+
+    async def detach_by_owner(self, attachment_ids: list[int]) -> None:
+        """Tear these attachments down (unpin, zap): their permit or segment is going away."""
+
+
+@dataclass(frozen=True)
+class XpmemGrant:
+    """What the source side answers an attach with."""
+
+    attachment_id: int
+    src_start: int  # the source address the attachment's first page maps
+    size: int
+    mode: int  # the permit's mode
+
+
+@dataclass
+class _SourceTg:
+    """The source half of one source mm's thread group."""
+
+    cred: XpmemCred  # the source process: owner of every segment made from the mm
+    segments: dict[int, XpmemSegment] = field(default_factory=dict)
+    next_seg: int = 1
+    next_ap: int = 1
+
+
+class XpmemSegments:
+    """The source side of XPMEM on one partition: segments made from its mms, the permits
+    handed out for them, and where their attachments live (see the module docstring). Every
+    call names the bad value in its error; a source mm that has exited gives ``Released``."""
+
+    def __init__(self, partition: "Partition"):
+        self.part = partition
+        self.tgs: dict[int, _SourceTg] = {}
+        self.aps: dict[int, XpmemAccessPermit] = {}
+        self.attachments: dict[int, tuple[XpmemAccessPermit, XpmemAttacher]] = {}
+        self._next_attachment = 1
+
+    def _live_tg(self, mm_id: int, what: str) -> _SourceTg:
+        mm = self.part.mms.get(mm_id)
+        if mm is None:
+            raise NotFound(f"{what}: no mm {mm_id} on partition {self.part.name}")
+        if mm.exited:
+            raise Released(f"{what}: source mm {mm_id} of {self.part.name} has exited (after release)")
+        tg = self.tgs.get(mm_id)
+        if tg is None:
+            raise NotFound(f"{what}: mm {mm_id} of {self.part.name} has made no segment")
+        return tg
+
+    def segments_of(self, mm_id: int) -> dict[int, XpmemSegment]:
+        """The live segments made from mm ``mm_id``."""
+        tg = self.tgs.get(mm_id)
+        return {} if tg is None else dict(tg.segments)
+
+    def make(self, mm_id: int, vaddr: int, size: int, permit_mode: int, cred: XpmemCred) -> int:
+        """xpmem_make(): share [vaddr, vaddr+size) of source mm ``mm_id``; returns the segid.
+        vaddr page aligned, size positive and a page multiple, permit bits within 0777: else
+        ``InvalidArgument`` naming the value. The first make fixes the source process (cred);
+        a make of the same mm by another thread group is ``PermissionDenied``."""
+        mm = self.part.mms.get(mm_id)
+        if mm is None:
+            raise NotFound(f"xpmem_make: no mm {mm_id} on partition {self.part.name}")
+        if mm.exited:
+            raise Released(f"xpmem_make: source mm {mm_id} has exited (after release)")
+        if not isinstance(vaddr, int) or vaddr < 0 or vaddr % PAGE_SIZE:
+            raise InvalidArgument(f"xpmem_make: vaddr {_fmt(vaddr)} is not a page-aligned address")
+        if not isinstance(size, int) or size <= 0:
+            raise InvalidArgument(f"xpmem_make: size {size!r} is not positive")
+        if size % PAGE_SIZE:
+            raise InvalidArgument(f"xpmem_make: size {size} ({size:#x}) is not a multiple of the page size")
+        if vaddr + size > TASK_SIZE:
+            raise InvalidArgument(f"xpmem_make: [{vaddr:#x}, {vaddr + size:#x}) is outside user space")
+        if not isinstance(permit_mode, int) or permit_mode < 0 or permit_mode & ~0o777:
+            raise InvalidArgument(f"xpmem_make: permit_mode {_fmt(permit_mode, '#o')} has bits outside 0o777")
+        tg = self.tgs.setdefault(mm_id, _SourceTg(cred))
+        if cred.tgid != tg.cred.tgid:
+            raise PermissionDenied(f"xpmem_make: mm {mm_id} belongs to tgid {tg.cred.tgid}, not to caller tgid {cred.tgid}")
+        segid = (mm_id << 32) | tg.next_seg
+        tg.next_seg += 1
+        tg.segments[segid] = XpmemSegment(segid, mm_id, vaddr, size, permit_mode)
+        return segid
+
+    def _segment(self, segid: int, what: str) -> tuple[_SourceTg, XpmemSegment]:
+        if not isinstance(segid, int) or segid < 0:
+            raise NotFound(f"{what}: no segment with segid {_fmt(segid)}")
+        tg = self.tgs.get(segid >> 32)
+        if tg is None:
+            raise NotFound(f"{what}: no segment with segid {_fmt(segid)}")
+        tg = self._live_tg(segid >> 32, what)
+        seg = tg.segments.get(segid)
+        if seg is None or seg.destroyed:
+            raise NotFound(f"{what}: no segment with segid {_fmt(segid)}")
+        return tg, seg
+
+    def _ap(self, apid: int, what: str) -> XpmemAccessPermit:
+        ap = self.aps.get(apid) if isinstance(apid, int) else None
+        if ap is None or ap.destroyed:
+            raise NotFound(f"{what}: no access permit with apid {_fmt(apid)}")
+        self._live_tg(ap.segment.mm_id, what)
+        return ap
+
+    @staticmethod
+    def _ipcperms(cred: XpmemCred, owner: XpmemCred, mode: int, flag: int) -> bool:
+        """xpmem_ipcperms(): the owner's, group's or others' bits of ``mode`` must include the
+        requested access; CAP_IPC_OWNER (uid 0 here) overrides."""
+        requested = (flag >> 6) | (flag >> 3) | flag
+        granted = mode
+        if cred.uid == owner.uid:
+            granted >>= 6
+        elif cred.in_group(owner.gid):
+            granted >>= 3
+        return not (requested & ~granted & 0o7) or cred.uid == 0
+
+    def get(self, segid: int, flags: int, cred: XpmemCred) -> int:
+        """xpmem_get(): a permit for ``cred``'s process to attach segment ``segid``, read-only
+        (XPMEM_RDONLY) or read-write (XPMEM_RDWR). Read needs S_IRUSR in the applicable bits of
+        the permit mode, RDWR also S_IWUSR (``PermissionDenied``, EACCES); bad flags are
+        ``InvalidArgument``; an unknown segid is ``NotFound``. Returns the apid."""
+        if flags not in (XPMEM_RDONLY, XPMEM_RDWR):
+            raise InvalidArgument(f"xpmem_get: flags {flags!r} is not XPMEM_RDONLY ({XPMEM_RDONLY}) or XPMEM_RDWR ({XPMEM_RDWR})")
+        tg, seg = self._segment(segid, "xpmem_get")
+        want = "read" if flags == XPMEM_RDONLY else "read-write"
+        ok = self._ipcperms(cred, tg.cred, seg.permit_mode, S_IRUSR)
+        if ok and flags == XPMEM_RDWR:
+            ok = self._ipcperms(cred, tg.cred, seg.permit_mode, S_IWUSR)
+        if not ok:
+            raise PermissionDenied(
+                f"xpmem_get: uid {cred.uid} gid {cred.gid} may not {want}-attach segid {segid:#x} "
+                f"(owner uid {tg.cred.uid} gid {tg.cred.gid}, permit_mode {seg.permit_mode:#o})"
+            )
+        apid = (seg.mm_id << 32) | (1 << 31) | tg.next_ap
+        tg.next_ap += 1
+        ap = XpmemAccessPermit(apid, seg, flags, cred)
+        seg.aps.append(ap)
+        self.aps[apid] = ap
+        return apid
+
+    def attach(self, apid: int, offset: int, size: int, cred: XpmemCred, attacher: XpmemAttacher) -> XpmemGrant:
+        """xpmem_attach(), the source half: check that ``cred``'s process may attach
+        [offset, offset+size) of the permit's segment (offset and size page aligned, size
+        positive, the range inside the segment: else ``InvalidArgument``; only the permit's
+        process may attach with it: EACCES) and record where the attachment lives."""
+        ap = self._ap(apid, "xpmem_attach")
+        if cred.tgid != ap.cred.tgid:
+            raise PermissionDenied(f"xpmem_attach: apid {apid:#x} belongs to tgid {ap.cred.tgid}, not to caller tgid {cred.tgid}")
+        seg = ap.segment
+        if not isinstance(offset, int) or offset < 0 or offset % PAGE_SIZE:
+            raise InvalidArgument(f"xpmem_attach: offset {_fmt(offset)} is not a page-aligned offset")
+        if not isinstance(size, int) or size <= 0 or size % PAGE_SIZE:
+            raise InvalidArgument(f"xpmem_attach: size {_fmt(size)} is not a positive multiple of the page size")
+        if offset + size > seg.size:
+            raise InvalidArgument(
+                f"xpmem_attach: [offset {offset:#x}, +{size:#x}) is outside segid {seg.segid:#x} of size {seg.size:#x}"
+            )
+        attachment_id = self._next_attachment
+        self._next_attachment += 1
+        ap.attachments[attachment_id] = attacher
+        self.attachments[attachment_id] = (ap, attacher)
+        return XpmemGrant(attachment_id, seg.vaddr + offset, size, ap.mode)
+
+    def detached(self, attachment_id: int, cred: XpmemCred | None = None) -> None:
+        """The attacher detached ``attachment_id`` (xpmem_detach): forget it. Only the
+        permit's process may detach (EACCES); an unknown or already forgotten attachment is a
+        no-op, as detaching twice is in the kernel."""
+        entry = self.attachments.get(attachment_id)
+        if entry is None:
+            return
+        ap, _ = entry
+        if cred is not None and cred.tgid != ap.cred.tgid:
+            raise PermissionDenied(
+                f"xpmem_detach: attachment {attachment_id} belongs to tgid {ap.cred.tgid}, not to caller tgid {cred.tgid}"
+            )
+        del self.attachments[attachment_id]
+        ap.attachments.pop(attachment_id, None)
+
+    async def release(self, apid: int, cred: XpmemCred) -> None:
+        """xpmem_release(): give up permit ``apid``, detaching its attachments wherever they
+        live. Only the permit's process may release it (``PermissionDenied``, EACCES)."""
+        ap = self._ap(apid, "xpmem_release")
+        if cred.tgid != ap.cred.tgid:
+            raise PermissionDenied(f"xpmem_release: apid {apid:#x} belongs to tgid {ap.cred.tgid}, not to caller tgid {cred.tgid}")
+        await self._release_ap(ap)
+
+    async def _release_ap(self, ap: XpmemAccessPermit) -> None:
+        """xpmem_release_ap(): detach every attachment of the permit (each attacher once,
+        with all of its ids), then forget the permit."""
+        if ap.destroyed:
+            return
+        ap.destroyed = True
+        by_attacher: dict[int, tuple[XpmemAttacher, list[int]]] = {}
+        for aid, attacher in ap.attachments.items():
+            by_attacher.setdefault(id(attacher), (attacher, []))[1].append(aid)
+        for attacher, ids in by_attacher.values():
+            await attacher.detach_by_owner(ids)
+        for aid in list(ap.attachments):
+            self.attachments.pop(aid, None)
+        ap.attachments.clear()
+        if ap in ap.segment.aps:
+            ap.segment.aps.remove(ap)
+        self.aps.pop(ap.apid, None)
+
+    async def remove(self, segid: int, cred: XpmemCred) -> None:
+        """xpmem_remove(): withdraw segment ``segid``; every permit of it is released and every
+        attachment torn down (unpinned). Only the segment's owner may remove it (EACCES)."""
+        tg, seg = self._segment(segid, "xpmem_remove")
+        if cred.tgid != tg.cred.tgid:
+            raise PermissionDenied(f"xpmem_remove: segid {segid:#x} belongs to tgid {tg.cred.tgid}, not to caller tgid {cred.tgid}")
+        seg.destroyed = True
+        for ap in list(seg.aps):
+            await self._release_ap(ap)
+        tg.segments.pop(seg.segid, None)
 
 
 @dataclass(eq=False)
 class XpmemAttachment:
-    """struct xpmem_attachment: [vaddr, vaddr+size) of the attacher maps
-    [segment.vaddr+offset, +size) of the source."""
+    """struct xpmem_attachment, on the attacher's partition: [vaddr, vaddr+size) of the
+    attacher maps [src_start, src_start+size) of the source mm."""
 
-    ap: XpmemAccessPermit
-    offset: int
+    id: int  # the source side's attachment id
+    apid: int
+    mode: int  # the permit's: XPMEM_RDONLY or XPMEM_RDWR
+    tgid: int  # the attaching process (the permit's)
+    src_start: int  # the source address the attachment's first page maps (att->vaddr)
     size: int
     vaddr: int  # at_vaddr, in the attacher's address space
     invalidate_mutex: Mutex
@@ -133,15 +358,6 @@ class XpmemAttachment:
     ptes: dict[int, XpmemPte] = field(default_factory=dict)
     invalidate_seq: int = 0  # bumped under invalidate_mutex by every overlapping invalidation
     destroyed: bool = False  # XPMEM_FLAG_DESTROYING: detached
-
-    @property
-    def segment(self) -> XpmemSegment:
-        return self.ap.segment
-
-    @property
-    def src_start(self) -> int:
-        """The source address the attachment's first page maps (att->vaddr)."""
-        return self.ap.segment.vaddr + self.offset
 
     @property
     def src_end(self) -> int:
@@ -154,7 +370,7 @@ class XpmemAttachment:
 
 @dataclass
 class XpmemStats:
-    """Counters of one XPMEM thread group."""
+    """Counters of one XPMEM driver."""
 
     accesses: int = 0
     pte_hits: int = 0
@@ -186,13 +402,15 @@ class XpmemMmuNotifier(MmuNotifier):
 
     async def release(self, mm: Mm) -> None:
         """xpmem_mmu_release() -> xpmem_teardown(): the source mm is going away; every
-        attachment of its segments is torn down (unpinned, zapped) and the thread group is
-        dead: later calls raise ``Released``."""
+        attachment is torn down (unpinned, zapped) and the driver is dead: later calls raise
+        ``Released``."""
         await self.driver._teardown()
 
 
 class XpmemDriver:
-    """The XPMEM thread group of one source mm: its segments, permits and notifier."""
+    """XPMEM on an attaching partition for one source mm: its attachments and notifier; the
+    segments and permits are the source side's (``XpmemSegments``), reached through the
+    owner port."""
 
     def __init__(
         self,
@@ -210,22 +428,19 @@ class XpmemDriver:
         self.owner = owner
         self.mm_id = mm_id
         self.name = name
-        self.cred = cred  # the source process: owner of every segment made here
+        self.cred = cred  # the source process (make and remove through this driver act as it)
         self.zap_per_page_us = float(zap_per_page_us)
         self.notifier = XpmemMmuNotifier(self, name)
         self.registered = False
         self.released = False  # the notifier's ->release ran: XPMEM_FLAG_DESTROYING on the tg
-        self.segments: dict[int, XpmemSegment] = {}
-        self.aps: dict[int, XpmemAccessPermit] = {}
-        self._next_seg = 1
-        self._next_ap = 1
+        self.attachments: dict[int, XpmemAttachment] = {}  # by the source side's attachment id
         self._next_at_vaddr: dict[int, int] = {}  # per attacher tgid
         self.stats = XpmemStats()
 
     def __repr__(self) -> str:
         return (
-            f"XpmemDriver({self.name}, mm {self.mm_id}, {len(self.segments)} segments, "
-            f"{len(self.aps)} permits{', released' if self.released else ''})"
+            f"XpmemDriver({self.name}, mm {self.mm_id}, {len(self.attachments)} attachments"
+            f"{', released' if self.released else ''})"
         )
 
     # -- registration -----------------------------------------------------------------------
@@ -244,114 +459,52 @@ class XpmemDriver:
         if self.released:
             raise Released(f"XPMEM {self.name}: {what} after release of source mm {self.mm_id}")
 
-    # -- make / get / attach ----------------------------------------------------------------
+    # -- make / get / attach: requests to the source side -----------------------------------
 
-    def make(self, vaddr: int, size: int, permit_mode: int) -> int:
-        """xpmem_make(): share [vaddr, vaddr+size) of the source mm; returns the segid.
-        vaddr page aligned, size positive and a page multiple, permit bits within 0777: else
-        ``InvalidArgument`` naming the value."""
+    async def make(self, vaddr: int, size: int, permit_mode: int) -> int:
+        """xpmem_make() by the source process (``cred``), through the owner port."""
         self._check_live("make")
         if not self.registered:
             raise InvalidArgument(f"XPMEM {self.name}: make before register(): the notifier must be on mm {self.mm_id}")
-        if not isinstance(vaddr, int) or vaddr < 0 or vaddr % PAGE_SIZE:
-            raise InvalidArgument(f"xpmem_make: vaddr {_fmt(vaddr)} is not a page-aligned address")
-        if not isinstance(size, int) or size <= 0:
-            raise InvalidArgument(f"xpmem_make: size {size!r} is not positive")
-        if size % PAGE_SIZE:
-            raise InvalidArgument(f"xpmem_make: size {size} ({size:#x}) is not a multiple of the page size")
-        if vaddr + size > TASK_SIZE:
-            raise InvalidArgument(f"xpmem_make: [{vaddr:#x}, {vaddr + size:#x}) is outside user space")
-        if not isinstance(permit_mode, int) or permit_mode < 0 or permit_mode & ~0o777:
-            raise InvalidArgument(f"xpmem_make: permit_mode {_fmt(permit_mode, '#o')} has bits outside 0o777")
-        segid = (self.mm_id << 32) | self._next_seg
-        self._next_seg += 1
-        self.segments[segid] = XpmemSegment(segid, vaddr, size, permit_mode)
-        return segid
+        return await self.owner.xpmem_make(self.mm_id, vaddr, size, permit_mode, self.cred)
 
-    def _segment(self, segid: int) -> XpmemSegment:
-        seg = self.segments.get(segid)
-        if seg is None or seg.destroyed:
-            raise NotFound(f"XPMEM {self.name}: no segment with segid {_fmt(segid)}")
-        return seg
-
-    def _ap(self, apid: int) -> XpmemAccessPermit:
-        ap = self.aps.get(apid)
-        if ap is None or ap.destroyed:
-            raise NotFound(f"XPMEM {self.name}: no access permit with apid {_fmt(apid)}")
-        return ap
-
-    @staticmethod
-    def _ipcperms(cred: XpmemCred, owner: XpmemCred, mode: int, flag: int) -> bool:
-        """xpmem_ipcperms(): the owner's, group's or others' bits of ``mode`` must include the
-        requested access; CAP_IPC_OWNER (uid 0 here) overrides."""
-        requested = (flag >> 6) | (flag >> 3) | flag
-        granted = mode
-        if cred.uid == owner.uid:
-            granted >>= 6
-        elif cred.in_group(owner.gid):
-            granted >>= 3
-        return not (requested & ~granted & 0o7) or cred.uid == 0
-
-    def get(self, segid: int, flags: int, cred: XpmemCred) -> int:
-        """xpmem_get(): a permit for ``cred``'s process to attach segment ``segid``, read-only
-        (XPMEM_RDONLY) or read-write (XPMEM_RDWR). Read needs S_IRUSR in the applicable bits of
-        the permit mode, RDWR also S_IWUSR (``PermissionDenied``, EACCES); bad flags are
-        ``InvalidArgument``; an unknown segid is ``NotFound``. Returns the apid."""
+    async def get(self, segid: int, flags: int, cred: XpmemCred) -> int:
+        """xpmem_get() (see ``XpmemSegments.get``); returns the apid."""
         self._check_live("get")
-        if flags not in (XPMEM_RDONLY, XPMEM_RDWR):
-            raise InvalidArgument(f"xpmem_get: flags {flags!r} is not XPMEM_RDONLY ({XPMEM_RDONLY}) or XPMEM_RDWR ({XPMEM_RDWR})")
-        seg = self._segment(segid)
-        want = "read" if flags == XPMEM_RDONLY else "read-write"
-        ok = self._ipcperms(cred, self.cred, seg.permit_mode, S_IRUSR)
-        if ok and flags == XPMEM_RDWR:
-            ok = self._ipcperms(cred, self.cred, seg.permit_mode, S_IWUSR)
-        if not ok:
-            raise PermissionDenied(
-                f"xpmem_get: uid {cred.uid} gid {cred.gid} may not {want}-attach segid {segid:#x} "
-                f"(owner uid {self.cred.uid} gid {self.cred.gid}, permit_mode {seg.permit_mode:#o})"
-            )
-        apid = (self.mm_id << 32) | (1 << 31) | self._next_ap
-        self._next_ap += 1
-        ap = XpmemAccessPermit(apid, seg, flags, cred)
-        seg.aps.append(ap)
-        self.aps[apid] = ap
-        return apid
+        return await self.owner.xpmem_get(segid, flags, cred)
 
-    def attach(self, apid: int, offset: int, size: int, cred: XpmemCred) -> XpmemAttachment:
-        """xpmem_attach(): map [offset, offset+size) of the permit's segment into ``cred``'s
-        address space; returns the attachment (its ``vaddr`` is the attach address). offset
-        and size page aligned, size positive, the range inside the segment: else
-        ``InvalidArgument``. Only the permit's process may attach with it (EACCES)."""
+    async def attach(self, apid: int, offset: int, size: int, cred: XpmemCred) -> XpmemAttachment:
+        """xpmem_attach(): the source side checks and records it (``XpmemSegments.attach``);
+        the attachment is mapped here, at the next free address of ``cred``'s process."""
         self._check_live("attach")
-        ap = self._ap(apid)
-        if cred.tgid != ap.cred.tgid:
-            raise PermissionDenied(f"xpmem_attach: apid {apid:#x} belongs to tgid {ap.cred.tgid}, not to caller tgid {cred.tgid}")
-        seg = ap.segment
-        if not isinstance(offset, int) or offset < 0 or offset % PAGE_SIZE:
-            raise InvalidArgument(f"xpmem_attach: offset {_fmt(offset)} is not a page-aligned offset")
-        if not isinstance(size, int) or size <= 0 or size % PAGE_SIZE:
-            raise InvalidArgument(f"xpmem_attach: size {_fmt(size)} is not a positive multiple of the page size")
-        if offset + size > seg.size:
-            raise InvalidArgument(
-                f"xpmem_attach: [offset {offset:#x}, +{size:#x}) is outside segid {seg.segid:#x} of size {seg.size:#x}"
-            )
+        if not self.registered:
+            raise InvalidArgument(f"XPMEM {self.name}: attach before register(): the notifier must be on mm {self.mm_id}")
+        grant = await self.owner.xpmem_attach(self.notifier, apid, offset, size, cred)
         at_vaddr = self._next_at_vaddr.get(cred.tgid, _ATTACH_BASE)
-        self._next_at_vaddr[cred.tgid] = at_vaddr + size + PAGE_SIZE  # a guard page between
-        att = XpmemAttachment(ap, offset, size, at_vaddr, Mutex(f"{self.name}.att@{at_vaddr:#x}.invalidate_mutex"))
-        ap.attachments.append(att)
+        self._next_at_vaddr[cred.tgid] = at_vaddr + grant.size + PAGE_SIZE  # a guard page between
+        att = XpmemAttachment(grant.attachment_id, apid, grant.mode, cred.tgid, grant.src_start, grant.size, at_vaddr,
+                              Mutex(f"{self.name}.att@{at_vaddr:#x}.invalidate_mutex"))
+        self.attachments[att.id] = att
+        if self.released:  # ->release ran while the request travelled: tear it down at once
+            await self._detach_att(att)
         return att
 
     # -- detach / release / remove ----------------------------------------------------------
 
     async def detach(self, att: XpmemAttachment, cred: XpmemCred | None = None) -> None:
         """xpmem_detach(): unmap the attachment: under its invalidate mutex mark it
-        destroying, unpin its pages, zap its ptes. Detaching twice is a no-op (as in the
-        kernel). With ``cred``, only the permit's process may detach (EACCES)."""
-        if cred is not None and cred.tgid != att.ap.cred.tgid:
+        destroying, unpin its pages, zap its ptes; then the source side forgets it. Detaching
+        twice is a no-op (as in the kernel). With ``cred``, only the permit's process may
+        detach (EACCES)."""
+        if cred is not None and cred.tgid != att.tgid:
             raise PermissionDenied(
-                f"xpmem_detach: attachment at {att.vaddr:#x} belongs to tgid {att.ap.cred.tgid}, not to caller tgid {cred.tgid}"
+                f"xpmem_detach: attachment at {att.vaddr:#x} belongs to tgid {att.tgid}, not to caller tgid {cred.tgid}"
             )
+        if att.destroyed:
+            return
         await self._detach_att(att)
+        if not self.released:
+            await self.owner.xpmem_detach(self.notifier, att.id, cred)
 
     async def _detach_att(self, att: XpmemAttachment) -> None:
         """xpmem_detach_att(): also used by release, remove and teardown."""
@@ -361,46 +514,27 @@ class XpmemDriver:
             att.destroyed = True
             att.invalidate_seq += 1
             await self._unpin_and_zap(att, list(att.ptes))
-        if att in att.ap.attachments:
-            att.ap.attachments.remove(att)
+        self.attachments.pop(att.id, None)
+
+    async def detach_by_owner(self, attachment_ids: list[int]) -> None:
+        """The source side tears these attachments down (their permit was released or their
+        segment removed): detach each one here. Unknown ids are already gone."""
+        for aid in attachment_ids:
+            att = self.attachments.get(aid)
+            if att is not None:
+                await self._detach_att(att)
 
     async def release(self, apid: int, cred: XpmemCred) -> None:
-        """xpmem_release(): give up permit ``apid``, detaching its attachments. Only the
-        permit's process may release it (``PermissionDenied``, EACCES)."""
+        """xpmem_release() (see ``XpmemSegments.release``): the permit's attachments, here
+        and on any other partition, are detached."""
         self._check_live("release")
-        ap = self._ap(apid)
-        if cred.tgid != ap.cred.tgid:
-            raise PermissionDenied(f"xpmem_release: apid {apid:#x} belongs to tgid {ap.cred.tgid}, not to caller tgid {cred.tgid}")
-        await self._release_ap(ap)
-
-    async def _release_ap(self, ap: XpmemAccessPermit) -> None:
-        """xpmem_release_ap()."""
-        if ap.destroyed:
-            return
-        ap.destroyed = True
-        for att in list(ap.attachments):
-            await self._detach_att(att)
-        if ap in ap.segment.aps:
-            ap.segment.aps.remove(ap)
-        self.aps.pop(ap.apid, None)
+        await self.owner.xpmem_release(apid, cred)
 
     async def remove(self, segid: int, cred: XpmemCred) -> None:
-        """xpmem_remove(): withdraw segment ``segid``; every permit of it is released and every
-        attachment torn down (unpinned). Only the segment's owner may remove it (EACCES)."""
+        """xpmem_remove() (see ``XpmemSegments.remove``): every permit of the segment is
+        released and every attachment torn down, wherever it lives."""
         self._check_live("remove")
-        seg = self._segment(segid)
-        if cred.tgid != self.cred.tgid:
-            raise PermissionDenied(f"xpmem_remove: segid {segid:#x} belongs to tgid {self.cred.tgid}, not to caller tgid {cred.tgid}")
-        await self._remove_seg(seg)
-
-    async def _remove_seg(self, seg: XpmemSegment) -> None:
-        """xpmem_remove_seg()."""
-        if seg.destroyed:
-            return
-        seg.destroyed = True
-        for ap in list(seg.aps):
-            await self._release_ap(ap)
-        self.segments.pop(seg.segid, None)
+        await self.owner.xpmem_remove(segid, cred)
 
     # -- faults -----------------------------------------------------------------------------
 
@@ -415,8 +549,8 @@ class XpmemDriver:
         self.stats.accesses += 1
         if not isinstance(address, int) or not att.vaddr <= address < att.vaddr + att.size:
             raise BadAddress(f"XPMEM {self.name}: address {_fmt(address)} is outside the attachment [{att.vaddr:#x}, {att.vaddr + att.size:#x})")
-        if write and att.ap.mode != XPMEM_RDWR:
-            raise PermissionDenied(f"XPMEM {self.name}: write to {address:#x} through read-only apid {att.ap.apid:#x}")
+        if write and att.mode != XPMEM_RDWR:
+            raise PermissionDenied(f"XPMEM {self.name}: write to {address:#x} through read-only apid {att.apid:#x}")
         idx = (address - att.vaddr) >> PAGE_SHIFT
         src = att.src_start + (idx << PAGE_SHIFT)
         while True:
@@ -428,7 +562,7 @@ class XpmemDriver:
                 self.stats.pte_hits += 1
                 return await self.owner.dma_read(self.notifier, self.mm_id, src, pte.pfn, pte.stamp)
             seq = att.invalidate_seq
-            refs = await self.owner.get_user_pages(self.mm_id, src, 1, write=att.ap.mode == XPMEM_RDWR, pin=True)
+            refs = await self.owner.get_user_pages(self.mm_id, src, 1, write=att.mode == XPMEM_RDWR, pin=True)
             ref = refs[0]
             self.stats.pins += 1
             # -- no suspension point from this check to the install and its report --
@@ -447,17 +581,13 @@ class XpmemDriver:
     # -- invalidation -----------------------------------------------------------------------
 
     async def _invalidate(self, start: int, end: int) -> None:
-        """xpmem_invalidate_PTEs_range() -> xpmem_clear_PTEs_range(): every attachment of every
-        segment overlapping [start, end)."""
+        """xpmem_invalidate_PTEs_range() -> xpmem_clear_PTEs_range(): every attachment
+        overlapping [start, end)."""
         hit = False
-        for seg in list(self.segments.values()):
-            if seg.destroyed or seg.end <= start or seg.vaddr >= end:
-                continue
-            for ap in list(seg.aps):
-                for att in list(ap.attachments):
-                    if att.src_start < end and att.src_end > start:
-                        hit = True
-                        await self._clear_ptes_of_att(att, start, end)
+        for att in list(self.attachments.values()):
+            if att.src_start < end and att.src_end > start:
+                hit = True
+                await self._clear_ptes_of_att(att, start, end)
         if hit:
             self.stats.invalidations += 1
 
@@ -491,18 +621,18 @@ class XpmemDriver:
         self.owner.translations_dropped(self.notifier, self.mm_id, pfns)
 
     async def _teardown(self) -> None:
-        """xpmem_teardown(): the source mm is going away (->release). Every segment is
-        removed, which releases every permit and detaches every attachment."""
+        """xpmem_teardown(): the source mm is going away (->release). Every attachment is
+        detached; the source side's records die with the source mm."""
         self.released = True
-        for seg in list(self.segments.values()):
-            await self._remove_seg(seg)
+        for att in list(self.attachments.values()):
+            await self._detach_att(att)
 
     # -- inspection -------------------------------------------------------------------------
 
-    def attachments(self) -> list[XpmemAttachment]:
-        """Every live attachment of this thread group's segments."""
-        return [att for seg in self.segments.values() for ap in seg.aps for att in ap.attachments]
+    def live_attachments(self) -> list[XpmemAttachment]:
+        """Every live attachment made through this driver."""
+        return [att for att in self.attachments.values() if not att.destroyed]
 
     def pinned_pfns(self) -> list[int]:
         """The frames pinned on behalf of the attachments (one entry per attacher pte)."""
-        return [p.pfn for att in self.attachments() for p in att.ptes.values()]
+        return [p.pfn for att in self.attachments.values() for p in att.ptes.values()]

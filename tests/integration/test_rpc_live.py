@@ -70,3 +70,31 @@ def test_model_errors_come_back_as_themselves(live):
         await gru.unregister()
 
     live(body, "p0", "p1")
+
+
+def test_xpmem_attach_from_p1_faults_pages_of_p0_and_remove_on_p0_detaches_it(live):
+    from nodes.secondary.xpmem import XPMEM_RDWR, XpmemCred
+
+    source, attacher = XpmemCred(tgid=10, uid=1000, gid=1000), XpmemCred(tgid=20, uid=1000, gid=1000)
+
+    async def body(p0, p1):
+        mm = await _mapped(p0)
+        drv = await p1.xpmem("p0", mm.id, cred=source)
+        segid = await drv.make(BASE, 16 * PAGE_SIZE, 0o600)  # XpmemMake, served by p0
+        assert list(p0.partition.xpmem.segments_of(mm.id)) == [segid]
+        att = await drv.attach(await drv.get(segid, XPMEM_RDWR, attacher), 0, 8 * PAGE_SIZE, attacher)
+        for k in range(6):
+            await drv.access(att, att.vaddr + k * PAGE_SIZE)  # pinning faults over gRPC
+        frames = p0.partition.frames
+        assert int(frames.pincount.sum()) == 6
+        await vmops.munmap(p0.partition, mm, BASE, 2 * PAGE_SIZE)  # range_end crosses to p1
+        assert sorted(att.ptes) == [2, 3, 4, 5] and int(frames.pincount.sum()) == 4
+        await p0.partition.xpmem.remove(segid, source)  # p0 asks p1 to detach
+        assert att.destroyed and int(frames.pincount.sum()) == 0
+        assert p0.partition.xpmem.attachments == {}
+        await drv.unregister()
+        await p1.flush_reports()
+        assert p0.partition.check_invariants(final=True) == []
+        assert p0.owner_service.faults == []
+
+    live(body, "p0", "p1")

@@ -146,9 +146,9 @@ class PartitionMachine(RuleBasedStateMachine):
             return ("kvm", sec, None)
         drv = XpmemDriver(self.rt, self.owner, mm.id, name, cred=XpmemCred(tgid=mm.id, uid=1000, gid=1000))
         self.run(drv.register())
-        segid = drv.make(BASE, NPAGES * PAGE_SIZE, 0o600)
-        apid = drv.get(segid, XPMEM_RDWR, self.attacher)
-        att = drv.attach(apid, 0, NPAGES * PAGE_SIZE, self.attacher)
+        segid = self.run(drv.make(BASE, NPAGES * PAGE_SIZE, 0o600))
+        apid = self.run(drv.get(segid, XPMEM_RDWR, self.attacher))
+        att = self.run(drv.attach(apid, 0, NPAGES * PAGE_SIZE, self.attacher))
         return ("xpmem", drv, att)
 
     def _access(self, sec, page: int, write: bool):  # type: ignore[no-untyped-def]

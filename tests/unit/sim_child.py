@@ -53,8 +53,8 @@ async def det_workload(c: SimCluster) -> dict[str, Any]:
     gru_b = await c.gru("p2", "p0", mm_b, name="gru_b")
     gru_c = await c.gru("p2", "p1", mm_c, flush_per_page_us=3.0)
     cred = XpmemCred(tgid=4242, uid=1000, gid=1000)
-    segid = xp.make(A + 16 * PAGE_SIZE, 32 * PAGE_SIZE, 0o600)
-    att = xp.attach(xp.get(segid, XPMEM_RDWR, cred), 0, 32 * PAGE_SIZE, cred)
+    segid = await xp.make(A + 16 * PAGE_SIZE, 32 * PAGE_SIZE, 0o600)
+    att = await xp.attach(await xp.get(segid, XPMEM_RDWR, cred), 0, 32 * PAGE_SIZE, cred)
 
     m: dict[str, Any] = {"errors": {}, "ops": {}}
 

@@ -175,7 +175,8 @@ def test_unregister_and_exit_over_the_interconnect_take_exact_times():
         gru = await c.gru("p1", "p0", mm)
         xp = await c.xpmem("p2", "p0", mm, zap_per_page_us=0.5)
         cred = XpmemCred(tgid=77, uid=1000, gid=1000)
-        att = xp.attach(xp.get(xp.make(BASE, 16 * PAGE_SIZE, 0o600), XPMEM_RDWR, cred), 0, 16 * PAGE_SIZE, cred)
+        apid = await xp.get(await xp.make(BASE, 16 * PAGE_SIZE, 0o600), XPMEM_RDWR, cred)
+        att = await xp.attach(apid, 0, 16 * PAGE_SIZE, cred)
         for k in range(4):
             await xp.access(att, att.vaddr + k * PAGE_SIZE)
         assert int(a.frames.pincount.sum()) == 4
@@ -266,7 +267,8 @@ def _crash_workload(variant: str):
         xp = await c.xpmem("p1", "p0", mm)
         gru1 = await c.gru("p1", "p0", mm, flush_per_page_us=2.0) if variant == "gru" else None
         cred = XpmemCred(tgid=9, uid=1000, gid=1000)
-        att = xp.attach(xp.get(xp.make(BASE + 8 * PAGE_SIZE, 16 * PAGE_SIZE, 0o600), XPMEM_RDWR, cred), 0, 16 * PAGE_SIZE, cred)
+        apid = await xp.get(await xp.make(BASE + 8 * PAGE_SIZE, 16 * PAGE_SIZE, 0o600), XPMEM_RDWR, cred)
+        att = await xp.attach(apid, 0, 16 * PAGE_SIZE, cred)
         for k in range(4):
             await xp.access(att, att.vaddr + k * PAGE_SIZE)
         for k in range(2):

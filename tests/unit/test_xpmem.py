@@ -74,9 +74,9 @@ async def setup(rt: Runtime, *, one_way_us: float = 0.0):
 
 async def attached(rt: Runtime, *, npages: int = 8, mode: int = XPMEM_RDWR, **kw):
     p, mm, drv, owner = await setup(rt, **kw)
-    segid = drv.make(BASE, NPAGES * P, 0o600)
-    apid = drv.get(segid, mode, SAME_USER)
-    att = drv.attach(apid, 0, npages * P, SAME_USER)
+    segid = await drv.make(BASE, NPAGES * P, 0o600)
+    apid = await drv.get(segid, mode, SAME_USER)
+    att = await drv.attach(apid, 0, npages * P, SAME_USER)
     return p, mm, drv, owner, segid, apid, att
 
 
@@ -101,11 +101,11 @@ def test_xpmem_implements_only_range_end_invalidate_page_and_release(vrun):
 )
 def test_make_rejects_bad_arguments_naming_the_value(vrun, vaddr, size, mode, message):
     async def body(rt):
-        _, _, drv, _ = await setup(rt)
+        p, mm, drv, _ = await setup(rt)
         with pytest.raises(InvalidArgument, match=message) as e:
-            drv.make(vaddr, size, mode)
+            await drv.make(vaddr, size, mode)
         assert e.value.errno == errno.EINVAL
-        assert drv.segments == {}
+        assert p.xpmem.segments_of(mm.id) == {}
 
     vrun(body)
 
@@ -113,14 +113,14 @@ def test_make_rejects_bad_arguments_naming_the_value(vrun, vaddr, size, mode, me
 def test_get_checks_flags_segid_and_ipc_permissions(vrun):
     async def body(rt):
         _, _, drv, _ = await setup(rt)
-        private = drv.make(BASE, P, 0o600)
-        group_ro = drv.make(BASE + P, P, 0o640)
-        world_ro = drv.make(BASE + 2 * P, P, 0o644)
+        private = await drv.make(BASE, P, 0o600)
+        group_ro = await drv.make(BASE + P, P, 0o640)
+        world_ro = await drv.make(BASE + 2 * P, P, 0o644)
         with pytest.raises(InvalidArgument, match="flags 3 is not XPMEM_RDONLY") as e:
-            drv.get(private, XPMEM_RDONLY | XPMEM_RDWR, SAME_USER)
+            await drv.get(private, XPMEM_RDONLY | XPMEM_RDWR, SAME_USER)
         assert e.value.errno == errno.EINVAL
         with pytest.raises(NotFound, match=f"segid {private + 99:#x}") as e:
-            drv.get(private + 99, XPMEM_RDONLY, SAME_USER)
+            await drv.get(private + 99, XPMEM_RDONLY, SAME_USER)
         assert e.value.errno == errno.ENOENT
         denied = [
             (private, XPMEM_RDONLY, PEER),
@@ -131,7 +131,7 @@ def test_get_checks_flags_segid_and_ipc_permissions(vrun):
         ]
         for segid, flags, cred in denied:
             with pytest.raises(PermissionDenied, match=f"uid {cred.uid} .* segid {segid:#x}") as e:
-                drv.get(segid, flags, cred)
+                await drv.get(segid, flags, cred)
             assert e.value.errno == errno.EACCES
         allowed = [
             (private, XPMEM_RDWR, SAME_USER),  # the owner's bits apply to the same uid
@@ -139,7 +139,7 @@ def test_get_checks_flags_segid_and_ipc_permissions(vrun):
             (world_ro, XPMEM_RDONLY, PEER),
             (private, XPMEM_RDWR, ROOT),  # CAP_IPC_OWNER
         ]
-        apids = [drv.get(segid, flags, cred) for segid, flags, cred in allowed]
+        apids = [await drv.get(segid, flags, cred) for segid, flags, cred in allowed]
         assert len(set(apids)) == len(apids)
 
     vrun(body)
@@ -148,12 +148,12 @@ def test_get_checks_flags_segid_and_ipc_permissions(vrun):
 def test_attach_checks_apid_owner_offset_and_size(vrun):
     async def body(rt):
         _, _, drv, _ = await setup(rt)
-        segid = drv.make(BASE, 4 * P, 0o644)
-        apid = drv.get(segid, XPMEM_RDONLY, PEER)
+        segid = await drv.make(BASE, 4 * P, 0o644)
+        apid = await drv.get(segid, XPMEM_RDONLY, PEER)
         with pytest.raises(NotFound, match=f"apid {apid + 1:#x}"):
-            drv.attach(apid + 1, 0, P, PEER)
+            await drv.attach(apid + 1, 0, P, PEER)
         with pytest.raises(PermissionDenied, match=f"apid {apid:#x} belongs to tgid 200, not to caller tgid 400") as e:
-            drv.attach(apid, 0, P, SAME_USER)
+            await drv.attach(apid, 0, P, SAME_USER)
         assert e.value.errno == errno.EACCES
         for offset, size, message in [
             (1, P, "offset 0x1 is not a page-aligned"),
@@ -163,8 +163,8 @@ def test_attach_checks_apid_owner_offset_and_size(vrun):
             (P, 4 * P, r"\[offset 0x1000, \+0x4000\) is outside segid"),
         ]:
             with pytest.raises(InvalidArgument, match=message):
-                drv.attach(apid, offset, size, PEER)
-        att = drv.attach(apid, P, 3 * P, PEER)
+                await drv.attach(apid, offset, size, PEER)
+        att = await drv.attach(apid, P, 3 * P, PEER)
         assert (att.src_start, att.size) == (BASE + P, 3 * P)
 
     vrun(body)
@@ -173,8 +173,8 @@ def test_attach_checks_apid_owner_offset_and_size(vrun):
 def test_release_and_remove_are_owner_only_and_unknown_ids_are_enoent(vrun):
     async def body(rt):
         _, _, drv, _ = await setup(rt)
-        segid = drv.make(BASE, P, 0o644)
-        apid = drv.get(segid, XPMEM_RDONLY, PEER)
+        segid = await drv.make(BASE, P, 0o644)
+        apid = await drv.get(segid, XPMEM_RDONLY, PEER)
         with pytest.raises(PermissionDenied, match=f"xpmem_release: apid {apid:#x} belongs to tgid 200"):
             await drv.release(apid, SAME_USER)
         with pytest.raises(PermissionDenied, match=f"xpmem_remove: segid {segid:#x} belongs to tgid 100"):
@@ -185,10 +185,10 @@ def test_release_and_remove_are_owner_only_and_unknown_ids_are_enoent(vrun):
             await drv.remove(segid + 7, OWNER)
         await drv.release(apid, PEER)
         with pytest.raises(NotFound):
-            drv.attach(apid, 0, P, PEER)
+            await drv.attach(apid, 0, P, PEER)
         await drv.remove(segid, OWNER)
         with pytest.raises(NotFound):
-            drv.get(segid, XPMEM_RDONLY, PEER)
+            await drv.get(segid, XPMEM_RDONLY, PEER)
 
     vrun(body)
 
@@ -199,7 +199,7 @@ def test_make_before_register_is_refused(vrun):
         mm = p.create_mm()
         drv = XpmemDriver(rt, LocalOwner(p), mm.id, "x", cred=OWNER)
         with pytest.raises(InvalidArgument, match="make before register"):
-            drv.make(BASE, P, 0o600)
+            await drv.make(BASE, P, 0o600)
 
     vrun(body)
 
@@ -299,8 +299,8 @@ def test_invalidate_page_of_migration_unpins_so_the_page_can_move(vrun):
 def test_detach_release_and_remove_unpin_everything(vrun):
     async def body(rt):
         p, mm, drv, owner, segid, apid, att = await attached(rt)
-        att2 = drv.attach(apid, 0, 2 * P, SAME_USER)
-        other = drv.attach(drv.get(segid, XPMEM_RDWR, ROOT), 4 * P, 2 * P, ROOT)
+        att2 = await drv.attach(apid, 0, 2 * P, SAME_USER)
+        other = await drv.attach(await drv.get(segid, XPMEM_RDWR, ROOT), 4 * P, 2 * P, ROOT)
         for a in (att, att2, other):
             await drv.access(a, a.vaddr)
             await drv.access(a, a.vaddr + P)
@@ -316,7 +316,7 @@ def test_detach_release_and_remove_unpin_everything(vrun):
         assert int(p.frames.pincount.sum()) == 2 and att.destroyed
         await drv.remove(segid, OWNER)  # tears down ROOT's attachment
         assert int(p.frames.pincount.sum()) == 0 and other.destroyed
-        assert drv.segments == {} and drv.aps == {}
+        assert p.xpmem.segments_of(mm.id) == {} and p.xpmem.aps == {} and p.xpmem.attachments == {}
         assert p.oracle.violations == []
         assert p.check_invariants(final=True) == []
 
@@ -333,9 +333,9 @@ def test_release_at_exit_tears_down_before_pages_are_freed(vrun):
         with pytest.raises(Released, match="after release"):
             await drv.access(att, att.vaddr)
         with pytest.raises(Released):
-            drv.make(BASE, P, 0o600)
+            await drv.make(BASE, P, 0o600)
         with pytest.raises(Released):
-            drv.get(segid, XPMEM_RDONLY, PEER)
+            await drv.get(segid, XPMEM_RDONLY, PEER)
         assert p.oracle.violations == []
         assert p.check_invariants(final=True) == []
 

@@ -152,6 +152,108 @@ class ExitRequest(_message.Message):
     mm_id: int
     def __init__(self, mm_id: _Optional[int] = ...) -> None: ...
 
+class XpmemCred(_message.Message):
+    __slots__ = ("tgid", "uid", "gid", "groups")
+    TGID_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    tgid: int
+    uid: int
+    gid: int
+    groups: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, tgid: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., groups: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class XpmemMakeRequest(_message.Message):
+    __slots__ = ("mm_id", "vaddr", "size", "permit_mode", "cred")
+    MM_ID_FIELD_NUMBER: _ClassVar[int]
+    VADDR_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    PERMIT_MODE_FIELD_NUMBER: _ClassVar[int]
+    CRED_FIELD_NUMBER: _ClassVar[int]
+    mm_id: int
+    vaddr: int
+    size: int
+    permit_mode: int
+    cred: XpmemCred
+    def __init__(self, mm_id: _Optional[int] = ..., vaddr: _Optional[int] = ..., size: _Optional[int] = ..., permit_mode: _Optional[int] = ..., cred: _Optional[_Union[XpmemCred, _Mapping]] = ...) -> None: ...
+
+class XpmemMakeReply(_message.Message):
+    __slots__ = ("segid",)
+    SEGID_FIELD_NUMBER: _ClassVar[int]
+    segid: int
+    def __init__(self, segid: _Optional[int] = ...) -> None: ...
+
+class XpmemGetRequest(_message.Message):
+    __slots__ = ("segid", "flags", "cred")
+    SEGID_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    CRED_FIELD_NUMBER: _ClassVar[int]
+    segid: int
+    flags: int
+    cred: XpmemCred
+    def __init__(self, segid: _Optional[int] = ..., flags: _Optional[int] = ..., cred: _Optional[_Union[XpmemCred, _Mapping]] = ...) -> None: ...
+
+class XpmemGetReply(_message.Message):
+    __slots__ = ("apid",)
+    APID_FIELD_NUMBER: _ClassVar[int]
+    apid: int
+    def __init__(self, apid: _Optional[int] = ...) -> None: ...
+
+class XpmemAttachRequest(_message.Message):
+    __slots__ = ("host", "notifier_id", "apid", "offset", "size", "cred")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    NOTIFIER_ID_FIELD_NUMBER: _ClassVar[int]
+    APID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    CRED_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    notifier_id: str
+    apid: int
+    offset: int
+    size: int
+    cred: XpmemCred
+    def __init__(self, host: _Optional[str] = ..., notifier_id: _Optional[str] = ..., apid: _Optional[int] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ..., cred: _Optional[_Union[XpmemCred, _Mapping]] = ...) -> None: ...
+
+class XpmemAttachReply(_message.Message):
+    __slots__ = ("attachment_id", "src_start", "size", "mode")
+    ATTACHMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SRC_START_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    attachment_id: int
+    src_start: int
+    size: int
+    mode: int
+    def __init__(self, attachment_id: _Optional[int] = ..., src_start: _Optional[int] = ..., size: _Optional[int] = ..., mode: _Optional[int] = ...) -> None: ...
+
+class XpmemDetachRequest(_message.Message):
+    __slots__ = ("host", "attachment_id", "cred")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CRED_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    attachment_id: int
+    cred: XpmemCred
+    def __init__(self, host: _Optional[str] = ..., attachment_id: _Optional[int] = ..., cred: _Optional[_Union[XpmemCred, _Mapping]] = ...) -> None: ...
+
+class XpmemReleaseRequest(_message.Message):
+    __slots__ = ("apid", "cred")
+    APID_FIELD_NUMBER: _ClassVar[int]
+    CRED_FIELD_NUMBER: _ClassVar[int]
+    apid: int
+    cred: XpmemCred
+    def __init__(self, apid: _Optional[int] = ..., cred: _Optional[_Union[XpmemCred, _Mapping]] = ...) -> None: ...
+
+class XpmemRemoveRequest(_message.Message):
+    __slots__ = ("segid", "cred")
+    SEGID_FIELD_NUMBER: _ClassVar[int]
+    CRED_FIELD_NUMBER: _ClassVar[int]
+    segid: int
+    cred: XpmemCred
+    def __init__(self, segid: _Optional[int] = ..., cred: _Optional[_Union[XpmemCred, _Mapping]] = ...) -> None: ...
+
 class CalloutTarget(_message.Message):
     __slots__ = ("notifier_id", "mm_id", "mm_name")
     NOTIFIER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +299,14 @@ class ChangePteCallout(_message.Message):
     pfn: int
     flags: int
     def __init__(self, target: _Optional[_Union[CalloutTarget, _Mapping]] = ..., address: _Optional[int] = ..., pfn: _Optional[int] = ..., flags: _Optional[int] = ...) -> None: ...
+
+class XpmemDetachCallout(_message.Message):
+    __slots__ = ("target", "attachment_ids")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    target: CalloutTarget
+    attachment_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, target: _Optional[_Union[CalloutTarget, _Mapping]] = ..., attachment_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class YoungReply(_message.Message):
     __slots__ = ("young",)

@@ -74,6 +74,36 @@ class OwnerStub:
                 request_serializer=mmusim_dot_v1_dot_interconnect__pb2.ExitRequest.SerializeToString,
                 response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.TeardownTiming.FromString,
                 _registered_method=True)
+        self.XpmemMake = channel.unary_unary(
+                '/mmusim.v1.Owner/XpmemMake',
+                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemMakeRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemMakeReply.FromString,
+                _registered_method=True)
+        self.XpmemGet = channel.unary_unary(
+                '/mmusim.v1.Owner/XpmemGet',
+                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemGetRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemGetReply.FromString,
+                _registered_method=True)
+        self.XpmemAttach = channel.unary_unary(
+                '/mmusim.v1.Owner/XpmemAttach',
+                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemAttachRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemAttachReply.FromString,
+                _registered_method=True)
+        self.XpmemDetach = channel.unary_unary(
+                '/mmusim.v1.Owner/XpmemDetach',
+                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemDetachRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+                _registered_method=True)
+        self.XpmemRelease = channel.unary_unary(
+                '/mmusim.v1.Owner/XpmemRelease',
+                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemReleaseRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+                _registered_method=True)
+        self.XpmemRemove = channel.unary_unary(
+                '/mmusim.v1.Owner/XpmemRemove',
+                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemRemoveRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class OwnerServicer:
@@ -127,6 +157,42 @@ class OwnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def XpmemMake(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def XpmemGet(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def XpmemAttach(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def XpmemDetach(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def XpmemRelease(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def XpmemRemove(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OwnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +235,36 @@ def add_OwnerServicer_to_server(servicer, server):
                     servicer.Exit,
                     request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.ExitRequest.FromString,
                     response_serializer=mmusim_dot_v1_dot_interconnect__pb2.TeardownTiming.SerializeToString,
+            ),
+            'XpmemMake': grpc.unary_unary_rpc_method_handler(
+                    servicer.XpmemMake,
+                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemMakeRequest.FromString,
+                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemMakeReply.SerializeToString,
+            ),
+            'XpmemGet': grpc.unary_unary_rpc_method_handler(
+                    servicer.XpmemGet,
+                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemGetRequest.FromString,
+                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemGetReply.SerializeToString,
+            ),
+            'XpmemAttach': grpc.unary_unary_rpc_method_handler(
+                    servicer.XpmemAttach,
+                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemAttachRequest.FromString,
+                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemAttachReply.SerializeToString,
+            ),
+            'XpmemDetach': grpc.unary_unary_rpc_method_handler(
+                    servicer.XpmemDetach,
+                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemDetachRequest.FromString,
+                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.SerializeToString,
+            ),
+            'XpmemRelease': grpc.unary_unary_rpc_method_handler(
+                    servicer.XpmemRelease,
+                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemReleaseRequest.FromString,
+                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.SerializeToString,
+            ),
+            'XpmemRemove': grpc.unary_unary_rpc_method_handler(
+                    servicer.XpmemRemove,
+                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemRemoveRequest.FromString,
+                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -397,6 +493,168 @@ class Owner:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def XpmemMake(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mmusim.v1.Owner/XpmemMake',
+            mmusim_dot_v1_dot_interconnect__pb2.XpmemMakeRequest.SerializeToString,
+            mmusim_dot_v1_dot_interconnect__pb2.XpmemMakeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def XpmemGet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mmusim.v1.Owner/XpmemGet',
+            mmusim_dot_v1_dot_interconnect__pb2.XpmemGetRequest.SerializeToString,
+            mmusim_dot_v1_dot_interconnect__pb2.XpmemGetReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def XpmemAttach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mmusim.v1.Owner/XpmemAttach',
+            mmusim_dot_v1_dot_interconnect__pb2.XpmemAttachRequest.SerializeToString,
+            mmusim_dot_v1_dot_interconnect__pb2.XpmemAttachReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def XpmemDetach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mmusim.v1.Owner/XpmemDetach',
+            mmusim_dot_v1_dot_interconnect__pb2.XpmemDetachRequest.SerializeToString,
+            mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def XpmemRelease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mmusim.v1.Owner/XpmemRelease',
+            mmusim_dot_v1_dot_interconnect__pb2.XpmemReleaseRequest.SerializeToString,
+            mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def XpmemRemove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mmusim.v1.Owner/XpmemRemove',
+            mmusim_dot_v1_dot_interconnect__pb2.XpmemRemoveRequest.SerializeToString,
+            mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class SecondaryStub:
     """Missing associated documentation comment in .proto file."""
@@ -441,6 +699,11 @@ class SecondaryStub:
                 '/mmusim.v1.Secondary/TestYoung',
                 request_serializer=mmusim_dot_v1_dot_interconnect__pb2.PageCallout.SerializeToString,
                 response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.YoungReply.FromString,
+                _registered_method=True)
+        self.XpmemDetachAttachments = channel.unary_unary(
+                '/mmusim.v1.Secondary/XpmemDetachAttachments',
+                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemDetachCallout.SerializeToString,
+                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
                 _registered_method=True)
 
 
@@ -489,6 +752,12 @@ class SecondaryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def XpmemDetachAttachments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SecondaryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -526,6 +795,11 @@ def add_SecondaryServicer_to_server(servicer, server):
                     servicer.TestYoung,
                     request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.PageCallout.FromString,
                     response_serializer=mmusim_dot_v1_dot_interconnect__pb2.YoungReply.SerializeToString,
+            ),
+            'XpmemDetachAttachments': grpc.unary_unary_rpc_method_handler(
+                    servicer.XpmemDetachAttachments,
+                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemDetachCallout.FromString,
+                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -717,6 +991,33 @@ class Secondary:
             '/mmusim.v1.Secondary/TestYoung',
             mmusim_dot_v1_dot_interconnect__pb2.PageCallout.SerializeToString,
             mmusim_dot_v1_dot_interconnect__pb2.YoungReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def XpmemDetachAttachments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mmusim.v1.Secondary/XpmemDetachAttachments',
+            mmusim_dot_v1_dot_interconnect__pb2.XpmemDetachCallout.SerializeToString,
+            mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,
