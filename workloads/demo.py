@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cluster.context import Cluster, PartitionContext
 from cluster.sim import SimCluster, SimConfig, run_sim
 from nodes import vmops
 from nodes.mm import PAGE_SIZE
@@ -36,47 +37,92 @@ class DemoResult:
     trace_digest: str
 
 
-async def hang_workload(c: SimCluster, streams: int, pages: int, unregisters: int) -> tuple[list[float], list[float]]:
+# -- code that runs on a partition (``cluster.on``): module-level, plain data in and out, so
+# the ray backend can ship it to the partition's actor -----------------------------------------
+
+
+async def _new_mm(ctx: PartitionContext) -> int:
+    return ctx.partition.create_mm().id
+
+
+async def _map(ctx: PartitionContext, mm_id: int, pages: int, cpu: int) -> None:
+    current_cpu.set(cpu)
+    p = ctx.partition
+    await vmops.mmap(p, p.mm(mm_id), BASE, pages * PAGE_SIZE)
+    await vmops.populate(p, p.mm(mm_id), BASE, pages * PAGE_SIZE)
+
+
+async def _unmap(ctx: PartitionContext, mm_id: int, pages: int, cpu: int) -> None:
+    current_cpu.set(cpu)
+    await vmops.munmap(ctx.partition, ctx.partition.mm(mm_id), BASE, pages * PAGE_SIZE)
+
+
+async def _exit(ctx: PartitionContext, mm_id: int) -> None:
+    await vmops.exit_mmap(ctx.partition, ctx.partition.mm(mm_id))
+
+
+async def _attach_gru(ctx: PartitionContext, owner: str, mm_id: int, name: str) -> None:
+    await ctx.gru(owner, mm_id, name=name)
+
+
+async def _touch(ctx: PartitionContext, name: str, pages: int) -> None:
+    """The GRU drops in one page in every 64: remote faults over the interconnect."""
+    gru = ctx.objects[name]
+    for a in range(BASE, BASE + pages * PAGE_SIZE, PAGE_SIZE * 64):
+        await gru.access(a)
+
+
+async def _unregister(ctx: PartitionContext, name: str) -> tuple[float, float, float]:
+    t = await ctx.objects.pop(name).unregister()
+    return (t.total_us, t.release_us, t.srcu_wait_us)
+
+
+async def _idle(ctx: PartitionContext, us: float) -> None:
+    await ctx.runtime.sleep(us)
+
+
+# -- the workload -------------------------------------------------------------------------------
+
+
+async def hang_workload(c: Cluster, streams: int, pages: int, unregisters: int, cpus: int,
+                        seed: int) -> tuple[list[float], list[float]]:
     """K streams of remote invalidations on p0 and repeated unregisters of a notifier on
-    another mm of p0; returns (srcu waits, unregister totals) in microseconds."""
-    owner = c.partition("p0")
-    ncpus = owner.ncpus
+    another mm of p0; returns (srcu waits, unregister totals) in microseconds. Runs on either
+    backend: every step is ``c.on`` the partition it belongs to."""
     stop = False
 
     async def stream(k: int) -> None:
-        current_cpu.set(k % ncpus)
-        mm = owner.create_mm()
-        gru = await c.gru("p1", "p0", mm, name=f"gru{k}")
-        await c.runtime.sleep(37.0 * k)  # staggered starts
+        cpu = k % cpus
+        mm_id = await c.on("p0", _new_mm)
+        name = f"gru{k}"
+        await c.on("p1", _attach_gru, "p0", mm_id, name)
+        await c.on("p0", _idle, 37.0 * k)  # staggered starts
         phase = 0
         while not stop:
-            await vmops.mmap(owner, mm, BASE, pages * PAGE_SIZE)
-            await vmops.populate(owner, mm, BASE, pages * PAGE_SIZE)
-            for a in range(BASE, BASE + pages * PAGE_SIZE, PAGE_SIZE * 64):
-                await gru.access(a)
-            await c.runtime.sleep(50.0 * (1 + (k + phase) % 3))  # a little compute between rounds
-            await vmops.munmap(owner, mm, BASE, pages * PAGE_SIZE)
+            await c.on("p0", _map, mm_id, pages, cpu)
+            await c.on("p1", _touch, name, pages)
+            await c.on("p0", _idle, 50.0 * (1 + (k + phase) % 3))  # a little compute between rounds
+            await c.on("p0", _unmap, mm_id, pages, cpu)
             phase += 1
-        await gru.unregister()
-        await vmops.exit_mmap(owner, mm)
+        await c.on("p1", _unregister, name)
+        await c.on("p0", _exit, mm_id)
 
     tasks = [c.runtime.spawn(stream(k), name=f"stream{k}") for k in range(streams)]
-    measured = owner.create_mm()
-    await vmops.mmap(owner, measured, BASE, PAGE_SIZE)
+    measured = await c.on("p0", _new_mm)
+    await c.on("p0", _map, measured, 1, 0)
     waits, totals = [], []
-    rng = random.Random(f"hang-workload-{c.config.seed}")  # the workload's own seeded stream
-    await c.runtime.sleep(1000.0)  # let the streams get going
+    rng = random.Random(f"hang-workload-{seed}")  # the workload's own seeded stream
+    await c.on("p0", _idle, 1000.0)  # let the streams get going
     for i in range(unregisters):
-        await c.runtime.sleep(rng.uniform(500.0, 1500.0))  # random phase against the streams
-        gru = await c.gru("p1", "p0", measured, name=f"measured{i}")
-        t = await gru.unregister()
-        waits.append(t.srcu_wait_us)
-        totals.append(t.total_us)
+        await c.on("p0", _idle, rng.uniform(500.0, 1500.0))  # random phase against the streams
+        await c.on("p1", _attach_gru, "p0", measured, f"measured{i}")
+        total, _, wait = await c.on("p1", _unregister, f"measured{i}")
+        waits.append(wait)
+        totals.append(total)
     stop = True
     for task in tasks:
         await task
-    await vmops.exit_mmap(owner, measured)
-    owner.check_invariants(final=True)
+    await c.on("p0", _exit, measured)
     return waits, totals
 
 
@@ -98,7 +144,7 @@ def run_demo(
         )
 
         async def workload(c: SimCluster) -> tuple[list[float], list[float]]:
-            return await hang_workload(c, streams, pages, unregisters)
+            return await hang_workload(c, streams, pages, unregisters, cpus, seed)
 
         run = run_sim(config, workload)
         waits, totals = run.result
