@@ -61,6 +61,29 @@ def check_range(start: int, length: int, what: str = "range") -> int:
     return start + length
 
 
+def check_user_address(address: int, what: str, *, aligned: bool = False) -> int:
+    """Validate one user virtual address: an integer in [0, TASK_SIZE), page aligned if
+    ``aligned``. Returns it; ``InvalidArgument`` naming the bad value otherwise."""
+    if not isinstance(address, (int, np.integer)):
+        raise InvalidArgument(f"{what}: address {address!r} is not an integer")
+    if not 0 <= address < TASK_SIZE:
+        raise InvalidArgument(f"{what}: address {address:#x} is outside user space [0, {TASK_SIZE:#x})")
+    if aligned and address % PAGE_SIZE:
+        raise InvalidArgument(f"{what}: address {address:#x} is not page aligned")
+    return address
+
+
+def check_user_span(start: int, end: int, what: str) -> None:
+    """Validate the range [start, end) of an invalidation: integers, non-empty, inside user
+    space. Not necessarily page aligned (an exported invalidate need not be)."""
+    if not isinstance(start, (int, np.integer)) or not isinstance(end, (int, np.integer)):
+        raise InvalidArgument(f"{what}: start and end must be integers, got {start!r}, {end!r}")
+    if start >= end:
+        raise InvalidArgument(f"{what}: empty range [{start:#x}, {end:#x})")
+    if start < 0 or end > TASK_SIZE:
+        raise InvalidArgument(f"{what}: [{start:#x}, {end:#x}) is outside user space [0, {TASK_SIZE:#x})")
+
+
 @dataclass(eq=False)
 class Vma:
     """A virtual memory area [start, end) of anonymous memory, with its slice of the page

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from nodes.errors import InvalidArgument, NotFound
+from nodes.mm import Mm, check_user_address
 from nodes.notifier import MmuNotifier, TeardownTiming
 
 if TYPE_CHECKING:
@@ -108,16 +110,48 @@ class LocalOwner:
         await self.part.core.register(mn, self.part.mm(mm_id), current=current)
 
     async def unregister(self, mn: MmuNotifier, mm_id: int) -> TeardownTiming:
-        return await self.part.core.unregister(mn, self.part.mms[mm_id])
+        return await self.part.core.unregister(mn, self._mm(mm_id, f"unregister of {mn.name}"))
 
     async def dma_read(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
-        return self.part.oracle.dma_read(mn, self.part.mms[mm_id], address, pfn, expected)
+        mm = self._checked(mn, mm_id, address, [pfn], "dma_read")
+        return self.part.oracle.dma_read(mn, mm, address, pfn, expected)
 
     def translation_established(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int) -> None:
-        self.part.oracle.translation_established(mn, self.part.mms[mm_id], address, pfn)
+        mm = self._checked(mn, mm_id, address, [pfn], "translation_established")
+        self.part.oracle.translation_established(mn, mm, address, pfn)
 
     def translations_dropped(self, mn: MmuNotifier, mm_id: int, pfns: list[int] | np.ndarray) -> None:
+        self._checked(mn, mm_id, None, pfns, "translations_dropped")
         self.part.oracle.translations_dropped(mn, pfns)
+
+    # -- validation of what a secondary names (its requests may come from another partition) --
+
+    def _mm(self, mm_id: int, what: str) -> Mm:
+        """mm ``mm_id`` of this partition, live or exited (a read or report may race exit: the
+        oracle judges that, not this check); ``NotFound`` if there never was one."""
+        mm = self.part.mms.get(mm_id)
+        if mm is None:
+            raise NotFound(f"{what}: no mm {mm_id!r} on partition {self.part.name}")
+        return mm
+
+    def _checked(self, mn: MmuNotifier, mm_id: int, address: int | None, pfns: list[int] | np.ndarray,
+                 what: str) -> Mm:
+        """The mm a secondary's read or report names, after checking that it exists and is the
+        one ``mn`` is registered on, that ``address`` is a page of user space and that each
+        frame is one of this partition's: ``NotFound`` / ``InvalidArgument`` naming the bad
+        value, before the oracle records anything."""
+        what = f"{what} of {mn.name}"
+        mm = self._mm(mm_id, what)
+        if mn.mm is not None and mn.mm is not mm:
+            raise InvalidArgument(f"{what}: the notifier is registered on {mn.mm.name}, not on {mm.name}")
+        if address is not None:
+            check_user_address(address, what, aligned=True)
+        nframes = self.part.frames.nframes
+        for pfn in pfns:
+            if not isinstance(pfn, (int, np.integer)) or not 0 <= pfn < nframes:
+                raise InvalidArgument(
+                    f"{what}: {pfn!r} is not a frame of partition {self.part.name} (0..{nframes - 1})")
+        return mm
 
     async def xpmem_make(self, mm_id: int, vaddr: int, size: int, permit_mode: int, cred: "XpmemCred") -> int:
         return self.part.xpmem.make(mm_id, vaddr, size, permit_mode, cred)

@@ -42,7 +42,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 import numpy as np
 
-from nodes.errors import InvalidArgument, NotFound, Unreachable
+from nodes.errors import InvalidArgument, NotFound, PermissionDenied, Unreachable
 from nodes.mm import Mm
 from nodes.notifier import OPS, MmuNotifier, TeardownTiming, has_op
 from nodes.owner import LocalOwner, PageRef
@@ -144,6 +144,7 @@ class OwnerService:
         # request whose reply was lost can be undone (abort_pins); oldest forgotten first
         self._pin_requests: dict[str, dict[int, tuple[int, list[int]]]] = {}
         self._xpmem_attachers: dict[RemoteNotifier, RemoteXpmemAttacher] = {}
+        self._unregistering: set[tuple[str, str]] = set()  # (host, notifier id) of unregisters in flight
 
     # -- requests from secondaries ----------------------------------------------------------
 
@@ -174,8 +175,15 @@ class OwnerService:
         mm = self.part.mms.get(mm_id)
         if mm is None:
             raise NotFound(f"no mm {mm_id} on partition {self.name}")
-        t = await self.part.core.unregister(mn, mm)
-        del self.notifiers[(host, notifier_id)]
+        key = (host, notifier_id)
+        if key in self._unregistering:  # a retry racing the first try: one unregister runs
+            raise NotFound(f"notifier {notifier_id!r} of partition {host} is being unregistered from {self.name}")
+        self._unregistering.add(key)
+        try:
+            t = await self.part.core.unregister(mn, mm)
+        finally:
+            self._unregistering.discard(key)
+        del self.notifiers[key]
         return (t.total_us, t.release_us, t.srcu_wait_us)
 
     async def get_user_pages(
@@ -205,10 +213,12 @@ class OwnerService:
 
     async def put_user_pages(self, host: str, mm_id: int, pfns: list[int]) -> None:
         held = self.pins.get(host, Counter())
-        for pfn in pfns:
-            if held[pfn] <= 0:
-                raise NotFound(f"partition {host} holds no pin on frame {pfn} of {self.name}")
-            held[pfn] -= 1
+        need = Counter(pfns)
+        for pfn, n in need.items():  # all or nothing: check every frame before dropping any pin
+            if held[pfn] < n:
+                have = "no pin" if held[pfn] <= 0 else f"only {held[pfn]} pin(s), not {n},"
+                raise NotFound(f"partition {host} holds {have} on frame {pfn} of {self.name}")
+        held.subtract(need)
         await self.local.put_user_pages(mm_id, pfns)
 
     async def dma_read(self, host: str, notifier_id: str, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -240,6 +250,11 @@ class OwnerService:
         return self.part.xpmem.attach(apid, offset, size, cred, attacher)
 
     async def xpmem_detach(self, host: str, attachment_id: int, cred: XpmemCred | None) -> None:
+        entry = self.part.xpmem.attachments.get(attachment_id)
+        if entry is not None:
+            attacher = entry[1]
+            if not (isinstance(attacher, RemoteXpmemAttacher) and attacher.mn.host == host):
+                raise PermissionDenied(f"xpmem_detach: attachment {attachment_id} does not live on partition {host}")
         self.part.xpmem.detached(attachment_id, cred)
 
     async def xpmem_release(self, apid: int, cred: XpmemCred) -> None:
@@ -286,7 +301,9 @@ class OwnerService:
     async def forward(self, mn: RemoteNotifier, op: str, mm: Mm, args: tuple[Any, ...]) -> Any:
         """A callout of ``mn``: a request to its host's SecondaryService, or nothing if the
         host was fenced. ``Unreachable`` fences the host and the callout returns as if the
-        secondary had done its part (it can no longer touch the owner's memory)."""
+        secondary had done its part (it can no longer touch the owner's memory). ``NotFound``
+        (the host has no such notifier, or it lacks the op: it went away, or was never there)
+        fences that notifier alone: no more callouts, its translations forgotten."""
         if mn.fenced:
             return 0
         try:
@@ -296,6 +313,11 @@ class OwnerService:
             )
         except Unreachable as e:
             self.fence(mn.host, during=f"{op} of {mn.name}", error=str(e))
+            return 0
+        except NotFound as e:
+            mn.fenced = True
+            self.part.oracle.forget_notifier(mn)
+            self.faults.append(Fault(mn.host, self.part.runtime.now(), f"{op} of {mn.name}", str(e), 0, [mn.name]))
             return 0
 
     def fence(self, host: str, *, during: str, error: str) -> None:
@@ -338,6 +360,8 @@ class RemoteXpmemAttacher:
             )
         except Unreachable as e:
             self.service.fence(mn.host, during=f"xpmem detach of {mn.name}", error=str(e))
+        except NotFound:
+            pass  # no XPMEM driver there by that id (gone, or never one): nothing to detach
 
 
 # -- the secondary's side -----------------------------------------------------------------------

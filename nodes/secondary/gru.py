@@ -46,9 +46,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nodes.errors import InternalError, InvalidArgument, ModelError, Released
+from nodes.errors import InternalError, InvalidArgument, ModelError, NotFound, Released
 from nodes.locks import WaitQueue
-from nodes.mm import PAGE_SHIFT, Mm
+from nodes.mm import PAGE_SHIFT, Mm, check_user_address, check_user_span
 from nodes.secondary.base import SecondaryMmu, keys_in_span, page_align, vpn_span
 
 if TYPE_CHECKING:
@@ -133,16 +133,28 @@ class GruMmu(SecondaryMmu):
 
     # -- the notifier ops (gru_mmuops) ------------------------------------------------------
 
+    def _check_callout(self, mm: Mm, op: str) -> None:
+        """A callout must be about the mm this GRU maps (one from another partition names it
+        by id): ``NotFound`` naming both otherwise, before anything changes."""
+        if mm.id != self.mm_id:
+            raise NotFound(f"GRU {self.name}: {op} is about mm {mm.id!r}, but this GRU maps mm {self.mm_id}")
+
     async def invalidate_range_start(self, mm: Mm, start: int, end: int) -> None:
         """gru_invalidate_range_start(): count the range active (no dropin from now until the
-        paired range_end), then flush it: gru_flush_tlb_range()."""
+        paired range_end), then flush it: gru_flush_tlb_range(). A malformed range (empty,
+        reversed, outside user space) is ``InvalidArgument`` and changes nothing."""
+        self._check_callout(mm, "invalidate_range_start")
+        check_user_span(start, end, f"GRU {self.name}: invalidate_range_start")
         self.ms_range_active += 1
         await self._flush_range(start, end)
 
     async def invalidate_range_end(self, mm: Mm, start: int, end: int) -> None:
         """gru_invalidate_range_end(): ``if (atomic_dec_and_test(&ms_range_active))
         wake_up_all(&ms_wait_queue)``. As in the kernel, an unpaired end takes the counter
-        below zero (dropins then stay refused); it is counted in ``stats``."""
+        below zero (dropins then stay refused); it is counted in ``stats``. A malformed range
+        is ``InvalidArgument`` and changes nothing."""
+        self._check_callout(mm, "invalidate_range_end")
+        check_user_span(start, end, f"GRU {self.name}: invalidate_range_end")
         self.ms_range_active -= 1
         if self.ms_range_active < 0:
             self.stats.unpaired_range_ends += 1
@@ -150,13 +162,17 @@ class GruMmu(SecondaryMmu):
             self.ms_wait_queue.wake_all()
 
     async def invalidate_page(self, mm: Mm, address: int) -> None:
-        """gru_invalidate_page(): flush one page; ``ms_range_active`` is not touched."""
+        """gru_invalidate_page(): flush one page; ``ms_range_active`` is not touched. An
+        address outside user space is ``InvalidArgument``."""
+        self._check_callout(mm, "invalidate_page")
+        check_user_address(address, f"GRU {self.name}: invalidate_page")
         await self._flush_range(page_align(address), page_align(address) + (1 << PAGE_SHIFT))
 
     def release(self, mm: Mm) -> None:
         """gru_release(): ``ms_released = 1``. The kernel's TLB entries for the ASID die with
         the context; here they are dropped at once so the owner's oracle sees them gone before
         exit frees the pages. Dropins waiting on the queue are woken and fail."""
+        self._check_callout(mm, "release")
         self.ms_released = True
         self._drop(list(self.tlb))
         self.ms_wait_queue.wake_all()

@@ -42,8 +42,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nodes.errors import InvalidArgument, KernelBug, Released
-from nodes.mm import PAGE_SHIFT, PTE_WRITE, Mm
+import numpy as np
+
+from nodes.errors import InvalidArgument, KernelBug, NotFound, Released
+from nodes.mm import (
+    PAGE_SHIFT,
+    PTE_DIRTY,
+    PTE_MIGRATION,
+    PTE_PRESENT,
+    PTE_SWAP,
+    PTE_WRITE,
+    PTE_YOUNG,
+    Mm,
+    check_user_address,
+    check_user_span,
+)
 from nodes.runtime import SpinLock
 from nodes.secondary.base import SecondaryMmu, keys_in_span, vpn_span
 
@@ -53,6 +66,7 @@ if TYPE_CHECKING:
 
 DEFAULT_FLUSH_US = 1.0  # kvm_flush_remote_tlbs(): IPIs to the vcpus
 DEFAULT_REFAULT_US = 1.0  # a retried fault: back into the guest, fault again
+PTE_FLAGS = PTE_PRESENT | PTE_WRITE | PTE_YOUNG | PTE_DIRTY | PTE_SWAP | PTE_MIGRATION  # what a pte may carry
 
 
 @dataclass
@@ -114,8 +128,20 @@ class KvmMmu(SecondaryMmu):
 
     # -- the notifier ops (kvm_mmu_notifier_ops) --------------------------------------------
 
+    def _check_callout(self, mm: Mm, op: str, address: int | None = None) -> None:
+        """A callout must be about the mm this VM's memory is (one from another partition
+        names it by id: ``NotFound`` naming both otherwise) and name a user address
+        (``InvalidArgument``); checked before anything changes."""
+        if mm.id != self.mm_id:
+            raise NotFound(f"KVM {self.name}: {op} is about mm {mm.id!r}, but this VM maps mm {self.mm_id}")
+        if address is not None:
+            check_user_address(address, f"KVM {self.name}: {op}")
+
     async def invalidate_range_start(self, mm: Mm, start: int, end: int) -> None:
-        """kvm_mmu_notifier_invalidate_range_start()."""
+        """kvm_mmu_notifier_invalidate_range_start(). A malformed range (empty, reversed,
+        outside user space) is ``InvalidArgument`` and changes nothing."""
+        self._check_callout(mm, "invalidate_range_start")
+        check_user_span(start, end, f"KVM {self.name}: invalidate_range_start")
         with self.mmu_lock:
             self.mmu_notifier_count += 1
             first, last = vpn_span(start, end)
@@ -124,7 +150,10 @@ class KvmMmu(SecondaryMmu):
             await self._flush_remote_tlbs()
 
     def invalidate_range_end(self, mm: Mm, start: int, end: int) -> None:
-        """kvm_mmu_notifier_invalidate_range_end(): seq first, then count (smp_wmb between)."""
+        """kvm_mmu_notifier_invalidate_range_end(): seq first, then count (smp_wmb between).
+        A malformed range is ``InvalidArgument`` and changes nothing."""
+        self._check_callout(mm, "invalidate_range_end")
+        check_user_span(start, end, f"KVM {self.name}: invalidate_range_end")
         with self.mmu_lock:
             self.mmu_notifier_seq += 1
             self.mmu_notifier_count -= 1
@@ -135,6 +164,7 @@ class KvmMmu(SecondaryMmu):
 
     async def invalidate_page(self, mm: Mm, address: int) -> None:
         """kvm_mmu_notifier_invalidate_page()."""
+        self._check_callout(mm, "invalidate_page", address)
         with self.mmu_lock:
             self.mmu_notifier_seq += 1
             need_flush = self._zap([address >> PAGE_SHIFT])
@@ -143,8 +173,16 @@ class KvmMmu(SecondaryMmu):
 
     def change_pte(self, mm: Mm, address: int, pte: tuple[int, int]) -> None:
         """kvm_mmu_notifier_change_pte() -> kvm_set_spte_hva() -> kvm_set_pte_rmapp(). Runs
-        under the primary's page-table lock: synchronous, never sleeps."""
+        under the primary's page-table lock: synchronous, never sleeps. ``pte`` must be a
+        present frame and PTE_* flags (``InvalidArgument`` naming the bad value)."""
+        self._check_callout(mm, "change_pte", address)
         new_pfn, flags = pte
+        if not isinstance(new_pfn, (int, np.integer)) or new_pfn < 0:
+            raise InvalidArgument(
+                f"KVM {self.name}: change_pte of {address:#x} to frame {new_pfn!r}, not a frame number")
+        if not isinstance(flags, (int, np.integer)) or flags < 0 or flags & ~PTE_FLAGS:
+            raise InvalidArgument(f"KVM {self.name}: change_pte of {address:#x} with pte flags {flags!r} "
+                                  f"outside the PTE_* bits {PTE_FLAGS:#x}")
         vpn = address >> PAGE_SHIFT
         with self.mmu_lock:
             self.mmu_notifier_seq += 1
@@ -164,6 +202,7 @@ class KvmMmu(SecondaryMmu):
     def clear_flush_young(self, mm: Mm, address: int) -> int:
         """kvm_mmu_notifier_clear_flush_young() -> kvm_age_hva(): clear the accessed bit and
         return whether it was set (flushing if so). Under the page-table lock."""
+        self._check_callout(mm, "clear_flush_young", address)
         with self.mmu_lock:
             spte = self.sptes.get(address >> PAGE_SHIFT)
             young = spte is not None and spte.young
@@ -174,6 +213,7 @@ class KvmMmu(SecondaryMmu):
 
     def test_young(self, mm: Mm, address: int) -> int:
         """kvm_mmu_notifier_test_young() -> kvm_test_age_hva(). Under the page-table lock."""
+        self._check_callout(mm, "test_young", address)
         with self.mmu_lock:
             spte = self.sptes.get(address >> PAGE_SHIFT)
             return int(spte is not None and spte.young)
@@ -181,6 +221,7 @@ class KvmMmu(SecondaryMmu):
     def release(self, mm: Mm) -> None:
         """kvm_mmu_notifier_release() -> kvm_arch_flush_shadow_all(): drop every spte. No
         spte is installed after it (faults raise ``Released``)."""
+        self._check_callout(mm, "release")
         with self.mmu_lock:
             self.released = True
             self._zap(list(self.sptes))

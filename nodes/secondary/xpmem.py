@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from nodes.errors import BadAddress, InvalidArgument, NotFound, PermissionDenied, Released
 from nodes.locks import Mutex
-from nodes.mm import PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, Mm
+from nodes.mm import PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, Mm, check_user_address, check_user_span
 from nodes.notifier import MmuNotifier, TeardownTiming
 from nodes.secondary.base import keys_in_span, page_align
 
@@ -389,14 +389,23 @@ class XpmemMmuNotifier(MmuNotifier):
         super().__init__(name)
         self.driver = driver
 
+    def _check_callout(self, mm: Mm, op: str) -> None:
+        """A callout must be about the source mm (one from another partition names it by id)."""
+        if mm.id != self.driver.mm_id:
+            raise NotFound(f"XPMEM {self.name}: {op} is about mm {mm.id!r}, but the source mm is {self.driver.mm_id}")
+
     async def invalidate_range_end(self, mm: Mm, start: int, end: int) -> None:
         """xpmem_invalidate_range(): "XPMEM only uses the invalidate_range_end() portion",
         when the primary ptes of the range are gone. Unpin, then zap, every overlapping
-        attachment page."""
+        attachment page. A malformed range is ``InvalidArgument`` and changes nothing."""
+        self._check_callout(mm, "invalidate_range_end")
+        check_user_span(start, end, f"XPMEM {self.name}: invalidate_range_end")
         await self.driver._invalidate(start, end)
 
     async def invalidate_page(self, mm: Mm, address: int) -> None:
         """xpmem_invalidate_page(): the range form for the one page."""
+        self._check_callout(mm, "invalidate_page")
+        check_user_address(address, f"XPMEM {self.name}: invalidate_page")
         start = page_align(address)
         await self.driver._invalidate(start, start + PAGE_SIZE)
 
@@ -404,6 +413,7 @@ class XpmemMmuNotifier(MmuNotifier):
         """xpmem_mmu_release() -> xpmem_teardown(): the source mm is going away; every
         attachment is torn down (unpinned, zapped) and the driver is dead: later calls raise
         ``Released``."""
+        self._check_callout(mm, "release")
         await self.driver._teardown()
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from nodes import vmops
-from nodes.errors import BadAddress, InvalidArgument, Released
+from nodes.errors import BadAddress, InvalidArgument, NotFound, Released
 from nodes.mm import PAGE_SIZE, TASK_SIZE
 from nodes.notifier import OPS, has_op
 from nodes.owner import LocalOwner
@@ -62,6 +62,73 @@ def test_bad_config_is_refused_naming_the_value(vrun):
             GruMmu(rt, LocalOwner(p), 1, "g", tlb_entries=0)
         with pytest.raises(InvalidArgument, match="flush_per_page_us .* got -1"):
             GruMmu(rt, LocalOwner(p), 1, "g", flush_per_page_us=-1)
+
+    vrun(body)
+
+
+def test_malformed_callouts_are_refused_before_anything_changes(vrun):
+    """A callout from another partition can carry anything: a reversed, empty or out-of-range
+    range, an address outside user space, another mm. Refused with the value named; the
+    range counter, the TLB and the release flag are untouched."""
+    async def body(rt):
+        p, mm, gru = await setup(rt)
+        for k in range(3):
+            await gru.access(BASE + k * P)
+        other = p.create_mm()
+        cases = [
+            (gru.invalidate_range_start(mm, BASE + P, BASE), InvalidArgument, rf"empty range \[{BASE + P:#x}, {BASE:#x}\)"),
+            (gru.invalidate_range_start(mm, -P, BASE), InvalidArgument, "outside user space"),
+            (gru.invalidate_range_end(mm, BASE, TASK_SIZE + P), InvalidArgument, "outside user space"),
+            (gru.invalidate_range_end(mm, BASE, BASE), InvalidArgument, "empty range"),
+            (gru.invalidate_page(mm, -1), InvalidArgument, "address -0x1 is outside user space"),
+            (gru.invalidate_page(mm, TASK_SIZE), InvalidArgument, f"address {TASK_SIZE:#x}"),
+            (gru.invalidate_range_start(other, BASE, BASE + P), NotFound,
+             f"about mm {other.id}, but this GRU maps mm {mm.id}"),
+            (gru.invalidate_page(other, BASE), NotFound, f"about mm {other.id}"),
+        ]
+        for coro, exc, message in cases:
+            with pytest.raises(exc, match=message):
+                await coro
+        with pytest.raises(NotFound, match=f"release is about mm {other.id}"):
+            gru.release(other)
+        assert (gru.ms_range_active, gru.ms_released, len(gru.tlb)) == (0, False, 3)
+        assert gru.stats.flushes == 0 and p.oracle.ok
+
+    vrun(body)
+
+
+def test_owner_port_refuses_reads_and_reports_naming_a_bad_mm_address_or_frame(vrun):
+    """What a secondary names in a read or a translation report is checked before the oracle
+    records it (over gRPC these arrive from another partition): an mm that never existed,
+    another mm than the notifier's, an address outside user space or unaligned, a frame the
+    partition does not have."""
+    async def body(rt):
+        p, mm, gru = await setup(rt)
+        await gru.access(BASE)
+        e = gru.translation(BASE)
+        owner = gru.owner
+        other = p.create_mm()
+        with pytest.raises(NotFound, match="no mm 999 on partition p0"):
+            await owner.dma_read(gru, 999, BASE, e.pfn, e.stamp)
+        with pytest.raises(InvalidArgument, match=f"registered on p0/mm{mm.id}, not on p0/mm{other.id}"):
+            await owner.dma_read(gru, other.id, BASE, e.pfn, e.stamp)
+        with pytest.raises(InvalidArgument, match=f"address {BASE + 1:#x} is not page aligned"):
+            await owner.dma_read(gru, mm.id, BASE + 1, e.pfn, e.stamp)
+        for pfn in (-1, 4096, 2**62):
+            with pytest.raises(InvalidArgument, match=f"{pfn} is not a frame of partition p0 \\(0..4095\\)"):
+                await owner.dma_read(gru, mm.id, BASE, pfn, e.stamp)
+        with pytest.raises(InvalidArgument, match="address -0x1000 is outside user space"):
+            owner.translation_established(gru, mm.id, -P, e.pfn)
+        with pytest.raises(InvalidArgument, match="4096 is not a frame"):
+            owner.translation_established(gru, mm.id, BASE, 4096)
+        with pytest.raises(NotFound, match="no mm 0 on"):
+            owner.translations_dropped(gru, 0, [e.pfn])
+        with pytest.raises(InvalidArgument, match="-5 is not a frame"):
+            owner.translations_dropped(gru, mm.id, [e.pfn, -5])
+        with pytest.raises(NotFound, match="no mm 77"):
+            await owner.unregister(gru, 77)
+        assert await owner.dma_read(gru, mm.id, BASE, e.pfn, e.stamp) == e.stamp
+        assert int(p.oracle.smap.sum()) == 1 and p.oracle.checked["read"] == 2 and p.oracle.ok
 
     vrun(body)
 

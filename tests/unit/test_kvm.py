@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from nodes import vmops
-from nodes.errors import BadAddress, KernelBug, Released
-from nodes.mm import PAGE_SHIFT, PAGE_SIZE, PTE_PRESENT, PTE_WRITE, PTE_YOUNG
+from nodes.errors import BadAddress, InvalidArgument, KernelBug, NotFound, Released
+from nodes.mm import PAGE_SHIFT, PAGE_SIZE, PTE_PRESENT, PTE_WRITE, PTE_YOUNG, TASK_SIZE
 from nodes.notifier import OPS, has_op
 from nodes.owner import LocalOwner
 from nodes.partition import Partition
@@ -48,6 +48,40 @@ def test_kvm_implements_all_seven_ops(vrun):
         return {op for op in OPS if has_op(kvm, op)}
 
     assert vrun(body) == set(OPS)
+
+
+def test_malformed_callouts_are_refused_before_anything_changes(vrun):
+    """A callout from another partition can carry anything: a bad range or address, a pte
+    that is no frame or has bits no pte has, another mm. Refused with the value named; the
+    counters and sptes are untouched (an unpaired but well-formed range_end is still the
+    kernel's BUG_ON, below)."""
+    async def body(rt):
+        p, mm, kvm = await setup(rt)
+        await kvm.access(BASE)
+        other = p.create_mm()
+        with pytest.raises(InvalidArgument, match="empty range"):
+            await kvm.invalidate_range_start(mm, BASE, BASE)
+        with pytest.raises(InvalidArgument, match="outside user space"):
+            kvm.invalidate_range_end(mm, -P, BASE)
+        with pytest.raises(InvalidArgument, match="address -0x1 is outside user space"):
+            await kvm.invalidate_page(mm, -1)
+        with pytest.raises(InvalidArgument, match="frame -3, not a frame number"):
+            kvm.change_pte(mm, BASE, (-3, PTE_PRESENT))
+        with pytest.raises(InvalidArgument, match="pte flags 256 outside the PTE_"):
+            kvm.change_pte(mm, BASE, (7, 256))
+        with pytest.raises(InvalidArgument, match=f"address {TASK_SIZE:#x} is outside"):
+            kvm.clear_flush_young(mm, TASK_SIZE)
+        with pytest.raises(InvalidArgument, match="outside user space"):
+            kvm.test_young(mm, -P)
+        with pytest.raises(NotFound, match=f"test_young is about mm {other.id}, but this VM maps mm {mm.id}"):
+            kvm.test_young(other, BASE)
+        with pytest.raises(NotFound, match=f"release is about mm {other.id}"):
+            kvm.release(other)
+        spte = kvm.spte(BASE)
+        assert (kvm.mmu_notifier_count, kvm.mmu_notifier_seq, kvm.released) == (0, 0, False)
+        assert spte is not None and spte.young and p.oracle.ok
+
+    vrun(body)
 
 
 def test_fault_installs_a_young_spte_and_reports_it(vrun):

@@ -26,6 +26,8 @@ from nodes.mm import (
     Mm,
     Vma,
     check_range,
+    check_user_address,
+    check_user_span,
     mm_drop_all_locks,
     mm_take_all_locks,
 )
@@ -230,6 +232,47 @@ def test_check_range_errors_name_the_bad_value(start, length, message):
 def test_check_range_accepts_the_top_of_user_space():
     assert check_range(TASK_SIZE - PAGE_SIZE, PAGE_SIZE) == TASK_SIZE
     assert check_range(np.int64(0), np.int64(PAGE_SIZE)) == PAGE_SIZE
+
+
+@pytest.mark.parametrize(
+    "address, aligned, message",
+    [
+        (-1, False, r"address -0x1 is outside user space"),
+        (TASK_SIZE, False, f"address {TASK_SIZE:#x} is outside user space"),
+        (2**63 - 1, False, "address 0x7fffffffffffffff is outside user space"),
+        (0x1001, True, "address 0x1001 is not page aligned"),
+        ("0x1000", False, "address '0x1000' is not an integer"),
+    ],
+)
+def test_check_user_address_names_the_bad_value(address, aligned, message):
+    with pytest.raises(InvalidArgument, match=message):
+        check_user_address(address, "dma_read", aligned=aligned)
+
+
+def test_check_user_address_accepts_user_space():
+    assert check_user_address(0, "x", aligned=True) == 0
+    assert check_user_address(TASK_SIZE - 1, "x") == TASK_SIZE - 1  # unaligned is fine unless asked
+    assert check_user_address(np.int64(PAGE_SIZE), "x", aligned=True) == PAGE_SIZE
+
+
+@pytest.mark.parametrize(
+    "start, end, message",
+    [
+        (0x2000, 0x2000, r"empty range \[0x2000, 0x2000\)"),
+        (0x3000, 0x1000, r"empty range \[0x3000, 0x1000\)"),
+        (-PAGE_SIZE, PAGE_SIZE, "is outside user space"),
+        (0, TASK_SIZE + 1, "is outside user space"),
+        (0, 1.5, "must be integers"),
+    ],
+)
+def test_check_user_span_names_the_bad_value(start, end, message):
+    with pytest.raises(InvalidArgument, match=message):
+        check_user_span(start, end, "invalidate_range_start")
+
+
+def test_check_user_span_accepts_unaligned_and_whole_user_space():
+    check_user_span(0x1001, 0x1002, "x")  # an exported invalidate need not be page aligned
+    check_user_span(0, TASK_SIZE, "x")
 
 
 def test_mapped_pfns_and_resident_pages():

@@ -28,7 +28,7 @@ def study(latency_us: float, streams: int, scope: str = "global", unregisters: i
     )
 
     async def workload(c: SimCluster):  # type: ignore[no-untyped-def]
-        return await hang_workload(c, streams, PAGES, unregisters)
+        return await hang_workload(c, streams, PAGES, unregisters, config.cpus, seed)
 
     run = run_sim(config, workload)
     assert run.violations == []
