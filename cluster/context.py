@@ -51,6 +51,7 @@ class Cluster(Protocol):
     """The partitions of one run, as a workload drives them."""
 
     names: list[str]
+    runtime: "Runtime"  # the workload's own time and tasks (virtual on the sim backend, real on ray)
 
     async def on(self, name: str, fn: PartitionFn, *args: Any) -> Any:
         """Run ``fn(ctx, *args)`` on partition ``name`` and return its result."""

@@ -96,6 +96,16 @@ class LivePartition:
         for sink in self._sinks.values():
             await sink.flush()
 
+    def report_problems(self) -> list[str]:
+        """Oracle reports of secondaries here that did not reach their owner: lost (owner
+        unreachable) or refused (with the owner's reason)."""
+        problems = []
+        for owner, sink in self._sinks.items():
+            if sink.lost:
+                problems.append(f"{self.name}->{owner}: {sink.lost} oracle reports lost (owner unreachable)")
+            problems.extend(f"{self.name}->{owner}: refused: {r}" for r in sink.refused)
+        return problems
+
     async def stop(self) -> None:
         """Close the report sinks and clients, stop serving, and join every task. The server
         stops whatever else fails; the first failure is raised."""

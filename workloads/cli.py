@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--cpus", type=_positive_int, default=4, help="CPUs of the owning partition (default 4)")
     demo.add_argument("--callout-latency", type=float, default=100.0, help="one-way wire time of a callout, us (default 100)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the run (default 0)")
+    demo.add_argument("--backend", choices=("sim", "ray"), default="sim",
+                      help="sim: one process, virtual time (default); ray: partitions as Ray actors over gRPC")
+    demo.add_argument("--address", default=None,
+                      help="ray backend: the Ray cluster to use (host:port, auto); default: RAY_ADDRESS, else a new local Ray")
     args = parser.parse_args(argv)
 
     if args.command == "demo":
@@ -33,7 +37,14 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.callout_latency < 0:
             parser.error(f"--callout-latency must be >= 0, got {args.callout_latency}")
-        results = run_demo(args.streams, args.pages, args.unregisters, args.cpus, args.callout_latency, seed=args.seed)
+        if args.address is not None and args.backend != "ray":
+            parser.error("--address applies to --backend ray only")
+        try:
+            results = run_demo(args.streams, args.pages, args.unregisters, args.cpus, args.callout_latency, seed=args.seed,
+                               backend=args.backend, address=args.address)
+        except ConnectionError as e:  # a Ray address that does not answer
+            print(f"mmusim: {e}", file=sys.stderr)
+            return 2
         print(format_results(results))
         return 1 if any(r.violations for r in results) else 0
     return 2  # pragma: no cover - argparse refuses unknown commands

@@ -49,3 +49,12 @@ def test_dependencies_run_one_way() -> None:
         if "workloads" in _imports(path):
             offenders.append(f"{path.relative_to(ROOT)}: workloads")
     assert offenders == []
+
+
+def test_demo_refuses_an_address_without_the_ray_backend(capsys) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--address", "127.0.0.1:6379"])
+    assert e.value.code == 2
+    assert "--address applies to --backend ray only" in capsys.readouterr().err

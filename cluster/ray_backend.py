@@ -1,0 +1,494 @@
+"""The ray backend: each partition in its own Ray actor, talking gRPC to the others, in real time.
+
+The unchanged ``nodes/`` model runs for every partition inside a ``LivePartition``
+(``cluster/live.py``): the plain ``Partition``, its grpc.aio server on the actor's node, and its
+clients to the other partitions. ``PartitionHost`` wraps one; it is an ordinary class, made an
+async Ray actor only here, at the edge (``ray.remote(...)(PartitionHost)`` inside a function),
+so ``nodes/`` never imports ray and importing this module does not need Ray running.
+
+Bring-up (``run_ray``): connect to Ray (an existing connection of this process; else
+``RayConfig.address``, else ``RAY_ADDRESS``, else a new local Ray), place one actor per
+partition (``spread``: partition i on alive node i mod n, pinned with a hard
+``NodeAffinitySchedulingStrategy``, so one per node when the cluster has enough nodes and round
+robin otherwise; ``pack``: all on the driver's node), start every gRPC server on an ephemeral
+port, hand every partition the directory of addresses, then run the workload on the driver::
+
+    config = RayConfig(partitions=2)
+
+    async def mapped(ctx, npages):             # runs in p0's actor: module level, pickled
+        mm = ctx.partition.create_mm()
+        ...
+        return mm.id
+
+    async def workload(c: RayCluster):
+        mm_id = await c.on("p0", mapped, 16)
+        ...
+        return {...}
+
+    run = run_ray(config, workload)   # RayRun: result, faults, violations, wall time, placement
+
+At the end every partition's oracle reports are flushed, each partition runs its final
+invariant sweep and reports its faults (the partitions it fenced), and every actor is stopped
+and killed, also when the workload raised. A partition whose actor died (``RayCluster.kill``,
+a lost node) is listed in ``RayRun.lost``; the others' reports name it in ``faults``.
+
+Workload functions given to ``RayCluster.on`` are pickled to the actors: module-level coroutine
+functions of an importable module (or of ``__main__``, which cloudpickle sends by value), with
+plain-data arguments and results (``cluster/context.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Awaitable, Callable, Generic, TypeVar
+
+from nodes.notifier import FANOUTS
+from nodes.partition import SRCU_SCOPES
+from nodes.remote import Fault
+from nodes.rpc.client import DEFAULT_DEADLINE_US
+from nodes.runtime import Runtime
+
+from cluster.context import PartitionFn
+from cluster.topology import Topology, UnknownPartition
+from cluster.wallclock import WallClock
+
+T = TypeVar("T")
+PLACEMENTS = ("spread", "pack")
+DEFAULT_MAX_CONCURRENCY = 10_000  # callouts, faults and workload calls share one actor's loop
+ACTOR_CPUS = 0  # partitions wait on the network far more than they compute: many fit a 2-core node
+STOP_TIMEOUT_S = 30.0  # for a partition to stop, and then for its actor to end
+
+
+def _bad(key: str, expected: str, value: Any) -> ValueError:
+    return ValueError(f"ray config {key}: expected {expected}, got {value!r}")
+
+
+def _split_address(address: str) -> tuple[str, int] | None:
+    """(host, port) of ``[ray://]host:port`` (IPv6 hosts in brackets), or None if malformed."""
+    target = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = target.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
+@dataclass
+class RayConfig:
+    """Everything that shapes a ray run. Partition fields mean what they mean in ``SimConfig``;
+    the others say where the partitions run and how they reach each other."""
+
+    partitions: int = 2
+    nframes: int = 65536  # per partition
+    cpus: int = 4  # per partition: simulated CPUs (SRCU per-CPU counters), not Ray CPUs
+    srcu_scope: str = "global"
+    jiffy_us: float = 1000.0
+    fanout: str = "sequential"
+    deadline_us: float = DEFAULT_DEADLINE_US  # of every gRPC call between partitions
+    # None: RAY_ADDRESS if set, else a new local Ray; or "host:port" of a cluster's GCS,
+    # "ray://host:port" (Ray Client), "auto" (the cluster `ray start` made on this machine),
+    # "local" (a new local Ray). A process already connected to Ray uses that connection.
+    address: str | None = None
+    placement: str = "spread"  # spread | pack
+    hops: int = 1  # between any two partitions (uniform topology) for latency injection
+    hop_latency_us: float = 0.0  # injected per request: hops x this, on the receiving server
+    bind_host: str | None = None  # where each gRPC server listens; None: its node's IP address
+    connect_timeout_s: float = 10.0  # how long a Ray address may take to answer before giving up
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY  # concurrent calls into one partition's actor
+
+    def __post_init__(self) -> None:
+        for key in ("partitions", "nframes", "cpus", "hops", "max_concurrency"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise _bad(key, "a positive integer", v)
+        if self.srcu_scope not in SRCU_SCOPES:
+            raise _bad("srcu_scope", f"one of {SRCU_SCOPES}", self.srcu_scope)
+        if self.fanout not in FANOUTS:
+            raise _bad("fanout", f"one of {FANOUTS}", self.fanout)
+        if self.placement not in PLACEMENTS:
+            raise _bad("placement", f"one of {PLACEMENTS}", self.placement)
+
+        def number(key: str, positive: bool) -> None:
+            v = getattr(self, key)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0 or (positive and v == 0):
+                raise _bad(key, "a positive number" if positive else "a number >= 0", v)
+
+        number("jiffy_us", True)
+        number("deadline_us", True)
+        number("hop_latency_us", False)
+        number("connect_timeout_s", True)
+        if self.address is not None:
+            if not isinstance(self.address, str) or (
+                self.address not in ("auto", "local") and _split_address(self.address) is None
+            ):
+                raise _bad("address", "None, 'auto', 'local', 'host:port' or 'ray://host:port'", self.address)
+        if self.bind_host is not None and (not isinstance(self.bind_host, str) or not self.bind_host):
+            raise _bad("bind_host", "None or a host name or IP address", self.bind_host)
+
+    @property
+    def names(self) -> list[str]:
+        return [f"p{i}" for i in range(self.partitions)]
+
+
+class HopLatency:
+    """The injected latency of a request from ``src`` to ``dst`` (``LivePartition``'s
+    ``latency_us``): hops of the uniform topology times ``per_hop_us``. A sender the topology
+    does not know (a hostile or misdirected request) is not delayed; the service refuses it."""
+
+    def __init__(self, names: list[str], hops: int, per_hop_us: float):
+        self.topology = Topology.uniform(names, hops=hops)
+        self.per_hop_us = float(per_hop_us)
+
+    def __call__(self, src: str, dst: str) -> float:
+        try:
+            return self.topology.hops(src, dst) * self.per_hop_us
+        except UnknownPartition:
+            return 0.0
+
+
+class PartitionHost:
+    """One partition in one process: a ``LivePartition`` built and served on the process's own
+    event loop. A plain class; ``partition_actor_class`` makes it an async Ray actor."""
+
+    def __init__(self, name: str, config: RayConfig):
+        self.name = name
+        self.config = config
+        self.live: Any = None  # the LivePartition, from start() on
+
+    def _require_live(self) -> Any:
+        if self.live is None:
+            raise RuntimeError(f"partition {self.name} was not started")
+        return self.live
+
+    async def start(self, bind_host: str | None) -> str:
+        """Build the partition and serve it on ``bind_host`` (None: this node's IP address),
+        port 0; returns its address."""
+        from cluster.live import LivePartition
+
+        if self.live is not None:
+            raise RuntimeError(f"partition {self.name} is already started at {self.live.address}")
+        c = self.config
+        latency = HopLatency(c.names, c.hops, c.hop_latency_us) if c.hop_latency_us > 0 else None
+        self.live = LivePartition(
+            self.name, nframes=c.nframes, cpus=c.cpus, srcu_scope=c.srcu_scope, jiffy_us=c.jiffy_us,
+            fanout=c.fanout, deadline_us=c.deadline_us, latency_us=latency,
+        )
+        if bind_host is None:
+            import ray
+
+            bind_host = ray.util.get_node_ip_address()
+        return await self.live.start(bind_host, 0)
+
+    async def connect(self, directory: dict[str, str]) -> None:
+        self._require_live().connect(directory)
+
+    async def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    async def run(self, fn: PartitionFn, *args: Any) -> Any:
+        """``await fn(ctx, *args)`` with this partition as ``ctx``."""
+        return await fn(self._require_live(), *args)
+
+    async def flush_reports(self) -> None:
+        await self._require_live().flush_reports()
+
+    async def report(self) -> dict[str, Any]:
+        """The end of the run here: the final invariant sweep, the faults this partition saw as
+        an owner, and oracle reports its secondaries could not deliver (failures of its tasks
+        are raised by ``stop``). Call ``flush_reports`` on every partition first, so every report has arrived."""
+        live = self._require_live()
+        live.partition.check_invariants(final=True)
+        problems = live.report_problems()
+        return {
+            "partition": self.name,
+            "faults": [asdict(f) for f in live.owner_service.faults],
+            "violations": [str(v) for v in live.partition.oracle.violations],
+            "report_problems": problems,
+        }
+
+    async def stop(self) -> None:
+        """Stop serving and join every task; the first failure of any task is raised."""
+        if self.live is not None:
+            await self.live.stop()
+
+
+def partition_actor_class(max_concurrency: int = DEFAULT_MAX_CONCURRENCY) -> Any:
+    """``PartitionHost`` as an async Ray actor class taking no Ray CPU."""
+    import ray
+
+    return ray.remote(num_cpus=ACTOR_CPUS, max_concurrency=max_concurrency, max_restarts=0)(PartitionHost)
+
+
+# -- placement ----------------------------------------------------------------------------------
+
+
+def alive_nodes() -> list[dict[str, Any]]:
+    """The alive Ray nodes in a deterministic order: the driver's node first, then by address
+    and node id. Nodes offering no CPU (a head kept free of work) are left out unless every
+    node is like that."""
+    import ray
+
+    driver = ray.get_runtime_context().get_node_id()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    working = [n for n in nodes if n.get("Resources", {}).get("CPU", 0) > 0]
+    nodes = working or nodes
+    return sorted(nodes, key=lambda n: (n["NodeID"] != driver, n.get("NodeManagerAddress", ""), n["NodeID"]))
+
+
+def place(names: list[str], placement: str) -> dict[str, str]:
+    """Partition name -> Ray node id: ``spread`` gives partition i node i mod n of
+    ``alive_nodes()``; ``pack`` gives every partition the driver's node."""
+    import ray
+
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement: expected one of {PLACEMENTS}, got {placement!r}")
+    if placement == "pack":
+        driver = ray.get_runtime_context().get_node_id()
+        return {name: driver for name in names}
+    nodes = alive_nodes()
+    if not nodes:
+        raise RuntimeError("the Ray cluster has no alive node to place partitions on")
+    return {name: nodes[i % len(nodes)]["NodeID"] for i, name in enumerate(names)}
+
+
+# -- the cluster a workload drives -------------------------------------------------------------
+
+
+class RayCluster:
+    """The partitions of one ray run: an actor each, on the nodes ``placement`` names."""
+
+    def __init__(self, actors: dict[str, Any], placement: dict[str, str], addresses: dict[str, str]):
+        self.actors = actors
+        self.placement = placement
+        self.addresses = addresses
+        self.killed: list[str] = []
+        # the driver's own tasks and time (a workload's concurrent streams), in real time
+        self.runtime = Runtime(WallClock())
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.actors)
+
+    def actor(self, name: str) -> Any:
+        a = self.actors.get(name)
+        if a is None:
+            raise KeyError(f"no partition {name!r}; the cluster has {', '.join(self.actors)}")
+        return a
+
+    async def on(self, name: str, fn: PartitionFn, *args: Any) -> Any:
+        """Run ``fn(ctx, *args)`` in partition ``name``'s actor and return its result. An error
+        ``fn`` raises comes back as a Ray error that is also an instance of the original type."""
+        return await self.actor(name).run.remote(fn, *args)
+
+    def kill(self, name: str) -> None:
+        """Fault injection: kill partition ``name``'s actor process at once (no restart). Its
+        sockets close; calls in flight to it fail."""
+        import ray
+
+        ray.kill(self.actor(name), no_restart=True)
+        self.killed.append(name)
+
+
+@dataclass
+class RayRun(Generic[T]):
+    """The outcome of ``run_ray``."""
+
+    result: T
+    faults: list[Fault]  # partitions fenced by an owner, from every partition that reported
+    violations: list[str]  # of every partition that reported, after its final sweep
+    wall_time_us: float  # the workload, from its start to its end
+    placement: dict[str, str]  # partition -> Ray node id
+    addresses: dict[str, str]  # partition -> host:port of its gRPC server
+    lost: list[str] = field(default_factory=list)  # partitions whose actor could not report
+    report_problems: list[str] = field(default_factory=list)  # oracle reports lost or refused
+    bringup_us: float = 0.0  # connect, place, start and wire the partitions
+    backend: str = "ray"
+
+
+# -- bring-up -----------------------------------------------------------------------------------
+
+
+def probe_address(address: str, timeout_s: float) -> None:
+    """Raise ``ConnectionError`` naming ``address`` unless a gRPC server (a Ray GCS or Ray
+    Client server) answers there within ``timeout_s``. ``ray.init`` retries an address that
+    does not answer for minutes; this fails in seconds."""
+    import grpc
+
+    parsed = _split_address(address)
+    if parsed is None:
+        raise _bad("address", "'host:port' or 'ray://host:port'", address)
+    host, port = parsed
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise ConnectionError(f"no Ray cluster at {address}: cannot connect to {host}:{port}: {e}") from None
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    channel = grpc.insecure_channel(target)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout_s)
+    except grpc.FutureTimeoutError:
+        raise ConnectionError(
+            f"no Ray cluster at {address}: {host}:{port} accepts connections but does not speak gRPC "
+            f"within {timeout_s:g} s"
+        ) from None
+    finally:
+        channel.close()
+
+
+def _same_host(a: str, b: str) -> bool:
+    local = {"localhost", "127.0.0.1", "::1"}
+    return a == b or a in local or b in local
+
+
+def ensure_ray(config: RayConfig) -> bool:
+    """Make sure this process is connected to Ray as ``config`` says; True if it started or
+    joined Ray here (and so must shut it down), False if it was already connected."""
+    import ray
+
+    if ray.is_initialized():
+        parsed = _split_address(config.address) if config.address not in (None, "auto", "local") else None
+        if parsed is not None and not config.address.startswith("ray://"):
+            current = ray.get_runtime_context().gcs_address
+            cur = _split_address(current) if current else None
+            if cur is not None and (cur[1] != parsed[1] or not _same_host(cur[0], parsed[0])):
+                raise ValueError(
+                    f"ray config address {config.address!r}: this process is already connected to the Ray "
+                    f"cluster at {current}; call ray.shutdown() first or leave address unset"
+                )
+        return False
+    address = config.address if config.address is not None else (os.environ.get("RAY_ADDRESS") or "local")
+    if address not in ("auto", "local"):
+        probe_address(address, config.connect_timeout_s)
+    ray.init(address=address)
+    return True
+
+
+async def _gather_settled(aws: list[Awaitable[Any]]) -> list[Any]:
+    """Await all; errors are returned in place, not raised."""
+    return await asyncio.gather(*aws, return_exceptions=True)
+
+
+async def _bring_up(config: RayConfig) -> RayCluster:
+    """Create, start and wire the actors. On failure, every actor made is ended."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    names = config.names
+    placement = place(names, config.placement)
+    cls = partition_actor_class(config.max_concurrency)
+    actors = {
+        name: cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(placement[name], soft=False)).remote(name, config)
+        for name in names
+    }
+    cluster = RayCluster(actors, placement, {})
+    try:
+        addresses = await asyncio.gather(*(a.start.remote(config.bind_host) for a in actors.values()))
+        cluster.addresses = dict(zip(names, addresses))
+        await asyncio.gather(*(a.connect.remote(cluster.addresses) for a in actors.values()))
+        nodes = await asyncio.gather(*(a.node_id.remote() for a in actors.values()))
+        wrong = {n: (placement[n], got) for n, got in zip(names, nodes) if got != placement[n]}
+        if wrong:  # a hard affinity that did not hold is a Ray bug, but the runs would lie
+            raise RuntimeError(f"partitions not on the node they were placed on (placed, actual): {wrong}")
+    except BaseException:
+        await _tear_down(cluster)
+        raise
+    return cluster
+
+
+async def _collect(cluster: RayCluster) -> tuple[list[dict[str, Any]], list[str]]:
+    """Flush every partition's oracle reports, then take every report. Returns the reports and
+    the partitions that could not give one (their actor died)."""
+    import ray
+
+    names = cluster.names
+    flushed = await _gather_settled([cluster.actors[n].flush_reports.remote() for n in names])
+    reports = await _gather_settled([cluster.actors[n].report.remote() for n in names])
+    got, lost = [], []
+    for name, f, r in zip(names, flushed, reports):
+        for outcome in (f, r):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, ray.exceptions.RayActorError):
+                raise outcome
+        if isinstance(r, BaseException) or isinstance(f, BaseException):
+            lost.append(name)
+        else:
+            got.append(r)
+    return got, lost
+
+
+async def _awaited(ref: Any) -> Any:
+    return await ref
+
+
+async def _tear_down(cluster: RayCluster) -> None:
+    """Stop every partition whose actor lives (servers closed, tasks joined), then end every
+    actor and wait for its end: ``__ray_terminate__`` (Ray's graceful exit) answers with the
+    actor's death once its process is gone. ``ray.kill`` alone is asynchronous: a call made
+    just after it may still run. An actor that does not end within ``STOP_TIMEOUT_S`` is
+    killed by force. The first failure of a stop is raised after every actor is dealt with."""
+    import ray
+
+    alive = [n for n in cluster.names if n not in cluster.killed]
+    stopped = await _gather_settled(
+        [asyncio.wait_for(_awaited(cluster.actors[n].stop.remote()), STOP_TIMEOUT_S) for n in alive])
+    ended = await _gather_settled(
+        [asyncio.wait_for(_awaited(a.__ray_terminate__.remote()), STOP_TIMEOUT_S) for a in cluster.actors.values()])
+    for actor, outcome in zip(cluster.actors.values(), ended):
+        if not isinstance(outcome, ray.exceptions.RayActorError):
+            ray.kill(actor, no_restart=True)
+    for name, outcome in zip(alive, stopped):
+        if isinstance(outcome, BaseException) and not isinstance(outcome, ray.exceptions.RayActorError):
+            raise RuntimeError(f"partition {name} failed while stopping: {outcome!r}") from outcome
+
+
+async def _run(config: RayConfig, workload: Callable[[RayCluster], Awaitable[T]]) -> RayRun[T]:
+    t0 = time.monotonic()
+    cluster = await _bring_up(config)
+    t1 = time.monotonic()
+    try:
+        result = await workload(cluster)
+        await cluster.runtime.join()  # the workload's own tasks: a failure is raised, not dropped
+        t2 = time.monotonic()
+        reports, lost = await _collect(cluster)
+    except BaseException as e:
+        try:
+            await _tear_down(cluster)
+        except Exception as stop_error:  # the workload's error is the one raised; this rides along
+            if hasattr(e, "add_note"):
+                e.add_note(f"and then, tearing the partitions down: {stop_error!r}")
+        raise
+    await _tear_down(cluster)
+    return RayRun(
+        result=result,
+        faults=[Fault(**f) for r in reports for f in r["faults"]],
+        violations=[v for r in reports for v in r["violations"]],
+        wall_time_us=(t2 - t1) * 1e6,
+        placement=dict(cluster.placement),
+        addresses=dict(cluster.addresses),
+        lost=lost,
+        report_problems=[p for r in reports for p in r["report_problems"]],
+        bringup_us=(t1 - t0) * 1e6,
+    )
+
+
+def run_ray(config: RayConfig, workload: Callable[[RayCluster], Awaitable[T]]) -> RayRun[T]:
+    """Bring up the partitions of ``config`` as Ray actors, run ``workload(cluster)`` on this
+    process's event loop (``asyncio.run``: call from synchronous code), collect every
+    partition's report, and stop the partitions, also when the workload raises. Ray is shut down
+    only if it was started (or joined) here. An address that does not answer raises
+    ``ConnectionError`` naming it."""
+    import ray
+
+    started = ensure_ray(config)
+    try:
+        return asyncio.run(_run(config, workload))
+    finally:
+        if started:
+            ray.shutdown()
