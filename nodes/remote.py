@@ -279,7 +279,6 @@ class OwnerService:
         if established:
             if len(pfns) != 1:
                 raise InvalidArgument(f"an established translation names one frame, got {len(pfns)}: {pfns[:4]}")
-            self.part.mm(mm_id)  # NotFound for an unknown mm
             self.translation_established(host, notifier_id, mm_id, address, pfns[0])
         else:
             if not self.part.oracle.holds(mn, pfns):

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -44,6 +45,10 @@ from nodes.rpc.status import ERROR_KEY, code_of
 from nodes.secondary.gru import GruMmu
 from nodes.secondary.kvm import KvmMmu
 from nodes.secondary.xpmem import XPMEM_RDONLY, XPMEM_RDWR, XpmemCred
+
+# A failing batch is reported with its 250 requests; hypothesis warns that this repr is large,
+# and under filterwarnings=error the warning would replace the report of what failed.
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 
 C = grpc.StatusCode
 OK, INVALID, NOT_FOUND = C.OK, C.INVALID_ARGUMENT, C.NOT_FOUND
