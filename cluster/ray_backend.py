@@ -40,19 +40,17 @@ plain-data arguments and results (``cluster/context.py``).
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import socket
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Awaitable, Callable, Generic, TypeVar
+from typing import Any, Awaitable, Callable, ClassVar, Generic, TypeVar
 
-from nodes.notifier import FANOUTS
-from nodes.partition import SRCU_SCOPES
 from nodes.remote import Fault
 from nodes.rpc.client import DEFAULT_DEADLINE_US
 from nodes.runtime import Runtime
 
+from cluster.config import PartitionConfig
 from cluster.context import PartitionFn
 from cluster.topology import Topology, UnknownPartition
 from cluster.wallclock import WallClock
@@ -79,60 +77,37 @@ def _split_address(address: str) -> tuple[str, int] | None:
 
 
 @dataclass
-class RayConfig:
-    """Everything that shapes a ray run. Partition fields mean what they mean in ``SimConfig``;
-    the others say where the partitions run and how they reach each other."""
+class RayConfig(PartitionConfig):
+    """Everything that shapes a ray run: the partition fields of ``PartitionConfig``, and
+    where the partitions run and how they reach each other."""
 
-    partitions: int = 2
-    nframes: int = 65536  # per partition
-    cpus: int = 4  # per partition: simulated CPUs (SRCU per-CPU counters), not Ray CPUs
-    srcu_scope: str = "global"
-    jiffy_us: float = 1000.0
-    fanout: str = "sequential"
+    KIND: ClassVar[str] = "ray config"
+
     deadline_us: float = DEFAULT_DEADLINE_US  # of every gRPC call between partitions
     # None: RAY_ADDRESS if set, else a new local Ray; or "host:port" of a cluster's GCS,
     # "ray://host:port" (Ray Client), "auto" (the cluster `ray start` made on this machine),
     # "local" (a new local Ray). A process already connected to Ray uses that connection.
     address: str | None = None
     placement: str = "spread"  # spread | pack
-    hops: int = 1  # between any two partitions (uniform topology) for latency injection
     hop_latency_us: float = 0.0  # injected per request: hops x this, on the receiving server
     bind_host: str | None = None  # where each gRPC server listens; None: its node's IP address
     connect_timeout_s: float = 10.0  # how long a Ray address may take to answer before giving up
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY  # concurrent calls into one partition's actor
 
     def __post_init__(self) -> None:
-        for key in ("partitions", "nframes", "cpus", "hops", "max_concurrency"):
-            v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise _bad(key, "a positive integer", v)
-        if self.srcu_scope not in SRCU_SCOPES:
-            raise _bad("srcu_scope", f"one of {SRCU_SCOPES}", self.srcu_scope)
-        if self.fanout not in FANOUTS:
-            raise _bad("fanout", f"one of {FANOUTS}", self.fanout)
-        if self.placement not in PLACEMENTS:
-            raise _bad("placement", f"one of {PLACEMENTS}", self.placement)
-
-        def number(key: str, positive: bool) -> None:
-            v = getattr(self, key)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0 or (positive and v == 0):
-                raise _bad(key, "a positive number" if positive else "a number >= 0", v)
-
-        number("jiffy_us", True)
-        number("deadline_us", True)
-        number("hop_latency_us", False)
-        number("connect_timeout_s", True)
+        super().__post_init__()
+        self.check_positive_int("max_concurrency")
+        self.check_choice("placement", PLACEMENTS)
+        self.check_number("deadline_us", positive=True)
+        self.check_number("hop_latency_us", positive=False)
+        self.check_number("connect_timeout_s", positive=True)
         if self.address is not None:
             if not isinstance(self.address, str) or (
                 self.address not in ("auto", "local") and _split_address(self.address) is None
             ):
-                raise _bad("address", "None, 'auto', 'local', 'host:port' or 'ray://host:port'", self.address)
+                raise self.bad("address", "None, 'auto', 'local', 'host:port' or 'ray://host:port'", self.address)
         if self.bind_host is not None and (not isinstance(self.bind_host, str) or not self.bind_host):
-            raise _bad("bind_host", "None or a host name or IP address", self.bind_host)
-
-    @property
-    def names(self) -> list[str]:
-        return [f"p{i}" for i in range(self.partitions)]
+            raise self.bad("bind_host", "None or a host name or IP address", self.bind_host)
 
 
 class HopLatency:

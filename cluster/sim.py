@@ -23,20 +23,19 @@ Entry point::
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Generic, TypeVar
+from typing import Any, Awaitable, Callable, ClassVar, Generic, TypeVar
 
 from nodes.mm import Mm
-from nodes.notifier import FANOUTS
 from nodes.owner import LocalOwner, OwnerPort
-from nodes.partition import SRCU_SCOPES, Partition
+from nodes.partition import Partition
 from nodes.remote import OWNER_SERVICE, SECONDARY_SERVICE, Fault, OwnerService, RemoteOwner, SecondaryService
 from nodes.runtime import Runtime
 from nodes.secondary.gru import GruMmu
 from nodes.secondary.xpmem import XpmemCred, XpmemDriver
 
+from cluster.config import PartitionConfig
 from cluster.interconnect import DEFAULT_DEADLINE_US, SimInterconnect
 from cluster.topology import LatencyDist, LatencyModel, Topology, parse_latency
 from cluster.vtime import POLICIES, TRACE_LEVELS, Trace, VirtualClock, VirtualTimeLoop, make_policy, run_virtual
@@ -46,18 +45,14 @@ TOPOLOGIES = ("uniform", "ring", "numalink")
 
 
 @dataclass
-class SimConfig:
-    """Everything that shapes a sim run. Latency fields take what ``parse_latency`` takes: a
-    bare number of microseconds or a mapping naming a distribution."""
+class SimConfig(PartitionConfig):
+    """Everything that shapes a sim run (the partition fields are ``PartitionConfig``'s).
+    Latency fields take what ``parse_latency`` takes: a bare number of microseconds or a
+    mapping naming a distribution."""
 
-    partitions: int = 2
-    nframes: int = 65536  # per partition
-    cpus: int = 4  # per partition
-    srcu_scope: str = "global"
-    jiffy_us: float = 1000.0
-    fanout: str = "sequential"
+    KIND: ClassVar[str] = "sim config"
+
     topology: str = "uniform"  # uniform | ring | numalink
-    hops: int = 1  # for the uniform topology
     hop_latency: Any = 1.0  # per hop, one way
     per_byte_us: float = 0.0
     callout_latency: Any = None  # extra one-way latency of each callout message
@@ -69,52 +64,26 @@ class SimConfig:
     trace: str = "hash"  # off | hash | full
 
     def __post_init__(self) -> None:
-        def bad(key: str, expected: str, value: Any) -> ValueError:
-            return ValueError(f"sim config {key}: expected {expected}, got {value!r}")
-
-        if not isinstance(self.partitions, int) or isinstance(self.partitions, bool) or self.partitions < 1:
-            raise bad("partitions", "a positive integer", self.partitions)
-        for key in ("nframes", "cpus", "hops"):
-            v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise bad(key, "a positive integer", v)
-        if self.srcu_scope not in SRCU_SCOPES:
-            raise bad("srcu_scope", f"one of {SRCU_SCOPES}", self.srcu_scope)
-        if self.fanout not in FANOUTS:
-            raise bad("fanout", f"one of {FANOUTS}", self.fanout)
-        if self.topology not in TOPOLOGIES:
-            raise bad("topology", f"one of {TOPOLOGIES}", self.topology)
-        if self.scheduler not in POLICIES:
-            raise bad("scheduler", f"one of {POLICIES}", self.scheduler)
-        if self.trace not in TRACE_LEVELS:
-            raise bad("trace", f"one of {TRACE_LEVELS}", self.trace)
+        super().__post_init__()
+        self.check_choice("topology", TOPOLOGIES)
+        self.check_choice("scheduler", POLICIES)
+        self.check_choice("trace", TRACE_LEVELS)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise bad("seed", "an integer", self.seed)
-
-        def number(key: str, v: Any, positive: bool) -> None:
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0 or (positive and v == 0):
-                raise bad(key, "a positive number" if positive else "a number >= 0", v)
-
-        number("jiffy_us", self.jiffy_us, True)
-        number("deadline_us", self.deadline_us, True)
-        number("per_byte_us", self.per_byte_us, False)
-        number("loss", self.loss, False)
+            raise self.bad("seed", "an integer", self.seed)
+        self.check_number("deadline_us", positive=True)
+        self.check_number("per_byte_us", positive=False)
+        self.check_number("loss", positive=False)
         if self.loss >= 1:
-            raise bad("loss", "a probability in [0, 1)", self.loss)
+            raise self.bad("loss", "a probability in [0, 1)", self.loss)
         names = set(self.names)
         for p, at in self.crashes.items():
             if p not in names:
-                raise bad(f"crashes.{p}", f"a partition name ({', '.join(self.names)})", p)
-            number(f"crashes.{p}", at, False)
+                raise self.bad(f"crashes.{p}", f"a partition name ({', '.join(self.names)})", p)
+            self.check_number(f"crashes.{p}", positive=False, value=at)
         self.hop_dist: LatencyDist = parse_latency(self.hop_latency, "hop_latency")
         self.callout_dist: LatencyDist | None = (
             None if self.callout_latency is None else parse_latency(self.callout_latency, "callout_latency")
         )
-
-    @property
-    def names(self) -> list[str]:
-        return [f"p{i}" for i in range(self.partitions)]
-
 
 @dataclass
 class SimRun(Generic[T]):

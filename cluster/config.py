@@ -1,0 +1,60 @@
+"""What shapes the partitions of a run on either backend, and the checks every config makes.
+
+``SimConfig`` (``cluster/sim.py``) and ``RayConfig`` (``cluster/ray_backend.py``) both start from
+``PartitionConfig``; a bad value is refused on construction with the config's kind, the key,
+what was expected and what was given."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+from nodes.notifier import FANOUTS
+from nodes.partition import SRCU_SCOPES
+
+
+@dataclass
+class PartitionConfig:
+    """The fields every partition of a run shares, on either backend."""
+
+    KIND: ClassVar[str] = "config"  # how errors name the config: "sim config", "ray config"
+
+    partitions: int = 2
+    nframes: int = 65536  # per partition
+    cpus: int = 4  # per partition: simulated CPUs (SRCU's per-CPU counters)
+    srcu_scope: str = "global"  # global (the kernel's) | per_mm
+    jiffy_us: float = 1000.0
+    fanout: str = "sequential"  # sequential (the kernel's) | parallel
+    hops: int = 1  # between any two partitions, for the uniform topology
+
+    def __post_init__(self) -> None:
+        self.check_positive_int("partitions", "nframes", "cpus", "hops")
+        self.check_choice("srcu_scope", SRCU_SCOPES)
+        self.check_choice("fanout", FANOUTS)
+        self.check_number("jiffy_us", positive=True)
+
+    @property
+    def names(self) -> list[str]:
+        return [f"p{i}" for i in range(self.partitions)]
+
+    def bad(self, key: str, expected: str, value: Any) -> ValueError:
+        return ValueError(f"{self.KIND} {key}: expected {expected}, got {value!r}")
+
+    def check_positive_int(self, *keys: str) -> None:
+        for key in keys:
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise self.bad(key, "a positive integer", v)
+
+    def check_choice(self, key: str, choices: Sequence[str]) -> None:
+        v = getattr(self, key)
+        if v not in choices:
+            raise self.bad(key, f"one of {tuple(choices)}", v)
+
+    def check_number(self, key: str, *, positive: bool, value: Any = None) -> None:
+        """A finite number >= 0 (> 0 if ``positive``): the field ``key``, or ``value`` named
+        ``key``."""
+        v = getattr(self, key) if value is None else value
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0 or (positive and v == 0):
+            raise self.bad(key, "a positive number" if positive else "a number >= 0", v)
