@@ -663,42 +663,37 @@ def xpmem_detach(draw: Any, w: World) -> Case:
     return draw(addressed("Owner", "p0", "XpmemDetach", req, e))
 
 
-@st.composite
-def xpmem_release(draw: Any, w: World) -> Case:
+def _xpmem_owner_only(draw: Any, w: World, *, release: bool) -> Case:
+    """XpmemRelease (of the set-up permit, ALICE's) or XpmemRemove (of the set-up segment,
+    SOURCE's): the real id only by a process it does not belong to, hostile or unknown ids."""
+    owner, other = (ALICE, SOURCE) if release else (SOURCE, ALICE)
     e = Expect()
-    cred = draw(creds(ALICE, SOURCE))
+    cred = draw(creds(owner, other))
     which = draw(one("real", "hostile", "unknown"))
-    if which == "real":  # the set-up permit: only by a process it does not belong to
-        apid = w.apid
-        if cred.tgid == ALICE.tgid:
-            cred = pb.XpmemCred(tgid=SOURCE.tgid, uid=cred.uid, gid=cred.gid)
+    if which == "real":
+        ident = w.apid if release else w.segid
+        if cred.tgid == owner.tgid:
+            cred = pb.XpmemCred(tgid=other.tgid, uid=cred.uid, gid=cred.gid)
         e.bad(DENIED)
     elif which == "hostile":
-        apid = draw(_hostile_ids(w, apid=True))
+        ident = draw(_hostile_ids(w, apid=release))
         e.may(OK, NOT_FOUND, DENIED, PRECONDITION)
     else:
-        apid = draw(unknown_ids(w))
+        ident = draw(unknown_ids(w))
         e.bad(NOT_FOUND)
-    return draw(addressed("Owner", "p0", "XpmemRelease", pb.XpmemReleaseRequest(apid=apid, cred=cred), e))
+    if release:
+        return draw(addressed("Owner", "p0", "XpmemRelease", pb.XpmemReleaseRequest(apid=ident, cred=cred), e))
+    return draw(addressed("Owner", "p0", "XpmemRemove", pb.XpmemRemoveRequest(segid=ident, cred=cred), e))
+
+
+@st.composite
+def xpmem_release(draw: Any, w: World) -> Case:
+    return _xpmem_owner_only(draw, w, release=True)
 
 
 @st.composite
 def xpmem_remove(draw: Any, w: World) -> Case:
-    e = Expect()
-    cred = draw(creds(SOURCE, ALICE))
-    which = draw(one("real", "hostile", "unknown"))
-    if which == "real":  # the set-up segment: only by a process it does not belong to
-        segid = w.segid
-        if cred.tgid == SOURCE.tgid:
-            cred = pb.XpmemCred(tgid=ALICE.tgid, uid=cred.uid, gid=cred.gid)
-        e.bad(DENIED)
-    elif which == "hostile":
-        segid = draw(_hostile_ids(w, apid=False))
-        e.may(OK, NOT_FOUND, DENIED, PRECONDITION)
-    else:
-        segid = draw(unknown_ids(w))
-        e.bad(NOT_FOUND)
-    return draw(addressed("Owner", "p0", "XpmemRemove", pb.XpmemRemoveRequest(segid=segid, cred=cred), e))
+    return _xpmem_owner_only(draw, w, release=False)
 
 
 # -- Secondary requests ------------------------------------------------------------------------
