@@ -1,5 +1,6 @@
 """The ray backend on a three-node Ray cluster on this machine (``ray_cluster``, conftest.py):
-partitions placed one per node, a GRU on p1 mapping an mm of p0 over gRPC, a partition killed in
+partitions placed one per node, a GRU and an XPMEM attachment on p1 mapping an mm of p0 over
+gRPC, a partition killed in
 the middle of an invalidation, clean-up after a failing workload, and bring-up errors.
 
 Functions run on partitions (``RayCluster.on``) are module-level coroutines; this module is not
@@ -100,6 +101,31 @@ async def exit_mm(ctx, mm_id: int) -> dict:
     return asdict(await vmops.exit_mmap(ctx.partition, ctx.partition.mm(mm_id)))
 
 
+async def xpmem_attach_and_read(ctx, owner: str, mm_id: int, npages: int) -> dict:
+    """XPMEM here for source mm ``mm_id`` of ``owner``: make a segment (XpmemMake, served by the
+    owner), get a permit and attach (XpmemGet, XpmemAttach), then read ``npages`` pages (each a
+    pinning remote fault); the driver and attachment are kept in ctx.objects."""
+    from nodes.secondary.xpmem import XPMEM_RDWR, XpmemCred
+
+    source, attacher = XpmemCred(tgid=10, uid=1000, gid=1000), XpmemCred(tgid=20, uid=1000, gid=1000)
+    drv = await ctx.xpmem(owner, mm_id, "xp", cred=source)
+    segid = await drv.make(BASE, 16 * PAGE_SIZE, 0o600)
+    att = await drv.attach(await drv.get(segid, XPMEM_RDWR, attacher), 0, 16 * PAGE_SIZE, attacher)
+    ctx.objects["xp.att"] = att
+    stamps = [await drv.access(att, att.vaddr + i * PAGE_SIZE) for i in range(npages)]
+    await ctx.flush_reports()
+    return {"vpns": [s[1] for s in stamps], "ptes": sorted(att.ptes)}
+
+
+async def xpmem_state(ctx) -> dict:
+    att = ctx.objects["xp.att"]
+    return {"ptes": sorted(att.ptes), "destroyed": att.destroyed, "released": ctx.objects["xp"].released}
+
+
+async def pins_and_segments(ctx, mm_id: int) -> dict:
+    return {"pins": int(ctx.partition.frames.pincount.sum()), "segments": len(ctx.partition.xpmem.segments_of(mm_id))}
+
+
 async def look_up_missing_mm(ctx) -> None:
     ctx.partition.mm(999)
 
@@ -151,6 +177,33 @@ def test_gru_on_p1_maps_p0_over_grpc_munmap_invalidates_exit_and_unregister_are_
     assert r["g2"] == {"vpns": [(BASE >> 12) + i for i in range(2, 5)], "tlb": 3}
     assert r["exit"]["total_us"] > 0 and r["exit"]["total_us"] >= r["exit"]["release_us"] >= 0
     assert r["g2_after_exit"]["released"] and r["g2_after_exit"]["tlb"] == 0
+    assert run.violations == [] and run.faults == [] and run.lost == [] and run.report_problems == []
+
+
+def test_xpmem_attach_on_p1_faults_p0_pages_over_grpc_and_munmap_and_exit_reach_it(ray_cluster):
+    async def workload(c: RayCluster):
+        out: dict[str, Any] = {}
+        mm_id = await c.on("p0", mapped_mm, 16)
+        out["attach"] = await c.on("p1", xpmem_attach_and_read, "p0", mm_id, 6)
+        out["p0_after_faults"] = await c.on("p0", pins_and_segments, mm_id)
+        await c.on("p0", munmap_pages, mm_id, 0, 2)  # range_end crosses to p1: unpin, then zap
+        out["after_munmap"] = await c.on("p1", xpmem_state)
+        out["p0_after_munmap"] = await c.on("p0", pins_and_segments, mm_id)
+        out["exit"] = await c.on("p0", exit_mm, mm_id)  # ->release tears p1's attachment down
+        out["after_exit"] = await c.on("p1", xpmem_state)
+        out["p0_after_exit"] = await c.on("p0", pins_and_segments, mm_id)
+        return out
+
+    run = run_ray(config(ray_cluster, partitions=2), workload)
+    r = run.result
+    assert run.placement["p0"] != run.placement["p1"]
+    assert r["attach"] == {"vpns": [(BASE >> 12) + i for i in range(6)], "ptes": list(range(6))}
+    assert r["p0_after_faults"] == {"pins": 6, "segments": 1}  # the segment lives on the source's partition
+    assert r["after_munmap"] == {"ptes": [2, 3, 4, 5], "destroyed": False, "released": False}
+    assert r["p0_after_munmap"]["pins"] == 4
+    assert r["exit"]["total_us"] > 0 and r["exit"]["release_us"] > 0
+    assert r["after_exit"] == {"ptes": [], "destroyed": True, "released": True}
+    assert r["p0_after_exit"]["pins"] == 0
     assert run.violations == [] and run.faults == [] and run.lost == [] and run.report_problems == []
 
 
