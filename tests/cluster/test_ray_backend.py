@@ -1,7 +1,7 @@
 """The ray backend on a three-node Ray cluster on this machine (``ray_cluster``, conftest.py):
 partitions placed one per node, a GRU and an XPMEM attachment on p1 mapping an mm of p0 over
-gRPC, a partition killed in
-the middle of an invalidation, clean-up after a failing workload, and bring-up errors.
+gRPC, a partition killed in the middle of an invalidation, clean-up after a failing workload,
+and bring-up errors.
 
 Functions run on partitions (``RayCluster.on``) are module-level coroutines; this module is not
 importable in Ray's worker processes (pytest put its directory on the driver's path only), so
