@@ -24,6 +24,7 @@ class PartitionConfig:
     nframes: int = 65536  # per partition
     cpus: int = 4  # per partition: simulated CPUs (SRCU's per-CPU counters)
     srcu_scope: str = "global"  # global (the kernel's) | per_mm
+    srcu_expedited: bool = False  # unregister and exit wait with synchronize_srcu_expedited()
     jiffy_us: float = 1000.0
     fanout: str = "sequential"  # sequential (the kernel's) | parallel
     hops: int = 1  # between any two partitions, for the uniform topology
@@ -33,6 +34,8 @@ class PartitionConfig:
         self.check_choice("srcu_scope", SRCU_SCOPES)
         self.check_choice("fanout", FANOUTS)
         self.check_number("jiffy_us", positive=True)
+        if not isinstance(self.srcu_expedited, bool):
+            raise self.bad("srcu_expedited", "true or false", self.srcu_expedited)
 
     @property
     def names(self) -> list[str]:

@@ -124,7 +124,7 @@ class SimCluster:
         for name in names:
             p = Partition(
                 runtime, name=name, nframes=config.nframes, ncpus=config.cpus, srcu_scope=config.srcu_scope,
-                jiffy_us=config.jiffy_us, fanout=config.fanout,
+                jiffy_us=config.jiffy_us, fanout=config.fanout, expedited=config.srcu_expedited,
             )
             self.partitions[name] = p
             self.owner_services[name] = OwnerService(p, self.interconnect)

@@ -197,6 +197,29 @@ class MmuNotifierMm:
         self.lock = SpinLock(f"{mm.name}.mmu_notifier_mm.lock")
 
 
+class CoreTimings:
+    """What the harness measures inside the core, when ``enabled``: each sleepable callout's
+    duration as the core saw it (for a secondary on another partition, the round trip) and each
+    invalidate_range_start-to-end span. Samples are (end time, microseconds, mm id, op)."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.callouts: list[tuple[float, float, int, str]] = []
+        self.ranges: list[tuple[float, float, int, str]] = []
+        self._open: dict[tuple[int, int, int], list[float]] = {}
+
+    def callout(self, now: float, us: float, mm: Mm, op: str) -> None:
+        self.callouts.append((now, us, mm.id, op))
+
+    def range_started(self, mm: Mm, start: int, end: int, now: float) -> None:
+        self._open.setdefault((mm.id, start, end), []).append(now)
+
+    def range_ended(self, mm: Mm, start: int, end: int, now: float) -> None:
+        begun = self._open.get((mm.id, start, end))
+        if begun:  # the first of the same range still open (they end in the order they began)
+            self.ranges.append((now, now - begun.pop(0), mm.id, f"[{start:#x}, {end:#x})"))
+
+
 @dataclass
 class TeardownTiming:
     """How long one unregister or exit took, in microseconds."""
@@ -216,6 +239,7 @@ class NotifierCore:
         oracle: "Oracle",
         *,
         fanout: str = "sequential",
+        expedited: bool = False,
     ):
         if fanout not in FANOUTS:
             raise ValueError(f"fanout must be one of {FANOUTS}, got {fanout!r}")
@@ -223,6 +247,10 @@ class NotifierCore:
         self.srcu_for = srcu_for
         self.oracle = oracle
         self.fanout = fanout
+        # mmusim option, not kernel behaviour: unregister and release wait with
+        # synchronize_srcu_expedited() instead of synchronize_srcu()
+        self.expedited = expedited
+        self.timings = CoreTimings()
 
     # -- the walk ---------------------------------------------------------------------------
 
@@ -233,7 +261,16 @@ class NotifierCore:
 
     async def _call(self, mn: MmuNotifier, mm: Mm, op: str, *args: Any) -> Any:
         self.oracle.callout(mn, mm, op, args)
-        return await call_maybe_async(getattr(mn, op), mm, *args)
+        if not self.timings.enabled:
+            return await call_maybe_async(getattr(mn, op), mm, *args)
+        t0 = self.runtime.now()
+        try:
+            return await call_maybe_async(getattr(mn, op), mm, *args)
+        finally:
+            self.timings.callout(self.runtime.now(), self.runtime.now() - t0, mm, op)
+
+    async def _synchronize(self, srcu: Srcu) -> None:
+        await (srcu.synchronize_expedited() if self.expedited else srcu.synchronize())
 
     async def _walk(self, mm: Mm, op: str, *args: Any, after: Callable[[MmuNotifier], None] | None = None) -> None:
         """Call ``op`` on every notifier of ``mm`` that has it, under the SRCU read lock."""
@@ -296,6 +333,8 @@ class NotifierCore:
         if start >= end:
             raise InvalidArgument(f"invalidate_range_start: empty range [{start:#x}, {end:#x})")
         self.oracle.mm_range_start(mm, start, end)
+        if self.timings.enabled:
+            self.timings.range_started(mm, start, end, self.runtime.now())
         await self._walk(
             mm, "invalidate_range_start", start, end,
             after=lambda mn: self.oracle.range_started(mn, mm, start, end),
@@ -307,6 +346,8 @@ class NotifierCore:
             raise InvalidArgument(f"invalidate_range_end: empty range [{start:#x}, {end:#x})")
         self.oracle.mm_range_end(mm, start, end)
         await self._walk(mm, "invalidate_range_end", start, end)
+        if self.timings.enabled:
+            self.timings.range_ended(mm, start, end, self.runtime.now())
 
     def clear_flush_young(self, mm: Mm, address: int) -> int:
         """mmu_notifier_clear_flush_young(): OR of every notifier's answer. Caller holds the
@@ -383,7 +424,7 @@ class NotifierCore:
                 mm.notifier_mm.list.del_init_rcu(mn.hlist)
         # Wait for any running method to finish, including ->release run by exit instead of us.
         t2 = self.runtime.now()
-        await srcu.synchronize()
+        await self._synchronize(srcu)
         t3 = self.runtime.now()
         mm.count -= 1  # mmdrop()
         mn.mm = None
@@ -404,9 +445,34 @@ class NotifierCore:
                 assert nmm.list.next is not None
                 nmm.list.del_init_rcu(nmm.list.next)
         # Do not free pages until every ->release that unregister started has finished.
-        await srcu.synchronize()
+        await self._synchronize(srcu)
         t2 = self.runtime.now()
         return TeardownTiming(t2 - t0, t1 - t0, t2 - t1)
+
+    async def put(self, mn: MmuNotifier, mm: Mm) -> TeardownTiming:
+        """mmu_notifier_put() of Linux 5.4 (2c7933f53f), not of v3.10: the study's
+        ``teardown=put``. The driver has stopped using the mm (it tore its own state down:
+        recorded as its release, "put"); the notifier is unhashed at once and freed from
+        call_srcu() once every reader has left. No ->release callout and no synchronize_srcu():
+        the caller does not wait for callouts in flight on other mms. The notifier counts as
+        unregistered only when the callback runs, so a callout still in flight is not a
+        method running after unregister."""
+        if mn.mm is not mm:
+            raise InvalidArgument(f"put of {mn.name} on {mm.name}, where it is not registered")
+        t0 = self.runtime.now()
+        if not mn.hlist.unhashed():
+            self.oracle.released(mn, mm, "put")
+            assert mm.notifier_mm is not None
+            with mm.notifier_mm.lock:
+                mm.notifier_mm.list.del_init_rcu(mn.hlist)
+
+        def free_notifier() -> None:  # mmu_notifier_free_rcu(): ops->free_notifier, mmdrop
+            mm.count -= 1
+            mn.mm = None
+            self.oracle.unregistered(mn, mm)
+
+        self.srcu_for(mm).call_srcu(free_notifier, what=f"free_notifier({mn.name})")
+        return TeardownTiming(self.runtime.now() - t0, 0.0, 0.0)
 
     # -- set_pte_at_notify ------------------------------------------------------------------
 

@@ -30,6 +30,15 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class MmRef:
+    """How a secondary sees the mm a callout is about when the mm lives elsewhere (or when the
+    secondary tears itself down): its id and name."""
+
+    id: int
+    name: str
+
+
+@dataclass(frozen=True)
 class PageRef:
     """One page handed to a secondary: where it is and what it holds."""
 
@@ -58,6 +67,9 @@ class OwnerPort(Protocol):
 
     async def unregister(self, mn: MmuNotifier, mm_id: int) -> TeardownTiming:
         """mmu_notifier_unregister(mn, mm)."""
+
+    async def put(self, mn: MmuNotifier, mm_id: int) -> TeardownTiming:
+        """mmu_notifier_put() (Linux 5.4; see ``NotifierCore.put``): returns without waiting."""
 
     async def dma_read(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
         """A remote read of ``pfn`` through ``mn``'s translation of ``address``; returns the
@@ -111,6 +123,12 @@ class LocalOwner:
 
     async def unregister(self, mn: MmuNotifier, mm_id: int) -> TeardownTiming:
         return await self.part.core.unregister(mn, self._mm(mm_id, f"unregister of {mn.name}"))
+
+    async def put(self, mn: MmuNotifier, mm_id: int) -> TeardownTiming:
+        mm = self.part.mms.get(mm_id)
+        if mm is None:
+            raise NotFound(f"put of {mn.name}: no mm {mm_id} on partition {self.part.name}")
+        return await self.part.core.put(mn, mm)
 
     async def dma_read(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
         mm = self._checked(mn, mm_id, address, [pfn], "dma_read")

@@ -34,6 +34,7 @@ class Partition:
         srcu_scope: str = "global",
         jiffy_us: float = DEFAULT_JIFFY_US,
         fanout: str = "sequential",
+        expedited: bool = False,
     ):
         if srcu_scope not in SRCU_SCOPES:
             raise ValueError(f"srcu_scope must be one of {SRCU_SCOPES}, got {srcu_scope!r}")
@@ -46,7 +47,7 @@ class Partition:
         self.oracle = Oracle(self.frames, runtime.now, name)
         self.srcu = Srcu(runtime, ncpus, name=f"{name}.srcu", jiffy_us=jiffy_us)
         self._mm_srcu: dict[int, Srcu] = {}
-        self.core = NotifierCore(runtime, self.srcu_for, self.oracle, fanout=fanout)
+        self.core = NotifierCore(runtime, self.srcu_for, self.oracle, fanout=fanout, expedited=expedited)
         self.mms: dict[int, Mm] = {}
         self._next_mm_id = 1
         self.xpmem = XpmemSegments(self)  # XPMEM's source side: segments made from these mms

@@ -45,7 +45,7 @@ import numpy as np
 from nodes.errors import InvalidArgument, NotFound, PermissionDenied, Unreachable
 from nodes.mm import Mm
 from nodes.notifier import OPS, MmuNotifier, TeardownTiming, has_op
-from nodes.owner import LocalOwner, PageRef
+from nodes.owner import LocalOwner, MmRef, PageRef
 from nodes.partition import Partition
 from nodes.runtime import call_maybe_async
 from nodes.secondary.xpmem import XpmemCred, XpmemGrant
@@ -65,14 +65,6 @@ class Interconnect(Protocol):
     async def call(
         self, src: str, dst: str, service: str, method: str, *args: Any, kind: str = "rpc", nbytes: int = 64
     ) -> Any: ...
-
-
-@dataclass(frozen=True)
-class MmRef:
-    """How a secondary on another partition sees the mm a callout is about."""
-
-    id: int
-    name: str
 
 
 # -- the owner's side ---------------------------------------------------------------------------
@@ -184,6 +176,16 @@ class OwnerService:
         finally:
             self._unregistering.discard(key)
         del self.notifiers[key]
+        return (t.total_us, t.release_us, t.srcu_wait_us)
+
+    async def put(self, host: str, notifier_id: str, mm_id: int) -> tuple[float, float, float]:
+        """mmu_notifier_put() of a remote secondary (see ``NotifierCore.put``)."""
+        mn = self._notifier(host, notifier_id)
+        mm = self.part.mms.get(mm_id)
+        if mm is None:
+            raise NotFound(f"no mm {mm_id} on partition {self.name}")
+        t = await self.part.core.put(mn, mm)
+        del self.notifiers[(host, notifier_id)]
         return (t.total_us, t.release_us, t.srcu_wait_us)
 
     async def get_user_pages(
@@ -470,6 +472,13 @@ class RemoteOwner:
     async def unregister(self, mn: MmuNotifier, mm_id: int) -> TeardownTiming:
         nid = self._id(mn)
         total, release, wait = await self._call("unregister", self.host.name, nid, mm_id)
+        del self._ids[mn]
+        self.host.notifiers.pop(nid, None)
+        return TeardownTiming(total, release, wait)
+
+    async def put(self, mn: MmuNotifier, mm_id: int) -> TeardownTiming:
+        nid = self._id(mn)
+        total, release, wait = await self._call("put", self.host.name, nid, mm_id)
         del self._ids[mn]
         self.host.notifiers.pop(nid, None)
         return TeardownTiming(total, release, wait)

@@ -100,6 +100,12 @@ OWNER: dict[str, Method] = {
             _timing, _untiming,
         ),
         Method(
+            "PutNotifier", "put", pb.UnregisterNotifierRequest, pb.TeardownTiming,
+            lambda host, nid, mm_id: build(pb.UnregisterNotifierRequest, host=host, notifier_id=nid, mm_id=mm_id),
+            lambda r: (r.host, r.notifier_id, r.mm_id),
+            _timing, _untiming,
+        ),
+        Method(
             "GetUserPages", "get_user_pages", pb.GetUserPagesRequest, pb.GetUserPagesReply,
             _gup,
             lambda r: (r.host, r.mm_id, r.address, r.npages, r.write, r.pin, r.request_id),

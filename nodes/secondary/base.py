@@ -16,8 +16,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Collection
 
 from nodes.mm import PAGE_SHIFT, PAGE_SIZE
-from nodes.notifier import MmuNotifier, TeardownTiming
-from nodes.runtime import Runtime
+from nodes.notifier import MmuNotifier, TeardownTiming, has_op
+from nodes.owner import MmRef
+from nodes.runtime import Runtime, call_maybe_async
 
 if TYPE_CHECKING:
     from nodes.owner import OwnerPort
@@ -63,3 +64,11 @@ class SecondaryMmu(MmuNotifier):
     async def unregister(self) -> TeardownTiming:
         """mmu_notifier_unregister(): returns once no method of this notifier can run."""
         return await self.owner.unregister(self, self.mm_id)
+
+    async def put(self) -> TeardownTiming:
+        """The driver is done with the mm: it tears its own state down (its ->release, run by
+        itself rather than called by the core), then mmu_notifier_put() (Linux 5.4), which
+        returns without waiting for callouts in flight; see ``NotifierCore.put``."""
+        if has_op(self, "release"):
+            await call_maybe_async(self.release, MmRef(self.mm_id, f"mm{self.mm_id}"))
+        return await self.owner.put(self, self.mm_id)

@@ -465,6 +465,12 @@ class XpmemDriver:
         exit has not)."""
         return await self.owner.unregister(self.notifier, self.mm_id)
 
+    async def put(self) -> TeardownTiming:
+        """Tear every attachment down here, then mmu_notifier_put() (Linux 5.4): returns
+        without waiting for callouts in flight; see ``NotifierCore.put``."""
+        await self._teardown()
+        return await self.owner.put(self.notifier, self.mm_id)
+
     def _check_live(self, what: str) -> None:
         if self.released:
             raise Released(f"XPMEM {self.name}: {what} after release of source mm {self.mm_id}")

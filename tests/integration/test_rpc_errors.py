@@ -200,6 +200,14 @@ def test_every_rpc_answers_a_valid_request(live):
             t = await ok(o, "UnregisterNotifier", pb.UnregisterNotifierRequest(host="p1", notifier_id=nid2, mm_id=r.mm.id))
             assert t.total_us >= t.release_us >= 0 and t.srcu_wait_us >= 0
             assert gru2.ms_released and ("p1", nid2) not in p0.owner_service.notifiers  # ->release crossed to p1
+            # -- Owner: a third GRU, dropped with mmu_notifier_put: no ->release callout, no wait
+            gru3 = GruMmu(p1.runtime, p1.owner_port("p0"), r.mm.id, "gru3")
+            nid3 = p1.secondary_service.add(gru3)
+            await ok(o, "RegisterNotifier", pb.RegisterNotifierRequest(
+                host="p1", notifier_id=nid3, name="gru3", ops=[op for op in OPS if has_op(gru3, op)], mm_id=r.mm.id))
+            t = await ok(o, "PutNotifier", pb.UnregisterNotifierRequest(host="p1", notifier_id=nid3, mm_id=r.mm.id))
+            assert (t.release_us, t.srcu_wait_us) == (0.0, 0.0) and not gru3.ms_released
+            assert ("p1", nid3) not in p0.owner_service.notifiers
             # -- Owner: XPMEM's source side
             seg = (await ok(o, "XpmemMake", pb.XpmemMakeRequest(
                 mm_id=r.x_mm.id, vaddr=BASE, size=8 * P, permit_mode=0o644, cred=cred(SOURCE)))).segid
@@ -499,6 +507,7 @@ SAMPLE_ARGS: dict[tuple[str, str], tuple[Any, ...]] = {
     **{("owner", m): args for m, args in {
         "register": ("p1", "n#1", "n", ["release"], 1),
         "unregister": ("p1", "n#1", 1),
+        "put": ("p1", "n#1", 1),
         "get_user_pages": ("p1", 1, BASE, 1, False, True, 3),
         "abort_pins": ("p1", 3),
         "put_user_pages": ("p1", 1, [5]),

@@ -44,6 +44,11 @@ class OwnerStub:
                 request_serializer=mmusim_dot_v1_dot_interconnect__pb2.UnregisterNotifierRequest.SerializeToString,
                 response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.TeardownTiming.FromString,
                 _registered_method=True)
+        self.PutNotifier = channel.unary_unary(
+                '/mmusim.v1.Owner/PutNotifier',
+                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.UnregisterNotifierRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.TeardownTiming.FromString,
+                _registered_method=True)
         self.GetUserPages = channel.unary_unary(
                 '/mmusim.v1.Owner/GetUserPages',
                 request_serializer=mmusim_dot_v1_dot_interconnect__pb2.GetUserPagesRequest.SerializeToString,
@@ -117,6 +122,13 @@ class OwnerServicer:
 
     def UnregisterNotifier(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutNotifier(self, request, context):
+        """mmu_notifier_put() (Linux 5.4): unhash now, free after a grace period; returns at once
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -203,6 +215,11 @@ def add_OwnerServicer_to_server(servicer, server):
             ),
             'UnregisterNotifier': grpc.unary_unary_rpc_method_handler(
                     servicer.UnregisterNotifier,
+                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.UnregisterNotifierRequest.FromString,
+                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.TeardownTiming.SerializeToString,
+            ),
+            'PutNotifier': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutNotifier,
                     request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.UnregisterNotifierRequest.FromString,
                     response_serializer=mmusim_dot_v1_dot_interconnect__pb2.TeardownTiming.SerializeToString,
             ),
@@ -319,6 +336,33 @@ class Owner:
             request,
             target,
             '/mmusim.v1.Owner/UnregisterNotifier',
+            mmusim_dot_v1_dot_interconnect__pb2.UnregisterNotifierRequest.SerializeToString,
+            mmusim_dot_v1_dot_interconnect__pb2.TeardownTiming.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutNotifier(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mmusim.v1.Owner/PutNotifier',
             mmusim_dot_v1_dot_interconnect__pb2.UnregisterNotifierRequest.SerializeToString,
             mmusim_dot_v1_dot_interconnect__pb2.TeardownTiming.FromString,
             options,
