@@ -38,13 +38,14 @@ class LivePartition:
         srcu_scope: str = "global",
         jiffy_us: float = 1000.0,
         fanout: str = "sequential",
+        expedited: bool = False,
         deadline_us: float = DEFAULT_DEADLINE_US,
         latency_us: Callable[[str, str], float] | None = None,
     ):
         self.name = name
         self.runtime = Runtime(WallClock())
         self.partition = Partition(self.runtime, name=name, nframes=nframes, ncpus=cpus, srcu_scope=srcu_scope,
-                                   jiffy_us=jiffy_us, fanout=fanout)
+                                   jiffy_us=jiffy_us, fanout=fanout, expedited=expedited)
         self.directory: dict[str, str] = {}
         self.interconnect = GrpcInterconnect(self.directory, deadline_us=deadline_us)
         self.owner_service = OwnerService(self.partition, self.interconnect)

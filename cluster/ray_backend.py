@@ -151,7 +151,7 @@ class PartitionHost:
         latency = HopLatency(c.names, c.hops, c.hop_latency_us) if c.hop_latency_us > 0 else None
         self.live = LivePartition(
             self.name, nframes=c.nframes, cpus=c.cpus, srcu_scope=c.srcu_scope, jiffy_us=c.jiffy_us,
-            fanout=c.fanout, deadline_us=c.deadline_us, latency_us=latency,
+            fanout=c.fanout, expedited=c.srcu_expedited, deadline_us=c.deadline_us, latency_us=latency,
         )
         if bind_host is None:
             import ray
