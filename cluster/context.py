@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from nodes.partition import Partition
     from nodes.runtime import Runtime
     from nodes.secondary.gru import GruMmu
+    from nodes.secondary.kvm import KvmMmu
     from nodes.secondary.xpmem import XpmemDriver
 
 
@@ -35,6 +36,10 @@ class PartitionContext(Protocol):
     async def gru(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> "GruMmu":
         """A GRU on this partition mapping mm ``mm_id`` of ``owner``, registered there; kept
         in ``objects`` under its name."""
+
+    async def kvm(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> "KvmMmu":
+        """A KVM-style shadow MMU on this partition for mm ``mm_id`` of ``owner``; kept in
+        ``objects``."""
 
     async def xpmem(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> "XpmemDriver":
         """An XPMEM driver on this partition for source mm ``mm_id`` of ``owner``, its notifier

@@ -23,6 +23,7 @@ from nodes.rpc.client import DEFAULT_DEADLINE_US, GrpcInterconnect, ReportSink
 from nodes.rpc.server import PartitionServer
 from nodes.runtime import Runtime
 from nodes.secondary.gru import GruMmu
+from nodes.secondary.kvm import KvmMmu
 from nodes.secondary.xpmem import XpmemCred, XpmemDriver
 
 
@@ -82,6 +83,13 @@ class LivePartition:
         await gru.register()
         self.objects[gru.name] = gru
         return gru
+
+    async def kvm(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> KvmMmu:
+        """A KVM-style shadow MMU here for mm ``mm_id`` of ``owner``, registered there."""
+        kvm = KvmMmu(self.runtime, self.owner_port(owner), mm_id, name or f"kvm@{self.name}:{owner}/mm{mm_id}", **config)
+        await kvm.register()
+        self.objects[kvm.name] = kvm
+        return kvm
 
     async def xpmem(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> XpmemDriver:
         """An XPMEM driver here for source mm ``mm_id`` of ``owner``, its notifier registered."""

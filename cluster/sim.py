@@ -33,6 +33,7 @@ from nodes.partition import Partition
 from nodes.remote import OWNER_SERVICE, SECONDARY_SERVICE, Fault, OwnerService, RemoteOwner, SecondaryService
 from nodes.runtime import Runtime
 from nodes.secondary.gru import GruMmu
+from nodes.secondary.kvm import KvmMmu
 from nodes.secondary.xpmem import XpmemCred, XpmemDriver
 
 from cluster.config import PartitionConfig
@@ -156,6 +157,12 @@ class SimCluster:
         await gru.register()
         return gru
 
+    async def kvm(self, host: str, owner: str, mm: Mm, name: str | None = None, **config: Any) -> KvmMmu:
+        """A KVM-style shadow MMU on ``host`` for ``mm`` of ``owner``, registered."""
+        kvm = KvmMmu(self.runtime, self.owner_port(host, owner), mm.id, name or f"kvm@{host}:{mm.name}", **config)
+        await kvm.register()
+        return kvm
+
     async def xpmem(self, host: str, owner: str, mm: Mm, name: str | None = None, **config: Any) -> XpmemDriver:
         """An XPMEM driver on ``host`` for source ``mm`` of ``owner``, its notifier registered."""
         cred = config.pop("cred", XpmemCred(tgid=mm.id, uid=1000, gid=1000))
@@ -200,6 +207,11 @@ class SimPartitionContext:
         gru = await self.cluster.gru(self.name, owner, self.cluster.partition(owner).mm(mm_id), name, **config)
         self.objects[gru.name] = gru
         return gru
+
+    async def kvm(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> KvmMmu:
+        kvm = await self.cluster.kvm(self.name, owner, self.cluster.partition(owner).mm(mm_id), name, **config)
+        self.objects[kvm.name] = kvm
+        return kvm
 
     async def xpmem(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> XpmemDriver:
         drv = await self.cluster.xpmem(self.name, owner, self.cluster.partition(owner).mm(mm_id), name, **config)

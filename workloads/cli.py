@@ -1,9 +1,25 @@
-"""The ``mmusim`` command line."""
+"""The ``mmusim`` command line.
+
+    mmusim run SCENARIO [--backend sim|ray] [--seed N] [--set k=v ...] [--out DIR] [--address ADDR]
+    mmusim sweep SCENARIO [--vary key=v1,v2,...] [same options as run]
+    mmusim scenarios
+    mmusim report DIR
+    mmusim demo [...]
+
+Exit status: 0 when a run finished and its invariants held; 1 when it finished with an
+invariant violation; 2 for bad input (a missing scenario, a bad key or value, a bad override, a
+Ray address that does not answer), with one line saying what was wrong.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
 
 
 def _positive_int(text: str) -> int:
@@ -16,9 +32,157 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+class Progress:
+    """A progress bar on ``stream`` (stderr), redrawn in place when it is a terminal; one line
+    at the end otherwise, so logs stay readable."""
+
+    def __init__(self, label: str, stream: TextIO | None = None, width: int = 30):
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = width
+        self.t0 = time.monotonic()
+        self.tty = self.stream.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.tty:
+            return
+        filled = self.width * done // max(total, 1)
+        bar = "#" * filled + "-" * (self.width - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {done}/{total} measurements, {time.monotonic() - self.t0:.1f} s")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scenario", help="a built-in scenario's name (see `mmusim scenarios`) or a YAML file")
+    p.add_argument("--backend", choices=("sim", "ray"), default="sim",
+                   help="sim: one process, virtual time (default); ray: partitions as Ray actors over gRPC")
+    p.add_argument("--seed", type=_integer, default=None, help="the run's seed (default: the scenario's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a knob, e.g. --set srcu.scope=per_mm (repeatable)")
+    p.add_argument("--out", type=Path, default=None, help="where to write the results (default: results/<scenario>)")
+    p.add_argument("--address", default=None,
+                   help="ray backend: the Ray cluster (host:port, auto); default: RAY_ADDRESS, else a new local Ray")
+
+
+def _scenario(args: argparse.Namespace) -> Any:
+    from workloads.scenario import load_scenario
+
+    s = load_scenario(args.scenario).with_overrides(args.overrides)
+    if args.seed is not None:
+        s = s.with_value("seed", args.seed)
+    return s
+
+
+def _out_dir(args: argparse.Namespace, s: Any, suffix: str = "") -> Path:
+    return args.out if args.out is not None else Path("results") / f"{s.name}{suffix}"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from workloads.harness import run_scenario
+    from workloads.report import summary_table, write_run
+
+    s = _scenario(args)
+    out = _out_dir(args, s)
+    progress = Progress(f"{s.name} ({args.backend})")
+    try:
+        result, events = run_scenario(s, args.backend, address=args.address, progress=progress)
+    finally:
+        progress.close()
+    files = write_run(out, result, events)
+    print(summary_table(result))
+    print(f"wrote {', '.join(str(f) for f in files)}")
+    return EXIT_VIOLATION if result["invariants"]["violations"] else EXIT_OK
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from workloads.harness import run_scenario
+    from workloads.report import render, run_dir, write_run, write_sweep
+    from workloads.scenario import ScenarioError
+
+    s = _scenario(args)
+    if args.vary is not None:
+        key, sep, values = args.vary.partition("=")
+        if not sep or not key or not values:
+            raise ScenarioError("--vary", None, f"expected KEY=V1,V2,..., got {args.vary!r}")
+        s = s.with_overrides([f"sweep={{key: {key}, values: [{values}]}}"])
+    points = s.sweep_points()
+    if not points:
+        raise ScenarioError(s.source, "sweep", "a sweep: give --vary KEY=V1,V2,... (this scenario declares none)")
+    key = s.get("sweep.key")
+    out = _out_dir(args, s, "-sweep")
+    results = []
+    violations = 0
+    for value, point in points:
+        progress = Progress(f"{key}={value} ({args.backend})")
+        try:
+            result, events = run_scenario(point, args.backend, address=args.address, progress=progress)
+        finally:
+            progress.close()
+        write_run(run_dir(out, key, value), result, events)
+        results.append(result)
+        violations += result["invariants"]["violations"]
+    write_sweep(out, key, [v for v, _ in points], results)
+    print(render(out))
+    print(f"wrote {out}")
+    return EXIT_VIOLATION if violations else EXIT_OK
+
+
+def _cmd_scenarios(args: argparse.Namespace) -> int:
+    from workloads.scenario import builtin_scenarios
+
+    rows = builtin_scenarios()
+    width = max(len(name) for name, _ in rows)
+    for name, description in rows:
+        print(f"{name:<{width}}  {description}")
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from workloads.report import render
+
+    print(render(args.dir))
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from workloads.demo import format_results, run_demo
+
+    if args.callout_latency < 0:
+        parser.error(f"--callout-latency must be >= 0, got {args.callout_latency}")
+    if args.address is not None and args.backend != "ray":
+        parser.error("--address applies to --backend ray only")
+    results = run_demo(args.streams, args.pages, args.unregisters, args.cpus, args.callout_latency, seed=args.seed,
+                       backend=args.backend, address=args.address)
+    print(format_results(results))
+    return EXIT_VIOLATION if any(r.violations for r in results) else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmusim", description="Simulate cross-partition MMU-notifier invalidation.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a scenario: measured exits and unregisters under notifier activity")
+    _add_run_options(run)
+    sweep = sub.add_parser("sweep", help="run a scenario once per value of one knob")
+    _add_run_options(sweep)
+    sweep.add_argument("--vary", default=None, metavar="KEY=V1,V2,...",
+                       help="the knob and its values (default: the scenario's own sweep)")
+    sub.add_parser("scenarios", help="list the built-in scenarios")
+    report = sub.add_parser("report", help="re-render the tables and plots of a finished run or sweep")
+    report.add_argument("dir", type=Path)
+
     demo = sub.add_parser("demo", help="the global-SRCU unregister hang across two partitions, global vs per-mm SRCU")
     demo.add_argument("--streams", type=_positive_int, default=8, help="background mms with GRU traffic (default 8)")
     demo.add_argument("--pages", type=_positive_int, default=512, help="pages each stream maps and unmaps per round (default 512)")
@@ -32,22 +196,18 @@ def main(argv: list[str] | None = None) -> int:
                       help="ray backend: the Ray cluster to use (host:port, auto); default: RAY_ADDRESS, else a new local Ray")
     args = parser.parse_args(argv)
 
-    if args.command == "demo":
-        from workloads.demo import format_results, run_demo
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": _cmd_run, "sweep": _cmd_sweep, "scenarios": _cmd_scenarios, "report": _cmd_report,
+        "demo": lambda a: _cmd_demo(a, parser),
+    }
+    from workloads.report import ReportError
+    from workloads.scenario import ScenarioError
 
-        if args.callout_latency < 0:
-            parser.error(f"--callout-latency must be >= 0, got {args.callout_latency}")
-        if args.address is not None and args.backend != "ray":
-            parser.error("--address applies to --backend ray only")
-        try:
-            results = run_demo(args.streams, args.pages, args.unregisters, args.cpus, args.callout_latency, seed=args.seed,
-                               backend=args.backend, address=args.address)
-        except ConnectionError as e:  # a Ray address that does not answer
-            print(f"mmusim: {e}", file=sys.stderr)
-            return 2
-        print(format_results(results))
-        return 1 if any(r.violations for r in results) else 0
-    return 2  # pragma: no cover - argparse refuses unknown commands
+    try:
+        return commands[args.command](args)
+    except (ScenarioError, ReportError, ConnectionError) as e:  # bad input: one clear line
+        print(f"mmusim: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

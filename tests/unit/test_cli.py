@@ -1,0 +1,85 @@
+"""The command line: ``mmusim run``, ``sweep``, ``scenarios`` and ``report`` on the sim backend,
+and the one clear line and exit status 2 for every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from workloads.cli import main
+from workloads.scenario import builtin_scenarios
+
+
+def test_run_writes_results_events_and_a_plot_and_report_re_renders_them(tmp_path, capsys):
+    out = tmp_path / "q"
+    assert main(["run", "quickstart", "--out", str(out), "--seed", "5", "--set", "measure.exits=2"]) == 0
+    printed = capsys.readouterr().out
+    assert "unregister_srcu_wait" in printed and "0 violations" in printed
+    result = json.loads((out / "results.json").read_text())
+    assert {"scenario", "backend", "seed", "config", "metrics", "invariants"} <= set(result)
+    assert result["seed"] == 5 and result["config"]["measure"]["exits"] == 2
+    for name in ("exit_hang", "exit_srcu_wait", "unregister_hang", "unregister_srcu_wait", "invalidate_range", "callout_rtt"):
+        assert {"unit", "n", "p50", "p90", "p99", "p999", "max", "mean"} <= set(result["metrics"][name])
+    rows = (out / "events.csv").read_text().splitlines()
+    assert rows[0] == "metric,t_us,value_us,partition,mm,detail" and len(rows) > 10
+    (out / "hang.png").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "hang.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "exit_hang" in capsys.readouterr().out
+
+
+def test_sweep_runs_each_value_and_writes_the_sweep(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(["sweep", "quickstart", "--vary", "srcu.scope=global,per_mm", "--out", str(out),
+                 "--set", "measure.unregisters=3", "--set", "measure.exits=1"]) == 0
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert sweep["key"] == "srcu.scope" and sweep["values"] == ["global", "per_mm"]
+    assert (out / "sweep.png").exists() and (out / "srcu.scope=per_mm" / "results.json").exists()
+    assert "srcu.scope=per_mm" in capsys.readouterr().out
+
+
+def test_scenarios_lists_every_built_in_on_one_line_each(capsys):
+    assert main(["scenarios"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == [name for name, _ in builtin_scenarios()]
+    assert len(lines) == 7
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["run", "no-such-scenario"], "no-such-scenario"),
+    (["run", "quickstart", "--set", "activity.streems=3"], "activity.streems"),
+    (["run", "quickstart", "--set", "srcu.scope=sideways"], "srcu.scope"),
+    (["run", "quickstart", "--set", "noequals"], "noequals"),
+    (["sweep", "quickstart"], "sweep"),
+    (["sweep", "quickstart", "--vary", "fanout"], "--vary"),
+    (["report", "/nonexistent/dir"], "/nonexistent/dir"),
+])
+def test_bad_input_exits_2_with_one_line_naming_it(argv, expected, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmusim: ") and err.count("\n") == 1 and expected in err
+
+
+def test_a_scenario_file_with_a_typo_names_the_file_and_the_key(tmp_path, capsys):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("partitions: 2\nactivity:\n  streams: 2\n  rat: 100\n")
+    assert main(["run", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "mine.yaml" in err and "activity.rat" in err and "rate" in err and err.count("\n") == 1
+
+
+def test_an_invariant_violation_exits_1(tmp_path, monkeypatch, capsys):
+    import workloads.harness as harness
+
+    real = harness.run_scenario
+
+    def with_violation(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result, events = real(*args, **kwargs)
+        result["invariants"] = {**result["invariants"], "violations": 1, "details": ["invariant 1: planted"]}
+        return result, events
+
+    monkeypatch.setattr(harness, "run_scenario", with_violation)
+    assert main(["run", "quickstart", "--out", str(tmp_path / "v"), "--set", "measure.unregisters=1",
+                 "--set", "measure.exits=0"]) == 1
+    assert "planted" in capsys.readouterr().out

@@ -1,0 +1,149 @@
+"""Background notifier activity: the VM operations of a stream, and the secondaries whose fault
+traffic follows them. Every function here runs *on* a partition (``cluster.on``): module level,
+plain data in and out, so the ray backend can ship it to the partition's actor.
+
+A background mm owns a region of ``region_pages`` pages at ``BASE``, populated, mapped by one
+or more secondaries on other partitions. A stream picks operations by the scenario's mix and
+applies each to ``pages`` pages of the region; every operation leaves the region mapped again,
+so the next one finds something to do:
+
+============ ============================================================================
+munmap       munmap the range (range_start/end callouts), then mmap and populate it again
+mprotect     write-protect the range, then make it writable again (two range callouts)
+migrate      migrate_pages of the range (invalidate_page per page, as v3.10's try_to_unmap)
+ksm          ksmd merges two pages of the range (write-protect, then replace the pte)
+reclaim      reclaim the range (invalidate_page per page), then fault it back in
+thp          khugepaged collapses the 2 MiB block holding the range (range callouts)
+cow          fork (write-protects the parent: range callouts), a write fault breaks COW in
+             the parent, the child exits
+============ ============================================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cluster.context import PartitionContext
+from nodes import vmops
+from nodes.mm import HPAGE_PMD_SIZE, PAGE_SIZE, PROT_READ, PROT_WRITE
+from nodes.runtime import current_cpu
+from nodes.secondary.xpmem import XPMEM_RDWR, XpmemCred
+
+BASE = 0x10000000  # 2 MiB aligned: THP collapses find whole blocks
+OPS = ("munmap", "mprotect", "migrate", "ksm", "reclaim", "thp", "cow")
+KINDS = ("gru", "xpmem", "kvm")
+SOURCE = XpmemCred(tgid=1, uid=1000, gid=1000)  # XPMEM's source process of every mm
+ATTACHER = XpmemCred(tgid=2, uid=1000, gid=1000)
+
+
+async def new_mm(ctx: PartitionContext, region_pages: int) -> int:
+    """A new mm here with ``region_pages`` populated pages at BASE; returns its id."""
+    p = ctx.partition
+    mm = p.create_mm()
+    await vmops.mmap(p, mm, BASE, region_pages * PAGE_SIZE)
+    await vmops.populate(p, mm, BASE, region_pages * PAGE_SIZE)
+    return mm.id
+
+
+async def vm_op(ctx: PartitionContext, op: str, mm_id: int, first: int, pages: int, cpu: int) -> None:
+    """Apply ``op`` (see the module table) to pages [first, first + pages) of mm ``mm_id``."""
+    current_cpu.set(cpu)
+    p = ctx.partition
+    mm = p.mm(mm_id)
+    start, length = BASE + first * PAGE_SIZE, pages * PAGE_SIZE
+    if op == "munmap":
+        await vmops.munmap(p, mm, start, length)
+        await vmops.mmap(p, mm, start, length)
+        await vmops.populate(p, mm, start, length)
+    elif op == "mprotect":
+        await vmops.mprotect(p, mm, start, length, PROT_READ)
+        await vmops.mprotect(p, mm, start, length, PROT_READ | PROT_WRITE)
+    elif op == "migrate":
+        await vmops.migrate_pages(p, mm, start, length)
+    elif op == "ksm":
+        await vmops.ksm_merge(p, mm, start, mm, start + PAGE_SIZE)
+        await vmops.populate(p, mm, start, 2 * PAGE_SIZE)  # write faults break the KSM sharing
+    elif op == "reclaim":
+        await vmops.reclaim(p, mm, start, length)
+        await vmops.populate(p, mm, start, length)
+    elif op == "thp":
+        block = start - (start - BASE) % HPAGE_PMD_SIZE
+        vma = mm.find_vma(block)
+        if vma is not None and vma.end >= block + HPAGE_PMD_SIZE:
+            await vmops.populate(p, mm, block, HPAGE_PMD_SIZE)
+            await vmops.thp_collapse(p, mm, block)
+    elif op == "cow":
+        child = await vmops.fork(p, mm)
+        await vmops.touch(p, mm, start, write=True)  # do_wp_page in the parent
+        await vmops.exit_mmap(p, child)
+    else:
+        raise ValueError(f"unknown VM operation {op!r}; known: {OPS}")
+
+
+async def attach(ctx: PartitionContext, kind: str, owner: str, mm_id: int, name: str, region_pages: int) -> None:
+    """A secondary of ``kind`` here mapping mm ``mm_id`` of ``owner`` (an XPMEM attachment
+    covers the whole region), kept in ``ctx.objects[name]``."""
+    if kind == "gru":
+        await ctx.gru(owner, mm_id, name)
+    elif kind == "kvm":
+        await ctx.kvm(owner, mm_id, name)
+    elif kind == "xpmem":
+        drv = await ctx.xpmem(owner, mm_id, name, cred=SOURCE)
+        segid = await drv.make(BASE, region_pages * PAGE_SIZE, 0o600)
+        ctx.objects[f"{name}.att"] = await drv.attach(await drv.get(segid, XPMEM_RDWR, ATTACHER), 0,
+                                                      region_pages * PAGE_SIZE, ATTACHER)
+    else:
+        raise ValueError(f"unknown secondary kind {kind!r}; known: {KINDS}")
+
+
+async def touch(ctx: PartitionContext, name: str, pages: list[int]) -> int:
+    """The secondary ``name`` reads these pages of its mm's region (remote faults where it
+    maps nothing); returns how many reads succeeded. A page the owner is changing right now
+    may be refused (unmapped, migrating, released): that is the race, not an error."""
+    from nodes.errors import ModelError
+
+    sec = ctx.objects[name]
+    att = ctx.objects.get(f"{name}.att")
+    done = 0
+    for k in pages:
+        try:
+            if att is not None:
+                await sec.access(att, att.vaddr + k * PAGE_SIZE)
+            else:
+                await sec.access(BASE + k * PAGE_SIZE)
+            done += 1
+        except ModelError:
+            pass
+    return done
+
+
+async def teardown(ctx: PartitionContext, name: str, how: str) -> tuple[float, float, float]:
+    """Unregister (``how="unregister"``) or put (``how="put"``) the secondary ``name``;
+    returns (total, release, SRCU wait) in microseconds."""
+    sec = ctx.objects.pop(name)
+    ctx.objects.pop(f"{name}.att", None)
+    t = await (sec.unregister() if how == "unregister" else sec.put())
+    return (t.total_us, t.release_us, t.srcu_wait_us)
+
+
+async def exit_mm(ctx: PartitionContext, mm_id: int) -> tuple[float, float, float]:
+    """The process of mm ``mm_id`` exits: (total, release, SRCU wait) in microseconds."""
+    t = await vmops.exit_mmap(ctx.partition, ctx.partition.mm(mm_id))
+    return (t.total_us, t.release_us, t.srcu_wait_us)
+
+
+async def enable_timings(ctx: PartitionContext) -> None:
+    ctx.partition.core.timings.enabled = True
+
+
+async def collect(ctx: PartitionContext) -> dict[str, Any]:
+    """What this partition measured and checked: the core's callout and range timings, and
+    the oracle's count of checked events (after its reports have arrived)."""
+    await ctx.flush_reports()
+    timings = ctx.partition.core.timings
+    timings.enabled = False
+    return {
+        "callouts": list(timings.callouts),
+        "ranges": list(timings.ranges),
+        "checked": int(sum(ctx.partition.oracle.checked.values())),
+    }

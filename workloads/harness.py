@@ -1,0 +1,272 @@
+"""The exit/unregister harness: background notifier activity on many mms and partitions, and
+meanwhile the measured exits and unregisters, on either backend.
+
+What a run measures (microseconds; one event each, and an HDR histogram per metric):
+
+- ``exit_hang``, ``exit_release``, ``exit_srcu_wait``: a process whose mm is mapped by
+  ``secondaries_per_mm`` secondaries on other partitions exits: exit_mmap's total, its
+  ->release callouts, and the synchronize_srcu() after them.
+- ``unregister_hang``, ``unregister_release``, ``unregister_srcu_wait``: a secondary on another
+  partition is torn down (``teardown``: mmu_notifier_unregister, or mmu_notifier_put): the
+  total, its ->release callout, and the synchronize_srcu() wait.
+- ``invalidate_range``: every invalidate_range_start-to-end span, owner side.
+- ``callout_rtt``: every sleepable callout as the owner's core saw it: for a secondary on
+  another partition, the round trip.
+
+The setup: each partition owns ``mms`` background mms; each is mapped by ``secondaries_per_mm``
+secondaries of ``secondary.kind`` on the next partitions (round robin; a KVM shadow MMU on the
+owner itself, see ``_hosts``). ``activity.streams``
+streams each work on one of those mms, choosing VM operations by ``activity.mix`` at Poisson
+arrivals of ``activity.rate`` per second, each on ``activity.pages`` pages, and make the
+secondaries fault some of the pages back (``workloads/activity.py``). The measured exits and
+unregisters are spread over ``duration`` at seeded random points, alternating; the streams run
+until the last one is done. Oracles are on throughout: the run's invariant violations are in
+its result, never dropped.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from cluster.context import Cluster
+from workloads import activity
+from workloads.metrics import HdrHistogram
+
+METRICS = (
+    "exit_hang", "exit_release", "exit_srcu_wait",
+    "unregister_hang", "unregister_release", "unregister_srcu_wait",
+    "invalidate_range", "callout_rtt",
+)
+EXIT_PAGES = 16  # pages of a measured exit's mm
+TOUCHED_PER_OP = 2  # pages each secondary faults back after a stream's operation
+
+Progress = Callable[[int, int], None]  # (measurements done, measurements in all)
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """What the harness takes from a scenario (plain data, so it pickles)."""
+
+    partitions: int
+    cpus: int
+    mms: int
+    secondaries_per_mm: int
+    kind: str
+    streams: int
+    mix: dict[str, float]
+    rate: float
+    pages: int
+    teardown: str
+    exits: int
+    unregisters: int
+    duration_us: float
+    seed: int
+
+    @classmethod
+    def from_scenario(cls, s: Any) -> "StudySpec":
+        return cls(
+            partitions=s.get("partitions"), cpus=s.get("cpus_per_partition"), mms=s.get("mms"),
+            secondaries_per_mm=s.get("secondaries_per_mm"), kind=s.get("secondary.kind"),
+            streams=s.get("activity.streams"), mix=dict(s.get("activity.mix")), rate=float(s.get("activity.rate")),
+            pages=s.get("activity.pages"), teardown=s.get("teardown"), exits=s.get("measure.exits"),
+            unregisters=s.get("measure.unregisters"), duration_us=float(s.get("duration")), seed=s.get("seed"),
+        )
+
+    @property
+    def region_pages(self) -> int:
+        """Pages of each background mm's region: room for ranges to differ, and a whole 2 MiB
+        block when THP collapse is in the mix."""
+        thp = 512 if self.mix.get("thp", 0) > 0 else 0
+        return max(4 * self.pages, thp, 16)
+
+    def frames_needed(self) -> int:
+        """Frames one partition needs at most: its background regions (twice: a COW fork or a
+        migration holds old and new pages at once), measured mms, slack."""
+        return 2 * self.mms * self.region_pages + (self.exits + self.unregisters + 4) * EXIT_PAGES + 1024
+
+
+def _hosts(names: list[str], owner_index: int, count: int, kind: str = "gru") -> list[str]:
+    """Where the secondaries of an mm of partition ``owner_index`` live: the next partitions,
+    round robin (the owner itself when it is the only partition). A KVM shadow MMU lives with
+    the mm it shadows: KVM runs in the kernel that owns the guest's memory, and its
+    clear_flush_young/test_young/change_pte are called under the page-table lock, which no
+    network call can honour (``SleepingInAtomicContext``)."""
+    n = len(names)
+    if n == 1 or kind == "kvm":
+        return [names[owner_index]] * count
+    return [names[(owner_index + 1 + j % (n - 1)) % n] for j in range(count)]
+
+
+async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the study on cluster ``c``; returns ``{"events": [...], "checked": int}`` (events as
+    ``workloads/report.py`` takes them)."""
+    names = c.names
+    rt = c.runtime
+    rng = random.Random(f"mmusim-harness-{spec.seed}")
+    events: list[dict[str, Any]] = []
+    t0 = rt.now()
+
+    def record(metric: str, value: float, partition: str, mm: int | None, detail: str) -> None:
+        events.append({"metric": metric, "t_us": rt.now() - t0, "value_us": float(value), "partition": partition,
+                       "mm": mm, "detail": detail})
+
+    for name in names:
+        await c.on(name, activity.enable_timings)
+
+    # -- the background mms and their secondaries ------------------------------------------
+    background: list[tuple[str, int, list[tuple[str, str]]]] = []  # (owner, mm id, [(host, secondary)])
+    for i, owner in enumerate(names):
+        for m in range(spec.mms):
+            mm_id = await c.on(owner, activity.new_mm, spec.region_pages)
+            secs = []
+            for j, host in enumerate(_hosts(names, i, spec.secondaries_per_mm, spec.kind)):
+                sname = f"bg.{owner}.mm{mm_id}.{j}"
+                await c.on(host, activity.attach, spec.kind, owner, mm_id, sname, spec.region_pages)
+                secs.append((host, sname))
+            background.append((owner, mm_id, secs))
+
+    # -- the streams ----------------------------------------------------------------------
+    stop = False
+    ops = [op for op in activity.OPS if spec.mix.get(op, 0) > 0]
+    weights = [spec.mix[op] for op in ops]
+
+    async def stream(k: int) -> None:
+        srng = random.Random(f"mmusim-stream-{spec.seed}-{k}")
+        owner, mm_id, secs = background[k % len(background)]
+        cpu = k % spec.cpus
+        await rt.sleep(srng.uniform(0, 1e6 / spec.rate))  # staggered starts
+        while not stop:
+            op = srng.choices(ops, weights)[0]
+            first = srng.randrange(0, spec.region_pages - spec.pages + 1)
+            await c.on(owner, activity.vm_op, op, mm_id, first, spec.pages, cpu)
+            for host, sname in secs:
+                pages = [first + srng.randrange(spec.pages) for _ in range(TOUCHED_PER_OP)]
+                await c.on(host, activity.touch, sname, pages)
+            await rt.sleep(srng.expovariate(spec.rate) * 1e6)  # Poisson arrivals
+
+    tasks = [rt.spawn(stream(k), name=f"stream{k}") for k in range(spec.streams if ops else 0)]
+
+    # -- the measurements -----------------------------------------------------------------
+    measured = {owner: await c.on(owner, activity.new_mm, 1) for owner in names}
+    order = ["unregister"] * spec.unregisters + ["exit"] * spec.exits
+    rng.shuffle(order)
+    total = len(order)
+    gap = spec.duration_us / (total + 1)
+    for i, what in enumerate(order):
+        await rt.sleep(rng.uniform(0.5, 1.5) * gap)  # random phase against the streams
+        oi = i % len(names)
+        owner = names[oi]
+        if what == "unregister":
+            host = _hosts(names, oi, 1, spec.kind)[0]
+            sname = f"m{i}"
+            await c.on(host, activity.attach, spec.kind, owner, measured[owner], sname, 1)
+            await c.on(host, activity.touch, sname, [0])
+            tot, rel, wait = await c.on(host, activity.teardown, sname, spec.teardown)
+            for metric, v in (("unregister_hang", tot), ("unregister_release", rel), ("unregister_srcu_wait", wait)):
+                record(metric, v, owner, measured[owner], f"{spec.teardown} of a {spec.kind} on {host}")
+        else:
+            mm_id = await c.on(owner, activity.new_mm, EXIT_PAGES)
+            secs = []
+            for j, host in enumerate(_hosts(names, oi, spec.secondaries_per_mm, spec.kind)):
+                sname = f"x{i}.{j}"
+                await c.on(host, activity.attach, spec.kind, owner, mm_id, sname, EXIT_PAGES)
+                await c.on(host, activity.touch, sname, list(range(4)))
+                secs.append((host, sname))
+            tot, rel, wait = await c.on(owner, activity.exit_mm, mm_id)
+            for metric, v in (("exit_hang", tot), ("exit_release", rel), ("exit_srcu_wait", wait)):
+                record(metric, v, owner, mm_id, f"exit with {len(secs)} {spec.kind} secondaries")
+            for host, sname in secs:  # not measured: the exit already released them
+                await c.on(host, activity.teardown, sname, "unregister")
+        if progress is not None:
+            progress(i + 1, total)
+    remaining = spec.duration_us - (rt.now() - t0)
+    if remaining > 0:
+        await rt.sleep(remaining)  # the activity runs for the whole duration
+    stop = True
+    for task in tasks:
+        await task
+
+    # -- what the partitions measured, then clean up ----------------------------------------
+    checked = 0
+    for name in names:
+        got = await c.on(name, activity.collect)
+        checked += got["checked"]
+        for when, us, mm_id, op in got["callouts"]:
+            events.append({"metric": "callout_rtt", "t_us": when - t0, "value_us": us, "partition": name, "mm": mm_id,
+                           "detail": op})
+        for when, us, mm_id, what in got["ranges"]:
+            events.append({"metric": "invalidate_range", "t_us": when - t0, "value_us": us, "partition": name,
+                           "mm": mm_id, "detail": what})
+    for owner, mm_id, secs in background:
+        for host, sname in secs:
+            await c.on(host, activity.teardown, sname, "unregister")
+        await c.on(owner, activity.exit_mm, mm_id)
+    for owner, mm_id in measured.items():
+        await c.on(owner, activity.exit_mm, mm_id)
+    events.sort(key=lambda e: e["t_us"])
+    return {"events": events, "checked": checked}
+
+
+def histograms(events: list[dict[str, Any]]) -> dict[str, HdrHistogram]:
+    """One HDR histogram per metric (empty ones too)."""
+    hists = {m: HdrHistogram() for m in METRICS}
+    by_metric: dict[str, list[float]] = {m: [] for m in METRICS}
+    for e in events:
+        by_metric[e["metric"]].append(e["value_us"])
+    for m, values in by_metric.items():
+        hists[m].record(values)
+    return hists
+
+
+def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = None,
+                 progress: Progress | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run ``scenario`` (``workloads/scenario.py``) on ``backend``; returns the result document
+    (the schema of DESIGN.md, as ``workloads/report.py`` writes it) and the events."""
+    spec = StudySpec.from_scenario(scenario)
+
+    async def workload(c: Cluster) -> dict[str, Any]:
+        return await study(c, spec, progress)
+
+    wall = time.monotonic()
+    if backend == "sim":
+        from cluster.sim import run_sim
+
+        config = scenario.sim_config()
+        if config.nframes < spec.frames_needed():
+            raise ValueError(f"scenario {scenario.name}: nframes {config.nframes} is too small for its mms and "
+                             f"measurements; at least {spec.frames_needed()} are needed")
+        srun = run_sim(config, workload)
+        out, violations, faults = srun.result, srun.violations, srun.faults
+        virtual: float | None = srun.virtual_time_us
+        digest: str | None = srun.trace_digest
+    elif backend == "ray":
+        from cluster.ray_backend import run_ray
+
+        rconfig = scenario.ray_config(address=address)
+        if rconfig.nframes < spec.frames_needed():
+            raise ValueError(f"scenario {scenario.name}: nframes {rconfig.nframes} is too small for its mms and "
+                             f"measurements; at least {spec.frames_needed()} are needed")
+        rrun = run_ray(rconfig, workload)
+        out, violations, faults = rrun.result, rrun.violations, rrun.faults
+        violations = violations + [f"oracle report lost or refused: {p}" for p in rrun.report_problems]
+        virtual, digest = None, None
+    else:
+        raise ValueError(f"backend must be sim or ray, got {backend!r}")
+    events = out["events"]
+    hists = histograms(events)
+    result = {
+        "scenario": scenario.name,
+        "backend": backend,
+        "seed": spec.seed,
+        "config": scenario.to_dict(),
+        "metrics": {m: {**h.summary(), "histogram": h.to_json()} for m, h in hists.items()},
+        "invariants": {"checked": out["checked"], "violations": len(violations), "details": [str(v) for v in violations]},
+        "faults": [f"{f.host} fenced during {f.during}: {f.error}" for f in faults],
+        "wall_time_s": time.monotonic() - wall,
+        "virtual_time_us": virtual,
+        "trace_digest": digest,
+    }
+    return result, events
