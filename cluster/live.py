@@ -42,6 +42,7 @@ class LivePartition:
         expedited: bool = False,
         deadline_us: float = DEFAULT_DEADLINE_US,
         latency_us: Callable[[str, str], float] | None = None,
+        callout_latency_us: float = 0.0,
     ):
         self.name = name
         self.runtime = Runtime(WallClock())
@@ -52,7 +53,8 @@ class LivePartition:
         self.owner_service = OwnerService(self.partition, self.interconnect)
         self.secondary_service = SecondaryService(name)
         self.secondary_service.flush_reports = self.flush_reports
-        self.server = PartitionServer(self.owner_service, self.secondary_service, latency_us=latency_us)
+        self.server = PartitionServer(self.owner_service, self.secondary_service, latency_us=latency_us,
+                                      callout_latency_us=callout_latency_us)
         self._sinks: dict[str, ReportSink] = {}
         self.objects: dict[str, Any] = {}  # what workload code keeps here (cluster/context.py)
         self.address: str | None = None

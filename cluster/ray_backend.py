@@ -90,6 +90,7 @@ class RayConfig(PartitionConfig):
     address: str | None = None
     placement: str = "spread"  # spread | pack
     hop_latency_us: float = 0.0  # injected per request: hops x this, on the receiving server
+    callout_latency_us: float = 0.0  # injected besides into each callout, on the secondary's server
     bind_host: str | None = None  # where each gRPC server listens; None: its node's IP address
     connect_timeout_s: float = 10.0  # how long a Ray address may take to answer before giving up
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY  # concurrent calls into one partition's actor
@@ -100,6 +101,7 @@ class RayConfig(PartitionConfig):
         self.check_choice("placement", PLACEMENTS)
         self.check_number("deadline_us", positive=True)
         self.check_number("hop_latency_us", positive=False)
+        self.check_number("callout_latency_us", positive=False)
         self.check_number("connect_timeout_s", positive=True)
         if self.address is not None:
             if not isinstance(self.address, str) or (
@@ -152,6 +154,7 @@ class PartitionHost:
         self.live = LivePartition(
             self.name, nframes=c.nframes, cpus=c.cpus, srcu_scope=c.srcu_scope, jiffy_us=c.jiffy_us,
             fanout=c.fanout, expedited=c.srcu_expedited, deadline_us=c.deadline_us, latency_us=latency,
+            callout_latency_us=c.callout_latency_us,
         )
         if bind_host is None:
             import ray

@@ -670,19 +670,20 @@ class Scenario:
         """The ``RayConfig`` of this scenario's partitions on Ray at ``address`` (see
         ``RayConfig.address``); ``extra`` sets other RayConfig fields and wins.
 
-        RayConfig injects a fixed ``hop_latency_us`` per hop, so a distribution is reduced to a
-        typical value (constant: its value; uniform: the midpoint; lognormal: the median;
-        pareto: the scale, its minimum). RayConfig has no callout latency: ``callout.latency``
-        is not part of it (the harness applies it, if at all, on the secondary's side)."""
+        RayConfig injects fixed latencies (``hop_latency_us`` per hop, ``callout_latency_us``
+        per callout) on top of the real network, so a distribution is reduced to a typical
+        value (constant: its value; uniform: the midpoint; lognormal: the median; pareto: the
+        scale, its minimum): the real run has its own tail."""
         from cluster.ray_backend import RayConfig
 
         v = self.values
-        hop = parse_latency(v["topology"]["hop_latency"], "topology.hop_latency")
-        typical = {"constant": "value", "lognormal": "median", "pareto": "scale"}
-        if hop.dist == "uniform":
-            hop_us = (hop.param("low") + hop.param("high")) / 2.0
-        else:
-            hop_us = hop.param(typical[hop.dist])  # a distribution -> its median / scale
+
+        def typical_us(latency: Any, key: str) -> float:
+            d = parse_latency(latency, key)
+            if d.dist == "uniform":
+                return (d.param("low") + d.param("high")) / 2.0
+            return float(d.param({"constant": "value", "lognormal": "median", "pareto": "scale"}[d.dist]))
+
         kw: dict[str, Any] = dict(
             partitions=v["partitions"],
             cpus=v["cpus_per_partition"],
@@ -691,7 +692,8 @@ class Scenario:
             srcu_expedited=v["srcu"]["expedited"],
             fanout=v["fanout"],
             hops=v["topology"]["hops"],
-            hop_latency_us=float(hop_us),
+            hop_latency_us=typical_us(v["topology"]["hop_latency"], "topology.hop_latency"),
+            callout_latency_us=typical_us(v["callout"]["latency"], "callout.latency"),
             address=address,
         )
         kw.update(extra)

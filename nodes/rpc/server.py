@@ -10,8 +10,8 @@ NOT_FOUND.
 
 The standard ``grpc.health.v1.Health`` service reports both services SERVING while the server
 runs. ``latency_us(src, dst)``, if given, delays each request by the modelled distance between
-the calling partition (metadata ``mmusim-src``) and this one: latency injection in the
-application, as the machines have no netem.
+the calling partition (metadata ``mmusim-src``) and this one, and ``callout_latency_us`` each
+callout besides: latency injection in the application, as the machines have no netem.
 """
 
 from __future__ import annotations
@@ -78,20 +78,25 @@ def secondary_servicer(secondary: SecondaryService) -> pb_grpc.SecondaryServicer
 
 
 class InjectedLatency(grpc.aio.ServerInterceptor):
-    """Delays each request by ``latency_us(src, dst)`` microseconds before it is handled."""
+    """Delays each request by ``latency_us(src, dst)`` microseconds (when the caller names
+    itself) plus ``callout_us`` for a callout (a ``Secondary`` request) before it is handled."""
 
-    def __init__(self, partition: str, latency_us: Callable[[str, str], float]):
+    def __init__(self, partition: str, latency_us: Callable[[str, str], float] | None, callout_us: float = 0.0):
         self.partition = partition
         self.latency_us = latency_us
+        self.callout_us = callout_us
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
         src = dict(details.invocation_metadata or ()).get(SRC_KEY)
-        if src is None:
+        delay_us = self.latency_us(src, self.partition) if self.latency_us is not None and src is not None else 0.0
+        if details.method.startswith(f"/{SECONDARY_SERVICE_NAME}/"):
+            delay_us += self.callout_us
+        if delay_us <= 0:
             return handler
-        delay_s = self.latency_us(src, self.partition) / 1e6
+        delay_s = delay_us / 1e6
         inner = handler.unary_unary
 
         async def delayed(request: Any, context: Any) -> Any:
@@ -107,11 +112,14 @@ class PartitionServer:
     """A grpc.aio server for one partition's ``OwnerService`` and ``SecondaryService``."""
 
     def __init__(self, owner: OwnerService, secondary: SecondaryService, *,
-                 latency_us: Callable[[str, str], float] | None = None):
+                 latency_us: Callable[[str, str], float] | None = None, callout_latency_us: float = 0.0):
         if owner.name != secondary.name:
             raise ValueError(f"owner service of {owner.name} and secondary service of {secondary.name} differ")
+        if not callout_latency_us >= 0:
+            raise ValueError(f"callout_latency_us must be >= 0, got {callout_latency_us!r}")
         self.name = owner.name
-        interceptors = [InjectedLatency(self.name, latency_us)] if latency_us is not None else []
+        inject = latency_us is not None or callout_latency_us > 0
+        interceptors = [InjectedLatency(self.name, latency_us, callout_latency_us)] if inject else []
         self.server = grpc.aio.server(interceptors=interceptors)
         pb_grpc.add_OwnerServicer_to_server(owner_servicer(owner), self.server)
         pb_grpc.add_SecondaryServicer_to_server(secondary_servicer(secondary), self.server)

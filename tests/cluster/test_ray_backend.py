@@ -332,3 +332,20 @@ def test_the_demo_workload_runs_unchanged_on_ray(ray_cluster):
         assert len(r.unregister_srcu_wait_us) == 4 and len(r.unregister_total_us) == 4
         assert all(0 <= w <= t for w, t in zip(r.unregister_srcu_wait_us, r.unregister_total_us))
     assert "Ray actors over gRPC" in format_results(results)
+
+
+def test_mmusim_run_quickstart_on_ray_writes_the_results(ray_cluster, tmp_path, capsys):
+    """``mmusim run quickstart --backend ray``: the same harness as on the sim backend, on three
+    actors, writing results.json, events.csv and hang.png; every measured event is there."""
+    import json
+
+    from workloads.cli import main
+
+    out = tmp_path / "quickstart-ray"
+    assert main(["run", "quickstart", "--backend", "ray", "--address", ray_cluster.address, "--out", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["backend"] == "ray" and result["invariants"]["violations"] == 0
+    assert result["metrics"]["exit_hang"]["n"] == 5 and result["metrics"]["unregister_hang"]["n"] == 10
+    assert result["metrics"]["callout_rtt"]["n"] > 0 and result["virtual_time_us"] is None
+    assert (out / "hang.png").read_bytes()[:4] == b"\x89PNG"
+    assert "unregister_srcu_wait" in capsys.readouterr().out
