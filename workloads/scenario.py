@@ -645,13 +645,10 @@ class Scenario:
         """A deep copy of ``values``: loadable again, and the ``config`` of a results.json."""
         return copy.deepcopy(self.values)
 
-    def sim_config(self, **extra: Any) -> "SimConfig":
-        """The ``SimConfig`` of this scenario's partitions; ``extra`` sets other SimConfig fields
-        (scheduler, trace, topology, ...) and wins over the scenario's."""
-        from cluster.sim import SimConfig
-
+    def _partition_fields(self) -> dict[str, Any]:
+        """The ``PartitionConfig`` fields (``cluster/config.py``) of this scenario."""
         v = self.values
-        kw: dict[str, Any] = dict(
+        return dict(
             partitions=v["partitions"],
             cpus=v["cpus_per_partition"],
             nframes=self.nframes,
@@ -659,6 +656,16 @@ class Scenario:
             srcu_expedited=v["srcu"]["expedited"],
             fanout=v["fanout"],
             hops=v["topology"]["hops"],
+        )
+
+    def sim_config(self, **extra: Any) -> "SimConfig":
+        """The ``SimConfig`` of this scenario's partitions; ``extra`` sets other SimConfig fields
+        (scheduler, trace, topology, ...) and wins over the scenario's."""
+        from cluster.sim import SimConfig
+
+        v = self.values
+        kw = self._partition_fields()
+        kw.update(
             hop_latency=copy.deepcopy(v["topology"]["hop_latency"]),
             callout_latency=copy.deepcopy(v["callout"]["latency"]),
             seed=v["seed"],
@@ -684,14 +691,8 @@ class Scenario:
                 return (d.param("low") + d.param("high")) / 2.0
             return float(d.param({"constant": "value", "lognormal": "median", "pareto": "scale"}[d.dist]))
 
-        kw: dict[str, Any] = dict(
-            partitions=v["partitions"],
-            cpus=v["cpus_per_partition"],
-            nframes=self.nframes,
-            srcu_scope=v["srcu"]["scope"],
-            srcu_expedited=v["srcu"]["expedited"],
-            fanout=v["fanout"],
-            hops=v["topology"]["hops"],
+        kw = self._partition_fields()
+        kw.update(
             hop_latency_us=typical_us(v["topology"]["hop_latency"], "topology.hop_latency"),
             callout_latency_us=typical_us(v["callout"]["latency"], "callout.latency"),
             address=address,
