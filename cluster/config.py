@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
-from nodes.notifier import FANOUTS
+from nodes.notifier import FANOUTS, SEMANTICS
 from nodes.partition import SRCU_SCOPES
 
 
@@ -28,11 +28,13 @@ class PartitionConfig:
     jiffy_us: float = 1000.0
     fanout: str = "sequential"  # sequential (the kernel's) | parallel
     hops: int = 1  # between any two partitions, for the uniform topology
+    semantics: str = "v3.10"  # the notifier core of a step of the seed history (nodes.notifier.SEMANTICS)
 
     def __post_init__(self) -> None:
         self.check_positive_int("partitions", "nframes", "cpus", "hops")
         self.check_choice("srcu_scope", SRCU_SCOPES)
         self.check_choice("fanout", FANOUTS)
+        self.check_choice("semantics", tuple(SEMANTICS))
         self.check_number("jiffy_us", positive=True)
         if not isinstance(self.srcu_expedited, bool):
             raise self.bad("srcu_expedited", "true or false", self.srcu_expedited)

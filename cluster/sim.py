@@ -63,6 +63,7 @@ class SimConfig(PartitionConfig):
     scheduler: str = "fifo"  # fifo | random | pct
     seed: int = 0
     trace: str = "hash"  # off | hash | full
+    reclaim_watermark: float = 0.0  # below this fraction of free frames an allocation reclaims
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -126,6 +127,7 @@ class SimCluster:
             p = Partition(
                 runtime, name=name, nframes=config.nframes, ncpus=config.cpus, srcu_scope=config.srcu_scope,
                 jiffy_us=config.jiffy_us, fanout=config.fanout, expedited=config.srcu_expedited,
+                semantics=config.semantics, reclaim_watermark=config.reclaim_watermark,
             )
             self.partitions[name] = p
             self.owner_services[name] = OwnerService(p, self.interconnect)
@@ -227,14 +229,18 @@ def run_sim(
     workload: Callable[[SimCluster], Awaitable[T]],
     *,
     replay: list[int] | None = None,
+    keep_loop: dict[str, Any] | None = None,
 ) -> SimRun[T]:
     """Build the cluster of ``config`` on a fresh virtual-time loop, run ``workload`` on it,
     wait for every supervised task, and return what happened. ``replay``: the decisions of an
-    earlier run (``SimRun.decisions``) to re-make instead of the seeded policy's."""
+    earlier run (``SimRun.decisions``) to re-make instead of the seeded policy's. ``keep_loop``:
+    a dict that gets the loop as ``"loop"``, so a caller can read the trace of a run that raised."""
     from cluster.vtime import ReplayPolicy
 
     policy = ReplayPolicy(replay) if replay is not None else make_policy(config.scheduler, config.seed)
     loop = VirtualTimeLoop(policy=policy, trace=Trace(config.trace))
+    if keep_loop is not None:
+        keep_loop["loop"] = loop
     holder: dict[str, Any] = {}
 
     async def main() -> T:

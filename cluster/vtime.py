@@ -319,7 +319,7 @@ class SimTask(SimFuture):
     sleep with "bad yield")."""
 
     __slots__ = ("_coro", "_name", "_context", "_must_cancel", "_cancel_message", "_num_cancels_requested",
-                 "_fut_waiter", "_sleeping", "_log_destroy_pending")
+                 "_fut_waiter", "_sleeping", "_log_destroy_pending", "_seq")
 
     def __init__(self, coro: Coroutine[Any, Any, Any], *, loop: "VirtualTimeLoop", name: str | None = None,
                  context: contextvars.Context | None = None):
@@ -328,6 +328,7 @@ class SimTask(SimFuture):
             raise TypeError(f"a coroutine was expected, got {coro!r}")
         self._coro = coro
         loop._tasks_made += 1
+        self._seq = loop._tasks_made  # creation order: a deterministic order for tasks
         self._name = name if name is not None else f"{getattr(coro, '__qualname__', 'task')}#{loop._tasks_made}"
         self._context = context if context is not None else contextvars.copy_context()
         self._must_cancel = False
@@ -698,7 +699,8 @@ def run_virtual(coro: Coroutine[Any, Any, T], *, loop: VirtualTimeLoop | None = 
         raise
     finally:
         try:
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            # all_tasks() is a set (ordered by address): cancel in creation order, deterministically
+            pending = sorted((t for t in asyncio.all_tasks(loop) if not t.done()), key=lambda t: getattr(t, "_seq", 0))
             for t in pending:
                 t.cancel()
             if pending:

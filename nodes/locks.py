@@ -13,6 +13,7 @@ from collections import deque
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
+from nodes import lockdep
 from nodes.errors import InternalError
 from nodes.runtime import might_sleep
 
@@ -110,10 +111,12 @@ class RwSemaphore:
 
 
 class Mutex:
-    """A sleeping mutex (FIFO), with might_sleep() on lock."""
+    """A sleeping mutex (FIFO), with might_sleep() on lock, checked by ``nodes.lockdep``
+    (``lock_class``: the lockdep class; all anon_vma locks are one class)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, lock_class: str | None = None):
         self.name = name
+        self.lock_class = lock_class if lock_class is not None else name
         self._lock = asyncio.Lock()
 
     @property
@@ -122,9 +125,18 @@ class Mutex:
 
     async def lock(self) -> None:
         might_sleep(f"mutex_lock({self.name})")
+        dep = lockdep.checker()
+        task = asyncio.current_task()
+        if dep is not None:
+            dep.acquire(task, self.lock_class, self, self.name)
         await self._lock.acquire()
+        if dep is not None:
+            dep.acquired(task, self.lock_class, self)
 
     def unlock(self) -> None:
+        dep = lockdep.checker()
+        if dep is not None:
+            dep.released(asyncio.current_task(), self)
         self._lock.release()
 
     async def __aenter__(self) -> "Mutex":

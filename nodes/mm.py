@@ -177,7 +177,7 @@ class Mm:
             raise InvalidArgument(
                 f"mmap: [{start:#x}, {end:#x}) overlaps existing VMA [{v.start:#x}, {v.end:#x}) of {self.name}"
             )
-        vma = Vma.new(start, end, prot, Mutex(f"{self.name}.anon_vma@{start:#x}"))
+        vma = Vma.new(start, end, prot, Mutex(f"{self.name}.anon_vma@{start:#x}", "anon_vma"))
         self.vmas.append(vma)
         self.vmas.sort(key=lambda v: v.start)
         return vma

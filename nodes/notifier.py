@@ -27,9 +27,9 @@ synchronize even when it did not call ->release itself):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
-from nodes.errors import InvalidArgument, NullPointerDereference
+from nodes.errors import InvalidArgument, NullPointerDereference, SleepingInAtomicContext
 from nodes.mm import Mm, mm_drop_all_locks, mm_take_all_locks
 from nodes.runtime import Runtime, SpinLock, TaskSignals, call_maybe_async, current_cpu, run_atomic, wait_all
 from nodes.srcu import Srcu
@@ -113,6 +113,31 @@ OPS = (
     "invalidate_range_end",
 )
 ATOMIC_OPS = ("clear_flush_young", "test_young", "change_pte")
+
+# The core's semantics, one per step of the seed history (REFERENCE section 3); each changes only
+# what its commit changed. v3.10 (d34883d4e3) is the default; the others reproduce their bug.
+SEMANTICS = {
+    "v3.10": "d34883d4e3: the fixed core (release before unhash, hlist_del_init_rcu, SRCU)",
+    "rcu": "cddb8a5c14..21a92735f6: callouts under RCU may not sleep: a secondary whose callouts "
+           "sleep (on another partition) is refused at register",
+    "rcu+sleep": "the rcu core with a sleeping secondary let in anyway: synchronize_rcu() does not "
+                 "wait for callouts that sleep, so exit and unregister return while they run",
+    "release-after-unhash": "before 3ad3d901bb: release and unregister unhash the notifier, then call "
+                            "->release: an invalidate in between finds no notifier and frees the page",
+    "unregister-race": "3ad3d901bb..751efd8610: unregister tests 'hashed', calls ->release, then "
+                       "hlist_del_rcu(): exit unhashing in between makes it a NULL dereference",
+    "unhash-then-release": "751efd8610..d34883d4e3: both paths unhash under the lock first, then call "
+                           "->release: the window of 3ad3d901bb is back",
+    "change-pte-unwrapped": "before 6bdb913f0a: set_pte_at_notify is not bracketed by range_start/end "
+                            "and change_pte falls back to invalidate_page, under the page-table lock",
+    "lazy-alloc": "e0f3c3f78d (reverted by 35cfa2b0b4): the per-mm bookkeeping is allocated after "
+                  "mm_take_all_locks(): the allocation can enter reclaim, which takes an anon_vma "
+                  "lock already held",
+}
+
+
+def _fmt_args(args: tuple[Any, ...]) -> str:
+    return "(" + ", ".join(hex(a) if isinstance(a, int) and a > 4096 else repr(a) for a in args) + ")"
 
 
 def has_op(mn: MmuNotifier, op: str) -> bool:
@@ -240,9 +265,19 @@ class NotifierCore:
         *,
         fanout: str = "sequential",
         expedited: bool = False,
+        semantics: str = "v3.10",
     ):
         if fanout not in FANOUTS:
             raise ValueError(f"fanout must be one of {FANOUTS}, got {fanout!r}")
+        if semantics not in SEMANTICS:
+            raise ValueError(f"semantics must be one of {tuple(SEMANTICS)}, got {semantics!r}")
+        self.semantics = semantics
+        # rcu: the read side is rcu_read_lock(), which a sleeping callout does not hold across its
+        # sleep, and synchronize_rcu() waits only for readers that do not sleep
+        self.rcu = semantics in ("rcu", "rcu+sleep")
+        self.unhash_before_release = semantics in ("release-after-unhash", "unhash-then-release")
+        # since 6bdb913f0a every caller brackets set_pte_at_notify with range_start/end
+        self.wraps_set_pte = semantics != "change-pte-unwrapped"
         self.runtime = runtime
         self.srcu_for = srcu_for
         self.oracle = oracle
@@ -251,6 +286,9 @@ class NotifierCore:
         # synchronize_srcu_expedited() instead of synchronize_srcu()
         self.expedited = expedited
         self.timings = CoreTimings()
+        self.trace_callouts = False  # report every callout to the run's trace (mmusim check)
+        # lazy-alloc's kmalloc under mm_take_all_locks may enter direct reclaim (set by Partition)
+        self.direct_reclaim: Callable[[], Awaitable[None]] | None = None
 
     # -- the walk ---------------------------------------------------------------------------
 
@@ -261,15 +299,24 @@ class NotifierCore:
 
     async def _call(self, mn: MmuNotifier, mm: Mm, op: str, *args: Any) -> Any:
         self.oracle.callout(mn, mm, op, args)
-        if not self.timings.enabled:
-            return await call_maybe_async(getattr(mn, op), mm, *args)
+        if self.trace_callouts:
+            self.runtime.trace("callout", f"{op}{_fmt_args(args)} -> {mn.name} on {mm.name}")
         t0 = self.runtime.now()
         try:
             return await call_maybe_async(getattr(mn, op), mm, *args)
         finally:
-            self.timings.callout(self.runtime.now(), self.runtime.now() - t0, mm, op)
+            self.oracle.callout_done(mn, mm, op)
+            if self.timings.enabled:
+                self.timings.callout(self.runtime.now(), self.runtime.now() - t0, mm, op)
+
+    def _note(self, what: str) -> None:
+        """A list change, for the run's trace when callouts are traced (mmusim check)."""
+        if self.trace_callouts:
+            self.runtime.trace("notifier", what)
 
     async def _synchronize(self, srcu: Srcu) -> None:
+        if self.rcu:
+            return  # synchronize_rcu(): no reader that sleeps is waited for (the rcu modes' bug)
         await (srcu.synchronize_expedited() if self.expedited else srcu.synchronize())
 
     async def _walk(self, mm: Mm, op: str, *args: Any, after: Callable[[MmuNotifier], None] | None = None) -> None:
@@ -360,8 +407,19 @@ class NotifierCore:
         return self._walk_atomic(mm, "test_young", address, stop_at_first=True)
 
     def change_pte(self, mm: Mm, address: int, pte: tuple[int, int]) -> None:
-        """mmu_notifier_change_pte(). Caller holds the page-table lock."""
+        """mmu_notifier_change_pte(). Caller holds the page-table lock. Before 6bdb913f0a
+        (``change-pte-unwrapped``) a notifier without change_pte got invalidate_page instead,
+        here, under the page-table lock: a sleeping invalidate in atomic context."""
         self._walk_atomic(mm, "change_pte", address, pte)
+        if not self.wraps_set_pte and self.has_notifiers(mm):
+            assert mm.notifier_mm is not None
+            for mn in mm.notifier_mm.list.walk():
+                if not has_op(mn, "change_pte") and has_op(mn, "invalidate_page"):
+                    self.oracle.callout(mn, mm, "invalidate_page", (address,))
+                    self._note(f"change_pte({address:#x}) falls back to invalidate_page -> {mn.name}, "
+                               f"page-table lock held")
+                    run_atomic(f"invalidate_page of notifier {mn.name} (the change_pte fallback)",
+                               getattr(mn, "invalidate_page"), mm, address)
 
     # -- registration -----------------------------------------------------------------------
 
@@ -381,12 +439,25 @@ class NotifierCore:
             raise InvalidArgument(f"register of {mn.name} on {mm.name}, whose mm_users is 0 (exiting)")
         if not mn.hlist.unhashed():
             raise InvalidArgument(f"notifier {mn.name} is already registered on {mn.mm!r}")
-        prealloc = MmuNotifierMm(mm)  # kmalloc before any lock: allocation may enter reclaim
+        if self.semantics == "rcu" and getattr(mn, "sleeps", False):
+            raise SleepingInAtomicContext(
+                f"register of {mn.name} on {mm.name} refused: under the rcu core (before 21a92735f6) "
+                f"callouts run inside rcu_read_lock() and may not sleep, and this secondary's callouts "
+                f"sleep (they cross the network); semantics 'rcu+sleep' lets it in to show what breaks")
+        lazy = self.semantics == "lazy-alloc"
+        # kmalloc before any lock (35cfa2b0b4): allocation may enter reclaim
+        prealloc = None if lazy else MmuNotifierMm(mm)
         if take_mmap_sem:
             await mm.mmap_sem.down_write()
         try:
             await mm_take_all_locks(mm, current)  # EINTR here changes nothing
             try:
+                if lazy and mm.notifier_mm is None:
+                    # e0f3c3f78d: kmalloc(GFP_KERNEL) with every anon_vma lock held; under memory
+                    # pressure it enters direct reclaim, whose rmap walk takes an anon_vma lock
+                    if self.direct_reclaim is not None:
+                        await self.direct_reclaim()
+                    prealloc = MmuNotifierMm(mm)
                 if mm.notifier_mm is None:
                     mm.notifier_mm = prealloc
                 mm.count += 1  # the notifier pins the mm struct
@@ -408,6 +479,11 @@ class NotifierCore:
         release_us = 0.0
         srcu = self.srcu_for(mm)
         if not mn.hlist.unhashed():
+            assert mm.notifier_mm is not None
+            if self.unhash_before_release:  # the bug of these modes: unhash, then ->release
+                with mm.notifier_mm.lock:
+                    self._note(f"unregister unhashes {mn.name} (before ->release)")
+                    mm.notifier_mm.list.del_init_rcu(mn.hlist)
             # Run ->release ourselves: exit_mmap has not, and will not find mn once we unhash it.
             cpu = current_cpu.get()
             idx = srcu.read_lock(cpu)
@@ -419,9 +495,14 @@ class NotifierCore:
                     self.oracle.released(mn, mm, "unregister")
             finally:
                 srcu.read_unlock(idx, cpu)
-            assert mm.notifier_mm is not None
-            with mm.notifier_mm.lock:
-                mm.notifier_mm.list.del_init_rcu(mn.hlist)
+            if self.semantics == "unregister-race":
+                with mm.notifier_mm.lock:  # 3ad3d901bb: exit may have unhashed mn meanwhile
+                    self._note(f"unregister: hlist_del_rcu({mn.name})")
+                    mm.notifier_mm.list.del_rcu(mn.hlist)
+            elif not self.unhash_before_release:
+                with mm.notifier_mm.lock:
+                    self._note(f"unregister unhashes {mn.name}")
+                    mm.notifier_mm.list.del_init_rcu(mn.hlist)
         # Wait for any running method to finish, including ->release run by exit instead of us.
         t2 = self.runtime.now()
         await self._synchronize(srcu)
@@ -438,11 +519,34 @@ class NotifierCore:
             return TeardownTiming(0.0, 0.0, 0.0)
         srcu = self.srcu_for(mm)
         nmm = mm.notifier_mm
+        if self.unhash_before_release:
+            # the bug of these modes: each notifier is unhashed, then its ->release runs (the
+            # lock is dropped around it); an invalidate meanwhile no longer finds it
+            while True:
+                with nmm.lock:
+                    if nmm.list.empty():
+                        break
+                    assert nmm.list.next is not None
+                    mn = nmm.list.next.owner
+                    self._note(f"exit unhashes {mn.name} (before ->release)")
+                    nmm.list.del_init_rcu(nmm.list.next)
+                if has_op(mn, "release"):
+                    cpu = current_cpu.get()
+                    idx = srcu.read_lock(cpu)
+                    try:
+                        await self._call(mn, mm, "release")
+                        self.oracle.released(mn, mm, "exit")
+                    finally:
+                        srcu.read_unlock(idx, cpu)
+            t1 = self.runtime.now()
+            await self._synchronize(srcu)
+            return TeardownTiming(self.runtime.now() - t0, t1 - t0, self.runtime.now() - t1)
         await self._walk(mm, "release", after=lambda mn: self.oracle.released(mn, mm, "exit"))
         t1 = self.runtime.now()
         with nmm.lock:
             while not nmm.list.empty():
                 assert nmm.list.next is not None
+                self._note(f"exit unhashes {nmm.list.next.owner.name}")
                 nmm.list.del_init_rcu(nmm.list.next)
         # Do not free pages until every ->release that unregister started has finished.
         await self._synchronize(srcu)

@@ -116,6 +116,12 @@ class Oracle:
             if w and (mm.id, start, end) in w:
                 w.remove((mm.id, start, end))
 
+    def callout_done(self, mn: MmuNotifier, mm: Mm, op: str) -> None:
+        """A callout of ``mn`` returned: if its unregister returned first, the method ran after
+        unregister returned (invariant 4: what the rcu modes' synchronize_rcu() lets happen)."""
+        if mn in self._unregistered:
+            self.violation(4, f"{op} was still running when unregister returned", mm=mm.name, notifier=mn.name)
+
     def range_started(self, mn: MmuNotifier, mm: Mm, start: int, end: int) -> None:
         """``mn``'s range_start returned: its window is open until its range_end is called."""
         self._windows[mn].append((mm.id, start, end))

@@ -35,6 +35,8 @@ class Partition:
         jiffy_us: float = DEFAULT_JIFFY_US,
         fanout: str = "sequential",
         expedited: bool = False,
+        semantics: str = "v3.10",
+        reclaim_watermark: float = 0.0,
     ):
         if srcu_scope not in SRCU_SCOPES:
             raise ValueError(f"srcu_scope must be one of {SRCU_SCOPES}, got {srcu_scope!r}")
@@ -47,7 +49,11 @@ class Partition:
         self.oracle = Oracle(self.frames, runtime.now, name)
         self.srcu = Srcu(runtime, ncpus, name=f"{name}.srcu", jiffy_us=jiffy_us)
         self._mm_srcu: dict[int, Srcu] = {}
-        self.core = NotifierCore(runtime, self.srcu_for, self.oracle, fanout=fanout, expedited=expedited)
+        self.core = NotifierCore(runtime, self.srcu_for, self.oracle, fanout=fanout, expedited=expedited,
+                                 semantics=semantics)
+        # kmalloc's direct reclaim: below this fraction of free frames an allocation reclaims
+        self.reclaim_watermark = reclaim_watermark
+        self.core.direct_reclaim = self.direct_reclaim
         self.mms: dict[int, Mm] = {}
         self._next_mm_id = 1
         self.xpmem = XpmemSegments(self)  # XPMEM's source side: segments made from these mms
@@ -64,6 +70,22 @@ class Partition:
             srcu = Srcu(self.runtime, self.ncpus, name=f"{mm.name}.srcu", jiffy_us=self.jiffy_us)
             self._mm_srcu[mm.id] = srcu
         return srcu
+
+    async def direct_reclaim(self) -> None:
+        """An allocation under memory pressure (free frames below ``reclaim_watermark`` of the
+        partition) enters direct reclaim: shrink_page_list() unmaps pages of the mm with the
+        most resident pages, taking its anon_vma locks (``vmops.reclaim``)."""
+        if self.frames.nfree >= self.reclaim_watermark * self.frames.nframes:
+            return
+        from nodes import vmops  # vmops builds on the partition's parts
+
+        live = [mm for mm in self.mms.values() if not mm.exited and mm.vmas]
+        if not live:
+            return
+        victim = max(live, key=lambda m: len(m.mapped_pfns()))
+        vma = victim.vmas[0]
+        self.runtime.trace("reclaim", f"direct reclaim of {victim.name} (free frames {self.frames.nfree})")
+        await vmops.reclaim(self, victim, vma.start, min(vma.end - vma.start, 16 * 4096))
 
     def create_mm(self) -> Mm:
         mm = Mm(self._next_mm_id, self.name)

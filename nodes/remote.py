@@ -89,6 +89,7 @@ class RemoteNotifier(MmuNotifier):
         self.host = host
         self.notifier_id = notifier_id
         self.fenced = False  # the host stopped answering: treated as released from then on
+        self.sleeps = True  # every op waits for the network
 
 
 _proxy_classes: dict[frozenset[str], type[RemoteNotifier]] = {}

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from nodes import lockdep
 from nodes.errors import BadAddress, InvalidArgument, Released
 from nodes.mm import (
     HPAGE_PMD_NR,
@@ -104,6 +105,13 @@ async def handle_mm_fault(p: "Partition", mm: Mm, address: int, *, write: bool) 
     return int(vma.pfn[i])
 
 
+async def _set_pte_range(p: "Partition", start_: bool, mm: Mm, start: int, end: int) -> None:
+    """invalidate_range_start (``start_``) or _end around a set_pte_at_notify: every caller has
+    bracketed it since 6bdb913f0a; before, in the ``change-pte-unwrapped`` semantics, none did."""
+    if p.core.wraps_set_pte:
+        await (p.core.invalidate_range_start if start_ else p.core.invalidate_range_end)(mm, start, end)
+
+
 async def do_wp_page(p: "Partition", mm: Mm, vma: Vma, address: int) -> int:
     """do_wp_page(): a write to a write-protected present page of a writable VMA. A page with
     no other user (and not KSM) is reused in place, without callouts; otherwise the fault
@@ -119,7 +127,7 @@ async def do_wp_page(p: "Partition", mm: Mm, vma: Vma, address: int) -> int:
         return old
     new = int(frames.alloc(mm.id, [address >> PAGE_SHIFT])[0])  # cow_user_page(); then written
     start, end = address, address + PAGE_SIZE
-    await p.core.invalidate_range_start(mm, start, end)
+    await _set_pte_range(p, True, mm, start, end)
     put = new
     with mm.page_table_lock:
         if (int(vma.pfn[i]), int(vma.flags[i])) == orig:  # pte_same()
@@ -131,7 +139,7 @@ async def do_wp_page(p: "Partition", mm: Mm, vma: Vma, address: int) -> int:
             vma.flags[i] = 0  # ptep_clear_flush()
             p.core.set_pte_at_notify(mm, address, pte, set_pte)
             put = old  # "Free the old page.."
-    await p.core.invalidate_range_end(mm, start, end)
+    await _set_pte_range(p, False, mm, start, end)
     frames.put(put)
     return int(vma.pfn[i])
 
@@ -367,6 +375,13 @@ async def migrate_pages(p: "Partition", mm: Mm, start: int, length: int) -> int:
 
 
 async def reclaim(p: "Partition", mm: Mm, start: int, length: int) -> int:
+    """Reclaim the pages of [start, start+length) (``_reclaim``), as lockdep sees reclaim: in
+    its ``fs_reclaim`` pseudo-lock (``nodes.lockdep``)."""
+    with lockdep.reclaim_map():
+        return await _reclaim(p, mm, start, length)
+
+
+async def _reclaim(p: "Partition", mm: Mm, start: int, length: int) -> int:
     """Reclaim the pages of [start, start+length) as shrink_page_list() would: a page whose
     accessed bit (primary or any secondary's, via clear_flush_young under the PT lock) was set
     is kept and loses the bit; an unreferenced one is unmapped by try_to_unmap_one() (which
@@ -415,7 +430,7 @@ async def _write_protect_page(p: "Partition", mm: Mm, vma: Vma, address: int) ->
     set_pte_at_notify unless someone else holds a reference (a GUP pin: KSM gives up).
     Returns the resulting pte, or None if the page cannot be merged."""
     i = vma.index(address)
-    await p.core.invalidate_range_start(mm, address, address + PAGE_SIZE)
+    await _set_pte_range(p, True, mm, address, address + PAGE_SIZE)
     result: tuple[int, int] | None = None
     with mm.page_table_lock:
         pfn, flags = int(vma.pfn[i]), int(vma.flags[i])
@@ -432,7 +447,7 @@ async def _write_protect_page(p: "Partition", mm: Mm, vma: Vma, address: int) ->
                     result = pte
             else:
                 result = (pfn, flags)
-    await p.core.invalidate_range_end(mm, address, address + PAGE_SIZE)
+    await _set_pte_range(p, False, mm, address, address + PAGE_SIZE)
     return result
 
 
@@ -440,7 +455,7 @@ async def _replace_page(p: "Partition", mm: Mm, vma: Vma, address: int, kpfn: in
     """ksm replace_page(): under range_start/end, point the pte at the KSM page with
     set_pte_at_notify and drop the old page's pte reference."""
     i = vma.index(address)
-    await p.core.invalidate_range_start(mm, address, address + PAGE_SIZE)
+    await _set_pte_range(p, True, mm, address, address + PAGE_SIZE)
     done = False
     with mm.page_table_lock:
         if (int(vma.pfn[i]), int(vma.flags[i])) == orig:  # pte_same()
@@ -454,7 +469,7 @@ async def _replace_page(p: "Partition", mm: Mm, vma: Vma, address: int, kpfn: in
             p.core.set_pte_at_notify(mm, address, pte, set_pte)
             p.frames.put(orig[0])  # put_page(page); ksmd still holds its own reference
             done = True
-    await p.core.invalidate_range_end(mm, address, address + PAGE_SIZE)
+    await _set_pte_range(p, False, mm, address, address + PAGE_SIZE)
     return done
 
 

@@ -4,6 +4,7 @@
     mmusim sweep SCENARIO [--vary key=v1,v2,...] [same options as run]
     mmusim scenarios
     mmusim report DIR
+    mmusim check [SCENARIO] --semantics MODE [--seeds N] [--scheduler random|pct]
     mmusim demo [...]
 
 Exit status: 0 when a run finished and its invariants held; 1 when it finished with an
@@ -139,6 +140,45 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return EXIT_VIOLATION if violations else EXIT_OK
 
 
+def _cmd_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from workloads import races
+
+    tasks = tuple(t for t in args.tasks.split(",") if t)
+    unknown = [t for t in tasks if t not in races.TASKS]
+    if unknown or not tasks:
+        parser.error(f"--tasks: expected a comma-separated subset of {','.join(races.TASKS)}, got {args.tasks!r}")
+    race = races.RaceConfig(pages=args.pages, grus=args.grus, tasks=tasks)
+    if args.scenario != "race":
+        from workloads.scenario import load_scenario
+
+        s = load_scenario(args.scenario)
+        f = races.check_scenario(s, args.semantics, args.scheduler, args.seeds)
+        if f is None:
+            print(f"clean: {args.seeds} seeds of {s.name} under {args.semantics!r} ({args.scheduler} scheduler)")
+            return EXIT_OK
+        print(f"FOUND under semantics {f.semantics!r} in scenario {s.name}, seed {f.seed} ({f.scheduler}):")
+        print(f"  {f.kind}: {f.what}")
+        print(f"  replay: mmusim run {s.name} --set semantics={f.semantics} --seed {f.seed}")
+        return EXIT_VIOLATION
+    if args.replay is not None:
+        f = races.run_once(args.semantics, args.scheduler, args.replay, race)
+        if f is None:
+            print(f"clean: seed {args.replay} under {args.semantics!r}")
+            return EXIT_OK
+        print(races.format_finding(f))
+        return EXIT_VIOLATION
+    f = races.search(args.semantics, args.scheduler, args.seeds, race)
+    if f is None:
+        print(f"clean: {args.seeds} seeds of the race workload ({race.describe()}) under {args.semantics!r}, "
+              f"{args.scheduler} scheduler")
+        return EXIT_OK
+    first = f.race
+    if not args.no_shrink:
+        f = races.shrink(f, args.seeds)
+    print(races.format_finding(f, shrunk_from=first))
+    return EXIT_VIOLATION
+
+
 def _cmd_scenarios(args: argparse.Namespace) -> int:
     from workloads.scenario import builtin_scenarios
 
@@ -180,6 +220,23 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--vary", default=None, metavar="KEY=V1,V2,...",
                        help="the knob and its values (default: the scenario's own sweep)")
     sub.add_parser("scenarios", help="list the built-in scenarios")
+    from nodes.notifier import SEMANTICS
+
+    check = sub.add_parser("check", help="explore interleavings under a semantics of the seed history, "
+                                         "stop at the first violation, shrink it, print how to replay it")
+    check.add_argument("scenario", nargs="?", default="race",
+                       help="'race' (the built-in race workload, the default) or a hang-study scenario")
+    check.add_argument("--semantics", required=True, choices=tuple(SEMANTICS), help="the notifier core to check")
+    check.add_argument("--seeds", type=_positive_int, default=50, help="how many seeds to try (default 50)")
+    check.add_argument("--scheduler", choices=("random", "pct"), default="random",
+                       help="how the seeded scheduler picks among ready tasks (default random)")
+    check.add_argument("--replay", type=_integer, default=None, metavar="SEED",
+                       help="run this one seed and print what happened (as a finding reports it)")
+    check.add_argument("--pages", type=_positive_int, default=8, help="race workload: pages of the mm (default 8)")
+    check.add_argument("--grus", type=_positive_int, default=2, help="race workload: GRUs mapping it (default 2)")
+    check.add_argument("--tasks", default="unregister,exit,migrate,ksm,faults,register",
+                       help="race workload: the concurrent tasks (default all)")
+    check.add_argument("--no-shrink", action="store_true", help="report the first finding as found")
     report = sub.add_parser("report", help="re-render the tables and plots of a finished run or sweep")
     report.add_argument("dir", type=Path)
 
@@ -199,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": _cmd_run, "sweep": _cmd_sweep, "scenarios": _cmd_scenarios, "report": _cmd_report,
         "demo": lambda a: _cmd_demo(a, parser),
+        "check": lambda a: _cmd_check(a, parser),
     }
     from workloads.report import ReportError
     from workloads.scenario import ScenarioError

@@ -222,9 +222,11 @@ def histograms(events: list[dict[str, Any]]) -> dict[str, HdrHistogram]:
 
 
 def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = None,
-                 progress: Progress | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                 progress: Progress | None = None, sim_extra: dict[str, Any] | None = None,
+                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run ``scenario`` (``workloads/scenario.py``) on ``backend``; returns the result document
-    (the schema of DESIGN.md, as ``workloads/report.py`` writes it) and the events."""
+    (the schema of DESIGN.md, as ``workloads/report.py`` writes it) and the events.
+    ``sim_extra``: more ``SimConfig`` fields (a scheduler, a trace level) for the sim backend."""
     spec = StudySpec.from_scenario(scenario)
 
     async def workload(c: Cluster) -> dict[str, Any]:
@@ -234,7 +236,7 @@ def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = N
     if backend == "sim":
         from cluster.sim import run_sim
 
-        config = scenario.sim_config()
+        config = scenario.sim_config(**(sim_extra or {}))
         if config.nframes < spec.frames_needed():
             raise ValueError(f"scenario {scenario.name}: nframes {config.nframes} is too small for its mms and "
                              f"measurements; at least {spec.frames_needed()} are needed")
@@ -242,6 +244,7 @@ def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = N
         out, violations, faults = srun.result, srun.violations, srun.faults
         virtual: float | None = srun.virtual_time_us
         digest: str | None = srun.trace_digest
+        placement: dict[str, dict[str, Any]] | None = None
     elif backend == "ray":
         from cluster.ray_backend import run_ray
 
@@ -253,6 +256,9 @@ def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = N
         out, violations, faults = rrun.result, rrun.violations, rrun.faults
         violations = violations + [f"oracle report lost or refused: {p}" for p in rrun.report_problems]
         virtual, digest = None, None
+        # where each partition ran: its Ray node and its gRPC server's host:port (host = the node's address)
+        placement = {name: {"node_id": node, "address": rrun.addresses.get(name), "lost": name in rrun.lost}
+                     for name, node in rrun.placement.items()}
     else:
         raise ValueError(f"backend must be sim or ray, got {backend!r}")
     events = out["events"]
@@ -269,4 +275,6 @@ def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = N
         "virtual_time_us": virtual,
         "trace_digest": digest,
     }
+    if placement is not None:
+        result["placement"] = placement
     return result, events

@@ -79,6 +79,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import yaml
 
 from cluster.topology import parse_latency
+from nodes.notifier import SEMANTICS
 from nodes.notifier import FANOUTS
 from nodes.partition import SRCU_SCOPES
 
@@ -351,6 +352,7 @@ KNOBS: dict[str, Knob] = {
     "topology.hops": Knob(1, _positive_int, "a positive integer"),
     "srcu.scope": Knob("global", _choice(SRCU_SCOPES), " | ".join(SRCU_SCOPES)),
     "srcu.expedited": Knob(False, _boolean, "true or false"),
+    "semantics": Knob("v3.10", _choice(tuple(SEMANTICS)), " | ".join(SEMANTICS)),
     "fanout": Knob("sequential", _choice(FANOUTS), " | ".join(FANOUTS)),
     "teardown": Knob("unregister", _choice(TEARDOWNS), " | ".join(TEARDOWNS)),
     "measure.exits": Knob(5, _count, "an integer >= 0"),
@@ -656,6 +658,7 @@ class Scenario:
             srcu_expedited=v["srcu"]["expedited"],
             fanout=v["fanout"],
             hops=v["topology"]["hops"],
+            semantics=v["semantics"],
         )
 
     def sim_config(self, **extra: Any) -> "SimConfig":

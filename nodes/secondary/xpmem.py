@@ -499,7 +499,7 @@ class XpmemDriver:
         at_vaddr = self._next_at_vaddr.get(cred.tgid, _ATTACH_BASE)
         self._next_at_vaddr[cred.tgid] = at_vaddr + grant.size + PAGE_SIZE  # a guard page between
         att = XpmemAttachment(grant.attachment_id, apid, grant.mode, cred.tgid, grant.src_start, grant.size, at_vaddr,
-                              Mutex(f"{self.name}.att@{at_vaddr:#x}.invalidate_mutex"))
+                              Mutex(f"{self.name}.att@{at_vaddr:#x}.invalidate_mutex", "xpmem_att.invalidate_mutex"))
         self.attachments[att.id] = att
         if self.released:  # ->release ran while the request travelled: tear it down at once
             await self._detach_att(att)

@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "callout": {"latency": 20},
     "topology": {"hop_latency": 1.0, "hops": 1},
     "srcu": {"scope": "global", "expedited": False},
+    "semantics": "v3.10",
     "fanout": "sequential",
     "teardown": "unregister",
     "measure": {"exits": 5, "unregisters": 10},

@@ -1,0 +1,243 @@
+"""The race finder behind ``mmusim check``: run a small racy workload under one of the seed
+history's semantics (``nodes.notifier.SEMANTICS``), seed after seed, with the sim backend's
+seeded scheduler (random or PCT), until the model breaks; then shrink the workload and print
+what happened, readably, with the command that replays it exactly.
+
+The race workload: partition p0 owns an mm of ``pages`` pages; GRUs on p1 map it (their
+callouts cross the interconnect and sleep, with a seeded random latency). Then, at seeded
+random moments, concurrently:
+
+- ``unregister``: one GRU is unregistered;
+- ``exit``: the mm's process exits;
+- ``migrate``: the pages are migrated one by one (an invalidate_page callout each);
+- ``ksm``: ksmd merges two pages (write-protect and replace: set_pte_at_notify);
+- ``faults``: the other GRU keeps faulting pages in;
+- ``register``: a late GRU registers (under memory pressure: the allocation may reclaim).
+
+A finding is an invariant violation of the oracles (``nodes.oracle``), a kernel bug the model
+detected (``nodes.errors.KernelBug``: a NULL dereference, sleeping in atomic context, ...) or a
+deadlock of the whole partition (``cluster.vtime.Deadlock``).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from cluster.sim import SimCluster, SimConfig, run_sim
+from cluster.vtime import Deadlock
+from nodes import lockdep, vmops
+from nodes.errors import KernelBug, ModelError
+from nodes.mm import PAGE_SIZE
+from nodes.notifier import SEMANTICS
+
+BASE = 0x10000000
+TASKS = ("unregister", "exit", "migrate", "ksm", "faults", "register")
+
+
+@dataclass(frozen=True)
+class RaceConfig:
+    """The racy workload's size: what shrinking makes smaller."""
+
+    pages: int = 8
+    grus: int = 2  # on p1, mapping the mm of p0
+    tasks: tuple[str, ...] = TASKS
+
+    def describe(self) -> str:
+        return f"{self.pages} pages, {self.grus} GRUs, tasks {', '.join(self.tasks)}"
+
+
+@dataclass
+class Finding:
+    """What broke, in which run."""
+
+    semantics: str
+    scheduler: str
+    seed: int
+    race: RaceConfig
+    kind: str  # "violation" | the KernelBug's class | "Deadlock"
+    what: str  # one line
+    trace: list[str] = field(default_factory=list)  # the model events before it
+    digest: str = ""
+
+    def replay_command(self) -> str:
+        r = self.race
+        return (f"mmusim check --semantics {self.semantics} --scheduler {self.scheduler} --replay {self.seed} "
+                f"--pages {r.pages} --grus {r.grus} --tasks {','.join(r.tasks)}")
+
+
+def sim_config(semantics: str, scheduler: str, seed: int, race: RaceConfig) -> SimConfig:
+    return SimConfig(
+        partitions=2, cpus=2, nframes=16 + 3 * race.pages, semantics=semantics, scheduler=scheduler, seed=seed,
+        hop_latency=0.0, callout_latency={"dist": "uniform", "low": 2.0, "high": 40.0}, trace="full",
+        reclaim_watermark=0.9,  # a third of the frames are in use: an allocation reclaims
+    )
+
+
+async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
+    a = c.partition("p0")
+    a.core.trace_callouts = True
+    rng = random.Random(f"mmusim-race-{seed}")
+    mm = a.create_mm()
+    await vmops.mmap(a, mm, BASE, race.pages * PAGE_SIZE)
+    await vmops.populate(a, mm, BASE, race.pages * PAGE_SIZE)
+    grus = [await c.gru("p1", "p0", mm, name=f"gru{i}") for i in range(race.grus)]
+    for g in grus:
+        for k in range(race.pages):
+            await g.access(BASE + k * PAGE_SIZE)
+
+    async def mmput() -> None:
+        """Drop a reference to the mm: the last one exits it (mmput -> exit_mmap)."""
+        if mm.users == 1:
+            await vmops.exit_mmap(a, mm)
+        elif mm.users > 1:
+            mm.users -= 1
+
+    async def attempt(name: str, fn: Any) -> None:
+        await c.runtime.sleep(rng.uniform(0.0, 60.0))
+        c.runtime.trace("task", f"{name} starts")
+        try:
+            await fn()
+        except ModelError as e:  # refused by the model: part of the race, not a finding
+            c.runtime.trace("task", f"{name} refused: {type(e).__name__}")
+        else:
+            c.runtime.trace("task", f"{name} done")
+
+    async def faults() -> None:
+        g = grus[-1]
+        for _ in range(3 * race.pages):
+            await g.access(BASE + rng.randrange(race.pages) * PAGE_SIZE)
+
+    async def register_late() -> None:
+        """mmu_notifier_register() with mm_users pinned (get_task_mm), then mmput: if the
+        process exited meanwhile, this last reference exits the mm."""
+        if mm.users <= 0:
+            return
+        mm.users += 1
+        try:
+            late = await c.gru("p1", "p0", mm, name="late")
+            await late.access(BASE)
+        finally:
+            await mmput()
+
+    work = {
+        "unregister": lambda: grus[0].unregister(),
+        "exit": mmput,  # the process's own reference
+        "migrate": lambda: vmops.migrate_pages(a, mm, BASE, race.pages * PAGE_SIZE),
+        "ksm": lambda: vmops.ksm_merge(a, mm, BASE, mm, BASE + PAGE_SIZE),
+        "faults": faults,
+        "register": register_late,
+    }
+    tasks = [c.runtime.spawn(attempt(t, work[t]), name=t) for t in race.tasks]
+    for t in tasks:
+        await t
+
+
+def run_once(semantics: str, scheduler: str, seed: int, race: RaceConfig) -> Finding | None:
+    """One seeded run; the finding, if the model broke."""
+    config = sim_config(semantics, scheduler, seed, race)
+
+    async def workload(c: SimCluster) -> None:
+        await race_workload(c, race, seed)
+
+    def finding(kind: str, what: str, entries: list[str], digest: str) -> Finding:
+        return Finding(semantics, scheduler, seed, race, kind, what, _readable(entries), digest)
+
+    holder: dict[str, Any] = {}
+    try:
+        run = run_sim(config, workload, keep_loop=holder)
+    except (KernelBug, Deadlock, ModelError) as e:  # a model error escaping: the run itself broke
+        loop = holder.get("loop")
+        entries = loop.trace.entries if loop is not None else []
+        digest = loop.trace.digest() if loop is not None else ""
+        dep = lockdep._checkers.get(loop) if loop is not None else None
+        if dep is not None and dep.reports:  # lockdep saw it coming: its report names the cause
+            return finding("lockdep", f"{dep.reports[0]} (then: {type(e).__name__})", entries, digest)
+        return finding(type(e).__name__, str(e).splitlines()[0], entries, digest)
+    dep = lockdep._checkers.get(holder["loop"])
+    if dep is not None and dep.reports:
+        return finding("lockdep", dep.reports[0], run.trace_entries, run.trace_digest)
+    if run.violations:
+        return finding("violation", run.violations[0], run.trace_entries, run.trace_digest)
+    return None
+
+
+def _readable(entries: list[str], last: int = 24) -> list[str]:
+    """The model events of a full trace (not the scheduling steps), the last ``last`` of them,
+    as ``time  kind  detail``."""
+    out = []
+    for e in entries:
+        t, kind, detail = (e.rstrip("\n").split(" ", 2) + ["", ""])[:3]
+        if kind != "run":
+            out.append(f"{float(t):9.1f} us  {kind:<8} {detail}")
+    return out[-last:]
+
+
+def search(semantics: str, scheduler: str, seeds: int, race: RaceConfig, first_seed: int = 0) -> Finding | None:
+    """The first finding among ``seeds`` seeds, or None."""
+    if semantics not in SEMANTICS:
+        raise ValueError(f"semantics must be one of {tuple(SEMANTICS)}, got {semantics!r}")
+    for seed in range(first_seed, first_seed + seeds):
+        f = run_once(semantics, scheduler, seed, race)
+        if f is not None:
+            return f
+    return None
+
+
+def shrink(found: Finding, seeds: int) -> Finding:
+    """Try smaller workloads (fewer tasks, fewer pages, fewer GRUs) that still break the same
+    way within ``seeds`` seeds; return the smallest finding."""
+    best = found
+    progress = True
+    while progress:
+        progress = False
+        candidates: list[RaceConfig] = []
+        r = best.race
+        for t in r.tasks:
+            if len(r.tasks) > 1:
+                candidates.append(replace(r, tasks=tuple(x for x in r.tasks if x != t)))
+        if r.pages > 2:
+            candidates.append(replace(r, pages=max(2, r.pages // 2)))
+        if r.grus > 1:
+            candidates.append(replace(r, grus=r.grus - 1))
+        for cand in candidates:
+            f = search(best.semantics, best.scheduler, seeds, cand)
+            if f is not None and f.kind == best.kind:
+                best = f
+                progress = True
+                break
+    return best
+
+
+def format_finding(f: Finding, shrunk_from: RaceConfig | None = None) -> str:
+    lines = [
+        f"FOUND under semantics {f.semantics!r} ({SEMANTICS[f.semantics]})",
+        f"  {f.kind}: {f.what}",
+        f"  seed {f.seed}, scheduler {f.scheduler}, workload: {f.race.describe()}"
+        + (f" (shrunk from {shrunk_from.describe()})" if shrunk_from is not None and shrunk_from != f.race else ""),
+        f"  trace digest {f.digest}",
+        "  what happened (virtual time in us, the last model events):",
+    ]
+    lines += [f"    {e}" for e in f.trace]
+    lines.append(f"  replay: {f.replay_command()}")
+    return "\n".join(lines)
+
+
+def check_scenario(scenario: Any, semantics: str, scheduler: str, seeds: int) -> Finding | None:
+    """The same search over a hang-study scenario (``workloads/scenario.py``) under
+    ``semantics``: its run with each seed; no shrinking (the scenario is the user's)."""
+    from workloads.harness import run_scenario
+
+    s = scenario.with_value("semantics", semantics)
+    for seed in range(seeds):
+        s_seed = s.with_value("seed", seed)
+        try:
+            result, _ = run_scenario(s_seed, sim_extra={"scheduler": scheduler, "trace": "hash"})
+        except (KernelBug, Deadlock, ModelError) as e:
+            return Finding(semantics, scheduler, seed, RaceConfig(tasks=()), type(e).__name__,
+                           str(e).splitlines()[0], [], "")
+        if result["invariants"]["violations"]:
+            return Finding(semantics, scheduler, seed, RaceConfig(tasks=()), "violation",
+                           result["invariants"]["details"][0], [], result["trace_digest"] or "")
+    return None
