@@ -153,7 +153,9 @@ def run_once(semantics: str, scheduler: str, seed: int, race: RaceConfig) -> Fin
         digest = loop.trace.digest() if loop is not None else ""
         dep = lockdep._checkers.get(loop) if loop is not None else None
         if dep is not None and dep.reports:  # lockdep saw it coming: its report names the cause
-            return finding("lockdep", f"{dep.reports[0]} (then: {type(e).__name__})", entries, digest)
+            f = finding("lockdep", f"{dep.reports[0]} (then: {type(e).__name__})", entries, digest)
+            f.trace += [f"{'':12}lockdep  {r}" for r in dep.reports[1:]]
+            return f
         return finding(type(e).__name__, str(e).splitlines()[0], entries, digest)
     dep = lockdep._checkers.get(holder["loop"])
     if dep is not None and dep.reports:
@@ -219,7 +221,7 @@ def format_finding(f: Finding, shrunk_from: RaceConfig | None = None) -> str:
         f"  trace digest {f.digest}",
         "  what happened (virtual time in us, the last model events):",
     ]
-    lines += [f"    {e}" for e in f.trace]
+    lines += [f"    {e}" for e in f.trace] or ["    (none: it broke while the workload was being set up)"]
     lines.append(f"  replay: {f.replay_command()}")
     return "\n".join(lines)
 
