@@ -70,6 +70,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("sim", "ray"), default="sim",
                    help="sim: one process, virtual time (default); ray: partitions as Ray actors over gRPC")
     p.add_argument("--seed", type=_integer, default=None, help="the run's seed (default: the scenario's)")
+    from nodes.notifier import SEMANTICS
+
+    p.add_argument("--semantics", choices=tuple(SEMANTICS), default=None,
+                   help="the notifier core of a step of the seed history (default: the scenario's, v3.10)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a knob, e.g. --set srcu.scope=per_mm (repeatable)")
     p.add_argument("--out", type=Path, default=None, help="where to write the results (default: results/<scenario>)")
@@ -83,6 +87,8 @@ def _scenario(args: argparse.Namespace) -> Any:
     s = load_scenario(args.scenario).with_overrides(args.overrides)
     if args.seed is not None:
         s = s.with_value("seed", args.seed)
+    if args.semantics is not None:
+        s = s.with_value("semantics", args.semantics)
     return s
 
 

@@ -83,3 +83,13 @@ def test_an_invariant_violation_exits_1(tmp_path, monkeypatch, capsys):
     assert main(["run", "quickstart", "--out", str(tmp_path / "v"), "--set", "measure.unregisters=1",
                  "--set", "measure.exits=0"]) == 1
     assert "planted" in capsys.readouterr().out
+
+
+def test_run_takes_the_semantics_of_a_step_of_the_seed_history(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", "quickstart", "--semantics", "rcu+sleep", "--out", str(out), "--seed", "1"]) in (0, 1)
+    result = json.loads((out / "results.json").read_text())
+    assert result["config"]["semantics"] == "rcu+sleep"
+    with pytest.raises(SystemExit) as e:
+        main(["run", "quickstart", "--semantics", "v9.99"])
+    assert e.value.code == 2
