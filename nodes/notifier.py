@@ -301,7 +301,7 @@ class NotifierCore:
         self.oracle.callout(mn, mm, op, args)
         if self.trace_callouts:
             self.runtime.trace("callout", f"{op}{_fmt_args(args)} -> {mn.name} on {mm.name}")
-        t0 = self.runtime.now()
+        t0 = self.runtime.now() if self.timings.enabled else 0.0
         try:
             return await call_maybe_async(getattr(mn, op), mm, *args)
         finally:
