@@ -53,7 +53,15 @@ class Machine:
 
     def __init__(self, hosts: Hosts, i: int):
         self.hosts, self.i = hosts, i
-        script = "mount -t tmpfs tmpfs /tmp && mkdir /tmp/home && echo ready && exec sleep 3600"
+        if Path("/tmp") in ROOT.parents:
+            # a checkout under /tmp (a CI clone) would be hidden by the fresh /tmp: hold it open
+            # (fd 3) across the mount and bind it back (only in this private namespace; the
+            # bind must not canonicalize, or /proc/self/fd/3 would resolve to the new /tmp)
+            script = (f"exec 3<{ROOT} && mount -t tmpfs tmpfs /tmp && mkdir /tmp/home && mkdir -p {ROOT} && "
+                      f"mount --no-canonicalize --bind /proc/self/fd/3 {ROOT} && exec 3<&-")
+        else:
+            script = "mount -t tmpfs tmpfs /tmp && mkdir /tmp/home"
+        script += " && echo ready && exec sleep 3600"
         self.anchor = hosts.popen(i, ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = self.anchor.stdout.readline()  # type: ignore[union-attr]  # blocks until the mount is made
