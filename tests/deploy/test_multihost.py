@@ -49,6 +49,7 @@ def test_quickstart_runs_one_partition_per_host_with_measured_hangs_and_clean_in
     printed = log.read_text(errors="replace")
     assert code == 0, f"mmusim run exited {code}:\n{printed[-4000:]}"
     assert "invariants:" in printed and "0 violations" in printed  # the summary table was printed
+    print(f"\nquickstart across three hosts:\n{printed}")  # the figures, in the test's output (-s)
 
     result = json.loads((out / "results.json").read_text())
     assert result["backend"] == "ray" and result["scenario"] == "quickstart"
