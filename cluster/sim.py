@@ -63,6 +63,7 @@ class SimConfig(PartitionConfig):
     scheduler: str = "fifo"  # fifo | random | pct
     seed: int = 0
     trace: str = "hash"  # off | hash | full
+    choices: int | None = None  # only the first N scheduling choices are the seeded policy's; then FIFO
     reclaim_watermark: float = 0.0  # below this fraction of free frames an allocation reclaims
 
     def __post_init__(self) -> None:
@@ -72,6 +73,9 @@ class SimConfig(PartitionConfig):
         self.check_choice("trace", TRACE_LEVELS)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise self.bad("seed", "an integer", self.seed)
+        if self.choices is not None and (not isinstance(self.choices, int) or isinstance(self.choices, bool)
+                                         or self.choices < 0):
+            raise self.bad("choices", "None or an integer >= 0", self.choices)
         self.check_number("deadline_us", positive=True)
         self.check_number("per_byte_us", positive=False)
         self.check_number("loss", positive=False)
@@ -235,9 +239,11 @@ def run_sim(
     wait for every supervised task, and return what happened. ``replay``: the decisions of an
     earlier run (``SimRun.decisions``) to re-make instead of the seeded policy's. ``keep_loop``:
     a dict that gets the loop as ``"loop"``, so a caller can read the trace of a run that raised."""
-    from cluster.vtime import ReplayPolicy
+    from cluster.vtime import LimitedPolicy, ReplayPolicy
 
     policy = ReplayPolicy(replay) if replay is not None else make_policy(config.scheduler, config.seed)
+    if config.choices is not None and policy is not None and replay is None:
+        policy = LimitedPolicy(policy, config.choices)
     loop = VirtualTimeLoop(policy=policy, trace=Trace(config.trace))
     if keep_loop is not None:
         keep_loop["loop"] = loop

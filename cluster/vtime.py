@@ -190,6 +190,27 @@ class PctPolicy(SchedulingPolicy):
         return best
 
 
+class LimitedPolicy(SchedulingPolicy):
+    """``inner``'s choices for the first ``choices`` steps that have one, then FIFO (the first
+    ready callback): a run that differs from ``inner``'s only after that many choices. The race
+    finder shrinks a finding to the fewest seeded choices that still show it."""
+
+    name = "limited"
+
+    def __init__(self, inner: SchedulingPolicy, choices: int):
+        if choices < 0:
+            raise ValueError(f"choices must be >= 0, got {choices!r}")
+        self.inner = inner
+        self.choices = choices
+        self._made = 0
+
+    def choose(self, keys: Sequence[Any]) -> int:
+        if self._made >= self.choices:
+            return 0
+        self._made += 1
+        return self.inner.choose(keys)
+
+
 class ReplayPolicy(SchedulingPolicy):
     """Re-make the choices recorded by an earlier run (``VirtualTimeLoop.decisions``)."""
 

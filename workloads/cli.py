@@ -153,7 +153,9 @@ def _cmd_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     unknown = [t for t in tasks if t not in races.TASKS]
     if unknown or not tasks:
         parser.error(f"--tasks: expected a comma-separated subset of {','.join(races.TASKS)}, got {args.tasks!r}")
-    race = races.RaceConfig(pages=args.pages, grus=args.grus, tasks=tasks)
+    if args.choices is not None and args.choices < 0:
+        parser.error(f"--choices: expected an integer >= 0, got {args.choices}")
+    race = races.RaceConfig(pages=args.pages, grus=args.grus, tasks=tasks, choices=args.choices)
     if args.scenario != "race":
         from workloads.scenario import load_scenario
 
@@ -242,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--grus", type=_positive_int, default=2, help="race workload: GRUs mapping it (default 2)")
     check.add_argument("--tasks", default="unregister,exit,migrate,ksm,faults,register",
                        help="race workload: the concurrent tasks (default all)")
+    check.add_argument("--choices", type=_integer, default=None, metavar="N",
+                       help="race workload: only the first N scheduling choices are the seed's, then FIFO")
     check.add_argument("--no-shrink", action="store_true", help="report the first finding as found")
     report = sub.add_parser("report", help="re-render the tables and plots of a finished run or sweep")
     report.add_argument("dir", type=Path)

@@ -43,9 +43,11 @@ class RaceConfig:
     pages: int = 8
     grus: int = 2  # on p1, mapping the mm of p0
     tasks: tuple[str, ...] = TASKS
+    choices: int | None = None  # only the first N scheduling choices are the seed's; then FIFO
 
     def describe(self) -> str:
-        return f"{self.pages} pages, {self.grus} GRUs, tasks {', '.join(self.tasks)}"
+        steps = "" if self.choices is None else f", {self.choices} seeded scheduling choices then FIFO"
+        return f"{self.pages} pages, {self.grus} GRUs, tasks {', '.join(self.tasks)}{steps}"
 
 
 @dataclass
@@ -60,11 +62,13 @@ class Finding:
     what: str  # one line
     trace: list[str] = field(default_factory=list)  # the model events before it
     digest: str = ""
+    choices_made: int = 0  # scheduling choices the run made before it broke
 
     def replay_command(self) -> str:
         r = self.race
         return (f"mmusim check --semantics {self.semantics} --scheduler {self.scheduler} --replay {self.seed} "
-                f"--pages {r.pages} --grus {r.grus} --tasks {','.join(r.tasks)}")
+                f"--pages {r.pages} --grus {r.grus} --tasks {','.join(r.tasks)}"
+                + ("" if r.choices is None else f" --choices {r.choices}"))
 
 
 def sim_config(semantics: str, scheduler: str, seed: int, race: RaceConfig) -> SimConfig:
@@ -72,6 +76,7 @@ def sim_config(semantics: str, scheduler: str, seed: int, race: RaceConfig) -> S
         partitions=2, cpus=2, nframes=16 + 3 * race.pages, semantics=semantics, scheduler=scheduler, seed=seed,
         hop_latency=0.0, callout_latency={"dist": "uniform", "low": 2.0, "high": 40.0}, trace="full",
         reclaim_watermark=0.9,  # a third of the frames are in use: an allocation reclaims
+        choices=race.choices,
     )
 
 
@@ -142,7 +147,9 @@ def run_once(semantics: str, scheduler: str, seed: int, race: RaceConfig) -> Fin
         await race_workload(c, race, seed)
 
     def finding(kind: str, what: str, entries: list[str], digest: str) -> Finding:
-        return Finding(semantics, scheduler, seed, race, kind, what, _readable(entries), digest)
+        loop = holder.get("loop")
+        made = len(loop.decisions) if loop is not None else 0
+        return Finding(semantics, scheduler, seed, race, kind, what, _readable(entries), digest, made)
 
     holder: dict[str, Any] = {}
     try:
@@ -189,7 +196,8 @@ def search(semantics: str, scheduler: str, seeds: int, race: RaceConfig, first_s
 
 def shrink(found: Finding, seeds: int) -> Finding:
     """Try smaller workloads (fewer tasks, fewer pages, fewer GRUs) that still break the same
-    way within ``seeds`` seeds; return the smallest finding."""
+    way within ``seeds`` seeds, then fewer steps: the fewest of the seed's scheduling choices
+    (the rest FIFO) that still break it; return the smallest finding."""
     best = found
     progress = True
     while progress:
@@ -209,6 +217,26 @@ def shrink(found: Finding, seeds: int) -> Finding:
                 best = f
                 progress = True
                 break
+    return _fewest_choices(best)
+
+
+def _fewest_choices(f: Finding) -> Finding:
+    """Binary search for the fewest seeded scheduling choices (then FIFO) with which ``f``'s
+    seed still breaks the same way. Not monotone in general: the result is a small number that
+    fails, checked by running it, not proven minimal."""
+    lo, hi = 0, f.choices_made
+    best = f
+    while lo < hi:
+        mid = (lo + hi) // 2
+        g = run_once(f.semantics, f.scheduler, f.seed, replace(f.race, choices=mid))
+        if g is not None and g.kind == f.kind:
+            best, hi = g, mid
+        else:
+            lo = mid + 1
+    if best is f and f.race.choices is None:
+        g = run_once(f.semantics, f.scheduler, f.seed, replace(f.race, choices=f.choices_made))
+        if g is not None and g.kind == f.kind:
+            best = g
     return best
 
 

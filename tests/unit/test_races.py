@@ -57,6 +57,10 @@ def test_shrinking_keeps_the_bug_with_a_smaller_workload():
     assert set(small.race.tasks) <= set(f.race.tasks) and len(small.race.tasks) < len(f.race.tasks)
     assert {"unregister", "exit"} <= set(small.race.tasks)  # the two paths of the race
     assert small.race.pages <= f.race.pages
+    # and the fewest of the seed's scheduling choices (then FIFO) that still show it
+    assert small.race.choices is not None and small.race.choices <= small.choices_made
+    again = run_once(small.semantics, small.scheduler, small.seed, small.race)
+    assert again is not None and again.digest == small.digest
 
 
 def test_check_prints_the_finding_and_how_to_replay_it_and_exits_1(capsys):
@@ -121,3 +125,13 @@ def test_lockdep_sees_reclaim_under_a_held_lock_and_the_self_deadlock():
     reports = asyncio.run(main_())
     assert any("recursive locking detected" in r for r in reports)
     assert any("circular locking dependency" in r and "fs_reclaim" in r for r in reports)
+
+
+def test_a_limited_policy_makes_the_seeded_choices_then_fifo():
+    from cluster.vtime import LimitedPolicy, RandomPolicy
+
+    seeded, limited = RandomPolicy(7), LimitedPolicy(RandomPolicy(7), 3)
+    keys = list(range(10))
+    assert [limited.choose(keys) for _ in range(6)] == [seeded.choose(keys) for _ in range(3)] + [0, 0, 0]
+    with pytest.raises(ValueError, match="-1"):
+        LimitedPolicy(RandomPolicy(1), -1)
