@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
+from nodes.secondary.gru import GruMmu
+from nodes.secondary.kvm import KvmMmu
+from nodes.secondary.xpmem import XpmemCred, XpmemDriver
+
 if TYPE_CHECKING:
+    from nodes.owner import OwnerPort
     from nodes.partition import Partition
     from nodes.runtime import Runtime
-    from nodes.secondary.gru import GruMmu
-    from nodes.secondary.kvm import KvmMmu
-    from nodes.secondary.xpmem import XpmemDriver
 
 
 class PartitionContext(Protocol):
@@ -50,6 +52,47 @@ class PartitionContext(Protocol):
 
 
 PartitionFn = Callable[..., Awaitable[Any]]  # fn(ctx, *args)
+
+
+class SecondaryFactory:
+    """The ``gru``/``kvm``/``xpmem`` of a ``PartitionContext``, for any class that has ``name``,
+    ``runtime``, ``objects`` and ``owner_port(owner)`` (the sim backend's context and the live
+    partition): each secondary is made with this partition's port to ``owner``, registered, and
+    kept in ``objects`` under its name (by default ``KIND@HOST:OWNER/mmID``)."""
+
+    name: str
+    runtime: "Runtime"
+    objects: dict[str, Any]
+
+    def owner_port(self, owner: str) -> "OwnerPort":
+        raise NotImplementedError
+
+    def _default_name(self, kind: str, owner: str, mm_id: int) -> str:
+        return f"{kind}@{self.name}:{owner}/mm{mm_id}"
+
+    async def gru(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> "GruMmu":
+        """A GRU here mapping mm ``mm_id`` of ``owner``, registered there."""
+        gru = GruMmu(self.runtime, self.owner_port(owner), mm_id, name or self._default_name("gru", owner, mm_id), **config)
+        await gru.register()
+        self.objects[gru.name] = gru
+        return gru
+
+    async def kvm(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> "KvmMmu":
+        """A KVM-style shadow MMU here for mm ``mm_id`` of ``owner``, registered there."""
+        kvm = KvmMmu(self.runtime, self.owner_port(owner), mm_id, name or self._default_name("kvm", owner, mm_id), **config)
+        await kvm.register()
+        self.objects[kvm.name] = kvm
+        return kvm
+
+    async def xpmem(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> "XpmemDriver":
+        """An XPMEM driver here for source mm ``mm_id`` of ``owner``, its notifier registered;
+        ``cred`` (the source process) defaults to tgid ``mm_id``, uid and gid 1000."""
+        cred = config.pop("cred", XpmemCred(tgid=mm_id, uid=1000, gid=1000))
+        drv = XpmemDriver(self.runtime, self.owner_port(owner), mm_id, name or self._default_name("xpmem", owner, mm_id),
+                          cred=cred, **config)
+        await drv.register()
+        self.objects[drv.name] = drv
+        return drv
 
 
 class Cluster(Protocol):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from cluster.context import SecondaryFactory
 from cluster.wallclock import WallClock
 from nodes.owner import LocalOwner, OwnerPort
 from nodes.partition import Partition
@@ -22,12 +23,9 @@ from nodes.remote import OwnerService, RemoteOwner, SecondaryService
 from nodes.rpc.client import DEFAULT_DEADLINE_US, GrpcInterconnect, ReportSink
 from nodes.rpc.server import PartitionServer
 from nodes.runtime import Runtime
-from nodes.secondary.gru import GruMmu
-from nodes.secondary.kvm import KvmMmu
-from nodes.secondary.xpmem import XpmemCred, XpmemDriver
 
 
-class LivePartition:
+class LivePartition(SecondaryFactory):
     """A partition, its gRPC server, and its clients to the other partitions."""
 
     def __init__(
@@ -78,29 +76,6 @@ class LivePartition:
         if sink is None:
             sink = self._sinks[owner] = ReportSink(self.runtime, self.interconnect, self.name, owner)
         return RemoteOwner(self.interconnect, self.secondary_service, owner, sink)
-
-    async def gru(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> GruMmu:
-        """A GRU here mapping mm ``mm_id`` of ``owner``, registered there."""
-        gru = GruMmu(self.runtime, self.owner_port(owner), mm_id, name or f"gru@{self.name}:{owner}/mm{mm_id}", **config)
-        await gru.register()
-        self.objects[gru.name] = gru
-        return gru
-
-    async def kvm(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> KvmMmu:
-        """A KVM-style shadow MMU here for mm ``mm_id`` of ``owner``, registered there."""
-        kvm = KvmMmu(self.runtime, self.owner_port(owner), mm_id, name or f"kvm@{self.name}:{owner}/mm{mm_id}", **config)
-        await kvm.register()
-        self.objects[kvm.name] = kvm
-        return kvm
-
-    async def xpmem(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> XpmemDriver:
-        """An XPMEM driver here for source mm ``mm_id`` of ``owner``, its notifier registered."""
-        cred = config.pop("cred", XpmemCred(tgid=mm_id, uid=1000, gid=1000))
-        drv = XpmemDriver(self.runtime, self.owner_port(owner), mm_id, name or f"xpmem@{self.name}:{owner}/mm{mm_id}",
-                          cred=cred, **config)
-        await drv.register()
-        self.objects[drv.name] = drv
-        return drv
 
     async def flush_reports(self) -> None:
         """Wait until every oracle report made here has reached its owner."""

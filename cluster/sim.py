@@ -34,9 +34,10 @@ from nodes.remote import OWNER_SERVICE, SECONDARY_SERVICE, Fault, OwnerService, 
 from nodes.runtime import Runtime
 from nodes.secondary.gru import GruMmu
 from nodes.secondary.kvm import KvmMmu
-from nodes.secondary.xpmem import XpmemCred, XpmemDriver
+from nodes.secondary.xpmem import XpmemDriver
 
 from cluster.config import PartitionConfig
+from cluster.context import SecondaryFactory
 from cluster.interconnect import DEFAULT_DEADLINE_US, SimInterconnect
 from cluster.topology import LatencyDist, LatencyModel, Topology, parse_latency
 from cluster.vtime import POLICIES, TRACE_LEVELS, Trace, VirtualClock, VirtualTimeLoop, make_policy, run_virtual
@@ -159,22 +160,15 @@ class SimCluster:
     async def gru(self, host: str, owner: str, mm: Mm, name: str | None = None, **config: Any) -> GruMmu:
         """A GRU on ``host`` mapping ``mm`` of ``owner``, registered (across the interconnect
         when host != owner)."""
-        gru = GruMmu(self.runtime, self.owner_port(host, owner), mm.id, name or f"gru@{host}:{mm.name}", **config)
-        await gru.register()
-        return gru
+        return await self.context(host).gru(owner, mm.id, name, **config)
 
     async def kvm(self, host: str, owner: str, mm: Mm, name: str | None = None, **config: Any) -> KvmMmu:
         """A KVM-style shadow MMU on ``host`` for ``mm`` of ``owner``, registered."""
-        kvm = KvmMmu(self.runtime, self.owner_port(host, owner), mm.id, name or f"kvm@{host}:{mm.name}", **config)
-        await kvm.register()
-        return kvm
+        return await self.context(host).kvm(owner, mm.id, name, **config)
 
     async def xpmem(self, host: str, owner: str, mm: Mm, name: str | None = None, **config: Any) -> XpmemDriver:
         """An XPMEM driver on ``host`` for source ``mm`` of ``owner``, its notifier registered."""
-        cred = config.pop("cred", XpmemCred(tgid=mm.id, uid=1000, gid=1000))
-        drv = XpmemDriver(self.runtime, self.owner_port(host, owner), mm.id, name or f"xpmem@{host}:{mm.name}", cred=cred, **config)
-        await drv.register()
-        return drv
+        return await self.context(host).xpmem(owner, mm.id, name, **config)
 
     @property
     def names(self) -> list[str]:
@@ -199,7 +193,7 @@ class SimCluster:
         return [str(v) for p in self.partitions.values() for v in p.oracle.violations]
 
 
-class SimPartitionContext:
+class SimPartitionContext(SecondaryFactory):
     """A ``PartitionContext`` (``cluster/context.py``) of the sim backend."""
 
     def __init__(self, cluster: SimCluster, name: str):
@@ -209,20 +203,8 @@ class SimPartitionContext:
         self.runtime = cluster.runtime
         self.objects: dict[str, Any] = {}
 
-    async def gru(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> GruMmu:
-        gru = await self.cluster.gru(self.name, owner, self.cluster.partition(owner).mm(mm_id), name, **config)
-        self.objects[gru.name] = gru
-        return gru
-
-    async def kvm(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> KvmMmu:
-        kvm = await self.cluster.kvm(self.name, owner, self.cluster.partition(owner).mm(mm_id), name, **config)
-        self.objects[kvm.name] = kvm
-        return kvm
-
-    async def xpmem(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> XpmemDriver:
-        drv = await self.cluster.xpmem(self.name, owner, self.cluster.partition(owner).mm(mm_id), name, **config)
-        self.objects[drv.name] = drv
-        return drv
+    def owner_port(self, owner: str) -> OwnerPort:
+        return self.cluster.owner_port(self.name, owner)
 
     async def flush_reports(self) -> None:
         """Nothing to wait for: reports reach the owner's oracle at once in one process."""
