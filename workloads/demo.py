@@ -23,6 +23,7 @@ from nodes import vmops
 from nodes.mm import PAGE_SIZE
 from nodes.runtime import current_cpu
 from nodes.secondary.gru import DEFAULT_FLUSH_PER_PAGE_US
+from workloads import activity
 
 BASE = 0x10000000
 BACKENDS = ("sim", "ray")
@@ -59,24 +60,11 @@ async def _unmap(ctx: PartitionContext, mm_id: int, pages: int, cpu: int) -> Non
     await vmops.munmap(ctx.partition, ctx.partition.mm(mm_id), BASE, pages * PAGE_SIZE)
 
 
-async def _exit(ctx: PartitionContext, mm_id: int) -> None:
-    await vmops.exit_mmap(ctx.partition, ctx.partition.mm(mm_id))
-
-
-async def _attach_gru(ctx: PartitionContext, owner: str, mm_id: int, name: str) -> None:
-    await ctx.gru(owner, mm_id, name=name)
-
-
 async def _touch(ctx: PartitionContext, name: str, pages: int) -> None:
     """The GRU drops in one page in every 64: remote faults over the interconnect."""
     gru = ctx.objects[name]
     for a in range(BASE, BASE + pages * PAGE_SIZE, PAGE_SIZE * 64):
         await gru.access(a)
-
-
-async def _unregister(ctx: PartitionContext, name: str) -> tuple[float, float, float]:
-    t = await ctx.objects.pop(name).unregister()
-    return (t.total_us, t.release_us, t.srcu_wait_us)
 
 
 async def _idle(ctx: PartitionContext, us: float) -> None:
@@ -97,7 +85,7 @@ async def hang_workload(c: Cluster, streams: int, pages: int, unregisters: int, 
         cpu = k % cpus
         mm_id = await c.on("p0", _new_mm)
         name = f"gru{k}"
-        await c.on("p1", _attach_gru, "p0", mm_id, name)
+        await c.on("p1", activity.attach, "gru", "p0", mm_id, name, pages)
         await c.on("p0", _idle, 37.0 * k)  # staggered starts
         phase = 0
         while not stop:
@@ -106,8 +94,8 @@ async def hang_workload(c: Cluster, streams: int, pages: int, unregisters: int, 
             await c.on("p0", _idle, 50.0 * (1 + (k + phase) % 3))  # a little compute between rounds
             await c.on("p0", _unmap, mm_id, pages, cpu)
             phase += 1
-        await c.on("p1", _unregister, name)
-        await c.on("p0", _exit, mm_id)
+        await c.on("p1", activity.teardown, name, "unregister")
+        await c.on("p0", activity.exit_mm, mm_id)
 
     tasks = [c.runtime.spawn(stream(k), name=f"stream{k}") for k in range(streams)]
     measured = await c.on("p0", _new_mm)
@@ -117,14 +105,14 @@ async def hang_workload(c: Cluster, streams: int, pages: int, unregisters: int, 
     await c.on("p0", _idle, 1000.0)  # let the streams get going
     for i in range(unregisters):
         await c.on("p0", _idle, rng.uniform(500.0, 1500.0))  # random phase against the streams
-        await c.on("p1", _attach_gru, "p0", measured, f"measured{i}")
-        total, _, wait = await c.on("p1", _unregister, f"measured{i}")
+        await c.on("p1", activity.attach, "gru", "p0", measured, f"measured{i}", 1)
+        total, _, wait = await c.on("p1", activity.teardown, f"measured{i}", "unregister")
         waits.append(wait)
         totals.append(total)
     stop = True
     for task in tasks:
         await task
-    await c.on("p0", _exit, measured)
+    await c.on("p0", activity.exit_mm, measured)
     return waits, totals
 
 
