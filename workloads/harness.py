@@ -232,35 +232,31 @@ def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = N
     async def workload(c: Cluster) -> dict[str, Any]:
         return await study(c, spec, progress)
 
+    if backend not in ("sim", "ray"):
+        raise ValueError(f"backend must be sim or ray, got {backend!r}")
+    config = scenario.sim_config(**(sim_extra or {})) if backend == "sim" else scenario.ray_config(address=address)
+    if config.nframes < spec.frames_needed():
+        raise ValueError(f"scenario {scenario.name}: nframes {config.nframes} is too small for its mms and "
+                         f"measurements; at least {spec.frames_needed()} are needed")
     wall = time.monotonic()
+    placement: dict[str, dict[str, Any]] | None = None
     if backend == "sim":
         from cluster.sim import run_sim
 
-        config = scenario.sim_config(**(sim_extra or {}))
-        if config.nframes < spec.frames_needed():
-            raise ValueError(f"scenario {scenario.name}: nframes {config.nframes} is too small for its mms and "
-                             f"measurements; at least {spec.frames_needed()} are needed")
         srun = run_sim(config, workload)
         out, violations, faults = srun.result, srun.violations, srun.faults
         virtual: float | None = srun.virtual_time_us
         digest: str | None = srun.trace_digest
-        placement: dict[str, dict[str, Any]] | None = None
-    elif backend == "ray":
+    else:
         from cluster.ray_backend import run_ray
 
-        rconfig = scenario.ray_config(address=address)
-        if rconfig.nframes < spec.frames_needed():
-            raise ValueError(f"scenario {scenario.name}: nframes {rconfig.nframes} is too small for its mms and "
-                             f"measurements; at least {spec.frames_needed()} are needed")
-        rrun = run_ray(rconfig, workload)
+        rrun = run_ray(config, workload)
         out, violations, faults = rrun.result, rrun.violations, rrun.faults
         violations = violations + [f"oracle report lost or refused: {p}" for p in rrun.report_problems]
         virtual, digest = None, None
         # where each partition ran: its Ray node and its gRPC server's host:port (host = the node's address)
         placement = {name: {"node_id": node, "address": rrun.addresses.get(name), "lost": name in rrun.lost}
                      for name, node in rrun.placement.items()}
-    else:
-        raise ValueError(f"backend must be sim or ray, got {backend!r}")
     events = out["events"]
     hists = histograms(events)
     result = {
