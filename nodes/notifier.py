@@ -345,8 +345,10 @@ class NotifierCore:
         finally:
             srcu.read_unlock(idx, cpu)
 
-    def _walk_atomic(self, mm: Mm, op: str, *args: Any, stop_at_first: bool = False) -> int:
-        """The walk for ops called under the page-table lock: synchronous, no sleeping."""
+    def _walk_atomic(self, mm: Mm, op: str, *args: Any, stop_at_first: bool = False,
+                     fallback: str | None = None) -> int:
+        """The walk for ops called under the page-table lock: synchronous, no sleeping. A
+        notifier without ``op`` gets ``fallback`` (with the address alone), if it has that."""
         if not self.has_notifiers(mm):
             return 0
         assert mm.notifier_mm is not None
@@ -357,6 +359,11 @@ class NotifierCore:
         try:
             for mn in mm.notifier_mm.list.walk():
                 if not has_op(mn, op):
+                    if fallback is not None and has_op(mn, fallback):
+                        self.oracle.callout(mn, mm, fallback, args[:1])
+                        self._note(f"{op}({args[0]:#x}) falls back to {fallback} -> {mn.name}, page-table lock held")
+                        run_atomic(f"{fallback} of notifier {mn.name} (the {op} fallback)",
+                                   getattr(mn, fallback), mm, args[0])
                     continue
                 self.oracle.callout(mn, mm, op, args)
                 r = run_atomic(f"{op} of notifier {mn.name}", getattr(mn, op), mm, *args)
@@ -410,16 +417,8 @@ class NotifierCore:
         """mmu_notifier_change_pte(). Caller holds the page-table lock. Before 6bdb913f0a
         (``change-pte-unwrapped``) a notifier without change_pte got invalidate_page instead,
         here, under the page-table lock: a sleeping invalidate in atomic context."""
-        self._walk_atomic(mm, "change_pte", address, pte)
-        if not self.wraps_set_pte and self.has_notifiers(mm):
-            assert mm.notifier_mm is not None
-            for mn in mm.notifier_mm.list.walk():
-                if not has_op(mn, "change_pte") and has_op(mn, "invalidate_page"):
-                    self.oracle.callout(mn, mm, "invalidate_page", (address,))
-                    self._note(f"change_pte({address:#x}) falls back to invalidate_page -> {mn.name}, "
-                               f"page-table lock held")
-                    run_atomic(f"invalidate_page of notifier {mn.name} (the change_pte fallback)",
-                               getattr(mn, "invalidate_page"), mm, address)
+        self._walk_atomic(mm, "change_pte", address, pte,
+                          fallback=None if self.wraps_set_pte else "invalidate_page")
 
     # -- registration -----------------------------------------------------------------------
 
