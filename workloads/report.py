@@ -583,18 +583,25 @@ def hang_figure(result: Mapping[str, Any], values: Mapping[str, Sequence[float]]
     arrays = {n: np.asarray(values.get(n, ()), dtype=np.float64) for n in HANG_METRICS}
     arrays = {n: a[np.isfinite(a)] for n, a in arrays.items()}
     names = [n for n in HANG_METRICS if arrays[n].size > 0]
-    ncols = 2 if len(names) > 1 else 1
-    nrows = max(1, math.ceil(len(names) / ncols))
-    fig = Figure(figsize=(6.4 * ncols, 3.8 * nrows + 0.6), dpi=_DPI, layout="constrained")
-    fig.suptitle(f"hang distribution: {result['scenario']} on {result['backend']} (seed {result['seed']})")
-    if not names:
-        ax = fig.add_subplot()
-        ax.set_axis_off()
-        ax.text(0.5, 0.5, "no measured events", ha="center", va="center", transform=ax.transAxes)
-    for i, name in enumerate(names):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
+    title = f"hang distribution: {result['scenario']} on {result['backend']} (seed {result['seed']})"
+    fig, axes = _panels(len(names), title, "no measured events")
+    for ax, name in zip(axes, names):
         _hist_panel(ax, name, arrays[name], result["metrics"].get(name) or {})
     return fig
+
+
+def _panels(n: int, title: str, empty: str) -> tuple[Figure, list[Any]]:
+    """A figure titled ``title`` with ``n`` panels, two per row (one if ``n`` is 1); with none,
+    one blank panel saying ``empty``."""
+    ncols = 2 if n > 1 else 1
+    nrows = max(1, math.ceil(n / ncols))
+    fig = Figure(figsize=(6.4 * ncols, 3.8 * nrows + 0.6), dpi=_DPI, layout="constrained")
+    fig.suptitle(title)
+    if not n:
+        ax = fig.add_subplot()
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
+    return fig, [fig.add_subplot(nrows, ncols, i + 1) for i in range(n)]
 
 
 def _hist_panel(ax: Any, name: str, v: np.ndarray, summary: Mapping[str, Any]) -> None:
@@ -652,19 +659,11 @@ def sweep_figure(sweep: Mapping[str, Any]) -> Figure:
         x = np.arange(len(raw), dtype=np.float64)
         order = np.arange(len(raw))
         log_x = False
-    ncols = 2 if len(names) > 1 else 1
-    nrows = max(1, math.ceil(len(names) / ncols))
-    fig = Figure(figsize=(6.4 * ncols, 3.8 * nrows + 0.6), dpi=_DPI, layout="constrained")
     title = f"hang percentiles against {key}"
     if sweep.get("scenario"):
         title += f": {sweep['scenario']} on {sweep.get('backend')}"
-    fig.suptitle(title)
-    if not names:
-        ax = fig.add_subplot()
-        ax.set_axis_off()
-        ax.text(0.5, 0.5, "no measured events in any run", ha="center", va="center", transform=ax.transAxes)
-    for i, name in enumerate(names):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
+    fig, axes = _panels(len(names), title, "no measured events in any run")
+    for ax, name in zip(axes, names):
         every = []
         for stat, (color, style) in _PCT_STYLE.items():
             y = np.array([_as_float((run["metrics"].get(name) or {}).get(stat)) for run in runs])
