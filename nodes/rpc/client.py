@@ -29,11 +29,7 @@ DEFAULT_DEADLINE_US = 5_000_000.0  # five seconds: a Python RPC on a loaded 2-co
 def raise_from_rpc_error(e: grpc.aio.AioRpcError, what: str) -> None:
     """Re-raise a failed call as the model error it carries."""
     name = dict(e.trailing_metadata() or ()).get(ERROR_KEY)
-    code = e.code()
-    details = e.details() or ""
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and name is None:
-        raise Unreachable(f"{what}: {code.name}: {details}") from None
-    raise error_from(code, details, name if isinstance(name, str) else None) from None
+    raise error_from(e.code(), e.details() or "", name if isinstance(name, str) else None, what) from None
 
 
 class GrpcInterconnect:

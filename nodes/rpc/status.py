@@ -59,12 +59,14 @@ def code_of(exc: BaseException) -> grpc.StatusCode | None:
     return None
 
 
-def error_from(code: grpc.StatusCode, details: str, error_name: str | None) -> Exception:
-    """The model error a client raises for a failed call."""
+def error_from(code: grpc.StatusCode, details: str, error_name: str | None, what: str = "") -> Exception:
+    """The model error a client raises for a failed call (``what``: the call, to name it in a
+    message the server did not write)."""
     cls = _BY_NAME.get(error_name or "")
     if cls is not None:
-        return cls(details) if issubclass(cls, errors.ModelError) else cls(details)
+        return cls(details)
+    prefix = f"{what}: " if what else ""
     cls = _BY_CODE.get(code)
     if cls is not None:
-        return cls(f"{code.name}: {details}")
-    return errors.InternalError(f"rpc failed with {code.name}: {details}")
+        return cls(f"{prefix}{code.name}: {details}")
+    return errors.InternalError(f"{prefix}rpc failed with {code.name}: {details}")
