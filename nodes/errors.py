@@ -37,10 +37,23 @@ class BadAddress(ModelError):
     errno = _errno.EFAULT
 
 
+class Unmapped(BadAddress):
+    """ENOMEM: part of the range is not mapped (mprotect, madvise, mlock over a hole). The
+    kernel's do_mprotect_pkey() answers -ENOMEM, not -EFAULT, for a hole in its range."""
+
+    errno = _errno.ENOMEM
+
+
 class PermissionDenied(ModelError):
     """EACCES: the caller lacks the permission (XPMEM segment permits, owner-only calls)."""
 
     errno = _errno.EACCES
+
+
+class Exists(InvalidArgument):
+    """EEXIST: mmap(MAP_FIXED_NOREPLACE) over a range that is already (partly) mapped."""
+
+    errno = _errno.EEXIST
 
 
 class NotFound(ModelError):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from nodes.errors import BadAddress, Interrupted, InvalidArgument
+from nodes.errors import BadAddress, Exists, Interrupted, InvalidArgument
 from nodes.locks import Mutex, RwSemaphore, WaitQueue
 from nodes.runtime import SpinLock, TaskSignals
 
@@ -171,16 +171,27 @@ class Mm:
 
     def add_vma(self, start: int, length: int, prot: int = PROT_READ | PROT_WRITE) -> Vma:
         """mmap(MAP_ANONYMOUS|MAP_FIXED_NOREPLACE): a new anonymous VMA at [start, start+length).
-        Overlap with an existing VMA is EINVAL naming both ranges."""
+        Overlap with an existing VMA is EEXIST (``Exists``) naming both ranges."""
         end = check_range(start, length, "mmap")
         for v in self.vmas_in(start, end):
-            raise InvalidArgument(
+            raise Exists(
                 f"mmap: [{start:#x}, {end:#x}) overlaps existing VMA [{v.start:#x}, {v.end:#x}) of {self.name}"
             )
         vma = Vma.new(start, end, prot, Mutex(f"{self.name}.anon_vma@{start:#x}", "anon_vma"))
         self.vmas.append(vma)
         self.vmas.sort(key=lambda v: v.start)
         return vma
+
+    def holes(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The unmapped gaps of [start, end), as (start, end) pairs in address order."""
+        gaps, at = [], start
+        for v in self.vmas_in(start, end):
+            if v.start > at:
+                gaps.append((at, v.start))
+            at = max(at, v.end)
+        if at < end:
+            gaps.append((at, end))
+        return gaps
 
     def split_at(self, addr: int) -> None:
         """Make ``addr`` a VMA boundary if it falls strictly inside a VMA."""

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nodes import lockdep
-from nodes.errors import BadAddress, InvalidArgument, Released
+from nodes.errors import BadAddress, InternalError, InvalidArgument, Released, Unmapped
 from nodes.mm import (
     HPAGE_PMD_NR,
     HPAGE_PMD_SIZE,
@@ -154,15 +154,19 @@ async def touch(p: "Partition", mm: Mm, address: int, *, write: bool = False) ->
 async def populate(p: "Partition", mm: Mm, start: int, length: int, *, write: bool = True) -> int:
     """mm_populate() (mmap with MAP_POPULATE): fault in every absent page of [start,
     start+length) at once, vectorised per VMA piece, under mmap_sem (read). Absent pages get
-    fresh frames, as do_anonymous_page() would give them one by one. Returns the pages faulted
-    in."""
+    fresh frames, as do_anonymous_page() would give them one by one. As __mm_populate() with
+    ``ignore_errors``: holes and PROT_NONE VMAs are skipped, and a read-only VMA gets read
+    faults (populate_vma_page_range() asks for FOLL_WRITE only where the VMA is writable), so
+    a thread populating a range another thread changed meanwhile gets no error. Returns the
+    pages faulted in."""
     end = check_range(start, length, "populate")
     _check_live(mm)
     faulted = 0
     async with mm.mmap_sem.read():
         for vma in mm.vmas_in(start, end):
-            if not vma.prot & PROT_READ or (write and not vma.writable):
-                raise BadAddress(f"populate: VMA [{vma.start:#x}, {vma.end:#x}) of {mm.name} does not allow the access")
+            if not vma.prot & PROT_READ:
+                continue  # PROT_NONE: get_user_pages() fails, and mm_populate() ignores it
+            dirty = write and vma.writable
             sl = vma.pages(start, end)
             absent = np.flatnonzero((vma.flags[sl] & (PTE_PRESENT | PTE_MIGRATION)) == 0) + sl.start
             if not len(absent):
@@ -171,7 +175,7 @@ async def populate(p: "Partition", mm: Mm, start: int, length: int, *, write: bo
             pfns = p.frames.alloc(mm.id, vpns)
             with mm.page_table_lock:
                 vma.pfn[absent] = pfns
-                vma.flags[absent] = PTE_PRESENT | PTE_YOUNG | (PTE_WRITE if vma.writable else 0) | (PTE_DIRTY if write else 0)
+                vma.flags[absent] = PTE_PRESENT | PTE_YOUNG | (PTE_WRITE if vma.writable else 0) | (PTE_DIRTY if dirty else 0)
             faulted += len(absent)
     return faulted
 
@@ -251,31 +255,49 @@ async def munmap(p: "Partition", mm: Mm, start: int, length: int) -> None:
 
 
 async def mprotect(p: "Partition", mm: Mm, start: int, length: int, prot: int) -> None:
-    """mprotect(): every page of [start, start+length) must be mapped (ENOMEM in the kernel;
-    here ``BadAddress`` naming the hole). Each VMA piece gets change_protection(), which
-    brackets the pte update with range_start/end. Removing PROT_WRITE write-protects present
-    ptes; adding it leaves them read-only until a write fault (anonymous private memory)."""
+    """mprotect(), as v3.10's sys_mprotect() walks its range under mmap_sem (write): from the
+    VMA holding ``start``, each VMA piece gets mprotect_fixup(), and the walk goes on only
+    while the next VMA starts where the last one ended. A hole answers -ENOMEM (``Unmapped``)
+    *after* the pieces before it were changed, as the kernel leaves them; a hole at ``start``
+    changes nothing. mprotect_fixup() leaves a piece whose protection is already ``prot``
+    alone (no split, no callout); otherwise it splits the VMA to the piece and
+    change_protection() brackets the pte update with range_start/end. Removing PROT_WRITE
+    write-protects present ptes; adding it leaves them read-only until a write fault
+    (anonymous private memory)."""
     end = check_range(start, length, "mprotect")
     if prot & ~(PROT_READ | PROT_WRITE):
         raise InvalidArgument(f"mprotect: prot {prot:#x} has bits outside PROT_READ|PROT_WRITE")
     _check_live(mm)
     async with mm.mmap_sem.write():
-        covered = start
-        for v in mm.vmas_in(start, end):
-            if v.start > covered:
-                break
-            covered = v.end
-        if covered < end:
-            raise BadAddress(f"mprotect: [{start:#x}, {end:#x}) of {mm.name} has an unmapped hole at {covered:#x}")
-        mm.split_at(start)
-        mm.split_at(end)
-        for vma in mm.vmas_in(start, end):
-            vma.prot = prot
-            await p.core.invalidate_range_start(mm, vma.start, vma.end)
-            with mm.page_table_lock:
-                if not prot & PROT_WRITE:  # PROT_NONE ptes stay; faults and GUP refuse the VMA
-                    vma.flags &= ~np.uint8(PTE_WRITE)
-            await p.core.invalidate_range_end(mm, vma.start, vma.end)
+        nstart = start
+        for vma in mm.vmas_in(start, end):  # nothing else changes the VMAs: mmap_sem is ours
+            if vma.start > nstart:
+                break  # "if (!vma || vma->vm_start != nstart) { error = -ENOMEM; ..."
+            tmp = min(vma.end, end)
+            await _mprotect_fixup(p, mm, vma, nstart, tmp, prot)
+            nstart = tmp
+        if nstart < end:
+            changed = f"[{start:#x}, {nstart:#x}) was changed" if nstart > start else "nothing was changed"
+            raise Unmapped(f"mprotect: [{start:#x}, {end:#x}) of {mm.name} has an unmapped hole at {nstart:#x} "
+                           f"(ENOMEM; {changed})")
+
+
+async def _mprotect_fixup(p: "Partition", mm: Mm, vma: Vma, start: int, end: int, prot: int) -> None:
+    """mprotect_fixup() of [start, end) inside ``vma``: nothing if the protection is unchanged;
+    else split_vma() to the piece, set its protection, and change_protection()."""
+    if vma.prot == prot:
+        return  # "if (newflags == oldflags) { *pprev = vma; return 0; }"
+    mm.split_at(start)
+    mm.split_at(end)
+    piece = mm.find_vma(start)
+    if piece is None or (piece.start, piece.end) != (start, end):
+        raise InternalError(f"mprotect_fixup: split of {mm.name} at {start:#x}, {end:#x} gave {piece}")
+    piece.prot = prot
+    await p.core.invalidate_range_start(mm, start, end)  # change_protection()
+    with mm.page_table_lock:
+        if not prot & PROT_WRITE:  # PROT_NONE ptes stay; faults and GUP refuse the VMA
+            piece.flags &= ~np.uint8(PTE_WRITE)
+    await p.core.invalidate_range_end(mm, start, end)
 
 
 async def fork(p: "Partition", mm: Mm) -> Mm:

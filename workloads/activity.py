@@ -5,7 +5,8 @@ plain data in and out, so the ray backend can ship it to the partition's actor.
 A background mm owns a region of ``region_pages`` pages at ``BASE``, populated, mapped by one
 or more secondaries on other partitions. A stream picks operations by the scenario's mix and
 applies each to ``pages`` pages of the region; every operation leaves the region mapped again,
-so the next one finds something to do:
+so the next one finds something to do. Streams sharing an mm race as threads of one process
+do; what the kernel answers each step is returned and counted (``vm_op``):
 
 ============ ============================================================================
 munmap       munmap the range (range_start/end callouts), then mmap and populate it again
@@ -21,10 +22,12 @@ cow          fork (write-protects the parent: range callouts), a write fault bre
 
 from __future__ import annotations
 
-from typing import Any
+import errno
+from typing import Any, Awaitable
 
 from cluster.context import PartitionContext
 from nodes import vmops
+from nodes.errors import ModelError, Unreachable
 from nodes.mm import HPAGE_PMD_SIZE, PAGE_SIZE, PROT_READ, PROT_WRITE
 from nodes.runtime import current_cpu
 from nodes.secondary.xpmem import XPMEM_RDWR, XpmemCred
@@ -45,39 +48,60 @@ async def new_mm(ctx: PartitionContext, region_pages: int) -> int:
     return mm.id
 
 
-async def vm_op(ctx: PartitionContext, op: str, mm_id: int, first: int, pages: int, cpu: int) -> None:
-    """Apply ``op`` (see the module table) to pages [first, first + pages) of mm ``mm_id``."""
+async def vm_op(ctx: PartitionContext, op: str, mm_id: int, first: int, pages: int, cpu: int) -> list[str]:
+    """Apply ``op`` (see the module table) to pages [first, first + pages) of mm ``mm_id``.
+
+    Streams sharing an mm are threads of one process: another stream may have unmapped,
+    remapped or write-protected part of the range meanwhile, and each step then gets what the
+    kernel answers (mprotect over a hole: -ENOMEM after changing what it covered; mmap over
+    a range another thread mapped: -EEXIST; a write to an address another thread unmapped or
+    write-protected: -EFAULT, the thread's SIGSEGV; a THP collapse of a broken block: refused).
+    Every step runs whatever the earlier ones got, so the region is restored where it can be.
+    Returns the errno names of the refused steps, in order; empty when every step was done."""
     current_cpu.set(cpu)
     p = ctx.partition
     mm = p.mm(mm_id)
     start, length = BASE + first * PAGE_SIZE, pages * PAGE_SIZE
+    refused: list[str] = []
+
+    async def step(call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except Unreachable:
+            raise  # not the kernel's answer to the thread: a partition did not answer
+        except ModelError as e:
+            refused.append(errno.errorcode.get(e.errno, str(e.errno)))
+            return None
+
     if op == "munmap":
-        await vmops.munmap(p, mm, start, length)
-        await vmops.mmap(p, mm, start, length)
-        await vmops.populate(p, mm, start, length)
+        await step(vmops.munmap(p, mm, start, length))
+        for hole_start, hole_end in mm.holes(start, start + length):  # what another stream left unmapped
+            await step(vmops.mmap(p, mm, hole_start, hole_end - hole_start))
+        await step(vmops.populate(p, mm, start, length))
     elif op == "mprotect":
-        await vmops.mprotect(p, mm, start, length, PROT_READ)
-        await vmops.mprotect(p, mm, start, length, PROT_READ | PROT_WRITE)
+        await step(vmops.mprotect(p, mm, start, length, PROT_READ))
+        await step(vmops.mprotect(p, mm, start, length, PROT_READ | PROT_WRITE))
     elif op == "migrate":
-        await vmops.migrate_pages(p, mm, start, length)
+        await step(vmops.migrate_pages(p, mm, start, length))
     elif op == "ksm":
-        await vmops.ksm_merge(p, mm, start, mm, start + PAGE_SIZE)
-        await vmops.populate(p, mm, start, 2 * PAGE_SIZE)  # write faults break the KSM sharing
+        await step(vmops.ksm_merge(p, mm, start, mm, start + PAGE_SIZE))
+        await step(vmops.populate(p, mm, start, 2 * PAGE_SIZE))  # write faults break the KSM sharing
     elif op == "reclaim":
-        await vmops.reclaim(p, mm, start, length)
-        await vmops.populate(p, mm, start, length)
+        await step(vmops.reclaim(p, mm, start, length))
+        await step(vmops.populate(p, mm, start, length))
     elif op == "thp":
         block = start - (start - BASE) % HPAGE_PMD_SIZE
         vma = mm.find_vma(block)
         if vma is not None and vma.end >= block + HPAGE_PMD_SIZE:
-            await vmops.populate(p, mm, block, HPAGE_PMD_SIZE)
-            await vmops.thp_collapse(p, mm, block)
+            await step(vmops.populate(p, mm, block, HPAGE_PMD_SIZE))
+            await step(vmops.thp_collapse(p, mm, block))
     elif op == "cow":
         child = await vmops.fork(p, mm)
-        await vmops.touch(p, mm, start, write=True)  # do_wp_page in the parent
+        await step(vmops.touch(p, mm, start, write=True))  # do_wp_page in the parent
         await vmops.exit_mmap(p, child)
     else:
         raise ValueError(f"unknown VM operation {op!r}; known: {OPS}")
+    return refused
 
 
 async def attach(ctx: PartitionContext, kind: str, owner: str, mm_id: int, name: str, region_pages: int) -> None:
@@ -100,8 +124,6 @@ async def touch(ctx: PartitionContext, name: str, pages: list[int]) -> int:
     """The secondary ``name`` reads these pages of its mm's region (remote faults where it
     maps nothing); returns how many reads succeeded. A page the owner is changing right now
     may be refused (unmapped, migrating, released): that is the race, not an error."""
-    from nodes.errors import ModelError
-
     sec = ctx.objects[name]
     att = ctx.objects.get(f"{name}.att")
     done = 0

@@ -18,7 +18,10 @@ secondaries of ``secondary.kind`` on the next partitions (round robin; a KVM sha
 owner itself, see ``_hosts``). ``activity.streams``
 streams each work on one of those mms, choosing VM operations by ``activity.mix`` at Poisson
 arrivals of ``activity.rate`` per second, each on ``activity.pages`` pages, and make the
-secondaries fault some of the pages back (``workloads/activity.py``). The measured exits and
+secondaries fault some of the pages back (``workloads/activity.py``). Streams sharing an mm race
+as threads of one process; the result's ``activity`` counts, per operation, those ``done`` and
+those ``refused`` by the kernel (``{errno: n}``: an operation with a step refused -ENOMEM, say,
+because another stream unmapped part of its range). The measured exits and
 unregisters are spread over ``duration`` at seeded random points, alternating; the streams run
 until the last one is done. Oracles are on throughout: the run's invariant violations are in
 its result, never dropped.
@@ -133,6 +136,8 @@ async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None) -
     ops = [op for op in activity.OPS if spec.mix.get(op, 0) > 0]
     weights = [spec.mix[op] for op in ops]
 
+    counts = {op: {"done": 0, "refused": {}} for op in ops}  # results.json "activity"
+
     async def stream(k: int) -> None:
         srng = random.Random(f"mmusim-stream-{spec.seed}-{k}")
         owner, mm_id, secs = background[k % len(background)]
@@ -141,7 +146,8 @@ async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None) -
         while not stop:
             op = srng.choices(ops, weights)[0]
             first = srng.randrange(0, spec.region_pages - spec.pages + 1)
-            await c.on(owner, activity.vm_op, op, mm_id, first, spec.pages, cpu)
+            refused = await c.on(owner, activity.vm_op, op, mm_id, first, spec.pages, cpu)
+            count_op(counts[op], refused)
             for host, sname in secs:
                 pages = [first + srng.randrange(spec.pages) for _ in range(TOUCHED_PER_OP)]
                 await c.on(host, activity.touch, sname, pages)
@@ -207,7 +213,16 @@ async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None) -
     for owner, mm_id in measured.items():
         await c.on(owner, activity.exit_mm, mm_id)
     events.sort(key=lambda e: e["t_us"])
-    return {"events": events, "checked": checked}
+    return {"events": events, "checked": checked, "activity": counts}
+
+
+def count_op(count: dict[str, Any], refused: list[str]) -> None:
+    """Count one background operation: ``done`` when every step of it was done, else once in
+    ``refused`` under each errno a step of it got."""
+    if not refused:
+        count["done"] += 1
+    for name in sorted(set(refused)):
+        count["refused"][name] = count["refused"].get(name, 0) + 1
 
 
 def histograms(events: list[dict[str, Any]]) -> dict[str, HdrHistogram]:
@@ -266,6 +281,7 @@ def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = N
         "config": scenario.to_dict(),
         "metrics": {m: {**h.summary(), "histogram": h.to_json()} for m, h in hists.items()},
         "invariants": {"checked": out["checked"], "violations": len(violations), "details": [str(v) for v in violations]},
+        "activity": out["activity"],
         "faults": [f"{f.host} fenced during {f.during}: {f.error}" for f in faults],
         "wall_time_s": time.monotonic() - wall,
         "virtual_time_us": virtual,

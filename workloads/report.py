@@ -70,7 +70,7 @@ HANG_METRICS = ("exit_hang", "exit_srcu_wait", "unregister_hang", "unregister_sr
                 "callout_rtt")
 #: the top-level keys of results.json that DESIGN.md requires, and the order the rest follow
 REQUIRED_KEYS = ("scenario", "backend", "seed", "config", "metrics", "invariants")
-RESULT_KEY_ORDER = REQUIRED_KEYS + ("faults", "wall_time_s", "virtual_time_us", "trace_digest")
+RESULT_KEY_ORDER = REQUIRED_KEYS + ("activity", "faults", "wall_time_s", "virtual_time_us", "trace_digest")
 EVENT_COLUMNS = ("metric", "t_us", "value_us", "partition", "mm", "detail")
 SWEEP_CSV_COLUMNS = ("value", "metric", "n", "p50", "p90", "p99", "p999", "max", "mean")
 RUN_FILES = ("results.json", "events.csv", "hang.png")
@@ -110,6 +110,7 @@ class RunResult(TypedDict, total=False):
     config: dict[str, Any]
     metrics: dict[str, MetricSummary]
     invariants: Invariants
+    activity: dict[str, dict[str, Any]]  # per background operation: {"done": n, "refused": {errno: n}}
     faults: list[str]
     wall_time_s: float
     virtual_time_us: Optional[float]
@@ -266,6 +267,7 @@ def summary_table(result: Mapping[str, Any]) -> str:
     lines = [_heading(result)]
     lines += _table(result["metrics"], ("n", "p50", "p90", "p99", "max", "mean"), with_empty=True)
     lines += _invariants_lines(result["invariants"])
+    lines += _activity_lines(result.get("activity") or {})
     faults = list(result.get("faults") or [])
     if faults:
         lines.append(f"faults: {len(faults)}")
@@ -311,6 +313,19 @@ def _invariants_lines(inv: Mapping[str, Any], *, details: bool = True, indent: s
     lines += [f"{indent}  {d}" for d in shown[:SHOW_DETAILS]]
     if len(shown) > SHOW_DETAILS:
         lines.append(f"{indent}  ... and {len(shown) - SHOW_DETAILS} more")
+    return lines
+
+
+def _activity_lines(activity: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per background operation: how many were done, and how many the kernel refused,
+    by errno (streams sharing an mm race as threads of one process)."""
+    if not activity:
+        return []
+    lines = ["activity:"]
+    for op, c in activity.items():
+        refused = c.get("refused") or {}
+        why = ", ".join(f"{name} {n:,}" for name, n in sorted(refused.items()))
+        lines.append(f"  {op:<9} {_fmt_n(c.get('done'))} done" + (f", refused: {why}" if why else ""))
     return lines
 
 
