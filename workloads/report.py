@@ -631,7 +631,10 @@ def _hist_panel(ax: Any, name: str, v: np.ndarray, summary: Mapping[str, Any]) -
         bins = np.geomspace(lo, hi, 61)
         shown = np.clip(v, lo, hi)  # zeros (if any) in the first bin, said so in the legend
     else:
-        bins = 60
+        lo, hi = float(v.min()), float(v.max())
+        bins = np.linspace(lo, hi, 61)
+        if not (np.diff(bins) > 0).all():  # (nearly) one value: 60 bins would not be distinct
+            bins = np.array([lo - 0.5, hi + 0.5])
         shown = v
     counts, edges = np.histogram(shown, bins=bins)
     log_y = counts.max() > 100 * max(counts[counts > 0].min(), 1)

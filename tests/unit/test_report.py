@@ -191,6 +191,14 @@ def test_hang_figure_has_a_panel_per_metric_with_data(run_data):
     assert [t.get_text() for ax in nothing.axes for t in ax.texts] == ["no measured events"]
 
 
+def test_hang_figure_of_values_too_close_for_sixty_bins_has_one_bin(run_data):
+    result, _ = run_data
+    values = {"unregister_srcu_wait": [1005.0, 1005.0 + 1e-10, 1005.0]}  # numpy refuses 60 bins here
+    (ax,) = report.hang_figure(result, values).axes
+    assert ax.get_title() == "unregister_srcu_wait (n=3)"
+    assert ax.get_xscale() == "linear"
+
+
 def test_figures_are_not_leaked(tmp_path):
     import matplotlib.pyplot as plt
 
