@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Sequence
 
 from nodes.notifier import FANOUTS, SEMANTICS
 from nodes.partition import SRCU_SCOPES
+from nodes.srcu import DEFAULT_JIFFY_US
 
 
 @dataclass
@@ -25,7 +26,7 @@ class PartitionConfig:
     cpus: int = 4  # per partition: simulated CPUs (SRCU's per-CPU counters)
     srcu_scope: str = "global"  # global (the kernel's) | per_mm
     srcu_expedited: bool = False  # unregister and exit wait with synchronize_srcu_expedited()
-    jiffy_us: float = 1000.0
+    jiffy_us: float = DEFAULT_JIFFY_US  # 1e6 / HZ; SRCU's worker polls once a jiffy (a scenario's kernel.hz)
     fanout: str = "sequential"  # sequential (the kernel's) | parallel
     hops: int = 1  # between any two partitions, for the uniform topology
     semantics: str = "v3.10"  # the notifier core of a step of the seed history (nodes.notifier.SEMANTICS)

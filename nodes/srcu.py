@@ -41,7 +41,20 @@ SYNCHRONIZE_SRCU_TRYCOUNT = 2
 SYNCHRONIZE_SRCU_EXP_TRYCOUNT = 12
 SYNCHRONIZE_SRCU_READER_DELAY_US = 5.0
 SRCU_CALLBACK_BATCH = 10
-DEFAULT_JIFFY_US = 1000.0  # HZ=1000; SRCU_INTERVAL is one jiffy
+#: the kernel's CONFIG_HZ choices (kernel/Kconfig.hz: HZ_100, HZ_250, HZ_300, HZ_1000)
+HZ_CHOICES = (100, 250, 300, 1000)
+DEFAULT_HZ = 1000
+
+
+def jiffy_us(hz: int) -> float:
+    """One jiffy at ``hz`` ticks a second, in microseconds: the interval SRCU's worker polls at
+    (v3.10 ``SRCU_INTERVAL`` is one jiffy). ``hz`` must be one of ``HZ_CHOICES``."""
+    if isinstance(hz, bool) or hz not in HZ_CHOICES:
+        raise ValueError(f"HZ must be one of {', '.join(map(str, HZ_CHOICES))} (CONFIG_HZ), got {hz!r}")
+    return 1_000_000.0 / hz
+
+
+DEFAULT_JIFFY_US = jiffy_us(DEFAULT_HZ)  # SRCU_INTERVAL is one jiffy
 
 
 @dataclass

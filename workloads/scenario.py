@@ -40,6 +40,8 @@ Schema (``KNOBS`` holds it; defaults in brackets; times in microseconds)::
     topology.hops        positive int       [1]   between any two partitions
     srcu.scope           global | per_mm    [global]
     srcu.expedited       bool               [false]
+    kernel.hz            100 | 250 | 300 | 1000 [1000]  CONFIG_HZ: SRCU's worker polls once a
+                                                  jiffy (1e6 / hz us; v3.10 SRCU_INTERVAL)
     fanout               sequential | parallel [sequential]
     teardown             unregister | put   [unregister]
     measure.exits        int >= 0           [5]
@@ -82,6 +84,7 @@ from cluster.topology import parse_latency
 from nodes.notifier import SEMANTICS
 from nodes.notifier import FANOUTS
 from nodes.partition import SRCU_SCOPES
+from nodes.srcu import DEFAULT_HZ, HZ_CHOICES, jiffy_us
 
 if TYPE_CHECKING:
     from cluster.ray_backend import RayConfig
@@ -212,6 +215,13 @@ def _choice(choices: Sequence[str]) -> Callable[[Any, str], str]:
         return v
 
     return check
+
+
+def _hz(v: Any, path: str) -> int:
+    """CONFIG_HZ: one of the kernel's choices (``nodes.srcu.HZ_CHOICES``)."""
+    if not _is_int(v) or v not in HZ_CHOICES:
+        raise _bad(path, f"one of {', '.join(map(str, HZ_CHOICES))} (CONFIG_HZ, ticks per second)", v)
+    return v
 
 
 def _one_line(v: Any, path: str) -> str:
@@ -352,6 +362,7 @@ KNOBS: dict[str, Knob] = {
     "topology.hops": Knob(1, _positive_int, "a positive integer"),
     "srcu.scope": Knob("global", _choice(SRCU_SCOPES), " | ".join(SRCU_SCOPES)),
     "srcu.expedited": Knob(False, _boolean, "true or false"),
+    "kernel.hz": Knob(DEFAULT_HZ, _hz, " | ".join(map(str, HZ_CHOICES))),
     "semantics": Knob("v3.10", _choice(tuple(SEMANTICS)), " | ".join(SEMANTICS)),
     "fanout": Knob("sequential", _choice(FANOUTS), " | ".join(FANOUTS)),
     "teardown": Knob("unregister", _choice(TEARDOWNS), " | ".join(TEARDOWNS)),
@@ -656,6 +667,7 @@ class Scenario:
             nframes=self.nframes,
             srcu_scope=v["srcu"]["scope"],
             srcu_expedited=v["srcu"]["expedited"],
+            jiffy_us=jiffy_us(v["kernel"]["hz"]),
             fanout=v["fanout"],
             hops=v["topology"]["hops"],
             semantics=v["semantics"],
