@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 from cluster.context import Cluster
 from workloads import activity
-from workloads.metrics import HdrHistogram
+from workloads.metrics import HdrHistogram, metric_result
 
 METRICS = (
     "exit_hang", "exit_release", "exit_srcu_wait",
@@ -279,7 +279,7 @@ def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = N
         "backend": backend,
         "seed": spec.seed,
         "config": scenario.to_dict(),
-        "metrics": {m: {**h.summary(), "histogram": h.to_json()} for m, h in hists.items()},
+        "metrics": {m: metric_result(h, seed=spec.seed, metric=m) for m, h in hists.items()},
         "invariants": {"checked": out["checked"], "violations": len(violations), "details": [str(v) for v in violations]},
         "activity": out["activity"],
         "faults": [f"{f.host} fenced during {f.during}: {f.error}" for f in faults],

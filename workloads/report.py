@@ -7,7 +7,10 @@ A **run** directory (``write_run``) holds:
     stable key order: the top-level keys in schema order, metrics in ``METRIC_NAMES`` order,
     each metric's summary keys in ``SUMMARY_KEYS`` order, everything else sorted. Non-finite
     floats are written as ``null`` so the file is strict JSON. Written last and atomically, so
-    a directory with a ``results.json`` is a finished run.
+    a directory with a ``results.json`` is a finished run. Each metric also carries ``ci95``
+    (``{"p50": [lo, hi], "p99": [lo, hi]}``, null without events) and ``beyond`` (the events
+    beyond each percentile), see ``workloads/metrics.py``; results written before they existed
+    have neither, and render without intervals.
 ``events.csv``
     One row per measured event, header ``metric,t_us,value_us,partition,mm,detail`` (csv
     module, UTF-8; an ``mm`` of None is an empty field).
@@ -23,11 +26,13 @@ A **sweep** directory (``write_sweep``) holds one run directory per value of the
 ``sweep.json``
     ``{"key", "values", "runs": [{"value", "dir", "metrics": {name: summary},
     "invariants": {"checked", "violations"}}], "scenario", "backend"}``: ``dir`` is relative
-    to the sweep directory, ``summary`` is the metric's ``SUMMARY_KEYS`` block (no histogram),
-    scenario and backend are the first run's. Written last.
+    to the sweep directory, ``summary`` is the metric's ``SUMMARY_KEYS`` block with its
+    ``ci95`` and ``beyond`` when the run has them (no histogram), scenario and backend are the
+    first run's. Written last.
 ``sweep.csv``
     One row per value x metric (every metric any run reported), header
-    ``value,metric,n,p50,p90,p99,p999,max,mean``; empty fields where a metric has no data.
+    ``value,metric,n,p50,p90,p99,p999,max,mean,p50_ci_lo,p50_ci_hi,p99_ci_lo,p99_ci_hi``;
+    empty fields where a metric has no data (or its run no intervals).
 ``sweep.png``
     One panel per metric of ``HANG_METRICS`` with data in some run: p50, p90, p99 and max
     against the knob's values (categorical x for strings and other non-numbers, numeric x for
@@ -39,9 +44,10 @@ is left as it was, and no figure is kept in pyplot's registry; every figure is d
 it is saved. File names are fixed (``RUN_FILES``, ``SWEEP_FILES``).
 
 ``render(dir)`` regenerates the PNGs of a finished run or sweep from its JSON and CSV files and
-returns the text of ``summary_table`` (for a sweep, one compact table per value). A directory
-that is not a finished run or sweep, or one whose files are corrupt, raises ``ReportError``
-(a ``ValueError``) with one line naming the directory and the file.
+returns the text of ``summary_table`` (for a sweep, one compact table per value). A table marks
+with ``*``, and footnotes, a percentile with too few events beyond it (``metrics.too_few_beyond``).
+A directory that is not a finished run or sweep, or one whose files are corrupt, raises
+``ReportError`` (a ``ValueError``) with one line naming the directory and the file.
 """
 
 from __future__ import annotations
@@ -58,7 +64,8 @@ from typing import Any, Iterable, Literal, Mapping, Optional, Sequence, TypedDic
 import numpy as np
 from matplotlib.figure import Figure
 
-from workloads.metrics import SUMMARY_KEYS
+from workloads.metrics import (BOOTSTRAP_RESAMPLES, CI_PERCENTILES, INTERVAL_KEYS, MIN_BEYOND, PERCENTILES,
+                               SUMMARY_KEYS, too_few_beyond)
 
 # -- the schema ----------------------------------------------------------------------------
 
@@ -72,7 +79,8 @@ HANG_METRICS = ("exit_hang", "exit_srcu_wait", "unregister_hang", "unregister_sr
 REQUIRED_KEYS = ("scenario", "backend", "seed", "config", "metrics", "invariants")
 RESULT_KEY_ORDER = REQUIRED_KEYS + ("activity", "faults", "wall_time_s", "virtual_time_us", "trace_digest")
 EVENT_COLUMNS = ("metric", "t_us", "value_us", "partition", "mm", "detail")
-SWEEP_CSV_COLUMNS = ("value", "metric", "n", "p50", "p90", "p99", "p999", "max", "mean")
+SWEEP_CSV_COLUMNS = ("value", "metric", "n", "p50", "p90", "p99", "p999", "max", "mean") + tuple(
+    f"{p}_ci_{end}" for p in CI_PERCENTILES for end in ("lo", "hi"))
 RUN_FILES = ("results.json", "events.csv", "hang.png")
 SWEEP_FILES = ("sweep.json", "sweep.csv", "sweep.png")
 #: how many invariant-violation details and faults a summary table shows before "... and N more"
@@ -91,6 +99,8 @@ class MetricSummary(TypedDict, total=False):
     p999: Optional[float]
     max: Optional[float]
     mean: Optional[float]
+    ci95: dict[str, Optional[list[float]]]  # CI_PERCENTILES -> [lo, hi], None when n == 0
+    beyond: dict[str, int]  # PERCENTILES -> events beyond it
     histogram: dict[str, Any]
 
 
@@ -217,7 +227,8 @@ def write_sweep(out_dir: str | os.PathLike[str], key: str, values: Sequence[Any]
         doc = _canonical_result(res)
         inv = doc["invariants"]
         runs.append({"value": _jsonable(value), "dir": d,
-                     "metrics": {name: {k: m.get(k) for k in SUMMARY_KEYS} for name, m in doc["metrics"].items()},
+                     "metrics": {name: {**{k: m.get(k) for k in SUMMARY_KEYS}, **{k: m[k] for k in INTERVAL_KEYS if k in m}}
+                                 for name, m in doc["metrics"].items()},
                      "invariants": {"checked": inv.get("checked"), "violations": inv.get("violations")}})
     sweep = {"key": key, "values": [_jsonable(v) for v in values], "runs": runs,
              "scenario": _jsonable(results[0]["scenario"]), "backend": _jsonable(results[0]["backend"])}
@@ -236,8 +247,10 @@ def _write_sweep_csv(path: Path, sweep: Mapping[str, Any]) -> None:
         for run in sweep["runs"]:
             for name in names:
                 m = run["metrics"].get(name) or {}
+                ci = m.get("ci95") or {}
+                ends = [("" if ci.get(p) is None else ci[p][i]) for p in CI_PERCENTILES for i in (0, 1)]
                 w.writerow([_value_text(run["value"]), name, m.get("n", 0)]
-                           + ["" if m.get(k) is None else m[k] for k in SWEEP_CSV_COLUMNS[3:]])
+                           + ["" if m.get(k) is None else m[k] for k in SUMMARY_KEYS[2:]] + ends)
 
 
 def _dir_name(key: str, value: Any) -> str:
@@ -261,11 +274,17 @@ def _value_text(value: Any) -> str:
 
 def summary_table(result: Mapping[str, Any]) -> str:
     """The end-of-run table: a heading line, one row per metric (n, p50, p90, p99, max, mean in
-    microseconds, right-aligned, "-" where the metric has no data), the invariants line (the
-    first few violation details under it), and the faults if there were any."""
+    microseconds, right-aligned, "-" where the metric has no data; after p50 and p99 their 95 %
+    interval, when the result has them), a percentile with too few events beyond it marked and
+    footnoted, the invariants line (the first few violation details under it), and the faults
+    if there were any."""
     _check_result(result, "result")
     lines = [_heading(result)]
-    lines += _table(result["metrics"], ("n", "p50", "p90", "p99", "max", "mean"), with_empty=True)
+    metrics = result["metrics"]
+    with_ci = any("ci95" in m for m in metrics.values())
+    columns = [c for p in ("p50", "p90", "p99") for c in ((p, f"ci95.{p}") if with_ci and p in CI_PERCENTILES else (p,))]
+    table, marked = _table(metrics, ("n", *columns, "max", "mean"), with_empty=True)
+    lines += table + _footnotes(marked, with_ci)
     lines += _invariants_lines(result["invariants"])
     lines += _activity_lines(result.get("activity") or {})
     faults = list(result.get("faults") or [])
@@ -288,22 +307,61 @@ def _heading(result: Mapping[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def _table(metrics: Mapping[str, Mapping[str, Any]], columns: Sequence[str], *, with_empty: bool, indent: str = "") -> list[str]:
-    header = ["metric"] + [c if c == "n" else f"{c} us" for c in columns]
+def _table(metrics: Mapping[str, Mapping[str, Any]], columns: Sequence[str], *, with_empty: bool,
+           indent: str = "") -> tuple[list[str], bool]:
+    """The lines of a table of ``metrics`` with ``columns`` (summary keys; ``"ci95.p50"`` is the
+    95 % interval of p50), and whether a percentile in it is marked: a percentile cell ends in
+    ``*`` when too few events lie beyond it (``too_few_beyond``), else in a space."""
+    header = ["metric"] + [_header(c) for c in columns]
     rows = []
+    marked = False
     for name in _ordered_names(metrics):
         m = metrics[name]
         if not with_empty and not m.get("n"):
             continue
-        rows.append([name] + [_fmt_n(m.get("n")) if c == "n" else _fmt(m.get(c)) for c in columns])
+        row = [name]
+        for c in columns:
+            if c == "n":
+                row.append(_fmt_n(m.get("n")))
+            elif c.startswith("ci95."):
+                iv = (m.get("ci95") or {}).get(c.removeprefix("ci95."))
+                row.append("-" if iv is None else f"{_fmt(iv[0])}..{_fmt(iv[1])}")
+            elif c in PERCENTILES:
+                mark = m.get(c) is not None and too_few_beyond(PERCENTILES[c], int(m["n"]))
+                marked = marked or mark
+                row.append(_fmt(m.get(c)) + ("*" if mark else " "))
+            else:
+                row.append(_fmt(m.get(c)))
+        rows.append(row)
     if not rows:
-        return [f"{indent}(no metrics)"]
+        return [f"{indent}(no metrics)"], False
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     out = []
     for r in [header] + rows:
         cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
         out.append(indent + "  ".join(cells).rstrip())
-    return out
+    return out, marked
+
+
+def _header(column: str) -> str:
+    if column == "n":
+        return column
+    if column.startswith("ci95."):
+        return "95% CI"
+    return f"{column} us" + (" " if column in PERCENTILES else "")  # the mark's place
+
+
+def _footnotes(marked: bool, with_ci: bool) -> list[str]:
+    """The lines under a table: what ``*`` means (if a cell has it) and how the intervals were
+    made (if the table shows them)."""
+    lines = []
+    if marked:
+        lines.append(f"* fewer than {MIN_BEYOND} events beyond this percentile: it rests on the few largest; "
+                     "measure more before quoting it")
+    if with_ci:
+        lines.append(f"95% CI: bootstrap over the metric's events ({BOOTSTRAP_RESAMPLES:,} resamples, "
+                     "seeded from the run's seed)")
+    return lines
 
 
 def _invariants_lines(inv: Mapping[str, Any], *, details: bool = True, indent: str = "") -> list[str]:
@@ -442,11 +500,16 @@ def _render_sweep(d: Path) -> str:
     if sweep.get("scenario"):
         head += f"  ({sweep['scenario']}, backend={sweep.get('backend')})"
     lines = [head]
+    marked = False
     for run, (result, _) in zip(sweep["runs"], loaded):
         lines.append("")
         lines.append(f"{sweep['key']}={_value_text(run['value'])}  ({run['dir']}/)")
-        lines += _table(run["metrics"], ("n", "p50", "p99", "max"), with_empty=False, indent="  ")
+        table, run_marked = _table(run["metrics"], ("n", "p50", "p99", "max"), with_empty=False, indent="  ")
+        marked = marked or run_marked
+        lines += table
         lines += _invariants_lines(result["invariants"], details=False, indent="  ")
+    if marked:
+        lines += [""] + _footnotes(True, False)
     return "\n".join(lines)
 
 
@@ -501,6 +564,14 @@ def _metrics_problem(metrics: Any) -> str | None:
                 return f".{name}.{k} is not a number: {v!r}"
         if m["n"] is None:
             return f".{name}.n is null"
+        ci = m.get("ci95")
+        if ci is not None:
+            if not isinstance(ci, Mapping):
+                return f".{name}.ci95 is not an object: {ci!r}"
+            for p, iv in ci.items():
+                if iv is not None and not (isinstance(iv, (list, tuple)) and len(iv) == 2 and all(
+                        isinstance(x, (int, float)) and not isinstance(x, bool) for x in iv)):
+                    return f".{name}.ci95.{p} is not [lo, hi]: {iv!r}"
     return None
 
 

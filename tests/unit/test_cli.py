@@ -13,14 +13,20 @@ from workloads.scenario import builtin_scenarios
 
 def test_run_writes_results_events_and_a_plot_and_report_re_renders_them(tmp_path, capsys):
     out = tmp_path / "q"
-    assert main(["run", "quickstart", "--out", str(out), "--seed", "5", "--set", "measure.exits=2"]) == 0
+    assert main(["run", "quickstart", "--out", str(out), "--seed", "5", "--set", "measure.exits=2",
+                 "--set", "measure.unregisters=20"]) == 0
     printed = capsys.readouterr().out
     assert "unregister_srcu_wait" in printed and "0 violations" in printed
     result = json.loads((out / "results.json").read_text())
     assert {"scenario", "backend", "seed", "config", "metrics", "invariants"} <= set(result)
     assert result["seed"] == 5 and result["config"]["measure"]["exits"] == 2
     for name in ("exit_hang", "exit_srcu_wait", "unregister_hang", "unregister_srcu_wait", "invalidate_range", "callout_rtt"):
-        assert {"unit", "n", "p50", "p90", "p99", "p999", "max", "mean"} <= set(result["metrics"][name])
+        m = result["metrics"][name]
+        assert {"unit", "n", "p50", "p90", "p99", "p999", "max", "mean", "ci95", "beyond"} <= set(m)
+        for key in ("p50", "p99"):  # the 95 % interval of each, around it
+            assert m["ci95"][key][0] <= m[key] <= m["ci95"][key][1]
+    assert result["metrics"]["exit_hang"]["beyond"]["p50"] == 1  # 2 exits: the p50 is the first
+    assert "* fewer than 10 events beyond this percentile" in printed and "95% CI" in printed
     rows = (out / "events.csv").read_text().splitlines()
     assert rows[0] == "metric,t_us,value_us,partition,mm,detail" and len(rows) > 10
     (out / "hang.png").unlink()

@@ -20,7 +20,7 @@ import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from workloads import report  # noqa: E402
-from workloads.metrics import HdrHistogram  # noqa: E402
+from workloads.metrics import PERCENTILES, HdrHistogram, metric_result, samples_beyond  # noqa: E402
 from workloads.report import ReportError  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -40,18 +40,24 @@ def synthetic_run(seed: int = 7, scale: float = 1.0, shapes=SHAPES, scenario: st
         values = rng.lognormal(np.log(median * scale), sigma, n)
         h = HdrHistogram()
         h.record(values)
-        metrics[name] = {**h.summary(), "histogram": h.to_json()}
+        metrics[name] = metric_result(h, seed=seed, metric=name)
         ends = np.cumsum(rng.exponential(100.0, n))
         for t, v, mm in zip(ends, values, rng.integers(0, 4, n)):
             events.append({"metric": name, "t_us": float(t), "value_us": float(v), "partition": f"p{mm % 2}",
                            "mm": None if mm == 3 else int(mm), "detail": "munmap, 2 secondaries"})
     for name in EMPTY:
-        metrics[name] = {**HdrHistogram().summary(), "histogram": HdrHistogram().to_json()}
+        metrics[name] = metric_result(HdrHistogram(), seed=seed, metric=name)
     result = {"scenario": scenario, "backend": "sim", "seed": seed,
               "config": {"partitions": 2, "activity": {"streams": 4, "mix": {"munmap": 1.0}}, "callout": {"latency": 50}},
               "metrics": metrics, "invariants": {"checked": 12345, "violations": 0, "details": []}, "faults": [],
               "wall_time_s": 3.25, "virtual_time_us": 1.5e6, "trace_digest": "0123456789abcdef0123"}
     return result, events
+
+
+def without_intervals(result):
+    """``result`` as results.json was written before metrics carried ci95 and beyond."""
+    return {**result, "metrics": {name: {k: v for k, v in m.items() if k not in ("ci95", "beyond")}
+                                  for name, m in result["metrics"].items()}}
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +83,19 @@ def read_csv(path: Path) -> list[list[str]]:
         return list(csv.reader(f))
 
 
+def assert_intervals(doc) -> None:
+    """Each metric of a results.json carries ci95 (p50 and p99 inside their intervals) and
+    the events beyond each percentile."""
+    for name, m in doc["metrics"].items():
+        assert m["beyond"] == {k: samples_beyond(pct, m["n"]) for k, pct in PERCENTILES.items()}, name
+        if not m["n"]:
+            assert m["ci95"] == {"p50": None, "p99": None}
+            continue
+        for key in ("p50", "p99"):
+            lo, hi = m["ci95"][key]
+            assert lo <= m[key] <= hi, (name, key)
+
+
 # -- write_run ------------------------------------------------------------------------------
 
 
@@ -100,6 +119,8 @@ def test_write_run_writes_results_events_and_plot(tmp_path, run_data):
         again = HdrHistogram.from_json(m["histogram"])  # the histogram round-trips
         assert again.summary() == {k: result["metrics"][name][k] for k in again.summary()}
     assert doc["metrics"]["exit_release"]["n"] == 0 and doc["metrics"]["exit_release"]["p99"] is None
+    assert_intervals(doc)
+    assert doc["metrics"]["unregister_hang"]["beyond"]["p99"] == 5  # of 500 events
     assert report.load_run(out)[0] == doc
 
     rows = read_csv(out / "events.csv")
@@ -247,13 +268,60 @@ def test_summary_table_rows_dashes_and_invariants(run_data):
     assert len({len(line) for line in table}) == 1  # aligned: every row as wide as the header
     rows = {line.split()[0]: line.split() for line in table[1:]}
     assert list(rows) == [n for n in report.METRIC_NAMES if n in rows]
+    # n, p50, its 95% CI, p90, p99, its 95% CI, max, mean
     for name in EMPTY:
-        assert rows[name][1:] == ["0", "-", "-", "-", "-", "-"]
+        assert rows[name][1:] == ["0", "-", "-", "-", "-", "-", "-", "-"]
     eh = result["metrics"]["exit_hang"]
-    assert rows["exit_hang"][2] == report._fmt(eh["p50"]) and rows["exit_hang"][5] == report._fmt(eh["max"])
+    assert rows["exit_hang"][2] == report._fmt(eh["p50"]) and rows["exit_hang"][7] == report._fmt(eh["max"])
+    lo, hi = eh["ci95"]["p99"]
+    assert rows["exit_hang"][6] == f"{report._fmt(lo)}..{report._fmt(hi)}"
     assert "-" not in rows["exit_hang"]
     assert lines[-1] == "invariants: 12345 checked, 0 violations"
     assert "faults" not in text
+
+
+def thin(n: int, seed: int = 1):
+    """A result whose every metric has ``n`` events."""
+    return synthetic_run(seed=seed, shapes={name: (median, sigma, n) for name, (median, sigma, _) in SHAPES.items()})[0]
+
+
+def test_summary_table_marks_a_percentile_with_fewer_than_10_events_beyond_it():
+    lines = report.summary_table(thin(50)).splitlines()
+    header = lines[1]
+    row = next(line for line in lines if line.startswith("exit_hang"))
+    # 50 events: 25 beyond p50, 5 beyond p90, 0 beyond p99; a mark ends the cell, a space else
+    cells = row.split()
+    assert not cells[2].endswith("*") and cells[4].endswith("*") and cells[5].endswith("*")
+    assert header.index("p90 us") + len("p90 us") + 1 == row.index(cells[4]) + len(cells[4])  # the mark under its place
+    assert len({len(line) for line in lines[1:1 + 1 + len(SHAPES) + len(EMPTY)]}) == 1  # still aligned
+    assert "* fewer than 10 events beyond this percentile" in "\n".join(lines)
+    assert any(line.startswith("95% CI: bootstrap over the metric's events") for line in lines)
+    plenty = report.summary_table(thin(1000))  # 10 beyond p99: nothing marked, no footnote
+    assert "*" not in plenty
+
+
+def test_an_old_result_without_intervals_still_renders(tmp_path, run_data):
+    result, events = run_data
+    old = without_intervals(thin(50))
+    report.write_run(tmp_path / "old", old, events[:100])
+    text = report.render(tmp_path / "old")
+    assert "95% CI" not in text and ".." not in text  # no interval columns
+    assert "* fewer than 10 events beyond" in text  # the mark needs only n
+    header = text.splitlines()[1].split()
+    assert header[:4] == ["metric", "n", "p50", "us"]
+    key, values = "seed", [1, 2]
+    report.write_sweep(tmp_path / "sweep", key, values, [old, result])
+    runs = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["runs"]
+    assert "ci95" not in runs[0]["metrics"]["exit_hang"] and "ci95" in runs[1]["metrics"]["exit_hang"]
+    rows = [r for r in read_csv(tmp_path / "sweep" / "sweep.csv")[1:] if r[1] == "exit_hang"]
+    assert rows[0][9:] == ["", "", "", ""] and all(rows[1][9:])
+
+
+def test_a_result_with_a_malformed_interval_is_refused(tmp_path, run_data):
+    result, events = run_data
+    bad = {**result, "metrics": {**result["metrics"], "exit_hang": {**result["metrics"]["exit_hang"], "ci95": {"p50": [1.0]}}}}
+    with pytest.raises(ReportError, match=r"metrics\.exit_hang\.ci95\.p50 is not \[lo, hi\]: \[1\.0\]"):
+        report.write_run(tmp_path, bad, events)
 
 
 def test_summary_table_violations_and_faults(run_data):
@@ -296,17 +364,22 @@ def test_write_sweep_numeric_knob(tmp_path):
     for run, result in zip(sweep["runs"], results):
         assert run["dir"] == f"{key}={run['value']}"
         assert (tmp_path / run["dir"] / "results.json").is_file()
-        assert run["metrics"]["exit_hang"] == {k: result["metrics"]["exit_hang"][k] for k in report.SUMMARY_KEYS}
+        keys = report.SUMMARY_KEYS + ("ci95", "beyond")
+        assert run["metrics"]["exit_hang"] == {k: result["metrics"]["exit_hang"][k] for k in keys}
         assert "histogram" not in run["metrics"]["exit_hang"]
 
     rows = read_csv(tmp_path / "sweep.csv")
-    assert rows[0] == ["value", "metric", "n", "p50", "p90", "p99", "p999", "max", "mean"]
+    assert rows[0] == ["value", "metric", "n", "p50", "p90", "p99", "p999", "max", "mean",
+                       "p50_ci_lo", "p50_ci_hi", "p99_ci_lo", "p99_ci_hi"]
     metrics = set(SWEEP_SHAPES) | set(EMPTY)
     assert len(rows) - 1 == len(values) * len(metrics)
     assert {(r[0], r[1]) for r in rows[1:]} == {(str(v), m) for v in values for m in metrics}
     eh = {int(r[0]): float(r[5]) for r in rows[1:] if r[1] == "exit_hang"}  # p99 grows with the scale
     assert [eh[v] for v in values] == sorted(eh.values())
-    assert [r[2:] for r in rows[1:] if r[1] == "exit_release"] == [["0", "", "", "", "", "", ""]] * len(values)
+    assert [r[2:] for r in rows[1:] if r[1] == "exit_release"] == [["0"] + [""] * 10] * len(values)
+    for r, result in zip([r for r in rows[1:] if r[1] == "exit_hang"], results):  # the intervals, as results.json has them
+        ci = result["metrics"]["exit_hang"]["ci95"]
+        assert [float(x) for x in r[9:]] == ci["p50"] + ci["p99"]
 
     assert_real_png(tmp_path / "sweep.png")
     fig = report.sweep_figure(sweep)
@@ -331,7 +404,8 @@ def test_write_sweep_categorical_knob_and_render(tmp_path):
     assert_real_png(tmp_path / "sweep.png")
     assert_real_png(tmp_path / "srcu.scope=global" / "hang.png")
     assert text.splitlines()[0].startswith("sweep of srcu.scope over 2 values")
-    blocks = text.split("\n\n")[1:]
+    *blocks, footnote = text.split("\n\n")[1:]
+    assert footnote.startswith("* fewer than 10 events beyond")  # p99 of 300 unregister_srcu_waits has 3
     assert [b.splitlines()[0].split()[0] for b in blocks] == ["srcu.scope=global", "srcu.scope=per_mm"]
     for block in blocks:
         names = [line.split()[0] for line in block.splitlines()[2:-1]]
