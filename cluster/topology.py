@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import numbers
 import random
+import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -57,6 +58,8 @@ class UnknownPartition(TopologyError, KeyError):
     def __str__(self) -> str:  # KeyError would repr() the message; keep it readable
         return str(self.args[0]) if self.args else ""
 
+
+_STANDARD_NORMAL = statistics.NormalDist()
 
 # distribution name -> its parameter names, in canonical order
 _DISTS: dict[str, tuple[str, ...]] = {
@@ -205,6 +208,27 @@ class LatencyDist:
             return p[0][1] * u ** (-1.0 / p[1][1])
         except OverflowError:
             return math.inf
+
+    def quantile(self, p: Any) -> np.ndarray:
+        """The inverse of the distribution function, in us, at each probability of ``p`` (an
+        array or scalar, every value in (0, 1)): what ``sample`` returns for the rng's draw
+        that puts it at that rank. For analytic models that integrate over the distribution
+        (``workloads/predict.py``) instead of sampling it; a pareto or lognormal quantile that
+        overflows a float is ``inf``."""
+        q = np.asarray(p, dtype=np.float64)
+        if q.size and not ((q > 0.0) & (q < 1.0)).all():
+            bad = q[~((q > 0.0) & (q < 1.0))].flat[0]
+            raise TopologyError(f"LatencyDist.quantile: probabilities must be in (0, 1), got {bad!r}")
+        d = self.dist
+        with np.errstate(over="ignore"):
+            if d == "constant":
+                return np.full(q.shape, self.param("value"))
+            if d == "uniform":
+                return self.param("low") + q * (self.param("high") - self.param("low"))
+            if d == "lognormal":
+                z = np.vectorize(_STANDARD_NORMAL.inv_cdf, otypes=[np.float64])(q) if q.size else q
+                return self.param("median") * np.exp(self.param("sigma") * z)
+            return self.param("scale") * (1.0 - q) ** (-1.0 / self.param("alpha"))
 
     @property
     def mean(self) -> float:

@@ -5,6 +5,7 @@
     mmusim scenarios
     mmusim report DIR
     mmusim check [SCENARIO] --semantics MODE [--seeds N] [--scheduler random|pct]
+    mmusim predict SCENARIO [--set k=v ...] [--sweep] [--compare DIR]
     mmusim demo [...]
 
 Exit status: 0 when a run finished and its invariants held; 1 when it finished with an
@@ -187,6 +188,33 @@ def _cmd_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return EXIT_VIOLATION
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from workloads.predict import compare, format_comparison, format_predictions, predict
+    from workloads.scenario import ScenarioError
+
+    if args.compare is not None:
+        if args.overrides or args.sweep:
+            raise ScenarioError("--compare", None, "each run is predicted from the config it recorded: "
+                                "--set and --sweep do not apply with --compare")
+        from workloads.report import load_sweep
+        from workloads.scenario import load_scenario
+
+        rows = compare(args.compare, load_scenario(args.scenario).name)
+        key = load_sweep(args.compare)["key"] if (args.compare / "sweep.json").exists() else None
+        print(format_comparison(key, rows))
+        return EXIT_OK
+    s = _scenario(args)
+    points = s.sweep_points()
+    if args.sweep and not points:
+        raise ScenarioError(s.source, "sweep", "--sweep: this scenario declares none (add one with "
+                            "--set 'sweep={key: KNOB, values: [V1, V2]}')")
+    if points:
+        print(format_predictions(s.get("sweep.key"), [(value, predict(point)) for value, point in points]))
+    else:
+        print(format_predictions(None, [(None, predict(s))]))
+    return EXIT_OK
+
+
 def _cmd_scenarios(args: argparse.Namespace) -> int:
     from workloads.scenario import builtin_scenarios
 
@@ -247,6 +275,16 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--choices", type=_integer, default=None, metavar="N",
                        help="race workload: only the first N scheduling choices are the seed's, then FIFO")
     check.add_argument("--no-shrink", action="store_true", help="report the first finding as found")
+    predict = sub.add_parser("predict", help="predict the unregister and exit synchronize_srcu() wait from the "
+                                             "scenario's activity (an analytic model, docs/srcu-hang-model.md)")
+    predict.add_argument("scenario", help="a built-in scenario's name or a YAML file")
+    predict.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a knob, e.g. --set activity.streams=4 (repeatable)")
+    predict.add_argument("--sweep", action="store_true",
+                         help="one row per point of the scenario's sweep (the default when it declares one)")
+    predict.add_argument("--compare", type=Path, default=None, metavar="DIR",
+                         help="a finished `mmusim sweep` or `mmusim run` directory: predicted beside measured, per run")
+    predict.set_defaults(seed=None, semantics=None)
     report = sub.add_parser("report", help="re-render the tables and plots of a finished run or sweep")
     report.add_argument("dir", type=Path)
 
@@ -267,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": _cmd_run, "sweep": _cmd_sweep, "scenarios": _cmd_scenarios, "report": _cmd_report,
         "demo": lambda a: _cmd_demo(a, parser),
         "check": lambda a: _cmd_check(a, parser),
+        "predict": _cmd_predict,
     }
     from workloads.report import ReportError
     from workloads.scenario import ScenarioError

@@ -89,6 +89,25 @@ def test_pareto_overflow_is_inf_not_an_exception() -> None:
     assert LatencyDist.pareto(1.0, 0.01).sample(Tiny()) == math.inf
 
 
+QUANTILED = [{"dist": "constant", "value": 3.0}, {"dist": "uniform", "low": 1, "high": 3},
+             {"dist": "lognormal", "median": 10, "sigma": 1.0}, {"dist": "pareto", "scale": 2, "alpha": 1.5}]
+
+
+@pytest.mark.parametrize("spec", QUANTILED)
+def test_quantile_inverts_what_sample_draws(spec: dict) -> None:
+    d = parse_latency(spec, W)
+    x = draws(spec)
+    ps = np.array([0.1, 0.5, 0.9, 0.99])
+    q = d.quantile(ps)
+    assert q.shape == ps.shape and (np.diff(q) >= 0).all()
+    if spec["dist"] == "constant":
+        assert (q == 3.0).all()
+    else:  # the fraction of draws at or below each quantile is its probability
+        assert np.abs(np.array([(x <= v).mean() for v in q]) - ps).max() < 0.015
+    with pytest.raises(TopologyError, match="quantile"):
+        d.quantile([0.5, 1.0])
+
+
 @pytest.mark.parametrize(
     "spec",
     [
