@@ -81,12 +81,8 @@ class NotModelled(ScenarioError):
 
 
 def jiffy_us(scenario: Scenario) -> float:
-    """One jiffy of the scenario's partitions, in us: ``1e6 / kernel.hz`` when the scenario has
-    a ``kernel.hz`` knob, else the jiffy the sim backend gives its partitions
-    (``SimConfig.jiffy_us``: 1000 us, HZ=1000). SRCU's worker polls once per jiffy."""
-    kernel = scenario.values.get("kernel")
-    if isinstance(kernel, dict) and kernel.get("hz") is not None:
-        return 1e6 / float(kernel["hz"])
+    """One jiffy of the scenario's partitions, in us (``1e6 / kernel.hz``, as the scenario
+    gives it to its partitions' SRCU). SRCU's worker polls once per jiffy."""
     return float(scenario.sim_config().jiffy_us)
 
 
