@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nodes import lockdep
-from nodes.errors import BadAddress, InternalError, InvalidArgument, Released, Unmapped
+from nodes.errors import BadAddress, Busy, InternalError, InvalidArgument, Released, Unmapped
 from nodes.mm import (
     HPAGE_PMD_NR,
     HPAGE_PMD_SIZE,
@@ -77,16 +77,21 @@ def _check_live(mm: Mm) -> None:
 async def handle_mm_fault(p: "Partition", mm: Mm, address: int, *, write: bool) -> int:
     """handle_mm_fault(): make ``address`` present (and writable if ``write``); returns its
     pfn. The caller holds mmap_sem for read (which keeps the VMAs as they are)."""
-    _check_live(mm)
     address = _page(address)
-    vma = mm.vma_or_fault(address)
-    if write and not vma.prot & PROT_WRITE:
-        raise BadAddress(f"write fault at {address:#x} in read-only VMA [{vma.start:#x}, {vma.end:#x}) of {mm.name}")
-    if not write and not vma.prot & PROT_READ:
-        raise BadAddress(f"read fault at {address:#x} in PROT_NONE VMA [{vma.start:#x}, {vma.end:#x}) of {mm.name}")
-    i = vma.index(address)
-    while vma.flags[i] & PTE_MIGRATION:
-        await mm.migration_wq.wait()  # migration_entry_wait()
+    while True:
+        _check_live(mm)
+        vma = mm.vma_or_fault(address)
+        if write and not vma.prot & PROT_WRITE:
+            raise BadAddress(f"write fault at {address:#x} in read-only VMA [{vma.start:#x}, {vma.end:#x}) of {mm.name}")
+        if not write and not vma.prot & PROT_READ:
+            raise BadAddress(f"read fault at {address:#x} in PROT_NONE VMA [{vma.start:#x}, {vma.end:#x}) of {mm.name}")
+        i = vma.index(address)
+        if not vma.flags[i] & PTE_MIGRATION:
+            break
+        # migration_entry_wait(): sleep until the migration unlocks the page (it always does,
+        # also when munmap or exit zapped the entry meanwhile), then the fault is retried
+        # from the start: the mm may have exited and the VMA been split or removed
+        await mm.migration_wq.wait()
     flags = int(vma.flags[i])
     if not flags & PTE_PRESENT:
         # do_anonymous_page() / do_swap_page(): a fresh frame holding this page's contents
@@ -218,8 +223,11 @@ async def get_user_pages(
 
 
 async def unmap_region(p: "Partition", mm: Mm, start: int, end: int) -> None:
-    """unmap_region(): range_start, zap every present pte of [start, end) gathering the pages,
-    range_end, then tlb_finish_mmu() puts them (vectorised, per VMA piece)."""
+    """unmap_region(): range_start, zap every pte of [start, end) gathering the pages of the
+    present ones, range_end, then tlb_finish_mmu() puts them (vectorised, per VMA piece). Swap
+    and migration entries are cleared too, as zap_pte_range() clears them; they hold no page
+    reference (try_to_unmap_one() dropped the pte's), so nothing is put for them, and a
+    migration in flight then finds no entry to remove (see ``_unmap_and_move``)."""
     await p.core.invalidate_range_start(mm, start, end)
     gathered = []
     for vma, sl, present in mm.iter_present(start, end):
@@ -346,54 +354,152 @@ async def exit_mmap(p: "Partition", mm: Mm) -> TeardownTiming:
     return TeardownTiming(p.runtime.now() - t0, timing.release_us, timing.srcu_wait_us)
 
 
+async def mmput(p: "Partition", mm: Mm) -> TeardownTiming | None:
+    """mmput(): drop one mm_users reference; the last one runs exit_mmap() and its timing is
+    returned. Once the mm has exited (a caller ran ``exit_mmap`` as the last user while this
+    reference was still held) there is nothing left to drop."""
+    if mm.users > 1:
+        mm.users -= 1
+        return None
+    if mm.users == 1:
+        return await exit_mmap(p, mm)
+    return None
+
+
 # -- rmap-driven operations: migration, reclaim, KSM, THP -------------------------------------
+#
+# Migration and reclaim find a page again after every sleep (the anon_vma lock, a sleeping
+# callout), by address, under the page-table lock, as the kernel's rmap walk re-walks the page
+# table there (page_check_address()): a compaction or a reclaim holds no mmap_sem, so munmap
+# and mprotect may have split the VMA (into new ``Vma`` objects) or removed it meanwhile, and
+# the mm may have exited. A ``Vma`` looked up before a sleep is never written after it.
+
+MIGRATE_REASONS = ("syscall", "compaction")
 
 
-def _present_addresses(mm: Mm, start: int, end: int) -> list[tuple[Vma, int]]:
+def _present_addresses(mm: Mm, start: int, end: int) -> list[int]:
+    """The addresses of [start, end) whose pte is present now, in address order."""
     out = []
     for vma, sl, present in mm.iter_present(start, end):
         base = vma.start + (sl.start << PAGE_SHIFT)
-        out.extend((vma, base + (int(k) << PAGE_SHIFT)) for k in np.flatnonzero(present))
+        out.extend(base + (int(k) << PAGE_SHIFT) for k in np.flatnonzero(present))
     return out
 
 
-async def migrate_pages(p: "Partition", mm: Mm, start: int, length: int) -> int:
-    """Migrate each present page of [start, start+length) to a new frame (move_pages /
-    NUMA balancing). Per page, as unmap_and_move() does: isolate (a reference), take the
-    anon_vma lock, replace the pte by a migration entry under the PT lock and drop its
-    reference, then invalidate_page; move_to_new_page() refuses a page with extra references
-    (a pin still held: -EAGAIN) and the old pte is restored; otherwise the contents are copied
-    and remove_migration_ptes() maps the new frame. Returns the pages migrated."""
+def _follow_page(mm: Mm, address: int) -> tuple[Vma, int] | None:
+    """follow_page(): (vma, index) of the present pte of ``address`` in ``mm`` now, or None
+    (outside every VMA, absent, swapped out, under migration)."""
+    vma = mm.find_vma(address)
+    if vma is None:
+        return None
+    i = vma.index(address)
+    return (vma, i) if vma.flags[i] & PTE_PRESENT else None
+
+
+def _page_check_address(mm: Mm, address: int, pfn: int, *, migration: bool = False) -> tuple[Vma, int] | None:
+    """page_check_address(): (vma, index) of the pte of ``address`` in ``mm`` if it still maps
+    frame ``pfn``, else None (the VMA is gone, the pte zapped, or it maps another page). With
+    ``migration`` the pte must instead be a migration entry for ``pfn``, as
+    remove_migration_pte() checks ``migration_entry_to_page(entry) == old``. The caller holds
+    the PT lock; the VMA is looked up by address, never carried across a sleep."""
+    vma = mm.find_vma(address)
+    if vma is None:
+        return None
+    i = vma.index(address)
+    if not vma.flags[i] & (PTE_MIGRATION if migration else PTE_PRESENT) or vma.pfn[i] != pfn:
+        return None
+    return vma, i
+
+
+async def migrate_pages(p: "Partition", mm: Mm, start: int, length: int, *, reason: str = "syscall") -> int:
+    """Migrate each page mapped at [start, start+length) to a new frame, one by one through
+    ``_unmap_and_move``; returns the pages migrated. ``reason`` (the kernel's migrate_reason)
+    says who migrates, and with it what is held:
+
+    - ``"syscall"``: move_pages() / migrate_pages() (and NUMA balancing's
+      migrate_misplaced_page(), from a fault): an mm_users reference (get_task_mm()) and
+      mmap_sem for read over the whole migration (do_move_page_to_node_array(),
+      do_migrate_pages()). munmap and mprotect wait for it; the process's exit runs at its
+      mmput().
+    - ``"compaction"``: an rmap-driven migration (compact_zone() -> migrate_pages()) holds
+      neither: the VMAs may be split or removed, and the mm may exit, whenever it sleeps."""
     end = check_range(start, length, "migrate_pages")
+    if reason not in MIGRATE_REASONS:
+        raise InvalidArgument(f"migrate_pages: reason must be one of {MIGRATE_REASONS}, got {reason!r}")
     _check_live(mm)
-    frames = p.frames
+    if reason == "compaction":
+        return await _migrate_range(p, mm, start, end)
+    mm.users += 1  # get_task_mm()
+    try:
+        async with mm.mmap_sem.read():
+            return await _migrate_range(p, mm, start, end)
+    finally:
+        await mmput(p, mm)
+
+
+async def _migrate_range(p: "Partition", mm: Mm, start: int, end: int) -> int:
     migrated = 0
-    for vma, address in _present_addresses(mm, start, end):
-        i = vma.index(address)
-        old = int(vma.pfn[i])
-        if vma not in mm.vmas or not vma.flags[i] & PTE_PRESENT or frames.refcount[old] - frames.pincount[old] > 1:
-            continue  # unmapped meanwhile, or mapped by another mm too (no rmap here)
-        frames.get(old)  # isolate_lru_page()
-        new = int(frames.alloc(mm.id, [address >> PAGE_SHIFT])[0])  # get_new_page()
-        async with vma.anon_vma_lock:  # try_to_unmap() walks the anon_vma
-            with mm.page_table_lock:
-                orig_flags = int(vma.flags[i])
-                vma.flags[i] = PTE_MIGRATION
-                frames.put(old)  # page_remove_rmap(); page_cache_release()
-            await p.core.invalidate_page(mm, address)
-        with mm.page_table_lock:
-            if frames.refcount[old] != 1:  # migrate_page_move_mapping(): extra refs, -EAGAIN
-                frames.get(old)
-                vma.flags[i] = orig_flags  # remove_migration_ptes(page, page)
-                frames.put(new)
-            else:
-                frames.copy_contents(np.array([new]), np.array([old]))
-                vma.pfn[i] = new
-                vma.flags[i] = PTE_PRESENT | (orig_flags & (PTE_WRITE | PTE_DIRTY | PTE_YOUNG))
-                migrated += 1
-        mm.migration_wq.wake_all()
-        frames.put(old)  # putback: the old page is freed here once migrated
+    for address in _present_addresses(mm, start, end):
+        migrated += await _unmap_and_move(p, mm, address)
     return migrated
+
+
+async def _unmap_and_move(p: "Partition", mm: Mm, address: int) -> bool:
+    """unmap_and_move() of the page mapped at ``address``: isolate it (a reference; a page
+    mapped by another mm too is skipped: no rmap here), then
+
+    1. try_to_unmap(TTU_MIGRATION) under the anon_vma lock: if the pte still maps the page,
+       replace it by a migration entry (a write migration entry if the pte was writable) and
+       drop the pte's reference under the PT lock, then invalidate_page;
+    2. move_to_new_page(): migrate_page_move_mapping() refuses a page with extra references
+       (a pin still held: -EAGAIN); otherwise the contents are copied;
+    3. remove_migration_ptes() under the anon_vma lock again (rmap_walk()): where the
+       migration entry still is, map the new page (or the old one back on -EAGAIN). munmap's
+       or exit's zap may have cleared the entry meanwhile: then nothing is mapped;
+    4. unlock_page() wakes the faults waiting in migration_entry_wait(); putback puts the old
+       page (freed here once migrated) and the new one if no pte took it.
+
+    Returns True if the page moved (the kernel's nr_succeeded)."""
+    frames = p.frames
+    found = _follow_page(mm, address)
+    if found is None:
+        return False  # unmapped, swapped out or migrating meanwhile: skipped
+    vma, i = found
+    old = int(vma.pfn[i])
+    if frames.refcount[old] - frames.pincount[old] > 1:
+        return False  # mapped by another mm too, or isolated by another walker
+    anon_vma = vma.anon_vma_lock  # page_get_anon_vma(): the page's anon_vma outlives its VMAs
+    frames.get(old)  # isolate_lru_page()
+    new = int(frames.alloc(mm.id, [address >> PAGE_SHIFT])[0])  # get_new_page()
+    bits = 0  # the pte's dirty and young bits, kept with the page (PageDirty, PageReferenced)
+    async with anon_vma:  # try_to_unmap() walks the anon_vma
+        with mm.page_table_lock:
+            pte = _page_check_address(mm, address, old)
+            if pte is not None:
+                vma, i = pte
+                bits = int(vma.flags[i])
+                vma.flags[i] = PTE_MIGRATION | (bits & PTE_WRITE)  # make_migration_entry()
+                frames.put(old)  # page_remove_rmap(); page_cache_release()
+        if pte is not None:
+            await p.core.invalidate_page(mm, address)
+    async with anon_vma:  # remove_migration_ptes() -> rmap_walk()
+        with mm.page_table_lock:
+            moved = bool(frames.refcount[old] == 1)  # migrate_page_move_mapping(): else -EAGAIN
+            if moved:
+                frames.copy_contents(np.array([new]), np.array([old]))
+            page = new if moved else old
+            entry = _page_check_address(mm, address, old, migration=True)
+            if entry is not None:  # remove_migration_pte()
+                vma, i = entry
+                if page == old:
+                    frames.get(old)
+                vma.pfn[i] = page
+                vma.flags[i] = PTE_PRESENT | (vma.flags[i] & PTE_WRITE) | (bits & (PTE_DIRTY | PTE_YOUNG))
+            if entry is None or page == old:
+                frames.put(new)  # putback_lru_page(newpage): no pte took it, it is freed
+    mm.migration_wq.wake_all()  # unlock_page(page)
+    frames.put(old)  # putback: the old page is freed here once migrated
+    return moved
 
 
 async def reclaim(p: "Partition", mm: Mm, start: int, length: int) -> int:
@@ -408,33 +514,40 @@ async def _reclaim(p: "Partition", mm: Mm, start: int, length: int) -> int:
     accessed bit (primary or any secondary's, via clear_flush_young under the PT lock) was set
     is kept and loses the bit; an unreferenced one is unmapped by try_to_unmap_one() (which
     checks young again), becomes a swap entry, gets invalidate_page, and is freed once no
-    one else holds it (a pinned page stays until unpinned). Returns the pages freed."""
+    one else holds it (a pinned page stays until unpinned). Reclaim holds no mmap_sem: after
+    each anon_vma lock the pte is looked up again (page_referenced_one() and
+    try_to_unmap_one() call page_check_address()). Returns the pages freed."""
     end = check_range(start, length, "reclaim")
     _check_live(mm)
     frames = p.frames
     freed = 0
-    for vma, address in _present_addresses(mm, start, end):
-        i = vma.index(address)
-        if vma not in mm.vmas or not vma.flags[i] & PTE_PRESENT:
+    for address in _present_addresses(mm, start, end):
+        found = _follow_page(mm, address)
+        if found is None:
             continue
+        vma, i = found
         pfn = int(vma.pfn[i])
+        anon_vma = vma.anon_vma_lock
         frames.get(pfn)  # isolate_lru_page()
-        async with vma.anon_vma_lock:  # page_referenced() -> rmap walk
+        async with anon_vma:  # page_referenced() -> rmap walk
             with mm.page_table_lock:
-                referenced = _clear_flush_young_notify(p, mm, vma, i, address)
+                pte = _page_check_address(mm, address, pfn)
+                referenced = pte is not None and _clear_flush_young_notify(p, mm, *pte, address)
         if not referenced:
-            async with vma.anon_vma_lock:  # try_to_unmap()
+            async with anon_vma:  # try_to_unmap()
                 unmapped = False
                 with mm.page_table_lock:
-                    if vma.pfn[i] == pfn and vma.flags[i] & PTE_PRESENT and not _clear_flush_young_notify(p, mm, vma, i, address):
+                    pte = _page_check_address(mm, address, pfn)
+                    if pte is not None and not _clear_flush_young_notify(p, mm, *pte, address):
+                        vma, i = pte
                         vma.pfn[i] = -1
                         vma.flags[i] = PTE_SWAP  # swap entry; pageout() wrote the contents
                         frames.put(pfn)
                         unmapped = True
                 if unmapped:
                     await p.core.invalidate_page(mm, address)
-        if frames.refcount[pfn] == 1 and not vma.flags[i] & PTE_PRESENT:
-            freed += 1  # __remove_mapping(): only our isolation reference is left
+            if frames.refcount[pfn] == 1:
+                freed += 1  # __remove_mapping(): only our isolation reference is left
         frames.put(pfn)  # free, or putback_lru_page()
     return freed
 
@@ -501,7 +614,12 @@ async def ksm_merge(p: "Partition", mm_a: Mm, addr_a: int, mm_b: Mm, addr_b: int
     compare contents: the caller declares them identical). The page of ``mm_a`` is
     write-protected and becomes the KSM page; the pte of ``mm_b`` is write-protected, then
     replaced to map the KSM page, and its old page is freed when ksmd drops its reference.
-    Returns False if either page is absent, pinned, or changed underneath."""
+    Returns False if either page is absent, pinned, or changed underneath.
+
+    ksmd holds no mmap_sem between the two merges: as try_to_merge_with_ksm_page() does, each
+    takes it for read, gives up if the mm is exiting (ksm_test_exit(): mm_users is 0) and
+    finds the VMA again (find_mergeable_vma(): munmap may have removed it). Within each,
+    mmap_sem keeps the VMA as it is across the callouts' sleeps."""
     for mm, a in ((mm_a, addr_a), (mm_b, addr_b)):
         _check_live(mm)
         mm.vma_or_fault(a)
@@ -515,13 +633,17 @@ async def ksm_merge(p: "Partition", mm_a: Mm, addr_a: int, mm_b: Mm, addr_b: int
     frames.get(pb)
     try:
         async with mm_a.mmap_sem.read():
-            vma_a = mm_a.vma_or_fault(addr_a)
+            vma_a = mm_a.find_vma(addr_a)
+            if mm_a.users <= 0 or vma_a is None:  # ksm_test_exit(), find_mergeable_vma()
+                return False
             kpte = await _write_protect_page(p, mm_a, vma_a, addr_a)
             if kpte is None or kpte[0] != pa:
                 return False
             frames.ksm.add(pa)  # the page becomes the stable KSM page
         async with mm_b.mmap_sem.read():
-            vma_b = mm_b.vma_or_fault(addr_b)
+            vma_b = mm_b.find_vma(addr_b)
+            if mm_b.users <= 0 or vma_b is None:
+                return False
             orig = await _write_protect_page(p, mm_b, vma_b, addr_b)
             if orig is None or orig[0] != pb:
                 return False
@@ -531,26 +653,63 @@ async def ksm_merge(p: "Partition", mm_a: Mm, addr_a: int, mm_b: Mm, addr_b: int
 
 
 async def thp_collapse(p: "Partition", mm: Mm, address: int) -> bool:
-    """khugepaged collapsing the 2 MiB range at ``address`` into a huge page.
-    khugepaged_scan_pmd(): every pte present and writable, no page with extra references, and
-    at least one referenced (pte young, or a secondary's test_young under the PT lock, asked
-    for each pte that is not young).
-    collapse_huge_page(): mmap_sem for write, the anon_vma lock, range_start, clear the pmd,
-    range_end, isolate (abort if a page gained a reference), copy into the new frames, free the
-    old pages, map the huge page. Returns True if collapsed."""
+    """khugepaged collapsing the 2 MiB block at ``address`` into a huge page. Returns True if
+    collapsed, False where khugepaged declines (a pte write-protected, a page with extra
+    references, nothing referenced, or the mm exiting); a block that is not, or is no longer,
+    collapsible is refused with the errno MADV_COLLAPSE gives (madvise_collapse_errno()):
+
+    - ``InvalidArgument`` (EINVAL): the block is not inside one VMA (hugepage_vma_revalidate():
+      SCAN_VMA_NULL / SCAN_ADDRESS_RANGE, "error intrinsic to specified memory range");
+    - ``Busy`` (EAGAIN): a pte of the block is not present (absent, swapped out, under
+      migration). The kernel would fill an empty pte and swap a page in; the model collapses
+      only fully mapped blocks, so this is "resource temporarily unavailable, trying again
+      might succeed", the class SCAN_PAGE_LOCK and SCAN_PAGE_COUNT are in.
+
+    khugepaged_scan_pmd(), under mmap_sem for read: every pte present and writable, no page
+    with extra references, and at least one referenced (pte young, or a secondary's test_young
+    under the PT lock, asked for each pte that is not young).
+    collapse_huge_page(): mmap_sem for write (khugepaged_test_exit(), then the VMA checked
+    again), the anon_vma lock, range_start, clear the pmd, range_end,
+    __collapse_huge_page_isolate() (every pte still present and writable, no page with an
+    extra reference: else the pmd is put back), copy into the new frames, free the old pages,
+    map the huge page (writable as the VMA is: maybe_pmd_mkwrite()). mmap_sem and the anon_vma
+    lock keep the block as it is from the pmd clear to the huge pmd."""
     if address % HPAGE_PMD_SIZE:
         raise InvalidArgument(f"thp_collapse: address {address:#x} is not 2 MiB aligned")
     _check_live(mm)
     start, end = address, address + HPAGE_PMD_SIZE
     frames = p.frames
 
+    def whole_vma() -> Vma:
+        vma = mm.find_vma(start)
+        if vma is None or vma.end < end:
+            where = "no VMA" if vma is None else f"VMA [{vma.start:#x}, {vma.end:#x})"
+            raise InvalidArgument(
+                f"thp_collapse: the 2 MiB block [{start:#x}, {end:#x}) of {mm.name} is not inside one VMA "
+                f"({where} at {start:#x})"
+            )
+        return vma
+
+    def not_present(flags: np.ndarray) -> Busy | None:
+        absent = np.flatnonzero((flags & PTE_PRESENT) == 0)
+        if not len(absent):
+            return None
+        return Busy(
+            f"thp_collapse: the pte of {start + (int(absent[0]) << PAGE_SHIFT):#x} in the 2 MiB block at {start:#x} "
+            f"of {mm.name} is not present ({len(absent)} of {HPAGE_PMD_NR} are not): the block cannot be collapsed now"
+        )
+
     def scan(vma: Vma) -> bool:
         sl = vma.pages(start, end)
         flags, pfns = vma.flags[sl], vma.pfn[sl]
-        if ((flags & (PTE_PRESENT | PTE_WRITE)) != (PTE_PRESENT | PTE_WRITE)).any():
-            return False
+        bad = np.flatnonzero((flags & (PTE_PRESENT | PTE_WRITE)) != (PTE_PRESENT | PTE_WRITE))
+        if len(bad):  # the first pte that fails decides, as the kernel's per-pte loop does
+            error = not_present(flags) if not flags[bad[0]] & PTE_PRESENT else None
+            if error is not None:
+                raise error
+            return False  # write-protected (SCAN_PAGE_RO)
         if (frames.refcount[pfns] != 1).any():
-            return False
+            return False  # SCAN_PAGE_COUNT
         referenced = False
         with mm.page_table_lock:
             for k in range(HPAGE_PMD_NR):
@@ -562,15 +721,20 @@ async def thp_collapse(p: "Partition", mm: Mm, address: int) -> bool:
         return referenced
 
     async with mm.mmap_sem.read():
-        vma = mm.find_vma(start)
-        if vma is None or vma.start > start or vma.end < end or not scan(vma):
+        if mm.users <= 0:  # khugepaged_test_exit()
+            return False
+        if not scan(whole_vma()):
             return False
     new = frames.alloc(mm.id, np.arange(start >> PAGE_SHIFT, end >> PAGE_SHIFT))  # khugepaged_alloc_page
     async with mm.mmap_sem.write():
-        vma = mm.find_vma(start)
-        if vma is None or vma.start > start or vma.end < end:
+        try:
+            if mm.users <= 0:  # khugepaged_test_exit()
+                frames.put(new)
+                return False
+            vma = whole_vma()
+        except BaseException:
             frames.put(new)
-            return False
+            raise
         sl = vma.pages(start, end)
         async with vma.anon_vma_lock:
             await p.core.invalidate_range_start(mm, start, end)
@@ -580,15 +744,19 @@ async def thp_collapse(p: "Partition", mm: Mm, address: int) -> bool:
                 vma.flags[sl] = 0
             await p.core.invalidate_range_end(mm, start, end)
             with mm.page_table_lock:  # __collapse_huge_page_isolate()
-                ok = bool((old_flags & PTE_PRESENT).all()) and bool((frames.refcount[old_pfns] == 1).all())
+                error = not_present(old_flags)
+                ok = (error is None and bool((old_flags & PTE_WRITE).all())
+                      and bool((frames.refcount[old_pfns] == 1).all()))
                 if not ok:  # restore the pmd, as collapse_huge_page does on failure
                     vma.pfn[sl], vma.flags[sl] = old_pfns, old_flags
             if not ok:
                 frames.put(new)
+                if error is not None:
+                    raise error
                 return False
             frames.copy_contents(new, old_pfns)  # __collapse_huge_page_copy()
             frames.put(old_pfns)
             with mm.page_table_lock:  # set_pmd_at(): map the huge page
                 vma.pfn[sl] = new
-                vma.flags[sl] = PTE_PRESENT | PTE_WRITE | PTE_DIRTY | PTE_YOUNG
+                vma.flags[sl] = PTE_PRESENT | PTE_DIRTY | PTE_YOUNG | (PTE_WRITE if vma.writable else 0)
     return True

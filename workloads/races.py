@@ -9,7 +9,8 @@ random moments, concurrently:
 
 - ``unregister``: one GRU is unregistered;
 - ``exit``: the mm's process exits;
-- ``migrate``: the pages are migrated one by one (an invalidate_page callout each);
+- ``migrate``: compaction migrates the pages one by one (an invalidate_page callout each;
+  rmap-driven, so it holds neither mmap_sem nor the mm and races the exit);
 - ``ksm``: ksmd merges two pages (write-protect and replace: set_pte_at_notify);
 - ``faults``: the other GRU keeps faulting pages in;
 - ``register``: a late GRU registers (under memory pressure: the allocation may reclaim).
@@ -92,13 +93,6 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
         for k in range(race.pages):
             await g.access(BASE + k * PAGE_SIZE)
 
-    async def mmput() -> None:
-        """Drop a reference to the mm: the last one exits it (mmput -> exit_mmap)."""
-        if mm.users == 1:
-            await vmops.exit_mmap(a, mm)
-        elif mm.users > 1:
-            mm.users -= 1
-
     async def attempt(name: str, fn: Any) -> None:
         await c.runtime.sleep(rng.uniform(0.0, 60.0))
         c.runtime.trace("task", f"{name} starts")
@@ -124,12 +118,12 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
             late = await c.gru("p1", "p0", mm, name="late")
             await late.access(BASE)
         finally:
-            await mmput()
+            await vmops.mmput(a, mm)
 
     work = {
         "unregister": lambda: grus[0].unregister(),
-        "exit": mmput,  # the process's own reference
-        "migrate": lambda: vmops.migrate_pages(a, mm, BASE, race.pages * PAGE_SIZE),
+        "exit": lambda: vmops.mmput(a, mm),  # the process's own reference
+        "migrate": lambda: vmops.migrate_pages(a, mm, BASE, race.pages * PAGE_SIZE, reason="compaction"),
         "ksm": lambda: vmops.ksm_merge(a, mm, BASE, mm, BASE + PAGE_SIZE),
         "faults": faults,
         "register": register_late,

@@ -11,6 +11,7 @@ invalidate_range_end" is a check on what the notifier saw, not on the order of l
 from __future__ import annotations
 
 import asyncio
+import errno
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -19,7 +20,7 @@ import pytest
 
 from cluster.vtime import VirtualClock, run_virtual
 from nodes import vmops
-from nodes.errors import BadAddress, InvalidArgument, Released, SleepingInAtomicContext, Unmapped
+from nodes.errors import BadAddress, Busy, InvalidArgument, Released, SleepingInAtomicContext, Unmapped
 from nodes.mm import (
     HPAGE_PMD_NR,
     HPAGE_PMD_SIZE,
@@ -381,7 +382,8 @@ def test_migrate_invalidate_page_after_migration_entry_contents_kept_old_freed()
         for k, c in enumerate(log[::2]):
             assert not c.atomic
             pfn, flags = c.ptes[0]
-            assert flags == PTE_MIGRATION and pfn == old[k]  # the pte is a migration entry now
+            # the pte is a migration entry now: a write migration entry, the pte was writable
+            assert flags == PTE_MIGRATION | PTE_WRITE and pfn == old[k]
             assert c.alive[k]  # and the page it pointed to is still allocated
         new = [mm.pte(BASE + k * P)[0] for k in range(4)]
         assert new[1:] == old[:3]  # the reuse noted above
@@ -407,7 +409,7 @@ def test_migrate_refused_while_a_pin_is_kept_pte_restored():
         assert await vmops.migrate_pages(p, mm, BASE, P) == 0
 
         assert seq(log) == [("invalidate_page", BASE)]
-        assert log[0].ptes == [(old[0], PTE_MIGRATION)]
+        assert log[0].ptes == [(old[0], PTE_MIGRATION | PTE_WRITE)]
         assert mm.pte(BASE) == (old[0], FRESH_WRITE)  # remove_migration_ptes(page, page)
         assert p.frames.refcount[old[0]] == 2 and p.frames.pincount[old[0]] == 1
         assert p.frames.nfree == nfree  # the new frame went back
@@ -449,6 +451,78 @@ def test_migrate_skips_pages_shared_with_another_mm_after_fork():
         assert log == []
         assert [mm.pte(BASE + k * P)[0] for k in range(3)] == old
         assert [child.pte(BASE + k * P)[0] for k in range(3)] == old
+        assert_clean(p)
+
+    run(body)
+
+
+def test_migrate_and_reclaim_skip_absent_pages():
+    async def body(rt, p):
+        mm = p.create_mm()
+        mm.add_vma(BASE, 4 * P, RW)
+        pfns = [await vmops.touch(p, mm, BASE + k * P, write=True) for k in (0, 2)]  # 1 and 3 absent
+        log: list[Call] = []
+        await p.core.register(Rec("rec", p, log), mm)
+        assert await vmops.migrate_pages(p, mm, BASE, 4 * P) == 2
+        assert seq(log) == [("invalidate_page", BASE), ("invalidate_page", BASE + 2 * P)]
+        mm.vmas[0].flags &= ~np.uint8(PTE_YOUNG)
+        log.clear()
+        assert await vmops.reclaim(p, mm, BASE, 4 * P) == 2
+        assert [c for c in seq(log) if c[0] == "invalidate_page"] == [("invalidate_page", BASE), ("invalidate_page", BASE + 2 * P)]
+        assert [mm.pte(BASE + k * P) for k in range(4)] == [(-1, PTE_SWAP), (-1, 0), (-1, PTE_SWAP), (-1, 0)]
+        assert all(p.frames.is_free(x) for x in pfns)
+        with pytest.raises(InvalidArgument, match="reason must be one of .* got 'numa'"):
+            await vmops.migrate_pages(p, mm, BASE, P, reason="numa")
+        assert_clean(p, final=True)
+
+    run(body)
+
+
+def test_syscall_migration_holds_mmap_sem_and_the_mm_so_munmap_and_exit_wait(settle):
+    """move_pages()/migrate_pages(): munmap waits for the whole migration (mmap_sem for read);
+    the process's exit (its mmput) is not the last one, the migration's mmput runs exit_mmap."""
+    async def body(rt, p):
+        mm, rec, log, old = await setup(p, 2, delay=50)  # every sleepable callout takes 50 us
+        mig = rt.spawn(vmops.migrate_pages(p, mm, BASE, 2 * P), name="move_pages")
+        await settle(rt)
+        assert mm.users == 2 and mm.pte(BASE)[1] & PTE_MIGRATION
+        await vmops.munmap(p, mm, BASE + P, P)
+        assert seq(log) == [("invalidate_page", BASE), ("invalidate_page", BASE + P),
+                            ("invalidate_range_start", BASE + P, BASE + 2 * P),
+                            ("invalidate_range_end", BASE + P, BASE + 2 * P)]
+        assert await mig == 2
+        assert mm.users == 1
+        mig = rt.spawn(vmops.migrate_pages(p, mm, BASE, P), name="move_pages")
+        await settle(rt)
+        assert await vmops.mmput(p, mm) is None and not mm.exited  # the migration holds the mm
+        assert await mig == 1
+        assert mm.exited and mm.users == 0  # its mmput was the last
+        assert_clean(p, final=True)
+
+    run(body)
+
+
+def test_compaction_sleeping_in_invalidate_page_survives_munmap_zapping_its_entry(settle):
+    """Rmap-driven migration holds no mmap_sem: munmap splits the VMA and zaps a migration
+    entry while the migration sleeps in invalidate_page. remove_migration_ptes() then finds
+    no entry, the new page is freed at putback, the old one at the put of its isolation; the
+    pages left are migrated in the VMA munmap split off."""
+    async def body(rt, p):
+        mm, rec, log, old = await setup(p, 4, delay=50)
+        stamps = [p.frames.stamp(x) for x in old]
+        nfree = p.frames.nfree
+        mig = rt.spawn(vmops.migrate_pages(p, mm, BASE, 4 * P, reason="compaction"), name="compaction")
+        await settle(rt)
+        assert mm.pte(BASE)[1] & PTE_MIGRATION
+        await vmops.munmap(p, mm, BASE + P, P)  # splits at once; zaps while page 1 migrates
+        assert await mig == 4
+        assert [(v.start, v.end) for v in mm.vmas] == [(BASE, BASE + P), (BASE + 2 * P, BASE + 4 * P)]
+        for v in mm.vmas:
+            assert not (v.flags & PTE_MIGRATION).any()
+        for k in (0, 2, 3):
+            pfn, flags = mm.pte(BASE + k * P)
+            assert flags == FRESH_WRITE and pfn != old[k] and p.frames.stamp(pfn)[:2] == stamps[k][:2]
+        assert p.frames.nfree == nfree + 1  # page 1's old frame and its new one went back
         assert_clean(p)
 
     run(body)
@@ -760,7 +834,9 @@ def test_thp_collapse_range_pair_then_old_frames_freed_new_mapped():
     run(body)
 
 
-def test_thp_collapse_needs_512_present_writable_pages():
+def test_thp_collapse_of_a_broken_block_is_refused_with_the_errno_of_madv_collapse():
+    """A block with a pte not present: EAGAIN (Busy) naming the pte; a block that is not one
+    whole VMA: EINVAL (InvalidArgument) naming what is there. Nothing changes, no callout."""
     async def body(rt, p):
         mm = p.create_mm()
         mm.add_vma(BASE, HPAGE_PMD_SIZE, RW)
@@ -768,14 +844,38 @@ def test_thp_collapse_needs_512_present_writable_pages():
         log: list[Call] = []
         await p.core.register(Rec("rec", p, log), mm)
         nfree = p.frames.nfree
-        assert await vmops.thp_collapse(p, mm, BASE) is False
+        last = BASE + (HPAGE_PMD_NR - 1) * P
+        with pytest.raises(Busy, match=f"pte of {last:#x} .* is not present") as e:
+            await vmops.thp_collapse(p, mm, BASE)
+        assert e.value.errno == errno.EAGAIN
         assert log == [] and p.frames.nfree == nfree
 
-        await fill(p, mm, BASE + (HPAGE_PMD_NR - 1) * P, 1)
+        await fill(p, mm, last, 1)
         await vmops.mprotect(p, mm, BASE + 7 * P, P, PROT_READ)  # one pte read-only (and its own VMA)
         log.clear()
-        assert await vmops.thp_collapse(p, mm, BASE) is False
+        with pytest.raises(InvalidArgument, match=rf"not inside one VMA \(VMA \[{BASE:#x}, {BASE + 7 * P:#x}\)") as e:
+            await vmops.thp_collapse(p, mm, BASE)
+        assert e.value.errno == errno.EINVAL
+        with pytest.raises(InvalidArgument, match=f"no VMA at {BASE + HPAGE_PMD_SIZE:#x}"):
+            await vmops.thp_collapse(p, mm, BASE + HPAGE_PMD_SIZE)
         assert log == [] and p.frames.nfree == nfree - 1
+        assert_clean(p)
+
+    run(body)
+
+
+def test_thp_collapse_declines_a_write_protected_block():
+    """After fork every pte of the parent is write-protected (SCAN_PAGE_RO): khugepaged
+    declines, with no callout."""
+    async def body(rt, p):
+        mm, rec, log, old = await setup(p, HPAGE_PMD_NR)
+        child = await vmops.fork(p, mm)
+        log.clear()
+        nfree = p.frames.nfree
+        assert await vmops.thp_collapse(p, mm, BASE) is False
+        assert log == [] and p.frames.nfree == nfree
+        assert mm.vmas[0].pfn.tolist() == old
+        await vmops.exit_mmap(p, child)
         assert_clean(p)
 
     run(body)
@@ -837,6 +937,33 @@ def test_thp_collapse_aborted_by_pins():
         assert_clean(p)
         p.frames.unpin(old[300])
         assert_clean(p, final=True)
+
+    run(body)
+
+
+def test_thp_collapse_declines_a_block_write_protected_between_scan_and_collapse(settle):
+    """mprotect(PROT_READ) of the whole VMA runs between khugepaged's scan (mmap_sem read)
+    and its collapse (mmap_sem write): the VMA is still whole, but
+    __collapse_huge_page_isolate() finds the ptes write-protected and puts the pmd back; no
+    writable huge page lands in a read-only VMA."""
+    async def body(rt, p):
+        mm, rec, log, old = await setup(p, HPAGE_PMD_NR)
+        nfree = p.frames.nfree
+        await mm.mmap_sem.down_write()  # both queue: khugepaged's scan first, then mprotect
+        thp = rt.spawn(vmops.thp_collapse(p, mm, BASE), name="khugepaged")
+        await settle(rt)
+        prot = rt.spawn(vmops.mprotect(p, mm, BASE, HPAGE_PMD_SIZE, PROT_READ), name="mprotect")
+        await settle(rt)
+        mm.mmap_sem.up_write()
+        assert await thp is False
+        await prot
+        end = BASE + HPAGE_PMD_SIZE
+        assert seq(log) == [("invalidate_range_start", BASE, end), ("invalidate_range_end", BASE, end)] * 2
+        vma = mm.vmas[0]
+        assert (vma.start, vma.end, vma.prot) == (BASE, end, PROT_READ)
+        assert vma.pfn.tolist() == old and not (vma.flags & PTE_WRITE).any()
+        assert p.frames.nfree == nfree  # the huge page went back
+        assert_clean(p)
 
     run(body)
 
