@@ -8,6 +8,7 @@ freeing frames where the kernel frees them.
 | mprotect         | mprotect_fixup -> change_protection                   | range_start/end per VMA piece    |
 | migrate_pages    | unmap_and_move -> try_to_unmap_one(TTU_MIGRATION)     | invalidate_page per page, after  |
 |                  |   -> move_to_new_page -> remove_migration_ptes        | the pte became a migration entry |
+|                  |   (move_pages: under mmap_sem; compaction: without)   |                                  |
 | ksm_merge        | try_to_merge_two_pages -> write_protect_page,         | range_start, change_pte (under   |
 |                  |   replace_page (6bdb913f0a brackets both)             | the PT lock), range_end          |
 | fork             | dup_mmap -> copy_page_range (is_cow)                  | range_start/end on the parent    |
@@ -26,7 +27,9 @@ one mm (a page also mapped by another mm is skipped by migration, and reclaim un
 mm's pte); there is no swap cache (a swapped-in page is a fresh frame holding the same
 contents); anonymous read faults get their own zeroed frame rather than the shared zero page; a
 transparent huge page is 512 frames, not one compound page; mmu_gather batches never overflow,
-so a zap frees its pages at tlb_finish_mmu after range_end.
+so a zap frees its pages at tlb_finish_mmu after range_end; exit does not wait on mmap_sem for
+a ksmd or khugepaged working on the mm (__ksm_exit(), __khugepaged_exit()): they test for the
+exit (mm_users 0) when they next take mmap_sem, and meanwhile see the ptes exit zapped.
 """
 
 from __future__ import annotations

@@ -48,18 +48,20 @@ def plant_stale_vma_bugs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vmops, "_reclaim", _stale_reclaim)
 
 
-def _stale_vmas(mm: Mm, start: int, end: int) -> list[tuple[Vma, int]]:
-    """The old ``_present_addresses``: each present page with the VMA it is in now."""
+def _stale_vmas(what: str, mm: Mm, start: int, length: int) -> list[tuple[Vma, int]]:
+    """The old entry of both: the range and the mm checked, then the old
+    ``_present_addresses``: each present page with the VMA it is in now."""
+    end = check_range(start, length, what)
+    vmops._check_live(mm)
     return [(mm.vma_or_fault(a), a) for a in vmops._present_addresses(mm, start, end)]
 
 
 async def _stale_migrate_pages(p: Partition, mm: Mm, start: int, length: int, *, reason: str = "syscall") -> int:
-    """nodes/vmops.py migrate_pages before the fix, verbatim but for ``reason`` (ignored)."""
-    end = check_range(start, length, "migrate_pages")
-    vmops._check_live(mm)
+    """nodes/vmops.py migrate_pages before the fix, verbatim but for ``reason`` (ignored) and
+    its entry (``_stale_vmas``)."""
     frames = p.frames
     migrated = 0
-    for vma, address in _stale_vmas(mm, start, end):
+    for vma, address in _stale_vmas("migrate_pages", mm, start, length):
         i = vma.index(address)
         old = int(vma.pfn[i])
         if vma not in mm.vmas or not vma.flags[i] & PTE_PRESENT or frames.refcount[old] - frames.pincount[old] > 1:
@@ -88,12 +90,10 @@ async def _stale_migrate_pages(p: Partition, mm: Mm, start: int, length: int, *,
 
 
 async def _stale_reclaim(p: Partition, mm: Mm, start: int, length: int) -> int:
-    """nodes/vmops.py _reclaim before the fix, verbatim."""
-    end = check_range(start, length, "reclaim")
-    vmops._check_live(mm)
+    """nodes/vmops.py _reclaim before the fix, verbatim but for its entry (``_stale_vmas``)."""
     frames = p.frames
     freed = 0
-    for vma, address in _stale_vmas(mm, start, end):
+    for vma, address in _stale_vmas("reclaim", mm, start, length):
         i = vma.index(address)
         if vma not in mm.vmas or not vma.flags[i] & PTE_PRESENT:
             continue

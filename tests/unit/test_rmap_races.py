@@ -111,12 +111,15 @@ async def _workload(c: SimCluster, op: str, racer: str, seed: int) -> list[str]:
             problems.append(f"migration entry left in VMA [{v.start:#x}, {v.end:#x})")
         if not v.writable and (v.flags & PTE_WRITE).any():
             problems.append(f"writable pte in read-only VMA [{v.start:#x}, {v.end:#x})")
-    problems += [str(x) for x in a.check_invariants()]
+    problems += [str(x) for x in a.check_invariants()]  # while the mm may still live
+    if problems:
+        return problems  # (the touches below would wait forever on a migration entry left)
     if not mm.exited:
         for v in list(mm.vmas):
             for addr in range(v.start, min(v.end, BASE + span), PAGE_SIZE):
-                await vmops.touch(a, mm, addr)  # waits forever on a migration entry left behind
+                await vmops.touch(a, mm, addr)  # every page left can be faulted in
         await vmops.exit_mmap(a, mm)
+    problems += [str(x) for x in a.check_invariants(final=True)]  # every frame free again
     return problems
 
 
