@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "secondaries_per_mm": 1,
     "nframes": "auto",
     "secondary": {"kind": "gru"},
+    "gru": {"dropin": "guarded"},
     "activity": {
         "streams": 2,
         "mix": {"munmap": 1, "mprotect": 0, "migrate": 0, "ksm": 0, "reclaim": 0, "thp": 0, "cow": 0},
