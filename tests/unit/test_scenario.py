@@ -200,6 +200,18 @@ def test_overrides_nested_flow_mappings_bools_and_strings() -> None:
     assert base.get("activity.streams") == 2 and base.get("srcu.scope") == "global"  # unchanged
 
 
+def test_gru_dropin_reaches_both_configs_and_a_bad_one_is_refused_naming_it() -> None:
+    base = load_scenario("quickstart")
+    assert base.get("gru.dropin") == "guarded" and base.sim_config().gru_dropin == "guarded"
+    s = base.with_overrides(["gru.dropin=v3.10"])
+    assert s.sim_config().gru_dropin == "v3.10" and s.ray_config().gru_dropin == "v3.10"
+    msg = refusal(base.with_overrides, ["gru.dropin=gaurded"])
+    assert msg == ("built-in quickstart: --set gru.dropin=gaurded: gru.dropin: expected one of guarded, v3.10, "
+                   "got 'gaurded'; did you mean 'guarded'?")
+    with pytest.raises(ValueError, match=r"sim config gru_dropin: expected one of \('guarded', 'v3.10'\), got 'v3'"):
+        base.sim_config(gru_dropin="v3")
+
+
 def test_override_a_section_merges_and_a_knob_mapping_replaces() -> None:
     s = load_scenario("quickstart").with_overrides(["activity={streams: 5}", "activity.mix={ksm: 1}"])
     assert s.get("activity.streams") == 5 and s.get("activity.pages") == 64
