@@ -183,14 +183,14 @@ def test_guarded_dropin_is_clean_where_the_v3_10_dropin_races(name):
 
 
 def test_hang_study_counts_the_guards_retries_in_results_json():
-    """Four streams of migrations on two mms (two streams per mm, so one stream's GRU faults
-    race the other's migrations), heavy-tailed hops: the guarded run retries dropins and stays
-    clean; the same seed with the v3.10 dropin retries none and reads a reused frame."""
+    """Four streams of fork-and-write (COW breaks in the parent) on two mms, two streams per mm
+    (one stream's GRU faults race the other's COW), heavy-tailed hops: the guarded run retries
+    the dropins that a COW overtook and stays clean; the v3.10 dropin retries none."""
     from workloads.harness import run_scenario
     from workloads.scenario import load_scenario
 
     base = load_scenario("quickstart").with_overrides([
-        "mms=1", "activity.streams=4", "activity.mix={migrate: 1}", "activity.pages=8", "duration=20ms",
+        "mms=1", "activity.streams=4", "activity.mix={cow: 1}", "activity.pages=8", "duration=20ms",
         "measure.exits=1", "measure.unregisters=1", "topology.hop_latency={dist: lognormal, median: 10, sigma: 1.5}",
     ])
     runs = {mode: run_scenario(base.with_value("gru.dropin", mode))[0] for mode in ("guarded", "v3.10")}
@@ -199,7 +199,5 @@ def test_hang_study_counts_the_guards_retries_in_results_json():
         assert g["dropin"] == mode and g["dropins"] > 0
         for key in ("dropins", "range_retries", "dropin_retries", "fenced_flushes"):
             assert g[key] == sum(c[key] for c in g["by_partition"].values())
-    guarded, unguarded = runs["guarded"], runs["v3.10"]
-    assert guarded["gru"]["dropin_retries"] > 0 and guarded["invariants"]["violations"] == 0
-    assert unguarded["gru"]["dropin_retries"] == 0
-    assert "inv 6" in unguarded["invariants"]["details"][0]
+    assert runs["guarded"]["gru"]["dropin_retries"] > 0 and runs["guarded"]["invariants"]["violations"] == 0
+    assert runs["v3.10"]["gru"]["dropin_retries"] == 0
