@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Sequence
 from nodes.notifier import FANOUTS, SEMANTICS
 from nodes.partition import SRCU_SCOPES
 from nodes.srcu import DEFAULT_JIFFY_US
+from nodes.secondary.gru import GRU_DROPINS
 
 
 @dataclass
@@ -30,12 +31,14 @@ class PartitionConfig:
     fanout: str = "sequential"  # sequential (the kernel's) | parallel
     hops: int = 1  # between any two partitions, for the uniform topology
     semantics: str = "v3.10"  # the notifier core of a step of the seed history (nodes.notifier.SEMANTICS)
+    gru_dropin: str = "guarded"  # how GRUs made here check a dropin (nodes.secondary.gru.GRU_DROPINS)
 
     def __post_init__(self) -> None:
         self.check_positive_int("partitions", "nframes", "cpus", "hops")
         self.check_choice("srcu_scope", SRCU_SCOPES)
         self.check_choice("fanout", FANOUTS)
         self.check_choice("semantics", tuple(SEMANTICS))
+        self.check_choice("gru_dropin", tuple(GRU_DROPINS))
         self.check_number("jiffy_us", positive=True)
         if not isinstance(self.srcu_expedited, bool):
             raise self.bad("srcu_expedited", "true or false", self.srcu_expedited)

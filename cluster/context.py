@@ -63,6 +63,7 @@ class SecondaryFactory:
     name: str
     runtime: "Runtime"
     objects: dict[str, Any]
+    gru_dropin: str = "guarded"  # the default ``dropin`` of GRUs made here (nodes.secondary.gru.GRU_DROPINS)
 
     def owner_port(self, owner: str) -> "OwnerPort":
         raise NotImplementedError
@@ -71,7 +72,9 @@ class SecondaryFactory:
         return f"{kind}@{self.name}:{owner}/mm{mm_id}"
 
     async def gru(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> "GruMmu":
-        """A GRU here mapping mm ``mm_id`` of ``owner``, registered there."""
+        """A GRU here mapping mm ``mm_id`` of ``owner``, registered there; its ``dropin`` is
+        this partition's ``gru_dropin`` unless ``config`` names one."""
+        config.setdefault("dropin", self.gru_dropin)
         gru = GruMmu(self.runtime, self.owner_port(owner), mm_id, name or self._default_name("gru", owner, mm_id), **config)
         await gru.register()
         self.objects[gru.name] = gru

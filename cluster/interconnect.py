@@ -119,15 +119,22 @@ class SimInterconnect:
         if not self.alive(dst):
             await self._give_up(t_deadline, f"{what}: {dst} is down, deadline of {self.deadline_us:.0f} us exceeded", kind)
         task = asyncio.get_running_loop().create_task(getattr(handler, method)(*args), name=f"handle {what}")
-        done, _ = await asyncio.wait({task}, timeout=max(0.0, t_deadline - self.runtime.now()))
-        if not done:
-            task.add_done_callback(self._orphan_done)
-            await self._give_up(t_deadline, f"{what}: no answer within the deadline of {self.deadline_us:.0f} us", kind)
-        back = self._one_way(dst, src, kind, REPLY_BYTES)
-        if not self.alive(dst) or self._lost() or self.runtime.now() + back > t_deadline:
-            task.exception()  # retrieved: the reply (or error) never arrived
-            await self._give_up(t_deadline, f"{what}: reply lost or {dst} went down, deadline exceeded", kind)
-        await self.runtime.sleep(back)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=max(0.0, t_deadline - self.runtime.now()))
+            if not done:
+                task.add_done_callback(self._orphan_done)
+                await self._give_up(t_deadline, f"{what}: no answer within the deadline of {self.deadline_us:.0f} us", kind)
+            back = self._one_way(dst, src, kind, REPLY_BYTES)
+            if not self.alive(dst) or self._lost() or self.runtime.now() + back > t_deadline:
+                task.exception()  # retrieved: the reply (or error) never arrived
+                await self._give_up(t_deadline, f"{what}: reply lost or {dst} went down, deadline exceeded", kind)
+            await self.runtime.sleep(back)
+        except (GeneratorExit, asyncio.CancelledError):  # the caller itself went away (a run that broke)
+            if task.done():
+                self._orphan_done(task)
+            else:
+                task.add_done_callback(self._orphan_done)
+            raise
         if not self.alive(src):
             task.exception()
             raise Unreachable(f"partition {src} went down waiting for {what}")

@@ -41,8 +41,10 @@ class LivePartition(SecondaryFactory):
         deadline_us: float = DEFAULT_DEADLINE_US,
         latency_us: Callable[[str, str], float] | None = None,
         callout_latency_us: float = 0.0,
+        gru_dropin: str = "guarded",
     ):
         self.name = name
+        self.gru_dropin = gru_dropin  # how GRUs made here check a dropin (cluster/context.py)
         self.runtime = Runtime(WallClock())
         self.partition = Partition(self.runtime, name=name, nframes=nframes, ncpus=cpus, srcu_scope=srcu_scope,
                                    jiffy_us=jiffy_us, fanout=fanout, expedited=expedited)

@@ -154,7 +154,7 @@ class PartitionHost:
         self.live = LivePartition(
             self.name, nframes=c.nframes, cpus=c.cpus, srcu_scope=c.srcu_scope, jiffy_us=c.jiffy_us,
             fanout=c.fanout, expedited=c.srcu_expedited, deadline_us=c.deadline_us, latency_us=latency,
-            callout_latency_us=c.callout_latency_us,
+            callout_latency_us=c.callout_latency_us, gru_dropin=c.gru_dropin,
         )
         if bind_host is None:
             import ray

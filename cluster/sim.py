@@ -58,6 +58,7 @@ class SimConfig(PartitionConfig):
     hop_latency: Any = 1.0  # per hop, one way
     per_byte_us: float = 0.0
     callout_latency: Any = None  # extra one-way latency of each callout message
+    fault_latency: Any = None  # extra one-way latency of each remote fault (get_user_pages) message
     loss: float = 0.0
     deadline_us: float = DEFAULT_DEADLINE_US
     crashes: dict[str, float] = field(default_factory=dict)  # partition -> virtual time (us)
@@ -91,6 +92,9 @@ class SimConfig(PartitionConfig):
         self.callout_dist: LatencyDist | None = (
             None if self.callout_latency is None else parse_latency(self.callout_latency, "callout_latency")
         )
+        self.fault_dist: LatencyDist | None = (
+            None if self.fault_latency is None else parse_latency(self.fault_latency, "fault_latency")
+        )
 
 @dataclass
 class SimRun(Generic[T]):
@@ -120,7 +124,8 @@ class SimCluster:
         else:
             topo = Topology.numalink(names)
         self.topology = topo
-        extra = {"callout": config.callout_dist} if config.callout_dist is not None else {}
+        extra = {kind: dist for kind, dist in (("callout", config.callout_dist), ("fault", config.fault_dist))
+                 if dist is not None}
         self.latency = LatencyModel(config.hop_dist, config.per_byte_us, extra)
         # model randomness has its own stream, apart from the scheduler's
         self.rng = random.Random(f"mmusim-interconnect-{config.seed}")
@@ -202,6 +207,7 @@ class SimPartitionContext(SecondaryFactory):
         self.partition = cluster.partition(name)
         self.runtime = cluster.runtime
         self.objects: dict[str, Any] = {}
+        self.gru_dropin = cluster.config.gru_dropin
 
     def owner_port(self, owner: str) -> OwnerPort:
         return self.cluster.owner_port(self.name, owner)

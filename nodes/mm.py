@@ -144,6 +144,13 @@ class Mm:
         self.all_locks_taken: list[Mutex] = []  # held between mm_take/drop_all_locks
         self.migration_wq = WaitQueue(f"{self.name}.migration")  # woken when migration ptes go
 
+    @property
+    def invalidate_seq(self) -> int:
+        """The notifier core's invalidate sequence of this mm (``MmuNotifierMm.invalidate_seq``;
+        0 while no notifier was ever registered). A callout to a secondary on another partition
+        carries it in its ``MmRef``; a local one reads it here."""
+        return 0 if self.notifier_mm is None else self.notifier_mm.invalidate_seq
+
     def __repr__(self) -> str:
         return f"Mm({self.name}, {len(self.vmas)} vmas)"
 

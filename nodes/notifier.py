@@ -215,11 +215,24 @@ class Hlist:
 
 
 class MmuNotifierMm:
-    """struct mmu_notifier_mm: an mm's notifier list and the spinlock its writers take."""
+    """struct mmu_notifier_mm: an mm's notifier list and the spinlock its writers take, and
+    the mm's invalidate sequence.
+
+    ``invalidate_seq`` is not in v3.10's struct: it is what the kernel later kept in its
+    successor, ``struct mmu_notifier_subscriptions`` (``invalidate_seq``, Linux 5.5), and what
+    KVM keeps for itself as ``kvm->mmu_notifier_seq``, here kept by the owner so that it can
+    travel: the core bumps it when an invalidation begins (``invalidate_range_start``,
+    ``invalidate_page``) and when a range ends (``invalidate_range_end``), before calling any
+    notifier; a remote fault's answer carries the value read before its lookup (``PageRef``)
+    and every invalidate callout carries the value after its bump (``MmRef``), so that a
+    secondary on another partition can tell whether an invalidation began or ended after its
+    lookup (``nodes.secondary.base.InvalidateSeq``). It only grows.
+    """
 
     def __init__(self, mm: Mm):
         self.list = Hlist()
         self.lock = SpinLock(f"{mm.name}.mmu_notifier_mm.lock")
+        self.invalidate_seq = 0  # invariant: never decreases
 
 
 class CoreTimings:
@@ -376,8 +389,17 @@ class NotifierCore:
 
     # -- callouts ---------------------------------------------------------------------------
 
+    @staticmethod
+    def _bump_invalidate_seq(mm: Mm) -> None:
+        """An invalidation of ``mm`` begins or a range ends: ``invalidate_seq += 1`` (see
+        ``MmuNotifierMm``), before any notifier is called. Nothing to do without notifiers
+        (mm_has_notifiers(): the inline wrapper returns at once)."""
+        if mm.notifier_mm is not None:
+            mm.notifier_mm.invalidate_seq += 1
+
     async def invalidate_page(self, mm: Mm, address: int) -> None:
         """mmu_notifier_invalidate_page()."""
+        self._bump_invalidate_seq(mm)
         await self._walk(mm, "invalidate_page", address)
 
     async def invalidate_range_start(self, mm: Mm, start: int, end: int) -> None:
@@ -389,6 +411,7 @@ class NotifierCore:
         self.oracle.mm_range_start(mm, start, end)
         if self.timings.enabled:
             self.timings.range_started(mm, start, end, self.runtime.now())
+        self._bump_invalidate_seq(mm)
         await self._walk(
             mm, "invalidate_range_start", start, end,
             after=lambda mn: self.oracle.range_started(mn, mm, start, end),
@@ -399,6 +422,7 @@ class NotifierCore:
         if start >= end:
             raise InvalidArgument(f"invalidate_range_end: empty range [{start:#x}, {end:#x})")
         self.oracle.mm_range_end(mm, start, end)
+        self._bump_invalidate_seq(mm)
         await self._walk(mm, "invalidate_range_end", start, end)
         if self.timings.enabled:
             self.timings.range_ended(mm, start, end, self.runtime.now())

@@ -14,7 +14,7 @@ owner is where the frames, and so the ground truth, live.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -32,10 +32,12 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class MmRef:
     """How a secondary sees the mm a callout is about when the mm lives elsewhere (or when the
-    secondary tears itself down): its id and name."""
+    secondary tears itself down): its id and name, and the owner's invalidate sequence of the
+    mm as the callout left (``Mm.invalidate_seq``, after the core's bump for this callout)."""
 
     id: int
     name: str
+    invalidate_seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class PageRef:
     pfn: int  # frame on the owner's partition
     stamp: tuple[int, int, int]  # contents when handed out: (owner mm, vpn, generation)
     writable: bool  # the primary pte was writable (a write fault breaks COW first)
+    # the mm's invalidate sequence read before the lookup (mmu_interval_read_begin(), on the
+    # owner's side): a secondary installing this page compares it with the sequence of the
+    # callouts that reach it meanwhile (nodes.secondary.base.InvalidateSeq)
+    invalidate_seq: int = 0
 
 
 class OwnerPort(Protocol):
@@ -57,7 +63,8 @@ class OwnerPort(Protocol):
         """get_user_pages(): fault in and return ``npages`` pages from ``address`` (under the
         mm's mmap_sem, read). With ``pin`` each page keeps a reference (and a pin) until
         ``put_user_pages``; without, the reference is dropped before returning, as GRU and
-        KVM do, and the secondary relies on the notifier to learn of changes."""
+        KVM do, and the secondary relies on the notifier to learn of changes. Each page
+        carries the mm's invalidate sequence read before the lookup (``PageRef``)."""
 
     async def put_user_pages(self, mm_id: int, pfns: list[int] | np.ndarray) -> None:
         """Drop pins taken by ``get_user_pages(pin=True)``."""
@@ -111,9 +118,15 @@ class LocalOwner:
         self.partition = partition.name
 
     async def get_user_pages(self, mm_id: int, address: int, npages: int, *, write: bool, pin: bool) -> list[PageRef]:
+        """vmops.get_user_pages(), each page carrying the mm's invalidate sequence as it was
+        before the lookup (which may sleep: mmap_sem, a migration entry), as a driver calls
+        mmu_interval_read_begin() before hmm_range_fault()."""
         from nodes import vmops
 
-        return await vmops.get_user_pages(self.part, self.part.mm(mm_id), address, npages, write=write, pin=pin)
+        mm = self.part.mm(mm_id)
+        seq = mm.invalidate_seq
+        refs = await vmops.get_user_pages(self.part, mm, address, npages, write=write, pin=pin)
+        return [replace(r, invalidate_seq=seq) for r in refs]
 
     async def put_user_pages(self, mm_id: int, pfns: list[int] | np.ndarray) -> None:
         self.part.frames.unpin(np.asarray(pfns, dtype=np.int64))

@@ -311,7 +311,7 @@ class OwnerService:
         try:
             return await self.interconnect.call(
                 self.name, mn.host, SECONDARY_SERVICE, "callout", mn.notifier_id, op, mm.id, mm.name, args,
-                kind="callout",
+                mm.invalidate_seq, kind="callout",
             )
         except Unreachable as e:
             self.fence(mn.host, during=f"{op} of {mn.name}", error=str(e))
@@ -387,13 +387,20 @@ class SecondaryService:
         self.notifiers[nid] = mn
         return nid
 
-    async def callout(self, notifier_id: str, op: str, mm_id: int, mm_name: str, args: tuple[Any, ...]) -> Any:
+    async def callout(self, notifier_id: str, op: str, mm_id: int, mm_name: str, args: tuple[Any, ...],
+                      invalidate_seq: int = 0) -> Any:
+        """Call ``op`` of notifier ``notifier_id`` here about the owner's mm ``mm_id``, as the
+        owner's core would: the mm is an ``MmRef`` carrying the owner's invalidate sequence as
+        the callout left (a negative one is ``InvalidArgument``)."""
         mn = self.notifiers.get(notifier_id)
         if mn is None:
             raise NotFound(f"no notifier {notifier_id!r} on partition {self.name}")
         if op not in OPS or not has_op(mn, op):
             raise NotFound(f"notifier {notifier_id!r} on partition {self.name} has no op {op!r}")
-        result = await call_maybe_async(getattr(mn, op), MmRef(mm_id, mm_name), *args)
+        if not isinstance(invalidate_seq, int) or invalidate_seq < 0:
+            raise InvalidArgument(f"callout {op} to {notifier_id!r} on partition {self.name}: invalidate_seq "
+                                  f"{invalidate_seq!r} is not a sequence number (an integer >= 0)")
+        result = await call_maybe_async(getattr(mn, op), MmRef(mm_id, mm_name, invalidate_seq), *args)
         if self.flush_reports is not None:
             await self.flush_reports()
         return result

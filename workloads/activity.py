@@ -25,11 +25,14 @@ from __future__ import annotations
 import errno
 from typing import Any, Awaitable
 
+from collections import Counter
+
 from cluster.context import PartitionContext
 from nodes import vmops
 from nodes.errors import ModelError, Unreachable
 from nodes.mm import HPAGE_PMD_SIZE, PAGE_SIZE, PROT_READ, PROT_WRITE
 from nodes.runtime import current_cpu
+from nodes.secondary.gru import GruMmu
 from nodes.secondary.xpmem import XPMEM_RDWR, XpmemCred
 
 BASE = 0x10000000  # 2 MiB aligned: THP collapses find whole blocks
@@ -37,6 +40,9 @@ OPS = ("munmap", "mprotect", "migrate", "ksm", "reclaim", "thp", "cow")
 KINDS = ("gru", "xpmem", "kvm")
 SOURCE = XpmemCred(tgid=1, uid=1000, gid=1000)  # XPMEM's source process of every mm
 ATTACHER = XpmemCred(tgid=2, uid=1000, gid=1000)
+# the counters of the GRUs of a partition that a run reports (GruStats fields)
+GRU_COUNTERS = ("dropins", "retries", "guard_retries", "fenced_flushes")
+_RETIRED_GRUS = "gru.retired"  # ctx.objects key: the counters of GRUs already torn down
 
 
 async def new_mm(ctx: PartitionContext, region_pages: int) -> int:
@@ -145,7 +151,13 @@ async def teardown(ctx: PartitionContext, name: str, how: str) -> tuple[float, f
     sec = ctx.objects.pop(name)
     ctx.objects.pop(f"{name}.att", None)
     t = await (sec.unregister() if how == "unregister" else sec.put())
+    if isinstance(sec, GruMmu):
+        ctx.objects.setdefault(_RETIRED_GRUS, Counter()).update(_gru_counters(sec))
     return (t.total_us, t.release_us, t.srcu_wait_us)
+
+
+def _gru_counters(gru: GruMmu) -> dict[str, int]:
+    return {k: getattr(gru.stats, k) for k in GRU_COUNTERS}
 
 
 async def exit_mm(ctx: PartitionContext, mm_id: int) -> tuple[float, float, float]:
@@ -159,13 +171,20 @@ async def enable_timings(ctx: PartitionContext) -> None:
 
 
 async def collect(ctx: PartitionContext) -> dict[str, Any]:
-    """What this partition measured and checked: the core's callout and range timings, and
-    the oracle's count of checked events (after its reports have arrived)."""
+    """What this partition measured and checked: the core's callout and range timings, the
+    oracle's count of checked events (after its reports have arrived), and the counters
+    (``GRU_COUNTERS``) of every GRU made here, live or torn down."""
     await ctx.flush_reports()
     timings = ctx.partition.core.timings
     timings.enabled = False
+    grus = Counter({k: 0 for k in GRU_COUNTERS})
+    grus.update(ctx.objects.get(_RETIRED_GRUS, {}))
+    for sec in ctx.objects.values():
+        if isinstance(sec, GruMmu):
+            grus.update(_gru_counters(sec))
     return {
         "callouts": list(timings.callouts),
         "ranges": list(timings.ranges),
         "checked": int(sum(ctx.partition.oracle.checked.values())),
+        "gru": dict(grus),
     }

@@ -4,7 +4,7 @@
     mmusim sweep SCENARIO [--vary key=v1,v2,...] [same options as run]
     mmusim scenarios
     mmusim report DIR
-    mmusim check [SCENARIO] --semantics MODE [--seeds N] [--scheduler random|pct]
+    mmusim check [SCENARIO] --semantics MODE [--seeds N] [--scheduler random|pct] [--gru-dropin guarded|v3.10]
     mmusim predict SCENARIO [--set k=v ...] [--sweep] [--compare DIR]
     mmusim demo [...]
 
@@ -156,18 +156,24 @@ def _cmd_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error(f"--tasks: expected a comma-separated subset of {','.join(races.TASKS)}, got {args.tasks!r}")
     if args.choices is not None and args.choices < 0:
         parser.error(f"--choices: expected an integer >= 0, got {args.choices}")
-    race = races.RaceConfig(pages=args.pages, grus=args.grus, tasks=tasks, choices=args.choices)
+    race = races.RaceConfig(pages=args.pages, grus=args.grus, tasks=tasks, choices=args.choices,
+                            gru_dropin=args.gru_dropin or "guarded")
     if args.scenario != "race":
         from workloads.scenario import load_scenario
 
         s = load_scenario(args.scenario)
+        dropin = ""
+        if args.gru_dropin is not None:
+            s = s.with_value("gru.dropin", args.gru_dropin)
+            dropin = f" --set gru.dropin={args.gru_dropin}"
         f = races.check_scenario(s, args.semantics, args.scheduler, args.seeds)
         if f is None:
-            print(f"clean: {args.seeds} seeds of {s.name} under {args.semantics!r} ({args.scheduler} scheduler)")
+            print(f"clean: {args.seeds} seeds of {s.name} under {args.semantics!r} ({args.scheduler} scheduler, "
+                  f"{s.get('gru.dropin')} GRU dropin)")
             return EXIT_OK
         print(f"FOUND under semantics {f.semantics!r} in scenario {s.name}, seed {f.seed} ({f.scheduler}):")
         print(f"  {f.kind}: {f.what}")
-        print(f"  replay: mmusim run {s.name} --set semantics={f.semantics} --seed {f.seed}")
+        print(f"  replay: mmusim run {s.name} --set semantics={f.semantics}{dropin} --seed {f.seed}")
         return EXIT_VIOLATION
     if args.replay is not None:
         f = races.run_once(args.semantics, args.scheduler, args.replay, race)
@@ -274,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="race workload: the concurrent tasks (default all)")
     check.add_argument("--choices", type=_integer, default=None, metavar="N",
                        help="race workload: only the first N scheduling choices are the seed's, then FIFO")
+    from nodes.secondary.gru import GRU_DROPINS
+
+    check.add_argument("--gru-dropin", choices=tuple(GRU_DROPINS), default=None,
+                       help="how the GRUs check a dropin: guarded (default) or v3.10 (unguarded: races "
+                            "invalidations that overtake the lookup)")
     check.add_argument("--no-shrink", action="store_true", help="report the first finding as found")
     predict = sub.add_parser("predict", help="predict the unregister and exit synchronize_srcu() wait from the "
                                              "scenario's activity (an analytic model, docs/srcu-hang-model.md)")

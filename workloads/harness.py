@@ -197,9 +197,11 @@ async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None) -
 
     # -- what the partitions measured, then clean up ----------------------------------------
     checked = 0
+    grus: dict[str, dict[str, int]] = {}  # partition -> the counters of the GRUs there
     for name in names:
         got = await c.on(name, activity.collect)
         checked += got["checked"]
+        grus[name] = got["gru"]
         for when, us, mm_id, op in got["callouts"]:
             events.append({"metric": "callout_rtt", "t_us": when - t0, "value_us": us, "partition": name, "mm": mm_id,
                            "detail": op})
@@ -213,7 +215,7 @@ async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None) -
     for owner, mm_id in measured.items():
         await c.on(owner, activity.exit_mm, mm_id)
     events.sort(key=lambda e: e["t_us"])
-    return {"events": events, "checked": checked, "activity": counts}
+    return {"events": events, "checked": checked, "activity": counts, "gru": grus}
 
 
 def count_op(count: dict[str, Any], refused: list[str]) -> None:
@@ -234,6 +236,18 @@ def histograms(events: list[dict[str, Any]]) -> dict[str, HdrHistogram]:
     for m, values in by_metric.items():
         hists[m].record(values)
     return hists
+
+
+def gru_summary(dropin: str, by_partition: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """The ``gru`` block of results.json: the dropin mode and, over every GRU of the run (and
+    per partition hosting them), dropins installed, lookups retried because a range was active
+    when the answer came (``range_retries``, the v3.10 check), lookups retried by the guard
+    (``dropin_retries``) and flushes that waited for accesses in flight (``fenced_flushes``)."""
+    names = {"dropins": "dropins", "retries": "range_retries", "guard_retries": "dropin_retries",
+             "fenced_flushes": "fenced_flushes"}
+    totals = {out: sum(c.get(k, 0) for c in by_partition.values()) for k, out in names.items()}
+    hosts = {p: {names[k]: v for k, v in c.items()} for p, c in by_partition.items() if any(c.values())}
+    return {"dropin": dropin, **totals, "by_partition": hosts}
 
 
 def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = None,
@@ -283,6 +297,7 @@ def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = N
         "invariants": {"checked": out["checked"], "violations": len(violations), "details": [str(v) for v in violations]},
         "activity": out["activity"],
         "faults": [f"{f.host} fenced during {f.during}: {f.error}" for f in faults],
+        "gru": gru_summary(scenario.get("gru.dropin"), out["gru"]),
         "wall_time_s": time.monotonic() - wall,
         "virtual_time_us": virtual,
         "trace_digest": digest,

@@ -12,7 +12,10 @@ random moments, concurrently:
 - ``migrate``: compaction migrates the pages one by one (an invalidate_page callout each;
   rmap-driven, so it holds neither mmap_sem nor the mm and races the exit);
 - ``ksm``: ksmd merges two pages (write-protect and replace: set_pte_at_notify);
-- ``faults``: the other GRU keeps faulting pages in;
+- ``faults``: the other GRU keeps faulting pages in, three instructions at a time, through a
+  two-entry TLB, so that most accesses are dropins whose lookup crosses the network (each way
+  2-200 us): with ``gru_dropin="v3.10"`` one that an invalidation overtakes installs a stale
+  translation (the unguarded dropin; ``mmusim check --gru-dropin v3.10``);
 - ``register``: a late GRU registers (under memory pressure: the allocation may reclaim).
 
 A finding is an invariant violation of the oracles (``nodes.oracle``), a kernel bug the model
@@ -32,8 +35,11 @@ from nodes import lockdep, vmops
 from nodes.errors import KernelBug, ModelError
 from nodes.mm import PAGE_SIZE
 from nodes.notifier import SEMANTICS
+from nodes.runtime import wait_all
 
 BASE = 0x10000000
+FAULTER_TLB_ENTRIES = 2  # the faulting GRU's TLB: small, so that its accesses keep missing
+FAULT_WORKERS = 3  # GRU instructions the faulting GRU has in flight at once
 TASKS = ("unregister", "exit", "migrate", "ksm", "faults", "register")
 
 
@@ -45,10 +51,12 @@ class RaceConfig:
     grus: int = 2  # on p1, mapping the mm of p0
     tasks: tuple[str, ...] = TASKS
     choices: int | None = None  # only the first N scheduling choices are the seed's; then FIFO
+    gru_dropin: str = "guarded"  # how the GRUs check a dropin (nodes.secondary.gru.GRU_DROPINS); not shrunk
 
     def describe(self) -> str:
         steps = "" if self.choices is None else f", {self.choices} seeded scheduling choices then FIFO"
-        return f"{self.pages} pages, {self.grus} GRUs, tasks {', '.join(self.tasks)}{steps}"
+        dropin = "" if self.gru_dropin == "guarded" else f", {self.gru_dropin} GRU dropin"
+        return f"{self.pages} pages, {self.grus} GRUs, tasks {', '.join(self.tasks)}{dropin}{steps}"
 
 
 @dataclass
@@ -69,6 +77,7 @@ class Finding:
         r = self.race
         return (f"mmusim check --semantics {self.semantics} --scheduler {self.scheduler} --replay {self.seed} "
                 f"--pages {r.pages} --grus {r.grus} --tasks {','.join(r.tasks)}"
+                + ("" if r.gru_dropin == "guarded" else f" --gru-dropin {r.gru_dropin}")
                 + ("" if r.choices is None else f" --choices {r.choices}"))
 
 
@@ -76,8 +85,9 @@ def sim_config(semantics: str, scheduler: str, seed: int, race: RaceConfig) -> S
     return SimConfig(
         partitions=2, cpus=2, nframes=16 + 3 * race.pages, semantics=semantics, scheduler=scheduler, seed=seed,
         hop_latency=0.0, callout_latency={"dist": "uniform", "low": 2.0, "high": 40.0}, trace="full",
+        fault_latency={"dist": "uniform", "low": 2.0, "high": 200.0},  # a remote fault: TLB miss to dropin
         reclaim_watermark=0.9,  # a third of the frames are in use: an allocation reclaims
-        choices=race.choices,
+        choices=race.choices, gru_dropin=race.gru_dropin,
     )
 
 
@@ -88,7 +98,8 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
     mm = a.create_mm()
     await vmops.mmap(a, mm, BASE, race.pages * PAGE_SIZE)
     await vmops.populate(a, mm, BASE, race.pages * PAGE_SIZE)
-    grus = [await c.gru("p1", "p0", mm, name=f"gru{i}") for i in range(race.grus)]
+    grus = [await c.gru("p1", "p0", mm, name=f"gru{i}") for i in range(race.grus - 1)]
+    grus.append(await c.gru("p1", "p0", mm, name=f"gru{race.grus - 1}", tlb_entries=FAULTER_TLB_ENTRIES))
     for g in grus:
         for k in range(race.pages):
             await g.access(BASE + k * PAGE_SIZE)
@@ -104,9 +115,15 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
             c.runtime.trace("task", f"{name} done")
 
     async def faults() -> None:
+        """The last GRU's instructions, FAULT_WORKERS in flight at once, on random pages; its
+        small TLB makes most of them dropins whose lookups cross the network."""
         g = grus[-1]
-        for _ in range(3 * race.pages):
-            await g.access(BASE + rng.randrange(race.pages) * PAGE_SIZE)
+
+        async def worker() -> None:
+            for _ in range(3 * race.pages // FAULT_WORKERS):
+                await g.access(BASE + rng.randrange(race.pages) * PAGE_SIZE)
+
+        await wait_all([worker() for _ in range(FAULT_WORKERS)])
 
     async def register_late() -> None:
         """mmu_notifier_register() with mm_users pinned (get_task_mm), then mmput: if the

@@ -29,6 +29,9 @@ Schema (``KNOBS`` holds it; defaults in brackets; times in microseconds)::
     secondaries_per_mm   positive int       [1]
     nframes              auto | positive int [auto]  frames per partition, see Scenario.nframes
     secondary.kind       gru | xpmem | kvm  [gru]
+    gru.dropin           guarded | v3.10    [guarded]  how a GRU on another partition checks a
+                                                  dropin whose lookup crossed the network
+                                                  (nodes/secondary/gru.py, GRU_DROPINS)
     activity.streams     int >= 0           [2]   concurrent background streams of VM operations
     activity.mix         {op: weight >= 0}  [{munmap: 1}]  ops: munmap mprotect migrate ksm
                                                   reclaim thp cow; missing ops weigh 0; some
@@ -85,6 +88,7 @@ from nodes.notifier import SEMANTICS
 from nodes.notifier import FANOUTS
 from nodes.partition import SRCU_SCOPES
 from nodes.srcu import DEFAULT_HZ, HZ_CHOICES, jiffy_us
+from nodes.secondary.gru import GRU_DROPINS
 
 if TYPE_CHECKING:
     from cluster.ray_backend import RayConfig
@@ -353,6 +357,7 @@ KNOBS: dict[str, Knob] = {
     "secondaries_per_mm": Knob(1, _positive_int, "a positive integer"),
     "nframes": Knob("auto", _nframes, "'auto' or a positive integer"),
     "secondary.kind": Knob("gru", _choice(SECONDARY_KINDS), " | ".join(SECONDARY_KINDS)),
+    "gru.dropin": Knob("guarded", _choice(tuple(GRU_DROPINS)), " | ".join(GRU_DROPINS)),
     "activity.streams": Knob(2, _count, "an integer >= 0"),
     "activity.mix": Knob({op: (1 if op == "munmap" else 0) for op in OPS}, _mix, "weights >= 0 over " + ", ".join(OPS), OPS),
     "activity.rate": Knob(1000, _positive_number, "a positive number (operations per second per stream)"),
@@ -671,6 +676,7 @@ class Scenario:
             fanout=v["fanout"],
             hops=v["topology"]["hops"],
             semantics=v["semantics"],
+            gru_dropin=v["gru"]["dropin"],
         )
 
     def sim_config(self, **extra: Any) -> "SimConfig":

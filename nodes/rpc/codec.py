@@ -5,7 +5,7 @@ is translated in exactly one place.
 
 The model side is ``nodes/remote.py``: an ``OwnerService`` method called with the positional
 arguments ``RemoteOwner`` passes to ``Interconnect.call``, and ``SecondaryService.callout``
-with ``(notifier_id, op, mm_id, mm_name, op_args)``.
+with ``(notifier_id, op, mm_id, mm_name, op_args, invalidate_seq)``.
 """
 
 from __future__ import annotations
@@ -70,12 +70,13 @@ def _unstamp(m: Any) -> tuple[int, int, int]:
 
 def _pages(refs: list[PageRef]) -> Message:
     return pb.GetUserPagesReply(
-        pages=[pb.PageRef(address=r.address, pfn=r.pfn, stamp=_stamp(r.stamp), writable=r.writable) for r in refs]
+        pages=[pb.PageRef(address=r.address, pfn=r.pfn, stamp=_stamp(r.stamp), writable=r.writable,
+                          invalidate_seq=r.invalidate_seq) for r in refs]
     )
 
 
 def _unpages(m: Any) -> list[PageRef]:
-    return [PageRef(p.address, p.pfn, _unstamp(p.stamp), p.writable) for p in m.pages]
+    return [PageRef(p.address, p.pfn, _unstamp(p.stamp), p.writable, p.invalidate_seq) for p in m.pages]
 
 
 def _gup(host: str, mm_id: int, address: int, npages: int, write: bool, pin: bool, request_id: int = 0) -> Message:
@@ -204,14 +205,14 @@ OWNER.update({
 })
 
 
-def _target(nid: str, mm_id: int, mm_name: str) -> Any:
-    return build(pb.CalloutTarget, notifier_id=nid, mm_id=mm_id, mm_name=mm_name)
+def _target(nid: str, mm_id: int, mm_name: str, invalidate_seq: int = 0) -> Any:
+    return build(pb.CalloutTarget, notifier_id=nid, mm_id=mm_id, mm_name=mm_name, invalidate_seq=invalidate_seq)
 
 
 def _callout(op: str, args_of: Callable[[Any], tuple[Any, ...]]) -> Callable[[Any], tuple[Any, ...]]:
     """request -> the arguments of ``SecondaryService.callout`` for ``op``."""
     def decode(r: Any) -> tuple[Any, ...]:
-        return (r.target.notifier_id, op, r.target.mm_id, r.target.mm_name, args_of(r))
+        return (r.target.notifier_id, op, r.target.mm_id, r.target.mm_name, args_of(r), r.target.invalidate_seq)
     return decode
 
 
@@ -276,9 +277,10 @@ SECONDARY_METHODS: dict[str, Method] = {
 }
 
 
-def encode_callout(notifier_id: str, op: str, mm_id: int, mm_name: str, args: tuple[Any, ...]) -> tuple[Method, Message]:
+def encode_callout(notifier_id: str, op: str, mm_id: int, mm_name: str, args: tuple[Any, ...],
+                   invalidate_seq: int = 0) -> tuple[Method, Message]:
     """The RPC and request carrying ``SecondaryService.callout(notifier_id, op, ...)``."""
     m = SECONDARY.get(op)
     if m is None:
         raise InvalidArgument(f"no RPC for notifier op {op!r}; known: {sorted(SECONDARY)}")
-    return m, m.encode(_target(notifier_id, mm_id, mm_name), *args)
+    return m, m.encode(_target(notifier_id, mm_id, mm_name, invalidate_seq), *args)

@@ -16,22 +16,56 @@ translation into the TLB. Protection against invalidations is one per-mm counter
 - dropin (``gru_user_dropin`` / ``gru_try_dropin``): wait until ``ms_range_active`` is zero,
   look the page up, and refuse (retry) if a range became active meanwhile.
 
-A dropin racing an invalidation across the network (the lookup is a remote get_user_pages that
-sleeps, so the check must come after it; the kernel's lookup is an atomic pte walk and it checks
-once, before):
+A dropin racing an invalidation across the network. The kernel's lookup is an atomic pte walk
+and the driver checks ``ms_range_active`` once, after it; the window between the two is a few
+instructions. A GRU on another partition looks the page up with a remote get_user_pages, so the
+check comes after a round trip, and ``ms_range_active`` is back to zero if the whole range
+started and ended meanwhile; ``invalidate_page`` does not touch it at all. The v3.10 check alone
+(``dropin="v3.10"``) then installs a translation of a page that is gone:
 
     dropin (secondary partition)             munmap (owner partition)
     ----------------------------             ------------------------
     wait_event(ms_range_active == 0)
     get_user_pages() ---- request ------->   page found, reference dropped
-                                             invalidate_range_start -> ms_range_active = 1,
-                                               flush (the page is not in the TLB yet)
-                     <--- reply ----------   zap ptes ...
-    ms_range_active != 0: discard, retry
-    wait_event(ms_range_active == 0)         invalidate_range_end -> 0, wake_up_all
-    get_user_pages() -> EFAULT (unmapped)    pages freed
-    [Required: no install between the flush and range_end; the check, the install and the
-     report happen with no suspension point between them]
+                     <--- range_start ----
+    ms_range_active = 1, flush (the page
+      is not in the TLB yet)
+                     <--- range_end ------   zap ptes
+    ms_range_active = 0                      pages freed
+                     <--- reply ----------
+    ms_range_active == 0: install            <- a translation of a freed frame
+
+The guarded dropin (``dropin="guarded"``, the default) adds the other half of KVM's
+mmu_notifier_retry(): the answer carries the owner's invalidate sequence read before the lookup,
+each callout the sequence after its bump, and the install is retried if a callout for the page
+with a later sequence arrived while the answer was in flight (``InvalidateSeq``, in
+``nodes/secondary/base.py``; ``ms_range_active`` stays the count half):
+
+    dropin (secondary partition)             invalidation (owner partition)
+    ----------------------------             ------------------------------
+    wait_event(ms_range_active == 0)
+    read_begin(page)
+    get_user_pages() ---- request ------->   page found; answer carries seq 4
+                                             range_start (seq 5) or invalidate_page (seq 5)
+                     <--- callout (seq 5) -    (migration, COW, mprotect, munmap ...)
+    seen 5; flush, ms_range_active ...
+                     <--- reply (seq 4) --   range_end (seq 6), page freed or changed
+    ms_range_active != 0, or seen 5 > 4:
+      discard, retry
+    wait_event(ms_range_active == 0)
+    get_user_pages()  -> the new page, or EFAULT (unmapped)
+    [Required: no install between the flush and range_end, nor after an invalidation of the
+     page that began after the lookup; the check, the install and the report happen with no
+     suspension point between them]
+
+A callout that overtakes nothing (it arrives after the reply) finds the translation installed
+and flushes it before the owner frees the page, which is why the guard never has to wait. For a
+GRU on the owner's own partition the v3.10 check is sound (the pte read and the check happen at
+one instant, as in the kernel); the guard can only add a retry there.
+
+A flush returns only once the GRU instructions already issued through the translations it drops
+have completed (``InflightAccesses``): an access whose request is on the wire when the flush
+comes still reads the page it was issued for, not a frame freed after the flush returned.
 
 The TLB here belongs to this mm's ASID on the GRU serving it: ``tlb_entries`` translations, LRU
 replacement (an evicted translation is reported dropped). A GRU operation that does not complete
@@ -44,12 +78,12 @@ from __future__ import annotations
 import errno as _errno
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable
 
 from nodes.errors import InternalError, InvalidArgument, ModelError, NotFound, Released
 from nodes.locks import WaitQueue
-from nodes.mm import PAGE_SHIFT, Mm, check_user_address, check_user_span
-from nodes.secondary.base import SecondaryMmu, keys_in_span, page_align, vpn_span
+from nodes.mm import PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, Mm, check_user_address, check_user_span
+from nodes.secondary.base import InflightAccesses, InvalidateSeq, SecondaryMmu, keys_in_span, page_align, vpn_span
 
 if TYPE_CHECKING:
     from nodes.owner import OwnerPort
@@ -60,6 +94,12 @@ DEFAULT_TLB_ENTRIES = 2048
 DEFAULT_FLUSH_PER_PAGE_US = 2.0  # one TLB-invalidate instruction: "a few usec"
 DEFAULT_FULL_FLUSH_US = 10.0  # drop the ASID: one ASID-wide invalidate, a few usec
 GRU_TIMEOUT_US = 10_000_000.0  # a GRU operation that never completes is fatal after 10 s
+# how a dropin is checked against invalidations that ran while its lookup was in flight
+GRU_DROPINS = {
+    "guarded": "the v3.10 ms_range_active check, and a retry if an invalidation of the page began or ended "
+               "on the owner after the lookup (the owner's invalidate sequence, as KVM's mmu_notifier_retry)",
+    "v3.10": "the v3.10 check alone: ms_range_active after the lookup (sound only when the lookup is atomic)",
+}
 
 
 class GruTimeout(ModelError):
@@ -87,9 +127,11 @@ class GruStats:
     dropins: int = 0  # translations installed
     refused_dropins: int = 0  # misses that found ms_range_active != 0 and had to wait
     retries: int = 0  # lookups discarded because a range became active meanwhile
+    guard_retries: int = 0  # lookups discarded by the guard: a later invalidation overtook the answer
     flushes: int = 0  # TLB flush operations (one per invalidate callout)
     pages_flushed: int = 0  # per-page TLB-invalidate instructions issued
     full_flushes: int = 0  # ASID drops (range above GRUMAXINVAL pages)
+    fenced_flushes: int = 0  # flushes (and releases) that waited for accesses in flight through dropped entries
     evictions: int = 0  # LRU replacements
     dropped: int = 0  # translations dropped for any reason
     unpaired_range_ends: int = 0  # range_end that took ms_range_active below zero
@@ -110,8 +152,11 @@ class GruMmu(SecondaryMmu):
         flush_per_page_us: float = DEFAULT_FLUSH_PER_PAGE_US,
         full_flush_us: float = DEFAULT_FULL_FLUSH_US,
         gru_timeout_us: float = GRU_TIMEOUT_US,
+        dropin: str = "guarded",
     ):
         super().__init__(runtime, owner, mm_id, name)
+        if dropin not in GRU_DROPINS:
+            raise InvalidArgument(f"GRU {name}: dropin must be one of {tuple(GRU_DROPINS)}, got {dropin!r}")
         if not isinstance(tlb_entries, int) or tlb_entries <= 0:
             raise InvalidArgument(f"GRU {name}: tlb_entries must be a positive integer, got {tlb_entries!r}")
         for what, value in (("flush_per_page_us", flush_per_page_us), ("full_flush_us", full_flush_us)):
@@ -129,6 +174,9 @@ class GruMmu(SecondaryMmu):
         self.ms_range_active = 0
         self.ms_released = False  # set by ->release; no dropin after it
         self.ms_wait_queue = WaitQueue(f"{name}.ms_wait_queue")
+        self.dropin = dropin
+        self.seqs = InvalidateSeq()  # the guard: lookups in flight and the callouts overtaking them
+        self.inflight = InflightAccesses(name)  # GRU instructions issued and not yet complete, by vpn
         self.stats = GruStats()
 
     # -- the notifier ops (gru_mmuops) ------------------------------------------------------
@@ -145,6 +193,7 @@ class GruMmu(SecondaryMmu):
         reversed, outside user space) is ``InvalidArgument`` and changes nothing."""
         self._check_callout(mm, "invalidate_range_start")
         check_user_span(start, end, f"GRU {self.name}: invalidate_range_start")
+        self.seqs.invalidated(mm.invalidate_seq, start, end)
         self.ms_range_active += 1
         await self._flush_range(start, end)
 
@@ -155,6 +204,7 @@ class GruMmu(SecondaryMmu):
         is ``InvalidArgument`` and changes nothing."""
         self._check_callout(mm, "invalidate_range_end")
         check_user_span(start, end, f"GRU {self.name}: invalidate_range_end")
+        self.seqs.invalidated(mm.invalidate_seq, start, end)
         self.ms_range_active -= 1
         if self.ms_range_active < 0:
             self.stats.unpaired_range_ends += 1
@@ -166,24 +216,32 @@ class GruMmu(SecondaryMmu):
         address outside user space is ``InvalidArgument``."""
         self._check_callout(mm, "invalidate_page")
         check_user_address(address, f"GRU {self.name}: invalidate_page")
-        await self._flush_range(page_align(address), page_align(address) + (1 << PAGE_SHIFT))
+        page = page_align(address)
+        self.seqs.invalidated(mm.invalidate_seq, page, page + PAGE_SIZE)
+        await self._flush_range(page, page + PAGE_SIZE)
 
-    def release(self, mm: Mm) -> None:
+    async def release(self, mm: Mm) -> None:
         """gru_release(): ``ms_released = 1``. The kernel's TLB entries for the ASID die with
         the context; here they are dropped at once so the owner's oracle sees them gone before
-        exit frees the pages. Dropins waiting on the queue are woken and fail."""
+        exit frees the pages, and, like a flush, release returns once the GRU instructions
+        already issued through them are done. Dropins waiting on the queue are woken and
+        fail."""
         self._check_callout(mm, "release")
         self.ms_released = True
         self._drop(list(self.tlb))
         self.ms_wait_queue.wake_all()
+        if await self.inflight.fence(0, TASK_SIZE >> PAGE_SHIFT):
+            self.stats.fenced_flushes += 1
 
     # -- TLB flushing -----------------------------------------------------------------------
 
     async def _flush_range(self, start: int, end: int) -> None:
         """gru_flush_tlb_range(): per-page TLB invalidates, or an ASID drop above GRUMAXINVAL
-        pages. The instructions take time; the translations are gone when they complete. The
-        kernel issues them only to GRUs where a context of this mm is loaded; the model's
-        context stays loaded while the GruMmu lives, so every flush is charged."""
+        pages. The instructions take time; the translations are gone when they complete, and
+        the flush completes once the GRU instructions issued through them are done (the fence
+        of ``InflightAccesses``). The kernel issues them only to GRUs where a context of this mm
+        is loaded; the model's context stays loaded while the GruMmu lives, so every flush is
+        charged."""
         first, last = vpn_span(start, end)
         npages = last - first + 1
         self.stats.flushes += 1
@@ -191,10 +249,14 @@ class GruMmu(SecondaryMmu):
             self.stats.full_flushes += 1
             await self.runtime.sleep(self.full_flush_us)
             self._drop(list(self.tlb))
+            fenced = await self.inflight.fence(0, TASK_SIZE >> PAGE_SHIFT)  # the whole ASID
         else:
             self.stats.pages_flushed += npages
             await self.runtime.sleep(npages * self.flush_per_page_us)
             self._drop(keys_in_span(self.tlb, first, last))
+            fenced = await self.inflight.fence(first, last)
+        if fenced:
+            self.stats.fenced_flushes += 1
 
     def _drop(self, vpns: list[int]) -> None:
         """Remove these TLB entries (absent ones are skipped) and report them dropped."""
@@ -208,9 +270,11 @@ class GruMmu(SecondaryMmu):
     async def access(self, address: int, *, write: bool = False) -> tuple[int, int, int]:
         """A GRU instruction touching ``address`` of the mm (a remote DMA): a TLB hit reads at
         once; a miss runs the dropin (gru_user_dropin's loop around gru_try_dropin) and then
-        reads. Returns the stamp read. Raises ``Released`` after ->release, ``GruTimeout`` if
-        the dropin cannot complete within ``gru_timeout_us``, and whatever get_user_pages
-        raises (``BadAddress`` for an unmapped address: the kernel's SIGSEGV)."""
+        reads; the read counts as in flight until it completes. Returns the stamp read. Raises
+        ``Released`` after ->release, ``GruTimeout`` if the dropin cannot complete within
+        ``gru_timeout_us``, and whatever get_user_pages raises (``BadAddress`` for an unmapped
+        address: the kernel's SIGSEGV). The guarded dropin also discards an answer that an
+        invalidation of the page overtook (see the module docstring)."""
         t0 = self.runtime.now()
         vpn = address >> PAGE_SHIFT
         page = vpn << PAGE_SHIFT
@@ -223,7 +287,7 @@ class GruMmu(SecondaryMmu):
             if entry is not None and (entry.writable or not write):
                 self.tlb.move_to_end(vpn)
                 self.stats.tlb_hits += 1
-                return await self.owner.dma_read(self, self.mm_id, page, entry.pfn, entry.stamp)
+                return await self._read(vpn, page, entry)
             # TLB miss: gru_user_dropin()
             if self.ms_range_active != 0:
                 if not refused:
@@ -231,7 +295,12 @@ class GruMmu(SecondaryMmu):
                     refused = True
                 await self._wait_range_inactive(t0, address)
                 continue
-            refs = await self.owner.get_user_pages(self.mm_id, page, 1, write=write, pin=False)
+            read = self.seqs.read_begin(page, page + PAGE_SIZE) if self.dropin == "guarded" else None
+            try:
+                refs = await self.owner.get_user_pages(self.mm_id, page, 1, write=write, pin=False)
+            finally:
+                if read is not None:
+                    self.seqs.read_end(read)
             ref = refs[0]
             # -- no suspension point from here to the install and its report --
             self._check_timeout(t0, address)
@@ -240,9 +309,15 @@ class GruMmu(SecondaryMmu):
             if self.ms_range_active != 0:  # gru_try_dropin(): "TLB is being flushed"
                 self.stats.retries += 1
                 continue
+            if read is not None and read.retry(ref.invalidate_seq):  # overtaken by an invalidation
+                self.stats.guard_retries += 1
+                continue
             self._install(vpn, ref.pfn, ref.stamp, write)
-            entry = self.tlb[vpn]
-            return await self.owner.dma_read(self, self.mm_id, page, entry.pfn, entry.stamp)
+            return await self._read(vpn, page, self.tlb[vpn])
+
+    def _read(self, vpn: int, page: int, entry: GruTlbEntry) -> Awaitable[tuple[int, int, int]]:
+        """The remote read through ``entry``, in flight until its answer is back."""
+        return self.inflight.access(vpn, self.owner.dma_read(self, self.mm_id, page, entry.pfn, entry.stamp))
 
     def _install(self, vpn: int, pfn: int, stamp: tuple[int, int, int], writable: bool) -> None:
         """tfh_write_restart(): drop the translation into the TLB (evicting the least recently
@@ -295,6 +370,6 @@ class GruMmu(SecondaryMmu):
     def __repr__(self) -> str:
         return (
             f"GruMmu({self.name}, mm {self.mm_id}, {len(self.tlb)}/{self.tlb_entries} entries, "
-            f"ms_range_active={self.ms_range_active}{', released' if self.ms_released else ''})"
+            f"ms_range_active={self.ms_range_active}, dropin {self.dropin}{', released' if self.ms_released else ''})"
         )
 

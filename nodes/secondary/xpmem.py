@@ -54,7 +54,7 @@ from nodes.errors import BadAddress, InvalidArgument, NotFound, PermissionDenied
 from nodes.locks import Mutex
 from nodes.mm import PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, Mm, check_user_address, check_user_span
 from nodes.notifier import MmuNotifier, TeardownTiming
-from nodes.secondary.base import keys_in_span, page_align
+from nodes.secondary.base import InflightAccesses, keys_in_span, page_align
 
 if TYPE_CHECKING:
     from nodes.owner import OwnerPort
@@ -354,6 +354,7 @@ class XpmemAttachment:
     size: int
     vaddr: int  # at_vaddr, in the attacher's address space
     invalidate_mutex: Mutex
+    inflight: InflightAccesses  # the attacher's accesses through its ptes not yet done, by page index
     # the attacher's ptes, keyed by page index within the attachment; each holds one pin
     ptes: dict[int, XpmemPte] = field(default_factory=dict)
     invalidate_seq: int = 0  # bumped under invalidate_mutex by every overlapping invalidation
@@ -380,6 +381,7 @@ class XpmemStats:
     unpins: int = 0
     zapped: int = 0  # attacher ptes zapped
     invalidations: int = 0  # notifier callouts that overlapped at least one attachment
+    fenced_zaps: int = 0  # zaps that waited for accesses in flight through the zapped ptes
 
 
 class XpmemMmuNotifier(MmuNotifier):
@@ -499,7 +501,8 @@ class XpmemDriver:
         at_vaddr = self._next_at_vaddr.get(cred.tgid, _ATTACH_BASE)
         self._next_at_vaddr[cred.tgid] = at_vaddr + grant.size + PAGE_SIZE  # a guard page between
         att = XpmemAttachment(grant.attachment_id, apid, grant.mode, cred.tgid, grant.src_start, grant.size, at_vaddr,
-                              Mutex(f"{self.name}.att@{at_vaddr:#x}.invalidate_mutex", "xpmem_att.invalidate_mutex"))
+                              Mutex(f"{self.name}.att@{at_vaddr:#x}.invalidate_mutex", "xpmem_att.invalidate_mutex"),
+                              InflightAccesses(f"{self.name}.att@{at_vaddr:#x}"))
         self.attachments[att.id] = att
         if self.released:  # ->release ran while the request travelled: tear it down at once
             await self._detach_att(att)
@@ -576,7 +579,7 @@ class XpmemDriver:
             pte = att.ptes.get(idx)
             if pte is not None:
                 self.stats.pte_hits += 1
-                return await self.owner.dma_read(self.notifier, self.mm_id, src, pte.pfn, pte.stamp)
+                return await att.inflight.access(idx, self.owner.dma_read(self.notifier, self.mm_id, src, pte.pfn, pte.stamp))
             seq = att.invalidate_seq
             refs = await self.owner.get_user_pages(self.mm_id, src, 1, write=att.mode == XPMEM_RDWR, pin=True)
             ref = refs[0]
@@ -592,7 +595,7 @@ class XpmemDriver:
             att.ptes[idx] = XpmemPte(ref.pfn, ref.stamp, ref.writable)
             self.owner.translation_established(self.notifier, self.mm_id, src, ref.pfn)
             self.stats.faults += 1
-            return await self.owner.dma_read(self.notifier, self.mm_id, src, ref.pfn, ref.stamp)
+            return await att.inflight.access(idx, self.owner.dma_read(self.notifier, self.mm_id, src, ref.pfn, ref.stamp))
 
     # -- invalidation -----------------------------------------------------------------------
 
@@ -622,7 +625,10 @@ class XpmemDriver:
 
     async def _unpin_and_zap(self, att: XpmemAttachment, idxs: list[int]) -> None:
         """xpmem_unpin_pages() then zap_vma_ptes(): the kernel's order. Caller holds the
-        invalidate mutex. The ptes are removed only after the unpin completes."""
+        invalidate mutex. The ptes are removed only after the unpin completes, and the zap
+        completes (its TLB flush) only once the attacher's accesses already issued through
+        them are done (``InflightAccesses``): an invalidation does not return, and so the source
+        does not free the page, while a read through the old pte is still on its way."""
         ptes = [(i, att.ptes[i]) for i in idxs if i in att.ptes]
         if not ptes:
             return
@@ -635,6 +641,8 @@ class XpmemDriver:
             del att.ptes[i]
         self.stats.zapped += len(pfns)
         self.owner.translations_dropped(self.notifier, self.mm_id, pfns)
+        if await att.inflight.fence(min(i for i, _ in ptes), max(i for i, _ in ptes)):
+            self.stats.fenced_zaps += 1
 
     async def _teardown(self) -> None:
         """xpmem_teardown(): the source mm is going away (->release). Every attachment is

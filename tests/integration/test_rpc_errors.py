@@ -381,7 +381,7 @@ def test_failed_precondition_for_use_after_release(live):
             async def held_release(mm: Any) -> None:
                 started.set()
                 await go.wait()
-                release(mm)
+                await release(mm)
 
             r.gru.release = held_release  # type: ignore[method-assign]
             first = asyncio.ensure_future(p1.interconnect.call("p1", "p0", "owner", "exit", r.mm.id))

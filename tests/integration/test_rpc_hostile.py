@@ -18,7 +18,9 @@ holds, and a secondary believes the owner's callouts. A correctly formed but fal
 GRU, a put of pins another secondary holds) is indistinguishable from the truth, so it would
 rightly change the model's state or be recorded as a violation. Those requests are generated
 only with at least one malformed field, which must be refused before anything changes. (Bugs
-found this way have regression tests in ``test_rpc_errors.py``.)"""
+found this way have regression tests in ``test_rpc_errors.py``.) A callout's invalidate sequence
+is the one field generated freely: a negative one is malformed, and any other value is accepted,
+since a false one costs at most a retry of the dropins in flight (``InvalidateSeq``)."""
 
 from __future__ import annotations
 
@@ -70,6 +72,9 @@ ASCII = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=
 EDGE_INTS = [0, 1, -1, P - 1, P, P + 1, -P, 2**31, 2**32, TASK_SIZE - P, TASK_SIZE, TASK_SIZE + P, 2**62,
              2**63 - 1, -(2**63), BASE, BASE + 1, BASE + 5 * P, RO_BASE]
 ANY_INT = st.one_of(st.sampled_from(EDGE_INTS), I64, st.integers(-4 * P, 4 * P))
+# a callout's invalidate sequence: usually a plausible one; any other value >= 0 is a lie the
+# secondary cannot tell from the truth, and costs at most one retry of each dropin in flight
+SEQS = st.one_of(st.integers(0, 64), ANY_INT)
 PIN_HOSTS = ["pinner", "ghost", ""]  # hostile pins are taken only for these hosts ...
 PUT_HOSTS = ["liar", "p0", "nobody"]  # ... and hostile puts come only from hosts holding none
 SOURCE = XpmemCred(tgid=50, uid=1000, gid=1000)  # the process of mm X (XPMEM source)
@@ -744,7 +749,10 @@ def callout(draw: Any, w: World) -> Case:
         mm_id = draw(mm_ids(w))[0]
         if kind is not None and mm_id != w.mm_of[kind]:
             e.bad(NOT_FOUND)  # the secondary does not map that mm
-    target = pb.CalloutTarget(notifier_id=nid, mm_id=mm_id, mm_name=draw(TEXT))
+    seq = draw(SEQS)
+    if seq < 0:
+        e.bad(INVALID)  # not a sequence number
+    target = pb.CalloutTarget(notifier_id=nid, mm_id=mm_id, mm_name=draw(TEXT), invalidate_seq=seq)
     if rpc in ("InvalidateRangeStart", "InvalidateRangeEnd"):
         start, end = draw(RANGES)
         if not 0 <= start < end <= TASK_SIZE:
@@ -787,8 +795,8 @@ def xpmem_detach_attachments(draw: Any, w: World) -> Case:
         e.bad(NOT_FOUND)  # no such notifier there, or not an XPMEM driver's
     ids = draw(w.cached("detach_ids",  # never the live attachment's id
                         lambda: st.lists(ANY_INT.filter(lambda i: i != w.att.id), max_size=4)))
-    target = pb.CalloutTarget(notifier_id=nid, mm_id=draw(ANY_INT), mm_name=draw(TEXT))
-    req = pb.XpmemDetachCallout(target=target, attachment_ids=ids)
+    target = pb.CalloutTarget(notifier_id=nid, mm_id=draw(ANY_INT), mm_name=draw(TEXT), invalidate_seq=draw(ANY_INT))
+    req = pb.XpmemDetachCallout(target=target, attachment_ids=ids)  # the sequence is not read here
     return draw(addressed("Secondary", dst, "XpmemDetachAttachments", req, e))
 
 

@@ -98,3 +98,45 @@ def test_xpmem_attach_from_p1_faults_pages_of_p0_and_remove_on_p0_detaches_it(li
         assert p0.owner_service.faults == []
 
     live(body, "p0", "p1")
+
+
+@pytest.mark.parametrize("dropin", ["guarded", "v3.10"])
+def test_dropin_overtaken_by_an_invalidation_over_grpc_is_retried_unless_v3_10(live, dropin):
+    """The owner's invalidate sequence crosses real sockets both ways: p0's answer to the GRU's
+    lookup is held until a migration of the page has finished (its invalidate_page reached p1
+    carrying a later sequence). The guarded GRU discards the answer and looks again; the v3.10
+    one installs the freed frame, which the owner's oracle reports."""
+    import asyncio
+
+    async def body(p0, p1):
+        mm = await _mapped(p0, 1)
+        gru = await p1.gru("p0", mm.id)
+        local = p0.owner_service.local  # where p0's servicer looks pages up
+        real_lookup = local.get_user_pages
+        answered, release = asyncio.Event(), asyncio.Event()
+
+        async def held_lookup(*args, **kwargs):
+            refs = await real_lookup(*args, **kwargs)
+            if not answered.is_set():  # the first answer waits on the wire
+                answered.set()
+                await release.wait()
+            return refs
+
+        local.get_user_pages = held_lookup
+        old = mm.pte(BASE)[0]
+        dropin_task = asyncio.ensure_future(gru.access(BASE))
+        await asyncio.wait_for(answered.wait(), 10)
+        assert await vmops.migrate_pages(p0.partition, mm, BASE, PAGE_SIZE) == 1  # old frame freed
+        release.set()
+        stamp = await dropin_task
+        await p1.flush_reports()
+        entry = gru.translation(BASE)
+        if dropin == "guarded":
+            assert gru.stats.guard_retries == 1 and entry.pfn == mm.pte(BASE)[0] != old
+            assert stamp == p0.partition.frames.stamp(entry.pfn)
+            assert p0.partition.oracle.violations == []
+        else:
+            assert gru.stats.guard_retries == 0 and entry.pfn == old
+            assert {v.invariant for v in p0.partition.oracle.violations} >= {1}
+
+    live(body, "p0", "p1", gru_dropin=dropin)

@@ -90,7 +90,7 @@ def test_malformed_callouts_are_refused_before_anything_changes(vrun):
             with pytest.raises(exc, match=message):
                 await coro
         with pytest.raises(NotFound, match=f"release is about mm {other.id}"):
-            gru.release(other)
+            await gru.release(other)
         assert (gru.ms_range_active, gru.ms_released, len(gru.tlb)) == (0, False, 3)
         assert gru.stats.flushes == 0 and p.oracle.ok
 
@@ -374,19 +374,36 @@ def test_dropin_waiting_longer_than_the_gru_timeout_is_fatal(vrun):
     vrun(body)
 
 
-def test_dropin_racing_invalidate_page_is_not_guarded_as_in_the_kernel(vrun):
-    """A finding, kept as a test: gru_invalidate_page() flushes but does not raise
-    ms_range_active, so a dropin whose lookup is in flight when migration unmaps the page and
-    calls invalidate_page installs a translation of the freed frame. The kernel's window is a
-    few instructions (an atomic pte walk); across the network it is a round trip."""
+@pytest.mark.parametrize("dropin, expected", [("guarded", set()), ("v3.10", {1, 6})])
+def test_dropin_racing_invalidate_page_is_guarded_unless_v3_10(vrun, dropin, expected):
+    """gru_invalidate_page() flushes but does not raise ms_range_active, so the v3.10 dropin
+    whose lookup is in flight when migration unmaps the page and calls invalidate_page installs
+    a translation of the freed frame (the kernel's window is a few instructions; across the
+    network it is a round trip). The guarded dropin sees that the callout carried a later
+    invalidate sequence than its answer, discards the answer and looks again: the new frame."""
 
     async def body(rt):
-        p, mm, gru = await setup(rt, one_way_us=10)
-        await vmops.touch(p, mm, BASE, write=True)
-        dropin = rt.spawn(gru.access(BASE), name="dropin")
+        p, mm, gru = await setup(rt, one_way_us=10, dropin=dropin)
+        old = await vmops.touch(p, mm, BASE, write=True)
+        dropin_task = rt.spawn(gru.access(BASE), name="dropin")
         await rt.sleep(12)  # the lookup ran at t=10; the reply lands at t=20
         assert await vmops.migrate_pages(p, mm, BASE, P) == 1  # old frame freed at t=14
-        await dropin
+        stamp = await dropin_task
+        entry = gru.translation(BASE)
+        if dropin == "guarded":
+            assert gru.stats.guard_retries == 1 and entry.pfn != old and stamp == p.frames.stamp(entry.pfn)
+            assert mm.pte(BASE)[0] == entry.pfn
+        else:
+            assert gru.stats.guard_retries == 0 and entry.pfn == old
         return violations(p)
 
-    assert vrun(body) == {1, 6}
+    assert vrun(body) == expected
+
+
+def test_bad_dropin_mode_is_refused_naming_it(vrun):
+    async def body(rt):
+        p = Partition(rt, nframes=16)
+        with pytest.raises(InvalidArgument, match=r"dropin must be one of \('guarded', 'v3.10'\), got 'v3.11'"):
+            GruMmu(rt, LocalOwner(p), 1, "g", dropin="v3.11")
+
+    vrun(body)

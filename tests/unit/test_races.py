@@ -85,6 +85,35 @@ def test_check_of_v3_10_exits_0_and_bad_arguments_exit_2(capsys):
         assert e.value.code == 2
 
 
+CHECK_SEEDS = 50  # mmusim check's default --seeds
+
+
+@pytest.mark.parametrize("scheduler", ["random", "pct"])
+def test_unguarded_gru_dropin_shows_within_the_default_budget_and_the_guard_runs_those_seeds_clean(scheduler):
+    """The v3.10 core with the v3.10 GRU dropin: a dropin that an invalidation overtakes
+    installs a translation of the old frame (freed, or read after reuse). The guarded dropin
+    (the default) runs the same seeds clean."""
+    f = search("v3.10", scheduler, CHECK_SEEDS, RaceConfig(gru_dropin="v3.10"))
+    assert f is not None and f.kind == "violation", f"the v3.10 dropin ran {CHECK_SEEDS} seeds clean"
+    assert "inv 1: frame freed while a secondary maps" in f.what or "inv 6:" in f.what, f.what
+    assert "faults" in f.race.tasks and "--gru-dropin v3.10" in f.replay_command()
+    assert search("v3.10", scheduler, CHECK_SEEDS, RaceConfig(gru_dropin="guarded")) is None
+
+
+def test_check_gru_dropin_prints_a_replay_that_reproduces_it(capsys):
+    assert main(["check", "--semantics", "v3.10", "--gru-dropin", "v3.10", "--no-shrink"]) == 1
+    out = capsys.readouterr().out
+    replay = next(line.split("replay: ", 1)[1] for line in out.splitlines() if "replay: " in line)
+    assert "--gru-dropin v3.10" in replay
+    assert main(replay.split()[1:]) == 1
+    digest = next(line for line in out.splitlines() if "trace digest" in line)
+    assert digest in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["check", "--semantics", "v3.10", "--gru-dropin", "v3.11"])
+    assert e.value.code == 2
+    assert "invalid choice: 'v3.11'" in capsys.readouterr().err
+
+
 def test_check_explores_a_hang_study_scenario_too(capsys):
     assert main(["check", "quickstart", "--semantics", "rcu", "--seeds", "2"]) == 1
     out = capsys.readouterr().out

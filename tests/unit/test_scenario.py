@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "secondaries_per_mm": 1,
     "nframes": "auto",
     "secondary": {"kind": "gru"},
+    "gru": {"dropin": "guarded"},
     "activity": {
         "streams": 2,
         "mix": {"munmap": 1, "mprotect": 0, "migrate": 0, "ksm": 0, "reclaim": 0, "thp": 0, "cow": 0},
@@ -197,6 +198,18 @@ def test_overrides_nested_flow_mappings_bools_and_strings() -> None:
     assert s.sim_config().srcu_scope == "per_mm" and s.sim_config().srcu_expedited is True
     assert s.ray_config().hop_latency_us == 50.0  # a lognormal's median
     assert base.get("activity.streams") == 2 and base.get("srcu.scope") == "global"  # unchanged
+
+
+def test_gru_dropin_reaches_both_configs_and_a_bad_one_is_refused_naming_it() -> None:
+    base = load_scenario("quickstart")
+    assert base.get("gru.dropin") == "guarded" and base.sim_config().gru_dropin == "guarded"
+    s = base.with_overrides(["gru.dropin=v3.10"])
+    assert s.sim_config().gru_dropin == "v3.10" and s.ray_config().gru_dropin == "v3.10"
+    msg = refusal(base.with_overrides, ["gru.dropin=gaurded"])
+    assert msg == ("built-in quickstart: --set gru.dropin=gaurded: gru.dropin: expected one of guarded, v3.10, "
+                   "got 'gaurded'; did you mean 'guarded'?")
+    with pytest.raises(ValueError, match=r"sim config gru_dropin: expected one of \('guarded', 'v3.10'\), got 'v3'"):
+        base.sim_config(gru_dropin="v3")
 
 
 def test_override_a_section_merges_and_a_knob_mapping_replaces() -> None:

@@ -21,16 +21,18 @@ class Stamp(_message.Message):
     def __init__(self, mm: _Optional[int] = ..., vpn: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class PageRef(_message.Message):
-    __slots__ = ("address", "pfn", "stamp", "writable")
+    __slots__ = ("address", "pfn", "stamp", "writable", "invalidate_seq")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PFN_FIELD_NUMBER: _ClassVar[int]
     STAMP_FIELD_NUMBER: _ClassVar[int]
     WRITABLE_FIELD_NUMBER: _ClassVar[int]
+    INVALIDATE_SEQ_FIELD_NUMBER: _ClassVar[int]
     address: int
     pfn: int
     stamp: Stamp
     writable: bool
-    def __init__(self, address: _Optional[int] = ..., pfn: _Optional[int] = ..., stamp: _Optional[_Union[Stamp, _Mapping]] = ..., writable: _Optional[bool] = ...) -> None: ...
+    invalidate_seq: int
+    def __init__(self, address: _Optional[int] = ..., pfn: _Optional[int] = ..., stamp: _Optional[_Union[Stamp, _Mapping]] = ..., writable: _Optional[bool] = ..., invalidate_seq: _Optional[int] = ...) -> None: ...
 
 class TeardownTiming(_message.Message):
     __slots__ = ("total_us", "release_us", "srcu_wait_us")
@@ -255,14 +257,16 @@ class XpmemRemoveRequest(_message.Message):
     def __init__(self, segid: _Optional[int] = ..., cred: _Optional[_Union[XpmemCred, _Mapping]] = ...) -> None: ...
 
 class CalloutTarget(_message.Message):
-    __slots__ = ("notifier_id", "mm_id", "mm_name")
+    __slots__ = ("notifier_id", "mm_id", "mm_name", "invalidate_seq")
     NOTIFIER_ID_FIELD_NUMBER: _ClassVar[int]
     MM_ID_FIELD_NUMBER: _ClassVar[int]
     MM_NAME_FIELD_NUMBER: _ClassVar[int]
+    INVALIDATE_SEQ_FIELD_NUMBER: _ClassVar[int]
     notifier_id: str
     mm_id: int
     mm_name: str
-    def __init__(self, notifier_id: _Optional[str] = ..., mm_id: _Optional[int] = ..., mm_name: _Optional[str] = ...) -> None: ...
+    invalidate_seq: int
+    def __init__(self, notifier_id: _Optional[str] = ..., mm_id: _Optional[int] = ..., mm_name: _Optional[str] = ..., invalidate_seq: _Optional[int] = ...) -> None: ...
 
 class RangeCallout(_message.Message):
     __slots__ = ("target", "start", "end")
