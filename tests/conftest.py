@@ -1,4 +1,9 @@
-"""Fixtures for the whole suite.
+"""Fixtures and hooks for the whole suite.
+
+The suite runs in a shuffled order (pytest-randomly, a test extra: modules shuffled, and the
+tests in each module); ``pytest_terminal_summary`` prints the seed at the end, under ``-q``
+too, so that a failure that depends on the order can be run again in that order
+(``--randomly-seed=N``; ``-p no:randomly`` for file order).
 
 ``hypothesis_seed_alone``: a hypothesis test's stream of choices depends on its seed (and the
 hypothesis version) and on nothing that ran before it. Without it, it also depends on which
@@ -21,6 +26,13 @@ from __future__ import annotations
 from typing import Iterator
 
 import pytest
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("randomly") and config.getoption("randomly_reorganize", False):
+        seed = config.getoption("randomly_seed")
+        terminalreporter.write_line(f"tests shuffled with --randomly-seed={seed} (run again with it for this order; "
+                                    f"-p no:randomly for file order)")
 
 
 @pytest.fixture
