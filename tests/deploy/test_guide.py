@@ -8,7 +8,10 @@ in, on machines made of a network namespace (``netns_hosts.Hosts``: its own addr
 bridge, no route anywhere else) plus a private mount namespace with its own empty ``/tmp`` and
 an empty home directory: a fresh machine as far as Ray can tell (no ``/tmp/ray``, no
 ``~/.ray/auth_token``). The only thing not run is the ``pip install .`` of the guide: every
-machine uses this checkout's installation (``PYTHONPATH`` = the repository).
+machine uses this checkout's installation (``PYTHONPATH`` = the repository). Whatever of that
+installation lives under ``/tmp`` (the checkout, the venv, the Python the venv was made from:
+``kept_under_tmp``) is bound back into each machine's fresh ``/tmp``, so the test works wherever
+the venv and the clone are.
 
 Then it checks what the guide promises: the run prints its table and writes results.json, with
 one partition on each machine and clean invariants; on one machine, the two partitions on
@@ -21,11 +24,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pytest
 
@@ -47,29 +51,56 @@ def guide_blocks() -> dict[str, str]:
     return blocks
 
 
+def covering(paths: Iterable[Path], under: Path) -> list[Path]:
+    """The fewest of ``paths`` (absolute) that lie inside ``under`` (``under`` itself left out)
+    and hold every one of them that does: a path inside another is dropped, the outer one
+    brings it along. Sorted."""
+    normal = {Path(os.path.normpath(p)) for p in paths}
+    inside = sorted(p for p in normal if p != under and p.is_relative_to(under))
+    kept: list[Path] = []
+    for p in inside:  # sorted: a path comes after every path it lies inside
+        if not any(p.is_relative_to(k) for k in kept):
+            kept.append(p)
+    return kept
+
+
+def kept_under_tmp() -> list[Path]:
+    """What a machine with a fresh ``/tmp`` must still see of this one, where it lies under
+    ``/tmp``: the checkout, this interpreter's installation (``sys.prefix``: the venv, whose
+    ``bin/`` has ``ray`` and ``mmusim``), the installation the venv was made from
+    (``sys.base_prefix``) and wherever ``sys.executable`` really is (a venv's ``python`` is a
+    symlink into it), and every directory on ``sys.path``; each both as named and as resolved
+    (a symlink under ``/tmp`` and its target)."""
+    named = [ROOT, Path(sys.prefix), Path(sys.exec_prefix), Path(sys.base_prefix), Path(sys.base_exec_prefix),
+             Path(sys.executable).parent, Path(sys.executable).resolve().parent,
+             *(Path(p) for p in sys.path if p and os.path.isabs(p) and os.path.isdir(p))]
+    return covering([*named, *(p.resolve() for p in named)], Path("/tmp"))
+
+
 class Machine:
     """Host ``i`` of ``hosts`` with a private ``/tmp`` (a tmpfs) and home (``/tmp/home``), kept
-    by an anchor process whose namespaces every command enters."""
+    by an anchor process whose namespaces every command enters. What ``kept_under_tmp`` names
+    is bound back into the fresh ``/tmp``: inside its private mount namespace, before the
+    tmpfs hides them, the anchor opens each of those directories (fd 3, 4, ...: opened inside,
+    because a descriptor from the parent's mount namespace cannot be the source of a bind
+    there), then binds ``/proc/self/fd/N`` onto the path again (``--no-canonicalize``:
+    otherwise mount resolves ``/proc/self/fd/N`` after the new ``/tmp`` is there)."""
 
     def __init__(self, hosts: Hosts, i: int):
         self.hosts, self.i = hosts, i
-        if Path("/tmp") in ROOT.parents:
-            # a checkout under /tmp (a CI clone) would be hidden by the fresh /tmp: hold it open
-            # (fd 3) across the mount and bind it back (only in this private namespace; the
-            # bind must not canonicalize, or /proc/self/fd/3 would resolve to the new /tmp)
-            script = (f"exec 3<{ROOT} && mount -t tmpfs tmpfs /tmp && mkdir /tmp/home && mkdir -p {ROOT} && "
-                      f"mount --no-canonicalize --bind /proc/self/fd/3 {ROOT} && exec 3<&-")
-        else:
-            script = "mount -t tmpfs tmpfs /tmp && mkdir /tmp/home"
-        script += " && echo ready && exec sleep 3600"
-        self.anchor = hosts.popen(i, ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script],
+        kept = {3 + n: shlex.quote(str(path)) for n, path in enumerate(kept_under_tmp())}
+        steps = [*(f"exec {fd}<{path}" for fd, path in kept.items()), "mount -t tmpfs tmpfs /tmp", "mkdir /tmp/home"]
+        for fd, path in kept.items():
+            steps += [f"mkdir -p {path}", f"mount --no-canonicalize --bind /proc/self/fd/{fd} {path}", f"exec {fd}<&-"]
+        script = " && ".join([*steps, "echo ready", "exec sleep 3600"])
+        self.anchor = hosts.popen(i, ["unshare", "--mount", "--propagation", "private", "--", "bash", "-c", script],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        line = self.anchor.stdout.readline()  # type: ignore[union-attr]  # blocks until the mount is made
+        line = self.anchor.stdout.readline()  # type: ignore[union-attr]  # blocks until the mounts are made
         self.anchor.stdout.close()  # type: ignore[union-attr]
         if line.strip() != "ready":
             self.anchor.kill()
             self.anchor.wait()
-            raise AssertionError(f"machine {i}: could not make a private /tmp: {line!r}")
+            raise AssertionError(f"machine {i}: could not make a private /tmp keeping {' '.join(kept.values()) or 'nothing'}: {line!r}")
 
     def path(self, inside: str) -> Path:
         """A path of this machine's file system, as seen from outside."""
@@ -156,3 +187,23 @@ def test_the_guides_ray_start_commands_run_as_written_on_fresh_machines(machines
     hosts_used = sorted(p["address"].rsplit(":", 1)[0] for p in result["placement"].values())
     assert hosts_used == ["127.0.0.2", "127.0.0.3"], result["placement"]
     assert result["invariants"]["violations"] == 0
+
+
+def test_covering_keeps_the_outermost_paths_inside_tmp_only() -> None:
+    paths = [Path("/tmp/clone/.venv/bin"), Path("/tmp/clone"), Path("/tmp/venv/bin"), Path("/tmp/venv/"),
+             Path("/tmp/venv/lib/../bin"), Path("/tmp"), Path("/tmpx/y"), Path("/root/.pyenv/versions/3.11.7")]
+    assert covering(paths, Path("/tmp")) == [Path("/tmp/clone"), Path("/tmp/venv")]
+    assert covering([Path("/root/.pyenv"), Path("/work/main")], Path("/tmp")) == []
+
+
+def test_a_venv_under_tmp_and_the_python_it_links_to_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a venv at /tmp/v whose python is a symlink into a Python installed under /tmp/base
+    monkeypatch.setattr(sys, "prefix", "/tmp/v-mmusim-test")
+    monkeypatch.setattr(sys, "exec_prefix", "/tmp/v-mmusim-test")
+    monkeypatch.setattr(sys, "base_prefix", "/tmp/base-mmusim-test/3.11")
+    monkeypatch.setattr(sys, "base_exec_prefix", "/tmp/base-mmusim-test/3.11")
+    monkeypatch.setattr(sys, "executable", "/tmp/v-mmusim-test/bin/python")
+    kept = kept_under_tmp()
+    assert Path("/tmp/v-mmusim-test") in kept and Path("/tmp/base-mmusim-test/3.11") in kept, kept
+    if ROOT.is_relative_to("/tmp"):
+        assert any(ROOT.is_relative_to(k) for k in kept), kept

@@ -28,6 +28,7 @@ from ray_hosts import HERE, RayHosts, tail
 pytestmark = pytest.mark.slow
 
 RUN_TIMEOUT_S = 180.0  # one mmusim run or fault drive, start-up included; a bound, not a measurement
+EXITS, UNREGISTERS = 5, 10  # measured by the quickstart run: fewer than the scenario's, enough to see each part
 HANG_METRICS = ("exit_hang", "exit_release", "exit_srcu_wait", "unregister_hang", "unregister_release",
                 "unregister_srcu_wait", "invalidate_range", "callout_rtt")
 
@@ -38,7 +39,8 @@ def test_quickstart_runs_one_partition_per_host_with_measured_hangs_and_clean_in
     log = ray_hosts.base / "quickstart.log"
     with open(log, "w") as f:
         proc = ray_hosts.python(0, ["-m", "workloads.cli", "run", "quickstart", "--backend", "ray", "--address",
-                                    ray_hosts.address, "--set", "partitions=3", "--out", str(out)],
+                                    ray_hosts.address, "--set", "partitions=3", "--set", f"measure.exits={EXITS}",
+                                    "--set", f"measure.unregisters={UNREGISTERS}", "--out", str(out)],
                                 stdout=f, stderr=subprocess.STDOUT)
         try:
             code = proc.wait(timeout=RUN_TIMEOUT_S)
@@ -61,7 +63,7 @@ def test_quickstart_runs_one_partition_per_host_with_measured_hangs_and_clean_in
     assert len({p["node_id"] for p in placement.values()}) == 3 and not any(p["lost"] for p in placement.values())
 
     metrics = result["metrics"]
-    assert metrics["exit_hang"]["n"] == 5 and metrics["unregister_hang"]["n"] == 10
+    assert metrics["exit_hang"]["n"] == EXITS and metrics["unregister_hang"]["n"] == UNREGISTERS
     assert metrics["callout_rtt"]["n"] > 0 and metrics["invalidate_range"]["n"] > 0
     for name in HANG_METRICS:
         m = metrics[name]

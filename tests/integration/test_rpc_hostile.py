@@ -907,6 +907,7 @@ async def final_checks(rig: Rig) -> None:
     assert int(a.frames.pincount.sum()) == 0
 
 
+@pytest.mark.usefixtures("hypothesis_seed_alone")  # the same 10,000 requests whatever ran before
 def test_10000_hostile_requests_are_each_answered_right_and_change_nothing_they_must_not() -> None:
     loop = asyncio.new_event_loop()
     parts: list[LivePartition] = []
