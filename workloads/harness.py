@@ -156,38 +156,50 @@ async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None) -
     tasks = [rt.spawn(stream(k), name=f"stream{k}") for k in range(spec.streams if ops else 0)]
 
     # -- the measurements -----------------------------------------------------------------
+    # Each owner partition measures its own series, concurrently with the others': a series
+    # waits on that owner's SRCU domain only (its exits, and the unregisters of secondaries
+    # mapping its mms), so the series do not wait for each other, as the processes of
+    # different partitions would not.
     measured = {owner: await c.on(owner, activity.new_mm, 1) for owner in names}
     order = ["unregister"] * spec.unregisters + ["exit"] * spec.exits
     rng.shuffle(order)
     total = len(order)
-    gap = spec.duration_us / (total + 1)
-    for i, what in enumerate(order):
-        await rt.sleep(rng.uniform(0.5, 1.5) * gap)  # random phase against the streams
-        oi = i % len(names)
+    done = 0
+
+    async def series(oi: int, items: list[tuple[int, str]]) -> None:
+        nonlocal done
         owner = names[oi]
-        if what == "unregister":
-            host = _hosts(names, oi, 1, spec.kind)[0]
-            sname = f"m{i}"
-            await c.on(host, activity.attach, spec.kind, owner, measured[owner], sname, 1)
-            await c.on(host, activity.touch, sname, [0])
-            tot, rel, wait = await c.on(host, activity.teardown, sname, spec.teardown)
-            for metric, v in (("unregister_hang", tot), ("unregister_release", rel), ("unregister_srcu_wait", wait)):
-                record(metric, v, owner, measured[owner], f"{spec.teardown} of a {spec.kind} on {host}")
-        else:
-            mm_id = await c.on(owner, activity.new_mm, EXIT_PAGES)
-            secs = []
-            for j, host in enumerate(_hosts(names, oi, spec.secondaries_per_mm, spec.kind)):
-                sname = f"x{i}.{j}"
-                await c.on(host, activity.attach, spec.kind, owner, mm_id, sname, EXIT_PAGES)
-                await c.on(host, activity.touch, sname, list(range(4)))
-                secs.append((host, sname))
-            tot, rel, wait = await c.on(owner, activity.exit_mm, mm_id)
-            for metric, v in (("exit_hang", tot), ("exit_release", rel), ("exit_srcu_wait", wait)):
-                record(metric, v, owner, mm_id, f"exit with {len(secs)} {spec.kind} secondaries")
-            for host, sname in secs:  # not measured: the exit already released them
-                await c.on(host, activity.teardown, sname, "unregister")
-        if progress is not None:
-            progress(i + 1, total)
+        srng = random.Random(f"mmusim-measure-{spec.seed}-{owner}")
+        gap = spec.duration_us / (len(items) + 1)
+        for i, what in items:
+            await rt.sleep(srng.uniform(0.5, 1.5) * gap)  # random phase against the streams
+            if what == "unregister":
+                host = _hosts(names, oi, 1, spec.kind)[0]
+                tot, rel, wait = await c.on(host, activity.measure_teardown, spec.kind, owner, measured[owner],
+                                            f"m{i}", spec.teardown)
+                for metric, v in (("unregister_hang", tot), ("unregister_release", rel),
+                                  ("unregister_srcu_wait", wait)):
+                    record(metric, v, owner, measured[owner], f"{spec.teardown} of a {spec.kind} on {host}")
+            else:
+                mm_id = await c.on(owner, activity.new_mm, EXIT_PAGES)
+                secs = []
+                for j, host in enumerate(_hosts(names, oi, spec.secondaries_per_mm, spec.kind)):
+                    sname = f"x{i}.{j}"
+                    await c.on(host, activity.attach, spec.kind, owner, mm_id, sname, EXIT_PAGES, list(range(4)))
+                    secs.append((host, sname))
+                tot, rel, wait = await c.on(owner, activity.exit_mm, mm_id)
+                for metric, v in (("exit_hang", tot), ("exit_release", rel), ("exit_srcu_wait", wait)):
+                    record(metric, v, owner, mm_id, f"exit with {len(secs)} {spec.kind} secondaries")
+                for host, sname in secs:  # not measured: the exit already released them
+                    await c.on(host, activity.teardown, sname, "unregister")
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+    loops = [rt.spawn(series(oi, [(i, w) for i, w in enumerate(order) if i % len(names) == oi]),
+                      name=f"measure.{names[oi]}") for oi in range(len(names))]
+    for loop in loops:
+        await loop
     remaining = spec.duration_us - (rt.now() - t0)
     if remaining > 0:
         await rt.sleep(remaining)  # the activity runs for the whole duration
