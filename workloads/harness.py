@@ -22,8 +22,10 @@ secondaries fault some of the pages back (``workloads/activity.py``). Streams sh
 as threads of one process; the result's ``activity`` counts, per operation, those ``done`` and
 those ``refused`` by the kernel (``{errno: n}``: an operation with a step refused -ENOMEM, say,
 because another stream unmapped part of its range). The measured exits and
-unregisters are spread over ``duration`` at seeded random points, alternating; the streams run
-until the last one is done. Oracles are on throughout: the run's invariant violations are in
+unregisters (shuffled, then dealt round robin to the owner partitions) are spread over
+``duration`` at seeded random points; each owner measures its series concurrently with the
+others', since a series waits on its own owner's SRCU domain only. The streams run until the
+last measurement is done. Oracles are on throughout: the run's invariant violations are in
 its result, never dropped.
 """
 
