@@ -6,20 +6,38 @@ The machine runs the real model on a persistent virtual-time loop: each rule run
 to completion (some rules race a VM operation against a secondary access or an unregister), so
 between steps the partition is quiescent and the whole-partition sweep applies too.
 
-The two hazards the model exists for are met on every stream, by construction:
+Every GRU is across the network from the mm it maps (``DelayedOwner``, tests/doubles.py: a
+lookup's answer is ``GRU_ONE_WAY_US`` on the wire), so a GRU's dropin can be overtaken by an
+invalidation, as it can between partitions; KVM and XPMEM look pages up in the owner's process.
+
+The hazards the model exists for are met on every stream, by construction:
 
 - every run starts from the same state (``__init__``, published by the ``@initialize`` rules):
   mm0 with a GRU and a KVM that map each of its pages, mm1 with an XPMEM attachment that maps
   (pins) each of its pages;
-- and, before any rule, with drawn parameters (two more ``@initialize`` rules, which run in every
+- and, before any rule, with drawn parameters (more ``@initialize`` rules, which run in every
   example whatever rules swarm testing leaves enabled): some pages of mm0 are unmapped under the
-  GRU and the KVM that map them; and a new GRU or KVM on mm1 maps a page and is unregistered
-  while the callout of an operation on that page is in flight in it;
-- after that the rules keep meeting both: munmap, mprotect, migrate and reclaim first have
+  GRU and the KVM that map them; a new GRU or KVM on mm1 maps a page and is unregistered while
+  the callout of an operation on that page is in flight in it; on a new mm whose pages a GRU
+  and a KVM map, compaction (migrate_pages() holding neither mmap_sem nor an mm reference)
+  migrates a few pages while munmap or mprotect cuts part of that range out of its VMA, so the
+  VMA is split or removed while the migration sleeps in invalidate_page; and a new GRU on a new
+  mm faults a page in for a write while the page is unmapped, made read-only or migrated, the
+  operation starting the moment the owner's answer leaves (the answer in flight);
+- after that the rules keep meeting them: munmap, mprotect, migrate and reclaim first have
   every secondary of the mm map the pages they are about to change (unless ``untouched`` is
-  drawn), and unregister runs alone (``during="nothing"``) or the moment the first callout of
-  a VM operation to that secondary begins (``called``), so that the callout is in flight
-  (asleep in the GRU's or KVM's TLB flush, or XPMEM's zap) while unregister runs.
+  drawn); ``migrate_racing`` races compaction, the move_pages() syscall or reclaim against a
+  munmap or mprotect of part of the range; ``race`` runs a secondary fault and a VM operation
+  at once or with the operation overtaking a GRU's answer (``in_flight``); and unregister runs
+  alone (``during="nothing"``) or the moment the first callout of a VM operation to that
+  secondary begins (``called``), so that the callout is in flight (asleep in the GRU's or KVM's
+  TLB flush, or XPMEM's zap) while unregister runs.
+
+Beside the oracles (``no_violation``: invariants 1-6 as they happen) and the frame sweep
+(``frames_accounted_for``: invariant 7), two invariants hold whenever the machine is quiescent:
+no migration entry is left in any VMA (``no_migration_entry_left``), and every translation in a
+registered GRU's TLB is of the frame the pte maps, and writable only where the pte is
+(``gru_translations_match_the_page_tables``: the oracle does not watch write-protects).
 
 The machine can fail: each planted bug is found under every one of ``SEEDS`` (explicit seeds,
 each its own stream; ``hypothesis_seed_alone`` keeps a seed's stream the same whatever was
@@ -29,7 +47,15 @@ imported before):
   pages *before* the range_start callout (the "freed page still mapped in secondary MMU" class),
   invariant 1;
 - ``test_machine_catches_an_unregister_that_does_not_synchronize``: unregister returns without
-  synchronize_srcu(), so a callout in flight finishes after it returned, invariant 4.
+  synchronize_srcu(), so a callout in flight finishes after it returned, invariant 4;
+- ``test_machine_catches_migration_racing_munmap``: migration and reclaim as before the
+  rmap-race fix (``plant_stale_vma_bugs``, tests/doubles.py) keep using the VMA they found a
+  page in after sleeping, though munmap or mprotect split or removed it: a frame mapped only by
+  a dead VMA copy (invariant 7) or a migration entry left behind;
+- ``test_machine_catches_the_unguarded_dropin``: every GRU with the v3.10 dropin
+  (``GruMmu(dropin="v3.10")``) installs the page an invalidation overtook while the lookup's
+  answer was in flight: a translation of a freed frame (invariant 1), of the frame a migration
+  left, or a writable translation of a write-protected page (``gru_translations_match_the_page_tables``).
 """
 
 from __future__ import annotations
@@ -40,6 +66,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+from doubles import DelayedOwner, plant_stale_vma_bugs
 from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -57,7 +84,7 @@ from hypothesis.stateful import (
 from cluster.vtime import VirtualClock, VirtualTimeLoop
 from nodes import vmops
 from nodes.errors import BadAddress, Busy, Released
-from nodes.mm import PAGE_SIZE, PROT_READ, PROT_WRITE, Mm
+from nodes.mm import PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, PTE_MIGRATION, PTE_PRESENT, PTE_WRITE, Mm
 from nodes.notifier import OPS, MmuNotifier, NotifierCore, has_op
 from nodes.owner import LocalOwner
 from nodes.partition import Partition
@@ -66,11 +93,17 @@ from nodes.secondary import XPMEM_RDWR, GruMmu, KvmMmu, XpmemCred, XpmemDriver
 
 BASE = 0x40000000
 NPAGES = 16
-MAX_MMS = 5
+MAX_MMS = 7
 EXPECTED = (BadAddress, Released, Busy)  # refusals a random client legitimately gets
 RACED_OPS = ("munmap", "migrate", "reclaim", "mprotect", "cow")  # what can happen to a page a fault wants
 DURING = ("munmap", "mprotect", "migrate", "exit", "nothing")  # what an unregister can meet
 XPMEM_ZAP_PER_PAGE_US = 1.0  # XPMEM's zap takes time, as the GRU's and KVM's flushes do
+# a GRU looks pages up across the network: an answer is in flight this long, longer than any
+# VM operation of the machine on a page takes (its callouts included)
+GRU_ONE_WAY_US = 100.0
+LOOKUP_RACED_OPS = ("munmap", "mprotect", "migrate")  # what can overtake a GRU lookup's answer
+MIGRATIONS = ("compaction", "syscall", "reclaim")  # rmap walks that sleep in invalidate_page
+MIGRATION_RACERS = ("munmap", "mprotect")  # what can split or remove the VMA meanwhile
 
 pytestmark = pytest.mark.usefixtures("hypothesis_seed_alone")
 
@@ -95,6 +128,7 @@ def called(mn: MmuNotifier) -> asyncio.Event:
 class PartitionMachine(RuleBasedStateMachine):
     mms = Bundle("mms")
     secondaries = Bundle("secondaries")
+    gru_dropin = "guarded"  # every GRU's dropin (GruMmu's default; a test plants "v3.10")
 
     def __init__(self) -> None:
         super().__init__()
@@ -102,6 +136,7 @@ class PartitionMachine(RuleBasedStateMachine):
         self.rt: Runtime = self.run(self._make_runtime())
         self.p = Partition(self.rt, nframes=2048, ncpus=2, jiffy_us=100.0)
         self.owner = LocalOwner(self.p)
+        self.gru_owner = DelayedOwner(self.p, GRU_ONE_WAY_US)  # every GRU is across the network
         self.attacher = XpmemCred(tgid=900, uid=1000, gid=1000)
         self.attached: list[Secondary] = []  # registered and not unregistered yet
         # the starting state: every page of mm0 mapped by a GRU and a KVM, of mm1 by XPMEM
@@ -160,9 +195,11 @@ class PartitionMachine(RuleBasedStateMachine):
     def new_mm(self):  # type: ignore[no-untyped-def]
         return self._new_mm()
 
-    def _new_mm(self) -> Mm:
+    def _new_mm(self, *, populated: bool = False) -> Mm:
         mm = self.p.create_mm()
         self.run(vmops.mmap(self.p, mm, BASE, NPAGES * PAGE_SIZE))
+        if populated:
+            self.run(vmops.populate(self.p, mm, BASE, NPAGES * PAGE_SIZE))
         return mm
 
     @precondition(lambda self: self.live_mms < MAX_MMS)
@@ -206,6 +243,41 @@ class PartitionMachine(RuleBasedStateMachine):
             self._map_into_secondaries(mm, page, n)
         self.run_all(vmops.reclaim(self.p, mm, BASE + page * PAGE_SIZE, n * PAGE_SIZE))
 
+    @rule(mm=mms, page=st.integers(0, NPAGES - 1), n=st.integers(2, 4), data=st.data(),
+          how=st.sampled_from(MIGRATIONS), racer=st.sampled_from(MIGRATION_RACERS))
+    def migrate_racing(self, mm, page, n, data, how, racer):  # type: ignore[no-untyped-def]
+        if not mm.exited:
+            self._migrate_racing(mm, page, n, data, how, racer)
+
+    @initialize(target=mms, page=st.integers(0, NPAGES - 4), n=st.integers(2, 4), data=st.data(),
+                racer=st.sampled_from(MIGRATION_RACERS))
+    def start_compacting_under_a_munmap(self, page, n, data, racer):  # type: ignore[no-untyped-def]
+        """A new mm whose pages a GRU and a KVM map: compaction migrates some of them while
+        part of that range is unmapped or made read-only."""
+        mm = self._new_mm(populated=True)
+        self._attach(mm, "gru")
+        self._attach(mm, "kvm")
+        self._migrate_racing(mm, page, n, data, "compaction", racer)
+        return mm
+
+    def _migrate_racing(self, mm: Mm, page: int, n: int, data: st.DataObject, how: str, racer: str) -> None:
+        """Every secondary of ``mm`` maps pages ``page`` .. ``page+n-1`` (so each
+        invalidate_page sleeps in their flushes); then ``how`` (compaction: migrate_pages()
+        holding neither mmap_sem nor an mm reference; the move_pages() syscall; reclaim) walks
+        them while ``racer`` (munmap, or mprotect to read-only) cuts a part of the range out of
+        its VMA: the VMA the walk found a page in is split or removed while it sleeps."""
+        n = min(n, NPAGES - page)
+        first = data.draw(st.integers(page, page + n - 1), label="cut_first")
+        count = data.draw(st.integers(1, page + n - first), label="cut_pages")
+        self._map_into_secondaries(mm, page, n)
+        start, length = BASE + page * PAGE_SIZE, n * PAGE_SIZE
+        walk = (vmops.reclaim(self.p, mm, start, length) if how == "reclaim"
+                else vmops.migrate_pages(self.p, mm, start, length, reason=how))
+        cut = (BASE + first * PAGE_SIZE, count * PAGE_SIZE)
+        cutting = (vmops.munmap(self.p, mm, *cut) if racer == "munmap"
+                   else vmops.mprotect(self.p, mm, *cut, PROT_READ))
+        self.run_all(walk, cutting)
+
     @rule(a=mms, b=mms, pa=st.integers(0, NPAGES - 1), pb=st.integers(0, NPAGES - 1))
     def ksm(self, a, b, pa, pb):  # type: ignore[no-untyped-def]
         if a is not b:
@@ -241,7 +313,7 @@ class PartitionMachine(RuleBasedStateMachine):
         name = f"{kind}{len(self.p.oracle.checked)}-{self.rt.now():.0f}"
         sec: Secondary
         if kind == "gru":
-            gru = GruMmu(self.rt, self.owner, mm.id, name, tlb_entries=tlb_entries)
+            gru = GruMmu(self.rt, self.gru_owner, mm.id, name, tlb_entries=tlb_entries, dropin=self.gru_dropin)
             self.run(gru.register())
             sec = ("gru", gru, None)
         elif kind == "kvm":
@@ -281,11 +353,45 @@ class PartitionMachine(RuleBasedStateMachine):
         if sec[0] != "none":
             self.run_all(self._access(sec, page, write))
 
-    @rule(sec=secondaries, mm=mms, page=st.integers(0, NPAGES - 1), op=st.sampled_from(RACED_OPS))
-    def race(self, sec, mm, page, op):  # type: ignore[no-untyped-def]
-        """A secondary fault racing a VM operation on the same page."""
+    @rule(sec=secondaries, mm=mms, page=st.integers(0, NPAGES - 1), op=st.sampled_from(RACED_OPS),
+          write=st.booleans(), in_flight=st.booleans())
+    def race(self, sec, mm, page, op, write, in_flight):  # type: ignore[no-untyped-def]
+        """A secondary fault racing a VM operation on the same page: both start at once, or
+        (``in_flight``) the operation starts the moment the owner has answered a GRU's lookup
+        (``_race_lookup``)."""
         if sec[0] != "none" and not mm.exited:
-            self.run_all(self._access(sec, page, False), self._vm_op(op, mm, page))
+            if in_flight:
+                self._race_lookup(sec, mm, page, op, write)
+            else:
+                self.run_all(self._access(sec, page, write), self._vm_op(op, mm, page))
+
+    @initialize(target=mms, page=st.integers(0, NPAGES - 1), op=st.sampled_from(LOOKUP_RACED_OPS))
+    def start_overtaking_a_gru_lookup(self, page, op):  # type: ignore[no-untyped-def]
+        """A new GRU on a new mm faults a page in for a write; the page is unmapped, made
+        read-only or migrated while the owner's answer is on its way back to the GRU."""
+        mm = self._new_mm(populated=True)
+        self._race_lookup(self._attach(mm, "gru"), mm, page, op, True)
+        return mm
+
+    def _race_lookup(self, sec: Secondary, mm: Mm, page: int, op: str, write: bool) -> None:
+        """``sec`` accesses ``page``; VM operation ``op`` on it starts the moment the owner's
+        answer to a GRU lookup leaves (``DelayedOwner.answer_sent``), or once the access is
+        done if it made none (a TLB hit, a refusal, not a GRU). The invalidation then
+        overtakes the answer: the GRU must not install the page it names (the guarded dropin)."""
+        answered = self.gru_owner.answer_sent
+        answered.clear()
+
+        async def fault():  # type: ignore[no-untyped-def]
+            try:
+                return await self._access(sec, page, write)
+            finally:
+                answered.set()
+
+        async def vm_op():  # type: ignore[no-untyped-def]
+            await answered.wait()
+            return await self._vm_op(op, mm, page)
+
+        self.run_all(fault(), vm_op())
 
     @rule(sec=consumes(secondaries), page=st.integers(0, NPAGES - 1), during=st.sampled_from(DURING))
     def unregister(self, sec, page, during):  # type: ignore[no-untyped-def]
@@ -340,6 +446,32 @@ class PartitionMachine(RuleBasedStateMachine):
     def frames_accounted_for(self) -> None:
         found = self.p.check_invariants()
         assert found == [], "\n".join(str(v) for v in found)
+
+    @invariant()
+    def no_migration_entry_left(self) -> None:
+        """Quiescent: every migration that replaced a pte by a migration entry removed it
+        again (remove_migration_ptes()), whatever split or removed the VMA meanwhile."""
+        left = [f"{mm.name} [{v.start:#x}, {v.end:#x})" for mm in self.p.mms.values() if not mm.exited
+                for v in mm.vmas if (v.flags & PTE_MIGRATION).any()]
+        assert left == [], f"migration entries left in {', '.join(left)}"
+
+    @invariant()
+    def gru_translations_match_the_page_tables(self) -> None:
+        """Quiescent: every translation in a registered GRU's TLB is of the frame the owner's
+        pte maps, and writable only where the pte is (no translation outlives an unmap, a
+        migration, a COW break or a write-protect)."""
+        wrong = []
+        for kind, gru, _ in self.attached:
+            if kind != "gru" or self.p.mms[gru.mm_id].exited or gru.ms_released:
+                continue
+            mm = self.p.mms[gru.mm_id]
+            for vpn, entry in gru.tlb.items():
+                address = vpn << PAGE_SHIFT
+                pfn, flags = mm.pte(address) if mm.find_vma(address) else (-1, 0)
+                if not flags & PTE_PRESENT or pfn != entry.pfn or (entry.writable and not flags & PTE_WRITE):
+                    wrong.append(f"{gru.name}: {address:#x} -> pfn {entry.pfn}{' writable' if entry.writable else ''}, "
+                                 f"pte pfn {pfn} flags {flags:#x}")
+        assert wrong == [], "stale GRU translations: " + "; ".join(wrong)
 
     @invariant()
     def no_task_failed(self) -> None:
@@ -415,4 +547,23 @@ def test_machine_catches_an_unregister_that_does_not_synchronize(monkeypatch: py
     monkeypatch.setattr(NotifierCore, "unregister", unregister_marked)
     monkeypatch.setattr(NotifierCore, "_synchronize", synchronize_but_not_in_unregister)
     with pytest.raises(AssertionError, match=r"inv 4: notifier method ran after unregister returned"):
+        run_machine(n, PLANTED_SETTINGS)
+
+
+@pytest.mark.parametrize("n", SEEDS)
+def test_machine_catches_migration_racing_munmap(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Migration and reclaim as they were before the rmap-race fix (``plant_stale_vma_bugs``):
+    compaction keeps using the VMA it found a page in after sleeping in invalidate_page,
+    though munmap or mprotect split or removed it meanwhile."""
+    plant_stale_vma_bugs(monkeypatch)
+    with pytest.raises(AssertionError, match=r"migration entries left in|inv 7: frame not accounted for"):
+        run_machine(n, PLANTED_SETTINGS)
+
+
+@pytest.mark.parametrize("n", SEEDS)
+def test_machine_catches_the_unguarded_dropin(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Every GRU with the v3.10 dropin (``GruMmu(dropin="v3.10")``): it installs the page an
+    invalidation overtook while the lookup's answer was on the wire."""
+    monkeypatch.setattr(PartitionMachine, "gru_dropin", "v3.10")
+    with pytest.raises(AssertionError, match=r"inv 1: frame freed while a secondary maps or pins it|stale GRU translations"):
         run_machine(n, PLANTED_SETTINGS)

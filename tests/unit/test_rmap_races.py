@@ -15,7 +15,7 @@ pages in. Then, at seeded moments under the random scheduler, one operation and 
 After each run: no oracle violation, every frame accounted for (inv 7) while the mm lives and
 after it exited, no migration entry left, no writable pte in a read-only VMA, every page still
 mapped can be faulted in, no partition fenced, and the run finished (no Deadlock). With
-``plant_stale_vma_bugs`` (tests/unit/doubles.py: the code before the fix) the same runs find
+``plant_stale_vma_bugs`` (tests/doubles.py: the code before the fix) the same runs find
 the bug."""
 
 from __future__ import annotations

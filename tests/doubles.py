@@ -1,8 +1,11 @@
-"""Test doubles shared by the unit tests: an owner behind a network for the secondary MMUs,
-and planted bugs (the model as it was before a fix) for tests that must show their checks
-find the bug."""
+"""Test doubles shared by the unit and stateful tests: an owner behind a network for the
+secondary MMUs, and planted bugs (the model as it was before a fix) for tests that must show
+their checks find the bug. (It sits in ``tests/``, beside the conftest that puts ``tests/`` on
+``sys.path``, so ``from doubles import ...`` works from every test directory.)"""
 
 from __future__ import annotations
+
+import asyncio
 
 import numpy as np
 import pytest
@@ -15,17 +18,22 @@ from nodes.partition import Partition
 
 class DelayedOwner(LocalOwner):
     """``LocalOwner`` behind a network: get_user_pages and put_user_pages cost ``one_way_us``
-    each way, so a secondary's lookup can race an invalidation on the owner."""
+    each way, so a secondary's lookup can race an invalidation on the owner. ``answer_sent``
+    is set each time a get_user_pages lookup is done on the owner and its answer leaves (a
+    test clears it, then starts an invalidation the moment it is set: the answer is in
+    flight)."""
 
     def __init__(self, partition: Partition, one_way_us: float):
         super().__init__(partition)
         self.one_way_us = one_way_us
+        self.answer_sent = asyncio.Event()
 
     async def get_user_pages(self, mm_id, address, npages, *, write, pin):  # type: ignore[no-untyped-def]
         await self.part.runtime.sleep(self.one_way_us)
         try:
             return await super().get_user_pages(mm_id, address, npages, write=write, pin=pin)
         finally:
+            self.answer_sent.set()
             await self.part.runtime.sleep(self.one_way_us)
 
     async def put_user_pages(self, mm_id, pfns):  # type: ignore[no-untyped-def]
