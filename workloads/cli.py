@@ -150,7 +150,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from workloads import races
 
-    tasks = tuple(t for t in args.tasks.split(",") if t)
+    tasks = races.TASKS if args.tasks is None else tuple(t for t in args.tasks.split(",") if t)
     unknown = [t for t in tasks if t not in races.TASKS]
     if unknown or not tasks:
         parser.error(f"--tasks: expected a comma-separated subset of {','.join(races.TASKS)}, got {args.tasks!r}")
@@ -276,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="run this one seed and print what happened (as a finding reports it)")
     check.add_argument("--pages", type=_positive_int, default=8, help="race workload: pages of the mm (default 8)")
     check.add_argument("--grus", type=_positive_int, default=2, help="race workload: GRUs mapping it (default 2)")
-    check.add_argument("--tasks", default="unregister,exit,migrate,ksm,faults,register",
-                       help="race workload: the concurrent tasks (default all)")
+    check.add_argument("--tasks", default=None,
+                       help="race workload: the concurrent tasks, comma-separated (default all of them)")
     check.add_argument("--choices", type=_integer, default=None, metavar="N",
                        help="race workload: only the first N scheduling choices are the seed's, then FIFO")
     from nodes.secondary.gru import GRU_DROPINS

@@ -16,7 +16,13 @@ random moments, concurrently:
   two-entry TLB, so that most accesses are dropins whose lookup crosses the network (each way
   2-200 us): with ``gru_dropin="v3.10"`` one that an invalidation overtakes installs a stale
   translation (the unguarded dropin; ``mmusim check --gru-dropin v3.10``);
-- ``register``: a late GRU registers (under memory pressure: the allocation may reclaim).
+- ``register``: a late GRU registers (under memory pressure: the allocation may reclaim);
+- ``mprotect``: the second half of the pages becomes read-only, which splits the VMA under a
+  migration that may be asleep in a callout (the stale-VMA class of issue 16).
+
+Then the process touches what it still maps (a migration entry left behind would make it wait
+forever, in migration_entry_wait()) and exits, and the partition's final sweep checks that every
+frame is accounted for (a page a stale VMA kept is not).
 
 A finding is an invariant violation of the oracles (``nodes.oracle``), a kernel bug the model
 detected (``nodes.errors.KernelBug``: a NULL dereference, sleeping in atomic context, ...) or a
@@ -32,15 +38,15 @@ from typing import Any
 from cluster.sim import SimCluster, SimConfig, run_sim
 from cluster.vtime import Deadlock
 from nodes import lockdep, vmops
-from nodes.errors import KernelBug, ModelError
-from nodes.mm import PAGE_SIZE
+from nodes.errors import InternalError, KernelBug, ModelError
+from nodes.mm import PAGE_SIZE, PROT_READ
 from nodes.notifier import SEMANTICS
 from nodes.runtime import wait_all
 
 BASE = 0x10000000
 FAULTER_TLB_ENTRIES = 2  # the faulting GRU's TLB: small, so that its accesses keep missing
 FAULT_WORKERS = 3  # GRU instructions the faulting GRU has in flight at once
-TASKS = ("unregister", "exit", "migrate", "ksm", "faults", "register")
+TASKS = ("unregister", "exit", "migrate", "ksm", "faults", "register", "mprotect")
 
 
 @dataclass(frozen=True)
@@ -144,10 +150,18 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
         "ksm": lambda: vmops.ksm_merge(a, mm, BASE, mm, BASE + PAGE_SIZE),
         "faults": faults,
         "register": register_late,
+        "mprotect": lambda: vmops.mprotect(a, mm, BASE + race.pages // 2 * PAGE_SIZE,
+                                           (race.pages - race.pages // 2) * PAGE_SIZE, PROT_READ),
     }
     tasks = [c.runtime.spawn(attempt(t, work[t]), name=t) for t in race.tasks]
     for t in tasks:
         await t
+    if not mm.exited and mm.users > 0:  # the process touches what it still maps, then exits
+        for vma in list(mm.vmas):
+            for address in range(vma.start, vma.end, PAGE_SIZE):
+                await vmops.touch(a, mm, address)
+        await vmops.mmput(a, mm)
+    a.check_invariants(final=True)
 
 
 def run_once(semantics: str, scheduler: str, seed: int, race: RaceConfig) -> Finding | None:
@@ -165,7 +179,9 @@ def run_once(semantics: str, scheduler: str, seed: int, race: RaceConfig) -> Fin
     holder: dict[str, Any] = {}
     try:
         run = run_sim(config, workload, keep_loop=holder)
-    except (KernelBug, Deadlock, ModelError) as e:  # a model error escaping: the run itself broke
+    # a model error escaping: the run itself broke (an InternalError: the model's own state is
+    # corrupted, a put of a free frame, say, which is what a bug planted into it does)
+    except (KernelBug, Deadlock, ModelError, InternalError) as e:
         loop = holder.get("loop")
         entries = loop.trace.entries if loop is not None else []
         digest = loop.trace.digest() if loop is not None else ""

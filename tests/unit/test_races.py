@@ -11,6 +11,7 @@ import asyncio
 
 import pytest
 
+from doubles import plant_stale_vma_bugs
 from nodes.locks import Mutex
 from nodes.lockdep import LockDep, checker, reclaim_map
 from workloads.cli import main
@@ -98,6 +99,18 @@ def test_unguarded_gru_dropin_shows_within_the_default_budget_and_the_guard_runs
     assert "inv 1: frame freed while a secondary maps" in f.what or "inv 6:" in f.what, f.what
     assert "faults" in f.race.tasks and "--gru-dropin v3.10" in f.replay_command()
     assert search("v3.10", scheduler, CHECK_SEEDS, RaceConfig(gru_dropin="guarded")) is None
+
+
+@pytest.mark.parametrize("scheduler", ["random", "pct"])
+def test_migration_racing_a_vma_split_planted_back_shows_within_the_budget(scheduler, monkeypatch):
+    """The pre-fix migrate_pages (it kept writing to the VMA it found before it slept in
+    invalidate_page) planted back: the race workload's mprotect of half the pages splits the
+    VMA under the compaction, and the process's last touches and the final sweep show it,
+    without being told; the fixed code runs the budget clean (test_v3_10_runs_the_same_budget_clean)."""
+    plant_stale_vma_bugs(monkeypatch)
+    f = search("v3.10", scheduler, BUDGET, RaceConfig())
+    assert f is not None, f"the planted stale-VMA migration ran {BUDGET} seeds clean"
+    assert {"migrate", "mprotect"} <= set(f.race.tasks), f.race
 
 
 def test_check_gru_dropin_prints_a_replay_that_reproduces_it(capsys):
