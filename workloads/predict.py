@@ -666,10 +666,10 @@ def _inputs_lines(label: str, width: int, p: Prediction) -> list[str]:
 
 
 def _labels(key: str | None, values: Sequence[Any], default: Sequence[str]) -> tuple[str, list[str], int]:
-    from workloads.report import _value_text
+    from workloads.report import value_text
 
     head = key or "scenario"
-    labels = [_value_text(v) for v in values] if key else list(default)
+    labels = [value_text(v) for v in values] if key else list(default)
     return head, labels, max([len(head)] + [len(x) for x in labels])
 
 

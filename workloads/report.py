@@ -249,16 +249,16 @@ def _write_sweep_csv(path: Path, sweep: Mapping[str, Any]) -> None:
                 m = run["metrics"].get(name) or {}
                 ci = m.get("ci95") or {}
                 ends = [("" if ci.get(p) is None else ci[p][i]) for p in CI_PERCENTILES for i in (0, 1)]
-                w.writerow([_value_text(run["value"]), name, m.get("n", 0)]
+                w.writerow([value_text(run["value"]), name, m.get("n", 0)]
                            + ["" if m.get(k) is None else m[k] for k in SUMMARY_KEYS[2:]] + ends)
 
 
 def _dir_name(key: str, value: Any) -> str:
-    text = f"{key}={_value_text(value)}"
+    text = f"{key}={value_text(value)}"
     return "".join("_" if c in '/\\\0' or c.isspace() or not c.isprintable() else c for c in text)
 
 
-def _value_text(value: Any) -> str:
+def value_text(value: Any) -> str:
     """A knob value as the CLI would spell it: strings as-is, true/false, numbers, JSON else."""
     if isinstance(value, str):
         return value
@@ -503,7 +503,7 @@ def _render_sweep(d: Path) -> str:
     marked = False
     for run, (result, _) in zip(sweep["runs"], loaded):
         lines.append("")
-        lines.append(f"{sweep['key']}={_value_text(run['value'])}  ({run['dir']}/)")
+        lines.append(f"{sweep['key']}={value_text(run['value'])}  ({run['dir']}/)")
         table, run_marked = _table(run["metrics"], ("n", "p50", "p99", "max"), with_empty=False, indent="  ")
         marked = marked or run_marked
         lines += table
@@ -764,7 +764,7 @@ def sweep_figure(sweep: Mapping[str, Any]) -> Figure:
         if log_x:
             ax.set_xscale("log")
         if not numeric:
-            ax.set_xticks(x, [_value_text(v) for v in raw], rotation=30 if len(raw) > 4 else 0)
+            ax.set_xticks(x, [value_text(v) for v in raw], rotation=30 if len(raw) > 4 else 0)
             ax.set_xlim(-0.5, len(raw) - 0.5)
         ax.set_title(f"{name} against {key}")
         ax.set_xlabel(key)
