@@ -377,14 +377,16 @@ def _stream_partitions(s: Scenario) -> tuple[list[int], list[int]]:
 
 
 def design_points(s: Scenario) -> list[MeasurementPoint]:
-    """The measurements the harness makes, in expectation: position i of the shuffled order runs
-    on partition ``i % partitions`` about ``(i + 1) * duration / (N + 1)`` us in, and is an
-    unregister or an exit with the probabilities of their counts; so each metric averages over
-    every position."""
+    """The measurements the harness makes, in expectation: position i of the shuffled order is
+    dealt to partition ``i % partitions``, whose series runs its j-th measurement about
+    ``(j + 1) * duration / (n + 1)`` us in (n: the series' length; ``harness.study``), and is
+    an unregister or an exit with the probabilities of their counts; so each metric averages
+    over every position."""
     n_u, n_e = s.get("measure.unregisters"), s.get("measure.exits")
-    total = n_u + n_e
-    gap = float(s.get("duration")) / (total + 1)
-    return [MeasurementPoint(metric, i % s.get("partitions"), (i + 1) * gap)
+    total, parts = n_u + n_e, s.get("partitions")
+    duration = float(s.get("duration"))
+    series = [len(range(k, total, parts)) for k in range(parts)]  # each partition's series length
+    return [MeasurementPoint(metric, i % parts, (i // parts + 1) * duration / (series[i % parts] + 1))
             for metric, n in (("unregister_srcu_wait", n_u), ("exit_srcu_wait", n_e)) if n
             for i in range(total)]
 
