@@ -22,6 +22,7 @@ cow          fork (write-protects the parent: range callouts), a write fault bre
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from typing import Any, Awaitable
 
@@ -52,6 +53,11 @@ async def new_mm(ctx: PartitionContext, region_pages: int) -> int:
     await vmops.mmap(p, mm, BASE, region_pages * PAGE_SIZE)
     await vmops.populate(p, mm, BASE, region_pages * PAGE_SIZE)
     return mm.id
+
+
+async def new_mms(ctx: PartitionContext, count: int, region_pages: int) -> list[int]:
+    """``count`` new mms here as ``new_mm`` makes them, in one call; returns their ids."""
+    return [await new_mm(ctx, region_pages) for _ in range(count)]
 
 
 async def vm_op(ctx: PartitionContext, op: str, mm_id: int, first: int, pages: int, cpu: int) -> list[str]:
@@ -120,12 +126,14 @@ async def attach(ctx: PartitionContext, kind: str, owner: str, mm_id: int, name:
         await touch(ctx, name, touched)
 
 
-async def measure_teardown(ctx: PartitionContext, kind: str, owner: str, mm_id: int, name: str,
-                           how: str) -> tuple[float, float, float]:
-    """A measured teardown, in one call: a secondary here maps page 0 of mm ``mm_id`` of
-    ``owner``, then is torn down (``teardown``); returns (total, release, SRCU wait)."""
-    await attach(ctx, kind, owner, mm_id, name, 1, [0])
-    return await teardown(ctx, name, how)
+async def attach_all(ctx: PartitionContext, kind: str, owner: str,
+                     attachments: list[tuple[int, str, int, list[int]]]) -> None:
+    """Secondaries of ``kind`` here mapping mms of ``owner``, in one call: one ``attach`` for
+    each ``(mm_id, name, region_pages, touched)`` of ``attachments``, all at once (each
+    secondary's registration and faults are its own; they overlap as independent threads'
+    would)."""
+    await asyncio.gather(*(attach(ctx, kind, owner, mm_id, name, pages, touched)
+                           for mm_id, name, pages, touched in attachments))
 
 
 async def _attach(ctx: PartitionContext, kind: str, owner: str, mm_id: int, name: str, region_pages: int) -> None:
@@ -159,6 +167,12 @@ async def touch(ctx: PartitionContext, name: str, pages: list[int]) -> int:
         except ModelError:
             pass
     return done
+
+
+async def teardown_all(ctx: PartitionContext, names: list[str], how: str) -> None:
+    """``teardown`` each secondary of ``names`` in turn, in one call (their times unread)."""
+    for name in names:
+        await teardown(ctx, name, how)
 
 
 async def teardown(ctx: PartitionContext, name: str, how: str) -> tuple[float, float, float]:

@@ -24,7 +24,9 @@ those ``refused`` by the kernel (``{errno: n}``: an operation with a step refuse
 because another stream unmapped part of its range). The measured exits and
 unregisters (shuffled, then dealt round robin to the owner partitions) are spread over
 ``duration`` at seeded random points; each owner measures its series concurrently with the
-others', since a series waits on its own owner's SRCU domain only. The streams run until the
+others', since a series waits on its own owner's SRCU domain only. What a series exits and
+tears down is set up before its first measurement (the mms, mapped and faulted in by their
+secondaries), so each measurement is the exit or the teardown alone. The streams run until the
 last measurement is done. Oracles are on throughout: the run's invariant violations are in
 its result, never dropped.
 """
@@ -172,31 +174,42 @@ async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None) -
         nonlocal done
         owner = names[oi]
         srng = random.Random(f"mmusim-measure-{spec.seed}-{owner}")
+        exit_hosts = _hosts(names, oi, spec.secondaries_per_mm, spec.kind)
+        teardown_host = _hosts(names, oi, 1, spec.kind)[0]
+        # Set up before the first measurement, unmeasured: the mms that will exit, each mapped
+        # by its secondaries with 4 pages faulted in, and the secondaries that will be torn
+        # down, each mapping page 0 of the owner's measured mm (processes and secondaries that
+        # have run a while), in one call per partition. Each measurement is then one call:
+        # the exit, or the teardown, itself.
+        exiting = [i for i, what in items if what == "exit"]
+        exit_mm = dict(zip(exiting, await c.on(owner, activity.new_mms, len(exiting), EXIT_PAGES)))
+        attachments: dict[str, list[tuple[int, str, int, list[int]]]] = {}
+        for i, what in items:
+            if what == "exit":
+                for j, host in enumerate(exit_hosts):
+                    attachments.setdefault(host, []).append((exit_mm[i], f"x{i}.{j}", EXIT_PAGES, list(range(4))))
+            else:
+                attachments.setdefault(teardown_host, []).append((measured[owner], f"m{i}", 1, [0]))
+        for host, atts in attachments.items():
+            await c.on(host, activity.attach_all, spec.kind, owner, atts)
         gap = spec.duration_us / (len(items) + 1)
         for i, what in items:
             await rt.sleep(srng.uniform(0.5, 1.5) * gap)  # random phase against the streams
             if what == "unregister":
-                host = _hosts(names, oi, 1, spec.kind)[0]
-                tot, rel, wait = await c.on(host, activity.measure_teardown, spec.kind, owner, measured[owner],
-                                            f"m{i}", spec.teardown)
+                tot, rel, wait = await c.on(teardown_host, activity.teardown, f"m{i}", spec.teardown)
                 for metric, v in (("unregister_hang", tot), ("unregister_release", rel),
                                   ("unregister_srcu_wait", wait)):
-                    record(metric, v, owner, measured[owner], f"{spec.teardown} of a {spec.kind} on {host}")
+                    record(metric, v, owner, measured[owner], f"{spec.teardown} of a {spec.kind} on {teardown_host}")
             else:
-                mm_id = await c.on(owner, activity.new_mm, EXIT_PAGES)
-                secs = []
-                for j, host in enumerate(_hosts(names, oi, spec.secondaries_per_mm, spec.kind)):
-                    sname = f"x{i}.{j}"
-                    await c.on(host, activity.attach, spec.kind, owner, mm_id, sname, EXIT_PAGES, list(range(4)))
-                    secs.append((host, sname))
-                tot, rel, wait = await c.on(owner, activity.exit_mm, mm_id)
+                tot, rel, wait = await c.on(owner, activity.exit_mm, exit_mm[i])
                 for metric, v in (("exit_hang", tot), ("exit_release", rel), ("exit_srcu_wait", wait)):
-                    record(metric, v, owner, mm_id, f"exit with {len(secs)} {spec.kind} secondaries")
-                for host, sname in secs:  # not measured: the exit already released them
-                    await c.on(host, activity.teardown, sname, "unregister")
+                    record(metric, v, owner, exit_mm[i], f"exit with {len(exit_hosts)} {spec.kind} secondaries")
             done += 1
             if progress is not None:
                 progress(done, total)
+        for host in dict.fromkeys(exit_hosts):  # not measured: the exits already released them
+            await c.on(host, activity.teardown_all, [f"x{i}.{j}" for i in exiting
+                                                     for j, h in enumerate(exit_hosts) if h == host], "unregister")
 
     loops = [rt.spawn(series(oi, [(i, w) for i, w in enumerate(order) if i % len(names) == oi]),
                       name=f"measure.{names[oi]}") for oi in range(len(names))]
