@@ -11,7 +11,9 @@ Bring-up (``run_ray``): connect to Ray (an existing connection of this process; 
 partition (``spread``: partition i on alive node i mod n, pinned with a hard
 ``NodeAffinitySchedulingStrategy``, so one per node when the cluster has enough nodes and round
 robin otherwise; ``pack``: all on the driver's node), start every gRPC server on an ephemeral
-port, hand every partition the directory of addresses, then run the workload on the driver::
+port, hand every partition the directory of addresses, probe the instrument's own floor between
+the partitions that will talk (``probe_floor``: null RPCs and null callouts, no injected
+latency; ``RayRun.overhead``), then run the workload on the driver::
 
     config = RayConfig(partitions=2)
 
@@ -60,6 +62,7 @@ PLACEMENTS = ("spread", "pack")
 DEFAULT_MAX_CONCURRENCY = 10_000  # callouts, faults and workload calls share one actor's loop
 ACTOR_CPUS = 0  # partitions wait on the network far more than they compute: many fit a 2-core node
 STOP_TIMEOUT_S = 30.0  # for a partition to stop, and then for its actor to end
+DEFAULT_PROBE_COUNT = 32  # null calls of each kind per pair at bring-up: about 0.2 s for 2 partitions
 
 
 def _bad(key: str, expected: str, value: Any) -> ValueError:
@@ -94,10 +97,24 @@ class RayConfig(PartitionConfig):
     bind_host: str | None = None  # where each gRPC server listens; None: its node's IP address
     connect_timeout_s: float = 10.0  # how long a Ray address may take to answer before giving up
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY  # concurrent calls into one partition's actor
+    # the instrument's floor, probed at bring-up (``probe_floor``): null calls of each kind per
+    # pair (0: no probe), over ``probe_pairs`` ((src, dst) partitions; None: every ordered pair)
+    probe_count: int = DEFAULT_PROBE_COUNT
+    probe_pairs: list[tuple[str, str]] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_positive_int("max_concurrency")
+        if not isinstance(self.probe_count, int) or isinstance(self.probe_count, bool) or self.probe_count < 0:
+            raise self.bad("probe_count", "an integer >= 0", self.probe_count)
+        if self.probe_pairs is not None:
+            names = set(self.names)
+            pairs = self.probe_pairs
+            if not isinstance(pairs, (list, tuple)) or not all(
+                    isinstance(p, (list, tuple)) and len(p) == 2 and p[0] in names and p[1] in names and p[0] != p[1]
+                    for p in pairs):
+                raise self.bad("probe_pairs", f"None or (src, dst) pairs of two of {sorted(names)}", pairs)
+            self.probe_pairs = [(str(a), str(b)) for a, b in pairs]
         self.check_choice("placement", PLACEMENTS)
         self.check_number("deadline_us", positive=True)
         self.check_number("hop_latency_us", positive=False)
@@ -173,6 +190,10 @@ class PartitionHost:
     async def run(self, fn: PartitionFn, *args: Any) -> Any:
         """``await fn(ctx, *args)`` with this partition as ``ctx``."""
         return await fn(self._require_live(), *args)
+
+    async def probe(self, dst: str, count: int) -> dict[str, list[float]]:
+        """The instrument's floor from here to ``dst`` (``GrpcInterconnect.probe``)."""
+        return await self._require_live().interconnect.probe(self.name, dst, count)
 
     async def flush_reports(self) -> None:
         await self._require_live().flush_reports()
@@ -286,7 +307,9 @@ class RayRun(Generic[T]):
     addresses: dict[str, str]  # partition -> host:port of its gRPC server
     lost: list[str] = field(default_factory=list)  # partitions whose actor could not report
     report_problems: list[str] = field(default_factory=list)  # oracle reports lost or refused
-    bringup_us: float = 0.0  # connect, place, start and wire the partitions
+    bringup_us: float = 0.0  # connect, place, start and wire the partitions, and probe the floor
+    # the instrument's floor, per probed pair "src->dst" (``probe_floor``); empty without a probe
+    overhead: dict[str, dict[str, Any]] = field(default_factory=dict)
     backend: str = "ray"
 
 
@@ -381,6 +404,33 @@ async def _bring_up(config: RayConfig) -> RayCluster:
     return cluster
 
 
+def floor_stats(samples: dict[str, list[float]]) -> dict[str, Any]:
+    """One pair's ``overhead`` entry from its probe's round trips: ``n``, ``rpc_p50``,
+    ``rpc_p99``, ``model_p50``, ``model_p99`` (microseconds; numpy's linear percentiles) and
+    the samples themselves (``rpc_us``, ``model_us``), so that a fit can use the whole shape."""
+    import numpy as np
+
+    out: dict[str, Any] = {"n": len(samples["model_us"])}
+    for kind in ("rpc", "model"):
+        values = np.asarray(samples[f"{kind}_us"], dtype=float)
+        out[f"{kind}_p50"], out[f"{kind}_p99"] = (float(v) for v in np.percentile(values, [50, 99]))
+    out["rpc_us"] = [float(v) for v in samples["rpc_us"]]
+    out["model_us"] = [float(v) for v in samples["model_us"]]
+    return out
+
+
+async def probe_floor(cluster: RayCluster, pairs: list[tuple[str, str]], count: int) -> dict[str, dict[str, Any]]:
+    """The instrument's own floor, before the workload: for each (src, dst) of ``pairs``,
+    ``count`` null RPCs and ``count`` null callouts from src to dst (``GrpcInterconnect.probe``),
+    one pair at a time so that no probe waits behind another's. Returns ``{"src->dst":
+    floor_stats(...)}``. What a ray figure measures is the modelled system plus this floor; the
+    floor is reported beside it, never subtracted."""
+    overhead = {}
+    for src, dst in pairs:
+        overhead[f"{src}->{dst}"] = floor_stats(await cluster.actor(src).probe.remote(dst, count))
+    return overhead
+
+
 async def _collect(cluster: RayCluster) -> tuple[list[dict[str, Any]], list[str]]:
     """Flush every partition's oracle reports, then take every report. Returns the reports and
     the partitions that could not give one (their actor died)."""
@@ -429,8 +479,13 @@ async def _tear_down(cluster: RayCluster) -> None:
 async def _run(config: RayConfig, workload: Callable[[RayCluster], Awaitable[T]]) -> RayRun[T]:
     t0 = time.monotonic()
     cluster = await _bring_up(config)
-    t1 = time.monotonic()
     try:
+        overhead: dict[str, dict[str, Any]] = {}
+        if config.probe_count:
+            pairs = config.probe_pairs if config.probe_pairs is not None else [
+                (a, b) for a in config.names for b in config.names if a != b]
+            overhead = await probe_floor(cluster, pairs, config.probe_count)
+        t1 = time.monotonic()
         result = await workload(cluster)
         await cluster.runtime.join()  # the workload's own tasks: a failure is raised, not dropped
         t2 = time.monotonic()
@@ -453,6 +508,7 @@ async def _run(config: RayConfig, workload: Callable[[RayCluster], Awaitable[T]]
         lost=lost,
         report_problems=[p for r in reports for p in r["report_problems"]],
         bringup_us=(t1 - t0) * 1e6,
+        overhead=overhead,
     )
 
 

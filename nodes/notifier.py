@@ -238,7 +238,9 @@ class MmuNotifierMm:
 class CoreTimings:
     """What the harness measures inside the core, when ``enabled``: each sleepable callout's
     duration as the core saw it (for a secondary on another partition, the round trip) and each
-    invalidate_range_start-to-end span. Samples are (end time, microseconds, mm id, op)."""
+    invalidate_range_start-to-end span of an mm that had notifiers when it began (a span with
+    none to call, such as exit_mmap's unmapping after ->release, involves no secondary).
+    Samples are (end time, microseconds, mm id, op)."""
 
     def __init__(self) -> None:
         self.enabled = False
@@ -409,7 +411,7 @@ class NotifierCore:
         if start >= end:
             raise InvalidArgument(f"invalidate_range_start: empty range [{start:#x}, {end:#x})")
         self.oracle.mm_range_start(mm, start, end)
-        if self.timings.enabled:
+        if self.timings.enabled and self.has_notifiers(mm):  # a span that calls no one is not timed
             self.timings.range_started(mm, start, end, self.runtime.now())
         self._bump_invalidate_seq(mm)
         await self._walk(

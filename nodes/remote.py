@@ -369,12 +369,31 @@ class RemoteXpmemAttacher:
 # -- the secondary's side -----------------------------------------------------------------------
 
 
+PROBE_NOTIFIER = "probe"  # the id of every SecondaryService's NullNotifier (added ids hold a '#')
+
+
+class NullNotifier(MmuNotifier):
+    """The instrument's probe target, not a secondary of the modelled machine: its
+    ``invalidate_range_start`` does nothing, so a callout to it costs only what every callout
+    costs besides its secondary's work (the transport, the request's decoding, the notifier's
+    lookup and dispatch, the answer). The ray backend times callouts to it at bring-up: the
+    floor under each of a run's callouts (``cluster/ray_backend.py``)."""
+
+    def __init__(self) -> None:
+        super().__init__("null notifier")
+
+    def invalidate_range_start(self, mm: Any, start: int, end: int) -> None:
+        return None
+
+
 class SecondaryService:
-    """What a partition hosting secondaries serves to owners: the callouts."""
+    """What a partition hosting secondaries serves to owners: the callouts. Besides the
+    secondaries added here, it serves a ``NullNotifier`` as ``PROBE_NOTIFIER``, registered on
+    no mm (no owner calls it unasked)."""
 
     def __init__(self, name: str):
         self.name = name
-        self.notifiers: dict[str, MmuNotifier] = {}
+        self.notifiers: dict[str, MmuNotifier] = {PROBE_NOTIFIER: NullNotifier()}
         self._next_id = 0
         # set when oracle reports travel asynchronously (to an owner in another process): the
         # reports a callout makes then reach their owner before the callout returns, as they

@@ -9,7 +9,8 @@ What a run measures (microseconds; one event each, and an HDR histogram per metr
 - ``unregister_hang``, ``unregister_release``, ``unregister_srcu_wait``: a secondary on another
   partition is torn down (``teardown``: mmu_notifier_unregister, or mmu_notifier_put): the
   total, its ->release callout, and the synchronize_srcu() wait.
-- ``invalidate_range``: every invalidate_range_start-to-end span, owner side.
+- ``invalidate_range``: every invalidate_range_start-to-end span, owner side, of an mm with
+  notifiers (exit_mmap's unmapping after ->release calls no one and is not counted).
 - ``callout_rtt``: every sleepable callout as the owner's core saw it: for a secondary on
   another partition, the round trip.
 
@@ -306,6 +307,7 @@ def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = N
     else:
         from cluster.ray_backend import run_ray
 
+        config.probe_pairs = talking_pairs(config.names, spec)
         rrun = run_ray(config, workload)
         out, violations, faults = rrun.result, rrun.violations, rrun.faults
         violations = violations + [f"oracle report lost or refused: {p}" for p in rrun.report_problems]
@@ -331,4 +333,55 @@ def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = N
     }
     if placement is not None:
         result["placement"] = placement
+        result["overhead"] = rrun.overhead
+        result["floor"] = floor_summary(rrun.overhead, floor_calls(spec, scenario.get("fanout")), result["metrics"])
     return result, events
+
+
+def talking_pairs(names: list[str], spec: StudySpec) -> list[tuple[str, str]]:
+    """The (src, dst) partitions that talk in a study of ``spec``: each owner and the hosts of
+    its secondaries (``_hosts``), both ways (callouts one way, faults and registration the
+    other). The ray backend probes its floor over these."""
+    pairs: dict[tuple[str, str], None] = {}
+    for i, owner in enumerate(names):
+        for host in _hosts(names, i, spec.secondaries_per_mm, spec.kind):
+            if host != owner:
+                pairs[(owner, host)] = pairs[(host, owner)] = None
+    return list(pairs)
+
+
+def floor_calls(spec: StudySpec, fanout: str) -> dict[str, int]:
+    """How many round trips to another partition lie on each metric's own path, in a study of
+    ``spec``: a callout is one; an invalidate_range span walks the mm's notifiers twice (start
+    and end), an exit's ->release walk once, over ``secondaries_per_mm`` remote secondaries one
+    after another (``sequential``, the kernel's list walk), or all at once (``parallel``: one);
+    an unregister calls its own ->release. A synchronize_srcu() wait has none on its path: it
+    waits for other callouts, whose floors are theirs. A KVM shadow MMU, or a single partition,
+    has none at all (its callouts are local)."""
+    remote = 0 if spec.kind == "kvm" or spec.partitions == 1 else spec.secondaries_per_mm
+    walk = min(remote, 1) if fanout == "parallel" else remote
+    one = min(remote, 1)
+    return {"exit_hang": walk, "exit_release": walk, "exit_srcu_wait": 0, "unregister_hang": one,
+            "unregister_release": one, "unregister_srcu_wait": 0, "invalidate_range": 2 * walk, "callout_rtt": one}
+
+
+def floor_summary(overhead: dict[str, dict[str, Any]], calls: dict[str, int],
+                  metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The ``floor`` block of a ray result: the null callout's and null RPC's p50 over every
+    probed pair's samples, and for each metric the round trips on its path (``floor_calls``),
+    their floor (calls x the null callout's p50) and its share of the metric's p50 (None when
+    the metric has no p50). The figures are reported beside the metric, never subtracted from
+    it. Empty without a probe."""
+    import numpy as np
+
+    model = [v for pair in overhead.values() for v in pair["model_us"]]
+    rpc = [v for pair in overhead.values() for v in pair["rpc_us"]]
+    if not model:
+        return {}
+    model_p50, rpc_p50 = float(np.percentile(model, 50)), float(np.percentile(rpc, 50))
+    per_metric = {}
+    for name, k in calls.items():
+        p50 = (metrics.get(name) or {}).get("p50")
+        floor = k * model_p50
+        per_metric[name] = {"calls": k, "floor_us": floor, "share_of_p50": floor / p50 if p50 else None}
+    return {"model_p50_us": model_p50, "rpc_p50_us": rpc_p50, "metrics": per_metric}

@@ -283,8 +283,15 @@ def summary_table(result: Mapping[str, Any]) -> str:
     metrics = result["metrics"]
     with_ci = any("ci95" in m for m in metrics.values())
     columns = [c for p in ("p50", "p90", "p99") for c in ((p, f"ci95.{p}") if with_ci and p in CI_PERCENTILES else (p,))]
-    table, marked = _table(metrics, ("n", *columns, "max", "mean"), with_empty=True)
+    floor = result.get("floor") or {}
+    shares = {name: f.get("share_of_p50") for name, f in (floor.get("metrics") or {}).items()}
+    table, marked = _table(metrics, ("n", *columns, "max", "mean", *(("floor",) if shares else ())),
+                           with_empty=True, floor=shares)
     lines += table + _footnotes(marked, with_ci)
+    if shares:
+        lines.append(f"floor: the share of p50 that is the instrument's own (the metric's round trips to other "
+                     f"partitions x a null callout's p50, {_fmt(floor.get('model_p50_us'))} us, probed at "
+                     "bring-up); reported, not subtracted")
     lines += _invariants_lines(result["invariants"])
     lines += _activity_lines(result.get("activity") or {})
     faults = list(result.get("faults") or [])
@@ -308,10 +315,12 @@ def _heading(result: Mapping[str, Any]) -> str:
 
 
 def _table(metrics: Mapping[str, Mapping[str, Any]], columns: Sequence[str], *, with_empty: bool,
-           indent: str = "") -> tuple[list[str], bool]:
+           indent: str = "", floor: Mapping[str, Any] | None = None) -> tuple[list[str], bool]:
     """The lines of a table of ``metrics`` with ``columns`` (summary keys; ``"ci95.p50"`` is the
-    95 % interval of p50), and whether a percentile in it is marked: a percentile cell ends in
-    ``*`` when too few events lie beyond it (``too_few_beyond``), else in a space."""
+    95 % interval of p50; ``"floor"`` the share of p50 that is the instrument's floor, from
+    ``floor``: metric -> share or None), and whether a percentile in it is marked: a
+    percentile cell ends in ``*`` when too few events lie beyond it (``too_few_beyond``), else
+    in a space."""
     header = ["metric"] + [_header(c) for c in columns]
     rows = []
     marked = False
@@ -323,6 +332,9 @@ def _table(metrics: Mapping[str, Mapping[str, Any]], columns: Sequence[str], *, 
         for c in columns:
             if c == "n":
                 row.append(_fmt_n(m.get("n")))
+            elif c == "floor":
+                share = (floor or {}).get(name)
+                row.append("-" if share is None else f"{share:.0%}")
             elif c.startswith("ci95."):
                 iv = (m.get("ci95") or {}).get(c.removeprefix("ci95."))
                 row.append("-" if iv is None else f"{_fmt(iv[0])}..{_fmt(iv[1])}")
@@ -344,7 +356,7 @@ def _table(metrics: Mapping[str, Mapping[str, Any]], columns: Sequence[str], *, 
 
 
 def _header(column: str) -> str:
-    if column == "n":
+    if column in ("n", "floor"):
         return column
     if column.startswith("ci95."):
         return "95% CI"

@@ -10,16 +10,19 @@ Channels are opened once per destination and kept (a new channel costs milliseco
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nodes.errors import ModelError, Unreachable
-from nodes.remote import OWNER_SERVICE, SECONDARY_SERVICE
+from nodes.mm import PAGE_SIZE
+from nodes.remote import OWNER_SERVICE, PROBE_NOTIFIER, SECONDARY_SERVICE
 from nodes.rpc import codec
 from nodes.rpc.pb import interconnect_pb2_grpc as pb_grpc
-from nodes.rpc.server import DST_KEY, SRC_KEY
+from nodes.rpc.server import DST_KEY, PROBE_KEY, SRC_KEY
 from nodes.rpc.status import ERROR_KEY, error_from
 from nodes.runtime import Runtime
 
@@ -48,22 +51,59 @@ class GrpcInterconnect:
         self._stubs: dict[tuple[str, str], Any] = {}
 
     def _stub(self, dst: str, service: str) -> Any:
+        channel = self._channel(dst)
+        stub = self._stubs.get((self.directory[dst], service))
+        if stub is None:
+            stub = (pb_grpc.OwnerStub if service == OWNER_SERVICE else pb_grpc.SecondaryStub)(channel)
+            self._stubs[(self.directory[dst], service)] = stub
+        return stub
+
+    def _channel(self, dst: str) -> grpc.aio.Channel:
         address = self.directory.get(dst)
         if address is None:
             raise Unreachable(f"no address for partition {dst!r}; known: {sorted(self.directory)}")
-        stub = self._stubs.get((address, service))
-        if stub is None:
-            channel = self._channels.get(address)
-            if channel is None:
-                channel = self._channels[address] = grpc.aio.insecure_channel(address)
-            stub = (pb_grpc.OwnerStub if service == OWNER_SERVICE else pb_grpc.SecondaryStub)(channel)
-            self._stubs[(address, service)] = stub
-        return stub
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+        return channel
 
     async def call(self, src: str, dst: str, service: str, method: str, *args: Any, kind: str = "rpc",
                    nbytes: int = 64) -> Any:
         """Send ``service.method(*args)`` from ``src`` to partition ``dst`` and await the answer.
         ``nbytes`` is for the sim's latency model; gRPC sends what the message is."""
+        return await self._send(src, dst, service, method, args, kind=kind)
+
+    async def probe(self, src: str, dst: str, count: int) -> dict[str, list[float]]:
+        """The instrument's own floor from ``src`` to ``dst``: ``count`` null RPCs (the health
+        service's Check: gRPC and nothing else) and ``count`` null callouts (an
+        ``invalidate_range_start`` of ``dst``'s ``NullNotifier``: the path of every callout,
+        encoding, the servicer, the notifier's lookup and dispatch, the answer, without any
+        secondary's work), one at a time, no latency injected into either. Returns their
+        round trips in microseconds, ``{"rpc_us": [...], "model_us": [...]}``."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"probe count must be an integer >= 1, got {count!r}")
+        health = health_pb2_grpc.HealthStub(self._channel(dst))
+        metadata = ((SRC_KEY, src), (DST_KEY, dst), (PROBE_KEY, "1"))
+        rpc_us, model_us = [], []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            try:
+                await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=self.deadline_us / 1e6,
+                                   metadata=metadata)
+            except grpc.aio.AioRpcError as e:
+                raise_from_rpc_error(e, f"the probe's health check from {src} to {dst}")
+            rpc_us.append((time.perf_counter() - t0) * 1e6)
+        args = (PROBE_NOTIFIER, "invalidate_range_start", 0, "probe", (0, PAGE_SIZE), 0)
+        for _ in range(count):
+            t0 = time.perf_counter()
+            await self._send(src, dst, SECONDARY_SERVICE, "callout", args, metadata=((PROBE_KEY, "1"),))
+            model_us.append((time.perf_counter() - t0) * 1e6)
+        return {"rpc_us": rpc_us, "model_us": model_us}
+
+    async def _send(self, src: str, dst: str, service: str, method: str, args: tuple[Any, ...], *,
+                    kind: str | None = None, metadata: tuple[tuple[str, str], ...] = ()) -> Any:
+        """The request of ``call`` (counted in ``messages`` under ``kind``, unless None), with
+        ``metadata`` besides the partitions'."""
         if service == OWNER_SERVICE:
             m = codec.OWNER.get(method)
             if m is None:
@@ -77,10 +117,11 @@ class GrpcInterconnect:
         else:
             raise ValueError(f"no RPC for {service}.{method}")
         stub = self._stub(dst, service)
-        self.messages[kind] += 1
+        if kind is not None:
+            self.messages[kind] += 1
         try:
             reply = await getattr(stub, m.rpc)(
-                request, timeout=self.deadline_us / 1e6, metadata=((SRC_KEY, src), (DST_KEY, dst)))
+                request, timeout=self.deadline_us / 1e6, metadata=((SRC_KEY, src), (DST_KEY, dst), *metadata))
         except grpc.aio.AioRpcError as e:
             raise_from_rpc_error(e, f"{m.rpc} from {src} to {dst}")
         return m.decode_result(reply)

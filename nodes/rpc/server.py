@@ -11,7 +11,9 @@ NOT_FOUND.
 The standard ``grpc.health.v1.Health`` service reports both services SERVING while the server
 runs. ``latency_us(src, dst)``, if given, delays each request by the modelled distance between
 the calling partition (metadata ``mmusim-src``) and this one, and ``callout_latency_us`` each
-callout besides: latency injection in the application, as the machines have no netem.
+callout besides: latency injection in the application, as the machines have no netem. A
+request of the instrument's own probe (metadata ``mmusim-probe``) is not delayed: it measures
+what the transport costs without the model (``GrpcInterconnect.probe``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SRC_KEY = "mmusim-src"  # request metadata: the calling partition
 DST_KEY = "mmusim-dst"  # request metadata: the partition the request is for
+PROBE_KEY = "mmusim-probe"  # request metadata: the instrument's probe, which no latency is injected into
 OWNER_SERVICE_NAME = "mmusim.v1.Owner"
 SECONDARY_SERVICE_NAME = "mmusim.v1.Secondary"
 
@@ -90,7 +93,10 @@ class InjectedLatency(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
-        src = dict(details.invocation_metadata or ()).get(SRC_KEY)
+        metadata = dict(details.invocation_metadata or ())
+        if PROBE_KEY in metadata:
+            return handler
+        src = metadata.get(SRC_KEY)
         delay_us = self.latency_us(src, self.partition) if self.latency_us is not None and src is not None else 0.0
         if details.method.startswith(f"/{SECONDARY_SERVICE_NAME}/"):
             delay_us += self.callout_us

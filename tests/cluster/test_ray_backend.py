@@ -23,7 +23,7 @@ import pytest
 import ray
 import ray.cloudpickle
 
-from cluster.ray_backend import HopLatency, RayCluster, RayConfig, probe_address, run_ray
+from cluster.ray_backend import DEFAULT_PROBE_COUNT, HopLatency, RayCluster, RayConfig, probe_address, run_ray
 from nodes import vmops
 from nodes.errors import NotFound
 from nodes.mm import PAGE_SIZE
@@ -350,4 +350,13 @@ def test_mmusim_run_quickstart_on_ray_writes_the_results(ray_cluster, tmp_path, 
     assert result["metrics"]["exit_hang"]["n"] == exits and result["metrics"]["unregister_hang"]["n"] == unregisters
     assert result["metrics"]["callout_rtt"]["n"] > 0 and result["virtual_time_us"] is None
     assert (out / "hang.png").read_bytes()[:4] == b"\x89PNG"
-    assert "unregister_srcu_wait" in capsys.readouterr().out
+    # the instrument's floor, probed at bring-up between the partitions that talk (p0 <-> p1)
+    assert sorted(result["overhead"]) == ["p0->p1", "p1->p0"]
+    for pair in result["overhead"].values():
+        assert pair["n"] == DEFAULT_PROBE_COUNT == len(pair["model_us"]) == len(pair["rpc_us"])
+        assert 0 < pair["model_p50"] <= pair["model_p99"] and 0 < pair["rpc_p50"] <= pair["rpc_p99"]
+    floor = result["floor"]["metrics"]
+    assert floor["callout_rtt"]["calls"] == 1 and floor["exit_srcu_wait"]["calls"] == 0
+    assert floor["callout_rtt"]["floor_us"] == result["floor"]["model_p50_us"] > 0
+    printed = capsys.readouterr().out
+    assert "unregister_srcu_wait" in printed and "floor:" in printed
