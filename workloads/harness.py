@@ -368,7 +368,8 @@ def floor_calls(spec: StudySpec, fanout: str) -> dict[str, int]:
 def floor_summary(overhead: dict[str, dict[str, Any]], calls: dict[str, int],
                   metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The ``floor`` block of a ray result: the null callout's and null RPC's p50 over every
-    probed pair's samples, and for each metric the round trips on its path (``floor_calls``),
+    probed pair's samples (and the null callout's under the workload's load, None without that
+    probe), and for each metric the round trips on its path (``floor_calls``),
     their floor (calls x the null callout's p50) and its share of the metric's p50 (None when
     the metric has no p50). The figures are reported beside the metric, never subtracted from
     it. Empty without a probe."""
@@ -376,12 +377,14 @@ def floor_summary(overhead: dict[str, dict[str, Any]], calls: dict[str, int],
 
     model = [v for pair in overhead.values() for v in pair["model_us"]]
     rpc = [v for pair in overhead.values() for v in pair["rpc_us"]]
+    loaded = [v for pair in overhead.values() for v in pair.get("loaded_us", ())]
     if not model:
         return {}
     model_p50, rpc_p50 = float(np.percentile(model, 50)), float(np.percentile(rpc, 50))
+    loaded_p50 = float(np.percentile(loaded, 50)) if loaded else None
     per_metric = {}
     for name, k in calls.items():
         p50 = (metrics.get(name) or {}).get("p50")
         floor = k * model_p50
         per_metric[name] = {"calls": k, "floor_us": floor, "share_of_p50": floor / p50 if p50 else None}
-    return {"model_p50_us": model_p50, "rpc_p50_us": rpc_p50, "metrics": per_metric}
+    return {"model_p50_us": model_p50, "rpc_p50_us": rpc_p50, "loaded_p50_us": loaded_p50, "metrics": per_metric}

@@ -289,9 +289,11 @@ def summary_table(result: Mapping[str, Any]) -> str:
                            with_empty=True, floor=shares)
     lines += table + _footnotes(marked, with_ci)
     if shares:
+        loaded = floor.get("loaded_p50_us")
         lines.append(f"floor: the share of p50 that is the instrument's own (the metric's round trips to other "
                      f"partitions x a null callout's p50, {_fmt(floor.get('model_p50_us'))} us, probed at "
-                     "bring-up); reported, not subtracted")
+                     "bring-up); reported, not subtracted"
+                     + ("" if loaded is None else f". Under the run's own load a null callout took {_fmt(loaded)} us"))
     lines += _invariants_lines(result["invariants"])
     lines += _activity_lines(result.get("activity") or {})
     faults = list(result.get("faults") or [])

@@ -74,31 +74,36 @@ class GrpcInterconnect:
         return await self._send(src, dst, service, method, args, kind=kind)
 
     async def probe(self, src: str, dst: str, count: int) -> dict[str, list[float]]:
-        """The instrument's own floor from ``src`` to ``dst``: ``count`` null RPCs (the health
-        service's Check: gRPC and nothing else) and ``count`` null callouts (an
-        ``invalidate_range_start`` of ``dst``'s ``NullNotifier``: the path of every callout,
-        encoding, the servicer, the notifier's lookup and dispatch, the answer, without any
-        secondary's work), one at a time, no latency injected into either. Returns their
-        round trips in microseconds, ``{"rpc_us": [...], "model_us": [...]}``."""
+        """The instrument's own floor from ``src`` to ``dst``: ``count`` null RPCs
+        (``null_rpc``) and ``count`` null callouts (``null_callout``), one at a time. Returns
+        their round trips in microseconds, ``{"rpc_us": [...], "model_us": [...]}``."""
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"probe count must be an integer >= 1, got {count!r}")
-        health = health_pb2_grpc.HealthStub(self._channel(dst))
-        metadata = ((SRC_KEY, src), (DST_KEY, dst), (PROBE_KEY, "1"))
-        rpc_us, model_us = [], []
-        for _ in range(count):
-            t0 = time.perf_counter()
-            try:
-                await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=self.deadline_us / 1e6,
-                                   metadata=metadata)
-            except grpc.aio.AioRpcError as e:
-                raise_from_rpc_error(e, f"the probe's health check from {src} to {dst}")
-            rpc_us.append((time.perf_counter() - t0) * 1e6)
-        args = (PROBE_NOTIFIER, "invalidate_range_start", 0, "probe", (0, PAGE_SIZE), 0)
-        for _ in range(count):
-            t0 = time.perf_counter()
-            await self._send(src, dst, SECONDARY_SERVICE, "callout", args, metadata=((PROBE_KEY, "1"),))
-            model_us.append((time.perf_counter() - t0) * 1e6)
+        rpc_us = [await self.null_rpc(src, dst) for _ in range(count)]
+        model_us = [await self.null_callout(src, dst) for _ in range(count)]
         return {"rpc_us": rpc_us, "model_us": model_us}
+
+    async def null_rpc(self, src: str, dst: str) -> float:
+        """One null RPC from ``src`` to ``dst``, the health service's Check (gRPC and nothing
+        else), no latency injected; its round trip in microseconds."""
+        health = health_pb2_grpc.HealthStub(self._channel(dst))
+        t0 = time.perf_counter()
+        try:
+            await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=self.deadline_us / 1e6,
+                               metadata=((SRC_KEY, src), (DST_KEY, dst), (PROBE_KEY, "1")))
+        except grpc.aio.AioRpcError as e:
+            raise_from_rpc_error(e, f"the probe's health check from {src} to {dst}")
+        return (time.perf_counter() - t0) * 1e6
+
+    async def null_callout(self, src: str, dst: str) -> float:
+        """One null callout from ``src`` to ``dst``: an ``invalidate_range_start`` of ``dst``'s
+        ``NullNotifier``, the path of every callout (encoding, the servicer, the notifier's
+        lookup and dispatch, the answer) without any secondary's work, no latency injected,
+        not counted in ``messages``; its round trip in microseconds."""
+        args = (PROBE_NOTIFIER, "invalidate_range_start", 0, "probe", (0, PAGE_SIZE), 0)
+        t0 = time.perf_counter()
+        await self._send(src, dst, SECONDARY_SERVICE, "callout", args, metadata=((PROBE_KEY, "1"),))
+        return (time.perf_counter() - t0) * 1e6
 
     async def _send(self, src: str, dst: str, service: str, method: str, args: tuple[Any, ...], *,
                     kind: str | None = None, metadata: tuple[tuple[str, str], ...] = ()) -> Any:

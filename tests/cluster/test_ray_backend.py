@@ -355,6 +355,7 @@ def test_mmusim_run_quickstart_on_ray_writes_the_results(ray_cluster, tmp_path, 
     for pair in result["overhead"].values():
         assert pair["n"] == DEFAULT_PROBE_COUNT == len(pair["model_us"]) == len(pair["rpc_us"])
         assert 0 < pair["model_p50"] <= pair["model_p99"] and 0 < pair["rpc_p50"] <= pair["rpc_p99"]
+        assert pair["loaded_n"] == len(pair["loaded_us"]) >= 1 and 0 < pair["loaded_p50"] <= pair["loaded_p99"]
     floor = result["floor"]["metrics"]
     assert floor["callout_rtt"]["calls"] == 1 and floor["exit_srcu_wait"]["calls"] == 0
     assert floor["callout_rtt"]["floor_us"] == result["floor"]["model_p50_us"] > 0

@@ -54,3 +54,28 @@ def test_probing_a_partition_without_an_address_is_unreachable(live):
             await p0.interconnect.probe("p0", "p7", 1)
 
     live(body, "p0", "p1")
+
+
+def test_the_loaded_probe_keeps_probing_until_stopped_and_gives_up_on_a_dead_partition(live):
+    from cluster.ray_backend import LoadedProbe
+
+    async def body(p0, p1, p2):
+        probe = LoadedProbe(p0, ["p1", "p2"], 0.0)  # no pause: as many as the loop allows
+
+        async def laps(n):  # until p1 has n more samples; each lap awaits real round trips
+            target = len(probe.samples["p1"]) + n
+            while len(probe.samples["p1"]) < target:
+                await p0.interconnect.null_rpc("p0", "p1")
+
+        await laps(3)
+        assert len(probe.samples["p2"]) >= 2
+        await p2.server.stop(0)  # p2 dies while p0 probes it
+        await laps(3)  # by now a lap has met the dead p2
+        given_up_at = len(probe.samples["p2"])
+        await laps(3)
+        got = await probe.stop()
+        assert len(got["p2"]) == given_up_at  # probed no more, and what it answered is kept
+        assert len(got["p1"]) >= 9 and all(v > 0 for v in got["p1"] + got["p2"])
+        assert sum(p0.interconnect.messages.values()) == 0
+
+    live(body, "p0", "p1", "p2")
