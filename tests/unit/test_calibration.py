@@ -17,7 +17,7 @@ from cluster.topology import LatencyDist, LatencyModel
 from workloads.calibration import CALIBRATION_VERSION, Calibration, CalibrationError, PairProbe, fit_floor
 from workloads.cli import main
 from workloads.harness import run_scenario
-from workloads.predict import predict
+from workloads.predict import compare, measured_points, predict
 from workloads.scenario import load_scenario
 
 TRUE_FLOOR = LatencyDist.lognormal(120.0, 0.35)  # one way, us: about what Python + gRPC costs
@@ -250,6 +250,15 @@ def test_run_with_a_calibration_records_it(tmp_path, capsys) -> None:
     # the floor is under every callout: the round trip's p50 grows by about two floors' medians
     grew = cal["metrics"]["callout_rtt"]["p50"] - plain["metrics"]["callout_rtt"]["p50"]
     assert 1.5 * floor.param("median") < grew < 3 * floor.mean
+    # predict --compare predicts each run with the floor it recorded
+    run_dir = tmp_path / "cal"
+    (c,) = compare(run_dir)
+    s = load_scenario("quickstart").with_overrides(["measure.exits=5", "measure.unregisters=5"])
+    expected = predict(s, measured_points(run_dir), floor)
+    (c_plain,) = compare(tmp_path / "plain")
+    for m in expected.metrics:
+        assert c.prediction.metrics[m].mean_us == expected.metrics[m].mean_us
+        assert c_plain.prediction.metrics[m].mean_us == predict(s, measured_points(tmp_path / "plain")).metrics[m].mean_us
 
 
 def test_sweep_and_predict_take_a_calibration(tmp_path, capsys) -> None:
