@@ -1,16 +1,21 @@
 """The ``mmusim`` command line.
 
     mmusim run SCENARIO [--backend sim|ray] [--seed N] [--set k=v ...] [--out DIR] [--address ADDR]
+                        [--calibration FILE]
     mmusim sweep SCENARIO [--vary key=v1,v2,...] [same options as run]
     mmusim scenarios
     mmusim report DIR
     mmusim check [SCENARIO] --semantics MODE [--seeds N] [--scheduler random|pct] [--gru-dropin guarded|v3.10]
-    mmusim predict SCENARIO [--set k=v ...] [--sweep] [--compare DIR]
+    mmusim predict SCENARIO [--set k=v ...] [--sweep] [--compare DIR] [--calibration FILE]
     mmusim demo [...]
+
+``--calibration FILE`` (sim backend only) adds the floor a calibration file holds
+(``workloads/calibration.py``) to every message of the sim's interconnect; the run's results.json
+records it under ``"calibration"``.
 
 Exit status: 0 when a run finished and its invariants held; 1 when it finished with an
 invariant violation; 2 for bad input (a missing scenario, a bad key or value, a bad override, a
-Ray address that does not answer), with one line saying what was wrong.
+Ray address that does not answer, a bad calibration file), with one line saying what was wrong.
 """
 
 from __future__ import annotations
@@ -80,6 +85,32 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="where to write the results (default: results/<scenario>)")
     p.add_argument("--address", default=None,
                    help="ray backend: the Ray cluster (host:port, auto); default: RAY_ADDRESS, else a new local Ray")
+    _add_calibration_option(p)
+
+
+def _add_calibration_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration", type=Path, default=None, metavar="FILE",
+                   help="sim backend: a calibration file (from `mmusim calibrate`); its floor, the instrument's own "
+                        "cost per message, is added to every message of the sim's interconnect")
+
+
+def _calibration(args: argparse.Namespace) -> Any:
+    """The ``Calibration`` of ``--calibration`` (None without one); refused off the sim backend,
+    whose runs already cross the instrument's stack."""
+    if args.calibration is None:
+        return None
+    from workloads.calibration import Calibration, CalibrationError
+
+    backend = getattr(args, "backend", "sim")
+    if backend != "sim":
+        raise CalibrationError(f"--calibration {args.calibration}: applies to --backend sim only, got --backend "
+                               f"{backend} (a {backend} run has the instrument's floor itself)")
+    return Calibration.load(args.calibration)
+
+
+def _sim_extra(calibration: Any) -> dict[str, Any] | None:
+    """The ``SimConfig`` fields a calibration sets (``run_scenario``'s ``sim_extra``)."""
+    return None if calibration is None else {"floor_latency": calibration.floor}
 
 
 def _scenario(args: argparse.Namespace) -> Any:
@@ -102,12 +133,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from workloads.report import summary_table, write_run
 
     s = _scenario(args)
+    cal = _calibration(args)
     out = _out_dir(args, s)
-    progress = Progress(f"{s.name} ({args.backend})")
+    progress = Progress(f"{s.name} ({args.backend}{', calibrated' if cal is not None else ''})")
     try:
-        result, events = run_scenario(s, args.backend, address=args.address, progress=progress)
+        result, events = run_scenario(s, args.backend, address=args.address, progress=progress,
+                                      sim_extra=_sim_extra(cal))
     finally:
         progress.close()
+    if cal is not None:
+        result["calibration"] = cal.results_entry(args.calibration)
+        print(f"calibrated: {cal.describe()}")
     files = write_run(out, result, events)
     print(summary_table(result))
     print(f"wrote {', '.join(str(f) for f in files)}")
@@ -120,6 +156,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from workloads.scenario import ScenarioError
 
     s = _scenario(args)
+    cal = _calibration(args)
     if args.vary is not None:
         key, sep, values = args.vary.partition("=")
         if not sep or not key or not values:
@@ -133,15 +170,20 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     results = []
     violations = 0
     for value, point in points:
-        progress = Progress(f"{key}={value} ({args.backend})")
+        progress = Progress(f"{key}={value} ({args.backend}{', calibrated' if cal is not None else ''})")
         try:
-            result, events = run_scenario(point, args.backend, address=args.address, progress=progress)
+            result, events = run_scenario(point, args.backend, address=args.address, progress=progress,
+                                          sim_extra=_sim_extra(cal))
         finally:
             progress.close()
+        if cal is not None:
+            result["calibration"] = cal.results_entry(args.calibration)
         write_run(run_dir(out, key, value), result, events)
         results.append(result)
         violations += result["invariants"]["violations"]
     write_sweep(out, key, [v for v, _ in points], results)
+    if cal is not None:
+        print(f"calibrated: {cal.describe()}")
     print(render(out))
     print(f"wrote {out}")
     return EXIT_VIOLATION if violations else EXIT_OK
@@ -199,9 +241,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from workloads.scenario import ScenarioError
 
     if args.compare is not None:
-        if args.overrides or args.sweep:
-            raise ScenarioError("--compare", None, "each run is predicted from the config it recorded: "
-                                "--set and --sweep do not apply with --compare")
+        if args.overrides or args.sweep or args.calibration is not None:
+            raise ScenarioError("--compare", None, "each run is predicted from the config (and calibration) it "
+                                "recorded: --set, --sweep and --calibration do not apply with --compare")
         from workloads.report import load_sweep
         from workloads.scenario import load_scenario
 
@@ -210,14 +252,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(format_comparison(key, rows))
         return EXIT_OK
     s = _scenario(args)
+    cal = _calibration(args)
+    floor = None if cal is None else cal.floor
     points = s.sweep_points()
     if args.sweep and not points:
         raise ScenarioError(s.source, "sweep", "--sweep: this scenario declares none (add one with "
                             "--set 'sweep={key: KNOB, values: [V1, V2]}')")
     if points:
-        print(format_predictions(s.get("sweep.key"), [(value, predict(point)) for value, point in points]))
+        print(format_predictions(s.get("sweep.key"), [(value, predict(point, floor=floor)) for value, point in points]))
     else:
-        print(format_predictions(None, [(None, predict(s))]))
+        print(format_predictions(None, [(None, predict(s, floor=floor))]))
+    if cal is not None:
+        print(f"calibrated: {cal.describe()}")
     return EXIT_OK
 
 
@@ -295,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                          help="one row per point of the scenario's sweep (the default when it declares one)")
     predict.add_argument("--compare", type=Path, default=None, metavar="DIR",
                          help="a finished `mmusim sweep` or `mmusim run` directory: predicted beside measured, per run")
+    _add_calibration_option(predict)
     predict.set_defaults(seed=None, semantics=None)
     report = sub.add_parser("report", help="re-render the tables and plots of a finished run or sweep")
     report.add_argument("dir", type=Path)
@@ -318,12 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         "check": lambda a: _cmd_check(a, parser),
         "predict": _cmd_predict,
     }
+    from workloads.calibration import CalibrationError
     from workloads.report import ReportError
     from workloads.scenario import ScenarioError
 
     try:
         return commands[args.command](args)
-    except (ScenarioError, ReportError, ConnectionError) as e:  # bad input: one clear line
+    except (ScenarioError, ReportError, CalibrationError, ConnectionError) as e:  # bad input: one clear line
         print(f"mmusim: {e}", file=sys.stderr)
         return EXIT_USAGE
 
