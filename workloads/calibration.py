@@ -40,6 +40,8 @@ __all__ = ["CalibrationError", "Calibration", "fit_floor", "FIT_METHODS", "CALIB
 
 CALIBRATION_VERSION = 1
 FIT_METHODS = ("lognormal", "empirical")
+PROBES = ("loaded", "idle")  # the ray run's null callouts under the workload's load, or at bring-up
+PROBE_KEYS = {"idle": ("model_us", "model_p50", "model_p99"), "loaded": ("loaded_us", "loaded_p50", "loaded_p99")}
 MIN_SAMPLES = 2  # a spread needs two
 
 
@@ -130,12 +132,15 @@ class Calibration:
     seed: int | None = None
     pairs: dict[str, PairProbe] = field(default_factory=dict)  # "p0->p1" -> its probe, in pair order
     samples: int = 0
+    probe: str = "idle"  # which of the run's probes was fitted (PROBES)
 
     def __post_init__(self) -> None:
         if not isinstance(self.floor, LatencyDist):
             raise CalibrationError(f"floor: expected a LatencyDist, got {self.floor!r}")
         if self.method not in FIT_METHODS:
             raise CalibrationError(f"method: expected one of {', '.join(FIT_METHODS)}, got {self.method!r}")
+        if self.probe not in PROBES:
+            raise CalibrationError(f"probe: expected one of {', '.join(PROBES)}, got {self.probe!r}")
         total = sum(p.n for p in self.pairs.values())
         if self.pairs and total != self.samples:
             raise CalibrationError(f"samples: expected the pairs' total {total}, got {self.samples!r}")
@@ -144,11 +149,16 @@ class Calibration:
 
     @classmethod
     def from_overhead(cls, overhead: Any, method: str, *, scenario: str | None = None,
-                      seed: int | None = None) -> "Calibration":
-        """Fit the floor to the ``model_us`` round trips of every pair of a probe (the
-        ``overhead`` of a ray run's results, pooled in pair order). Refuses a missing or empty
-        ``overhead``: the results come from a run without the instrument's probe (a sim run,
-        or a ray run that did not probe)."""
+                      seed: int | None = None, probe: str = "idle") -> "Calibration":
+        """Fit the floor to the null callouts' round trips of every pair of a probe (the
+        ``overhead`` of a ray run's results, pooled in pair order): those of the probe at
+        bring-up (``probe="idle"``, ``model_us``) or of the probe under the workload's own load
+        (``"loaded"``, ``loaded_us``). Refuses a missing or empty ``overhead``: the results
+        come from a run without the instrument's probe (a sim run, or a ray run that did not
+        probe); and ``"loaded"`` for a pair the loaded probe did not measure."""
+        if probe not in PROBES:
+            raise CalibrationError(f"probe: expected one of {', '.join(PROBES)}, got {probe!r}")
+        key, p50_key, p99_key = PROBE_KEYS[probe]
         if overhead is None or (isinstance(overhead, Mapping) and not overhead):
             raise CalibrationError("overhead: none in these results: they come from a run without the instrument's "
                                    "probe (not a ray run, or a ray run that did not probe); calibrate from the "
@@ -158,26 +168,29 @@ class Calibration:
         pooled: list[float] = []
         pairs: dict[str, PairProbe] = {}
         for pair in sorted(overhead):
-            probe = overhead[pair]
             where = f"overhead.{pair}"
-            if not isinstance(probe, Mapping) or "model_us" not in probe:
-                raise CalibrationError(f"{where}: expected a probe with model_us (round trips, us), got {probe!r}")
-            xs = _round_trips(probe["model_us"], f"{where}.model_us")
+            got = overhead[pair]
+            where = f"overhead.{pair}"
+            if not isinstance(got, Mapping) or key not in got:
+                hint = " (the run's probe under load was off: calibrate with the idle probe)" if probe == "loaded" else ""
+                raise CalibrationError(f"{where}: expected a probe with {key} (round trips, us){hint}, got "
+                                       f"{sorted(got) if isinstance(got, Mapping) else got!r}")
+            xs = _round_trips(got[key], f"{where}.{key}")
             p50, p99 = (float(v) for v in np.percentile(xs, [50, 99]))
-            for key, computed in (("model_p50", p50), ("model_p99", p99)):  # the probe's own, if it gave them
-                given = probe.get(key)
+            for k in (p50_key, p99_key):  # the probe's own, if it gave them
+                given = got.get(k)
                 if given is not None and not (_is_number(given) and math.isfinite(float(given))):
-                    raise CalibrationError(f"{where}.{key}: expected a finite number (us), got {given!r}")
-            pairs[str(pair)] = PairProbe(len(xs), float(probe.get("model_p50", p50)), float(probe.get("model_p99", p99)))
+                    raise CalibrationError(f"{where}.{k}: expected a finite number (us), got {given!r}")
+            pairs[str(pair)] = PairProbe(len(xs), float(got.get(p50_key, p50)), float(got.get(p99_key, p99)))
             pooled += xs
-        return cls(fit_floor(pooled, method), method, scenario, seed, pairs, len(pooled))
+        return cls(fit_floor(pooled, method), method, scenario, seed, pairs, len(pooled), probe)
 
     @classmethod
-    def from_results(cls, result: Mapping[str, Any], method: str) -> "Calibration":
+    def from_results(cls, result: Mapping[str, Any], method: str, probe: str = "idle") -> "Calibration":
         """``from_overhead`` of a results document (``results.json`` as loaded), with its
         scenario and seed."""
         return cls.from_overhead(result.get("overhead"), method, scenario=result.get("scenario"),
-                                 seed=result.get("seed"))
+                                 seed=result.get("seed"), probe=probe)
 
     # -- the file -------------------------------------------------------------------------------
 
@@ -192,6 +205,7 @@ class Calibration:
             "provenance": {
                 "scenario": self.scenario,
                 "seed": self.seed,
+                "probe": self.probe,
                 "pairs": list(self.pairs),
                 "samples": self.samples,
                 "per_pair": {k: v.to_json() for k, v in self.pairs.items()},
@@ -203,6 +217,12 @@ class Calibration:
         p = Path(path)
         p.write_text(json.dumps(self.to_json(), indent=2) + "\n")
         return p
+
+    def save_into(self, directory: str | Path) -> Path:
+        """``save`` as ``calibration.json`` in ``directory`` (made if missing)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        return self.save(d / "calibration.json")
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
@@ -235,7 +255,9 @@ class Calibration:
         prov = doc.get("provenance", {})
         if not isinstance(prov, dict):
             raise CalibrationError(f"{p}: provenance: expected an object, got {prov!r}")
-        scenario, seed = prov.get("scenario"), prov.get("seed")
+        scenario, seed, probe = prov.get("scenario"), prov.get("seed"), prov.get("probe", "idle")
+        if probe not in PROBES:
+            raise CalibrationError(f"{p}: provenance.probe: expected one of {', '.join(PROBES)}, got {probe!r}")
         if scenario is not None and not isinstance(scenario, str):
             raise CalibrationError(f"{p}: provenance.scenario: expected a scenario name, got {scenario!r}")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
@@ -244,18 +266,18 @@ class Calibration:
         if not isinstance(per_pair, dict):
             raise CalibrationError(f"{p}: provenance.per_pair: expected an object of pair -> probe, got {per_pair!r}")
         pairs = {}
-        for pair, probe in per_pair.items():
+        for pair, entry in per_pair.items():
             where = f"{p}: provenance.per_pair.{pair}"
-            if not isinstance(probe, dict):
-                raise CalibrationError(f"{where}: expected {{n, model_p50, model_p99}}, got {probe!r}")
-            n = probe.get("n")
+            if not isinstance(entry, dict):
+                raise CalibrationError(f"{where}: expected {{n, model_p50, model_p99}}, got {entry!r}")
+            n = entry.get("n")
             if not isinstance(n, int) or isinstance(n, bool) or n < 1:
                 raise CalibrationError(f"{where}.n: expected a positive integer, got {n!r}")
             for key in ("model_p50", "model_p99"):
-                v = probe.get(key)
+                v = entry.get(key)
                 if not _is_number(v) or not math.isfinite(float(v)):
                     raise CalibrationError(f"{where}.{key}: expected a finite number (us), got {v!r}")
-            pairs[pair] = PairProbe(n, float(probe["model_p50"]), float(probe["model_p99"]))
+            pairs[pair] = PairProbe(n, float(entry["model_p50"]), float(entry["model_p99"]))
         listed = prov.get("pairs", list(pairs))
         if listed != list(pairs):
             raise CalibrationError(f"{p}: provenance.pairs: expected the pairs of per_pair {list(pairs)!r}, "
@@ -264,7 +286,7 @@ class Calibration:
         if not isinstance(samples, int) or isinstance(samples, bool) or samples < 0:
             raise CalibrationError(f"{p}: provenance.samples: expected an integer >= 0, got {samples!r}")
         try:
-            return cls(floor, method, scenario, seed, pairs, samples)
+            return cls(floor, method, scenario, seed, pairs, samples, probe)
         except CalibrationError as e:
             raise CalibrationError(f"{p}: provenance.{e}") from None
 
@@ -272,10 +294,81 @@ class Calibration:
 
     def describe(self) -> str:
         """One line: the floor, the method and where it came from."""
-        src = f"{self.samples} round trips over {len(self.pairs)} pair(s)" if self.pairs else "no probe recorded"
+        src = (f"{self.samples} {self.probe} round trips over {len(self.pairs)} pair(s)" if self.pairs
+               else "no probe recorded")
         run = f" of {self.scenario} seed {self.seed}" if self.scenario is not None else ""
         return f"floor {self.floor.describe()} one way per message ({self.method} fit to {src}{run})"
 
     def results_entry(self, path: str | Path) -> dict[str, Any]:
         """What a calibrated run records in its results.json under ``"calibration"``."""
         return {"file": str(path), "floor": self.floor.to_spec(), "method": self.method}
+
+
+# -- both backends on one scale: ``mmusim calibrate`` -------------------------------------------
+
+#: the agreement goal of a calibrated sim run against the ray run it was calibrated from, per
+#: percentile: sim / ray within [low, high], for the metrics the goal names
+AGREEMENT = {"p50": (0.75, 1.33), "p99": (0.5, 2.0)}
+AGREED_METRICS = ("callout_rtt", "invalidate_range", "unregister_hang", "exit_hang")
+
+
+@dataclass(frozen=True)
+class MetricAgreement:
+    """One metric of a ray run beside the same metric of the calibrated sim run: p50 and p99
+    of each (us, None without events), their ratios sim / ray, and for the metrics of
+    ``AGREED_METRICS`` whether each ratio is within ``AGREEMENT`` (None: no goal, or no
+    figure to compare)."""
+
+    metric: str
+    ray: dict[str, float | None]
+    sim: dict[str, float | None]
+    ratio: dict[str, float | None]
+    within: dict[str, bool | None]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metric": self.metric, "ray": self.ray, "sim": self.sim, "ratio": self.ratio, "within": self.within}
+
+
+def agreement(ray: Mapping[str, Any], sim: Mapping[str, Any]) -> list[MetricAgreement]:
+    """Each metric of the ray result ``ray`` beside the calibrated sim result ``sim``."""
+    rows = []
+    for metric, r in ray["metrics"].items():
+        s = sim["metrics"].get(metric) or {}
+        got_ray = {q: r.get(q) for q in AGREEMENT}
+        got_sim = {q: s.get(q) for q in AGREEMENT}
+        ratio = {q: (got_sim[q] / got_ray[q] if got_ray[q] and got_sim[q] is not None else None) for q in AGREEMENT}
+        within = {q: (None if metric not in AGREED_METRICS or ratio[q] is None
+                      else AGREEMENT[q][0] <= ratio[q] <= AGREEMENT[q][1]) for q in AGREEMENT}
+        rows.append(MetricAgreement(metric, got_ray, got_sim, ratio, within))
+    return rows
+
+
+def agreement_table(rows: Sequence[MetricAgreement]) -> str:
+    """The side-by-side table ``mmusim calibrate`` prints: per metric, ray and sim p50 and p99
+    (us) and their ratios, each goal met (``ok``) or missed (``MISS``), then one line per miss
+    naming the metric, the percentile and by how much."""
+    def us(v: float | None) -> str:
+        return "-" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}")
+
+    def ratio(row: MetricAgreement, q: str) -> str:
+        r, ok = row.ratio[q], row.within[q]
+        return ("-" if r is None else f"{r:.2f}x") + ("" if ok is None else (" ok" if ok else " MISS"))
+
+    header = ["metric", "ray p50", "sim p50", "sim/ray", "ray p99", "sim p99", "sim/ray"]
+    body = [[row.metric, us(row.ray["p50"]), us(row.sim["p50"]), ratio(row, "p50"), us(row.ray["p99"]),
+             us(row.sim["p99"]), ratio(row, "p99")] for row in rows]
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    lines = ["  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]).rstrip()
+             for r in [header] + body]
+    goals = ", ".join(f"{q} within {lo:g}-{hi:g}x" for q, (lo, hi) in AGREEMENT.items())
+    lines.append(f"goal ({', '.join(AGREED_METRICS)}): {goals}")
+    for row in rows:
+        for q in AGREEMENT:
+            if row.within[q] is False:
+                lo, hi = AGREEMENT[q]
+                how = "lower" if row.ratio[q] < lo else "higher"  # type: ignore[operator]
+                lines.append(f"MISS {row.metric} {q}: the sim's is {row.ratio[q]:.2f}x the ray run's, {how} than "
+                             f"{lo if how == 'lower' else hi:g}x")
+    if all(row.within[q] is not False for row in rows for q in AGREEMENT):
+        lines.append("every goal met")
+    return "\n".join(lines)

@@ -7,11 +7,14 @@
     mmusim report DIR
     mmusim check [SCENARIO] --semantics MODE [--seeds N] [--scheduler random|pct] [--gru-dropin guarded|v3.10]
     mmusim predict SCENARIO [--set k=v ...] [--sweep] [--compare DIR] [--calibration FILE]
+    mmusim calibrate SCENARIO [--address ADDR | --from RAY_RUN_DIR] [--method lognormal|empirical]
+                              [--probe loaded|idle] [--seed N] [--set k=v ...] [--out DIR]
     mmusim demo [...]
 
 ``--calibration FILE`` (sim backend only) adds the floor a calibration file holds
 (``workloads/calibration.py``) to every message of the sim's interconnect; the run's results.json
-records it under ``"calibration"``.
+records it under ``"calibration"``. ``mmusim calibrate`` makes such a file from a ray run's
+probe of the instrument's floor, runs the calibrated sim beside it and prints how far they agree.
 
 Exit status: 0 when a run finished and its invariants held; 1 when it finished with an
 invariant violation; 2 for bad input (a missing scenario, a bad key or value, a bad override, a
@@ -189,6 +192,58 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return EXIT_VIOLATION if violations else EXIT_OK
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    """Run the scenario on Ray (or take a finished ray run, ``--from``), fit the sim's floor to
+    the run's probe, run the same scenario and seed on the calibrated sim, and print and write
+    the two side by side."""
+    import json
+
+    from workloads.calibration import Calibration, agreement, agreement_table
+    from workloads.harness import run_scenario
+    from workloads.predict import scenario_of_run
+    from workloads.report import ReportError, load_run, summary_table, write_run
+
+    if args.source is not None:
+        if args.overrides or args.seed is not None or args.semantics is not None or args.address is not None:
+            raise ReportError("--from: the ray run is taken as it was recorded: --set, --seed, --semantics and "
+                              "--address do not apply")
+        ray_result, _ = load_run(args.source)
+        if ray_result["backend"] != "ray":
+            raise ReportError(f"{args.source}: a {ray_result['backend']} run; calibrate from a ray run (one made "
+                              "with --backend ray, which probes the instrument's floor)")
+        s = scenario_of_run(args.source, ray_result)
+        if args.scenario not in (s.name, str(args.source)):
+            raise ReportError(f"{args.source}: a run of {s.name!r}, not of {args.scenario!r}")
+    else:
+        s = _scenario(args)
+    out = _out_dir(args, s, "-calibrate")
+    if args.source is None:
+        progress = Progress(f"{s.name} (ray)")
+        try:
+            ray_result, events = run_scenario(s, "ray", address=args.address, progress=progress)
+        finally:
+            progress.close()
+        write_run(out / "ray", ray_result, events)
+        print(summary_table(ray_result))
+    cal = Calibration.from_results(ray_result, args.method, probe=args.probe)
+    cal_path = cal.save_into(out)
+    print(f"calibrated: {cal.describe()}")
+    progress = Progress(f"{s.name} (sim, calibrated)")
+    try:
+        sim_result, events = run_scenario(s, "sim", progress=progress, sim_extra={"floor_latency": cal.floor})
+    finally:
+        progress.close()
+    sim_result["calibration"] = cal.results_entry(cal_path)
+    write_run(out / "sim", sim_result, events)
+    rows = agreement(ray_result, sim_result)
+    print(agreement_table(rows))
+    (out / "agreement.json").write_text(json.dumps({"scenario": s.name, "seed": s.get("seed"), "calibration": cal.to_json(),
+                                                    "metrics": [r.to_json() for r in rows]}, indent=2) + "\n")
+    print(f"wrote {cal_path}, {out / 'agreement.json'}, {out / 'sim'}" + ("" if args.source else f", {out / 'ray'}"))
+    violations = ray_result["invariants"]["violations"] + sim_result["invariants"]["violations"]
+    return EXIT_VIOLATION if violations else EXIT_OK
+
+
 def _cmd_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from workloads import races
 
@@ -343,6 +398,26 @@ def main(argv: list[str] | None = None) -> int:
                          help="a finished `mmusim sweep` or `mmusim run` directory: predicted beside measured, per run")
     _add_calibration_option(predict)
     predict.set_defaults(seed=None, semantics=None)
+    from workloads.calibration import FIT_METHODS, PROBES
+
+    calibrate = sub.add_parser("calibrate", help="run a scenario on Ray, fit the sim's latency floor to the "
+                                                 "instrument's probe, run it on the calibrated sim, compare")
+    calibrate.add_argument("scenario", help="a built-in scenario's name or a YAML file")
+    calibrate.add_argument("--seed", type=_integer, default=None, help="the run's seed (default: the scenario's)")
+    calibrate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a knob (repeatable)")
+    calibrate.add_argument("--address", default=None,
+                           help="the Ray cluster (host:port, auto); default: RAY_ADDRESS, else a new local Ray")
+    calibrate.add_argument("--from", dest="source", type=Path, default=None, metavar="DIR",
+                           help="a finished ray run (`mmusim run --backend ray` directory) instead of a new one")
+    calibrate.add_argument("--method", choices=FIT_METHODS, default="lognormal",
+                           help="the floor's distribution: lognormal (fitted by moments, default) or empirical")
+    calibrate.add_argument("--probe", choices=PROBES, default="loaded",
+                           help="fit the null callouts timed under the workload's load (default) or at bring-up (idle)")
+    calibrate.add_argument("--out", type=Path, default=None,
+                           help="where to write (default results/<scenario>-calibrate): calibration.json, "
+                                "agreement.json, ray/ and sim/")
+    calibrate.set_defaults(semantics=None)
     report = sub.add_parser("report", help="re-render the tables and plots of a finished run or sweep")
     report.add_argument("dir", type=Path)
 
@@ -364,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo": lambda a: _cmd_demo(a, parser),
         "check": lambda a: _cmd_check(a, parser),
         "predict": _cmd_predict,
+        "calibrate": _cmd_calibrate,
     }
     from workloads.calibration import CalibrationError
     from workloads.report import ReportError

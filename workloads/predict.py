@@ -65,7 +65,7 @@ from workloads.scenario import Scenario, ScenarioError
 
 __all__ = [
     "NotModelled", "WaitPrediction", "PartitionInputs", "Prediction", "MeasurementPoint",
-    "Comparison", "predict", "compare", "jiffy_us", "srcu_wait", "design_points", "points_of", "measured_points",
+    "Comparison", "predict", "compare", "scenario_of_run", "jiffy_us", "srcu_wait", "design_points", "points_of", "measured_points",
     "format_predictions", "format_comparison", "WAIT_METRICS", "MODELLED_OPS",
 ]
 
@@ -607,7 +607,7 @@ class Comparison:
     measured: dict[str, dict[str, Any]]  # metric -> its results.json summary, plus "p_no_wait"
 
 
-def _load_scenario_of(run_dir: Path, result: dict[str, Any]) -> Scenario:
+def scenario_of_run(run_dir: Path, result: dict[str, Any]) -> Scenario:
     """The scenario a run recorded in its results.json ``config`` (every knob)."""
     c = result["config"]
     try:
@@ -652,7 +652,7 @@ def compare(directory: str | Path, scenario_name: str | None = None) -> list[Com
             raise ReportError(f"{run_dir}: a run of {result['scenario']!r}, not of {scenario_name!r}")
         if result["backend"] != "sim":
             raise ReportError(f"{run_dir}: a {result['backend']} run; the model predicts the sim backend's virtual time")
-        s = _load_scenario_of(run_dir, result)
+        s = scenario_of_run(run_dir, result)
         prediction = predict(s, measured_points(run_dir), _floor_of(run_dir, result))
         measured = {}
         for metric in WAIT_METRICS:

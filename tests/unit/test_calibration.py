@@ -108,7 +108,7 @@ def test_from_overhead_pools_every_pair_and_keeps_provenance() -> None:
     assert (cal.method, cal.scenario, cal.seed, cal.samples) == ("lognormal", "quickstart", 7, 80)
     assert list(cal.pairs) == ["p0->p1", "p1->p0"]
     assert cal.pairs["p1->p0"] == PairProbe(30, overhead["p1->p0"]["model_p50"], overhead["p1->p0"]["model_p99"])
-    assert "80 round trips over 2 pair(s) of quickstart seed 7" in cal.describe()
+    assert "80 idle round trips over 2 pair(s) of quickstart seed 7" in cal.describe()
 
 
 def test_from_overhead_names_a_bad_sample_by_pair_and_index() -> None:
