@@ -56,7 +56,7 @@ class GrpcInterconnect:
             channel = self._channels.get(address)
             if channel is None:
                 channel = self._channels[address] = grpc.aio.insecure_channel(address)
-            stub = (pb_grpc.OwnerStub if service == OWNER_SERVICE else pb_grpc.SecondaryStub)(channel)
+            stub = (pb_grpc.OwnerServiceStub if service == OWNER_SERVICE else pb_grpc.SecondaryServiceStub)(channel)
             self._stubs[(address, service)] = stub
         return stub
 
