@@ -230,7 +230,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"calibrated: {cal.describe()}")
     progress = Progress(f"{s.name} (sim, calibrated)")
     try:
-        sim_result, events = run_scenario(s, "sim", progress=progress, sim_extra={"floor_latency": cal.floor})
+        sim_result, events = run_scenario(s, "sim", progress=progress, sim_extra=_sim_extra(cal))
     finally:
         progress.close()
     sim_result["calibration"] = cal.results_entry(cal_path)

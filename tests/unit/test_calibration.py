@@ -288,3 +288,94 @@ def test_bad_calibration_use_exits_2_with_one_line(tmp_path, capsys, argv, expec
     assert main([subs.get(a, a) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1
+
+
+# -- mmusim calibrate ---------------------------------------------------------------------------
+
+def _as_ray_run(tmp_path, name: str, overhead) -> str:
+    """A finished run of quickstart, made on the sim and recorded as a ray run's would be: its
+    backend ray and, unless None, the probe's ``overhead``."""
+    out = tmp_path / name
+    assert main(["run", "quickstart", "--out", str(out), "--set", "measure.exits=5",
+                 "--set", "measure.unregisters=5"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    doc["backend"] = "ray"
+    if overhead is None:
+        doc.pop("overhead", None)
+    else:
+        doc["overhead"] = overhead
+    (out / "results.json").write_text(json.dumps(doc))
+    return str(out)
+
+
+def test_calibrate_from_a_ray_run_fits_writes_and_compares(tmp_path, capsys) -> None:
+    idle = probe_round_trips(TRUE_FLOOR, 200, 1)
+    loaded = probe_round_trips(LatencyDist.lognormal(400.0, 0.5), 200, 2)
+    overhead = {pair: {**entry, "loaded_us": loaded} for pair, entry in overhead_of({"p0->p1": idle}).items()}
+    ray_dir = _as_ray_run(tmp_path, "ray", overhead)
+    out = tmp_path / "cal"
+    capsys.readouterr()
+    assert main(["calibrate", "quickstart", "--from", ray_dir, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    cal = Calibration.load(out / "calibration.json")
+    assert cal.probe == "loaded" and cal.method == "lognormal" and cal.samples == 200  # the default: under load
+    assert cal.floor == fit_floor(loaded, "lognormal")
+    doc = json.loads((out / "agreement.json").read_text())
+    rows = {r["metric"]: r for r in doc["metrics"]}
+    ray = json.loads((tmp_path / "ray" / "results.json").read_text())
+    sim = json.loads((out / "sim" / "results.json").read_text())
+    assert sim["backend"] == "sim" and sim["calibration"]["floor"] == cal.floor.to_spec()
+    for metric, row in rows.items():  # each ratio is the sim's figure over the ray run's
+        for q in ("p50", "p99"):
+            r, s = ray["metrics"][metric][q], sim["metrics"][metric][q]
+            assert row["ratio"][q] == (s / r if r and s is not None else None)
+    assert rows["exit_srcu_wait"]["within"] == {"p50": None, "p99": None}  # no goal for it
+    assert "sim/ray" in printed and "goal (callout_rtt, invalidate_range, unregister_hang, exit_hang)" in printed
+    # the idle probe instead, and an empirical fit
+    assert main(["calibrate", "quickstart", "--from", ray_dir, "--out", str(tmp_path / "idle"), "--probe", "idle",
+                 "--method", "empirical"]) == 0
+    assert Calibration.load(tmp_path / "idle" / "calibration.json").floor == fit_floor(idle, "empirical")
+
+
+def test_agreement_names_each_miss_and_by_how_much() -> None:
+    from workloads.calibration import agreement, agreement_table
+
+    def result(**p50s):
+        return {"metrics": {m: {"p50": v, "p99": 2 * v if v is not None else None} for m, v in p50s.items()}}
+
+    rows = agreement(result(callout_rtt=100.0, exit_hang=100.0, exit_srcu_wait=10.0, unregister_hang=None),
+                     result(callout_rtt=120.0, exit_hang=50.0, exit_srcu_wait=100.0, unregister_hang=5.0))
+    by = {r.metric: r for r in rows}
+    assert by["callout_rtt"].within == {"p50": True, "p99": True} and by["callout_rtt"].ratio["p50"] == 1.2
+    assert by["exit_hang"].within == {"p50": False, "p99": True}  # 0.5x: below 0.75; the p99 0.5x is just in
+    assert by["exit_srcu_wait"].within == {"p50": None, "p99": None}  # 10x, but no goal
+    assert by["unregister_hang"].ratio == {"p50": None, "p99": None}  # no ray figure to compare with
+    table = agreement_table(rows)
+    assert "MISS exit_hang p50: the sim's is 0.50x the ray run's, lower than 0.75x" in table
+    assert "every goal met" not in table and table.count("MISS ") == 2  # the row's mark and the line
+    assert "every goal met" in agreement_table([by["callout_rtt"]])
+
+
+@pytest.mark.parametrize("overhead, backend, expected", [
+    (None, "ray", "without the instrument's probe"),
+    ({"p0->p1": {"model_us": [1.0, 2.0]}}, "ray", "expected a probe with loaded_us"),
+    (None, "sim", "a sim run; calibrate from a ray run"),
+])
+def test_calibrate_refuses_a_run_it_cannot_calibrate_from(tmp_path, capsys, overhead, backend, expected) -> None:
+    run = _as_ray_run(tmp_path, "run", overhead)
+    if backend == "sim":
+        doc = json.loads((tmp_path / "run" / "results.json").read_text())
+        (tmp_path / "run" / "results.json").write_text(json.dumps({**doc, "backend": "sim"}))
+    capsys.readouterr()
+    assert main(["calibrate", "quickstart", "--from", run, "--out", str(tmp_path / "cal")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmusim: ") and expected in err and err.count("\n") == 1
+    assert not (tmp_path / "cal" / "calibration.json").exists()
+
+
+def test_calibrate_from_refuses_overrides_and_another_scenario(tmp_path, capsys) -> None:
+    run = _as_ray_run(tmp_path, "run", overhead_of({"p0->p1": [1.0, 2.0, 3.0]}))
+    assert main(["calibrate", "quickstart", "--from", run, "--set", "seed=3"]) == 2
+    assert "--set, --seed, --semantics and --address do not apply" in capsys.readouterr().err
+    assert main(["calibrate", "heavy-tail", "--from", run]) == 2
+    assert "a run of 'quickstart', not of 'heavy-tail'" in capsys.readouterr().err
