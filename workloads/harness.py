@@ -357,7 +357,7 @@ def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = N
         result["placement"] = placement
         samples = {pair: {**probe, "loaded_us": out["loaded_probe"].get(pair, [])} for pair, probe in rrun.overhead.items()}
         result["overhead"] = {pair: floor_stats(probe) for pair, probe in samples.items()}
-        result["floor"] = floor_summary(rrun.overhead, floor_calls(spec, scenario.get("fanout")), result["metrics"])
+        result["floor"] = floor_summary(result["overhead"], floor_calls(spec, scenario.get("fanout")), result["metrics"])
     return result, events
 
 

@@ -359,6 +359,7 @@ def test_mmusim_run_quickstart_on_ray_writes_the_results(ray_cluster, tmp_path, 
     floor = result["floor"]["metrics"]
     assert floor["callout_rtt"]["calls"] == 1 and floor["exit_srcu_wait"]["calls"] == 0
     assert floor["callout_rtt"]["floor_us"] == result["floor"]["model_p50_us"] > 0
+    assert result["floor"]["loaded_p50_us"] > 0  # the probe under the measurements' load
     printed = capsys.readouterr().out
     assert "unregister_srcu_wait" in printed and "floor:" in printed
 
