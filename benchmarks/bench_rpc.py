@@ -48,7 +48,7 @@ def process_b(owner_address: str, mm_id: int, conn: Any) -> None:
     """Partition p1 with a GRU on p0's mm, and the ping service; serve until told to stop."""
 
     async def main() -> None:
-        p1 = LivePartition("p1", nframes=1024, cpus=2)
+        p1 = LivePartition("p1", identity=None, nframes=1024, cpus=2)
         await p1.start()
         p1.connect({"p0": owner_address})
         ping = _ping_server()
@@ -82,7 +82,7 @@ async def _rate(op: Any, in_flight: int, seconds: float) -> float:
 
 
 async def bench(seconds: float, rounds: int) -> None:
-    p0 = LivePartition("p0", nframes=1024, cpus=2)
+    p0 = LivePartition("p0", identity=None, nframes=1024, cpus=2)
     await p0.start()
     a = p0.partition
     mm = a.create_mm()

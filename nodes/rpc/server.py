@@ -14,11 +14,24 @@ the calling partition (metadata ``mmusim-src``) and this one, and ``callout_late
 callout besides: latency injection in the application, as the machines have no netem. A
 request of the instrument's own probe (metadata ``mmusim-probe``) is not delayed: it measures
 what the transport costs without the model (``GrpcInterconnect.probe``).
+
+Identity (``nodes/rpc/identity.py``): a server given its partition's ``PartitionIdentity``
+serves mutual TLS only. The TLS handshake requires a client certificate of the run's CA: a
+client without one, or with one of another CA, or without TLS, is refused before any request
+is read (gRPC in Python cannot answer such a client with a status: it sees UNAVAILABLE,
+"failed to connect to all addresses; ... Socket closed", and ``GrpcInterconnect`` raises
+``Unreachable``). Then every request must claim to come from the partition its certificate
+names (``PeerIdentity``): a claim (metadata ``mmusim-src``) that is missing or names another
+partition is PERMISSION_DENIED. A server without an identity speaks plaintext and listens on a
+loopback address only; no server listens on a wildcard address (0.0.0.0, ::): each binds the
+address of its own node.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import ipaddress
 import logging
 from typing import Any, Callable
 
@@ -27,6 +40,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from nodes.remote import OwnerService, SecondaryService
 from nodes.rpc import codec
+from nodes.rpc.identity import PartitionIdentity
 from nodes.rpc.pb import interconnect_pb2_grpc as pb_grpc
 from nodes.rpc.status import ERROR_KEY, code_of
 from nodes.runtime import call_maybe_async
@@ -114,18 +128,85 @@ class InjectedLatency(grpc.aio.ServerInterceptor):
         )
 
 
-class PartitionServer:
-    """A grpc.aio server for one partition's ``OwnerService`` and ``SecondaryService``."""
+class PeerIdentity(grpc.aio.ServerInterceptor):
+    """Under mutual TLS: each request is handled only if the partition it claims to come from
+    (metadata ``mmusim-src``) is the one partition its caller's certificate names; else it is
+    answered PERMISSION_DENIED (UNAUTHENTICATED if the connection has no peer certificate at
+    all, which the TLS handshake already prevents). Health checks too: every caller of a
+    partition is a partition."""
 
-    def __init__(self, owner: OwnerService, secondary: SecondaryService, *,
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        kind = next(k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream") if getattr(handler, k))
+        inner = getattr(handler, kind)
+        method = details.method
+
+        if kind.endswith("_unary"):
+            async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await _check_peer(context, method)
+                result = inner(request, context)
+                return await result if inspect.isawaitable(result) else result
+        else:
+            async def checked(request: Any, context: grpc.aio.ServicerContext) -> None:
+                await _check_peer(context, method)
+                result = inner(request, context)
+                if hasattr(result, "__aiter__"):  # a generator: its messages are written here
+                    async for message in result:
+                        await context.write(message)
+                elif inspect.isawaitable(result):  # a coroutine that writes its messages itself
+                    await result
+
+        return handler._replace(**{kind: checked})
+
+
+async def _check_peer(context: grpc.aio.ServicerContext, method: str) -> None:
+    names = sorted(n.decode() if isinstance(n, bytes) else n for n in context.peer_identities() or ())
+    if not names:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{method}: the caller presented no certificate")
+    claimed = _metadata(context, SRC_KEY)
+    if len(names) != 1 or claimed != names[0]:
+        claim = f"claims to be partition {claimed}" if claimed is not None else f"names no partition ({SRC_KEY})"
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"{method}: the caller {claim}, but its certificate is for {', '.join(names)}",
+                            trailing_metadata=((ERROR_KEY, "PermissionDenied"),))
+
+
+def check_bind_host(host: str, *, secure: bool) -> None:
+    """Refuse to listen on a wildcard address (every interface: 0.0.0.0, ::, an empty host),
+    and, without TLS, on anything but a loopback address; ``ValueError`` names the host."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ip = ipaddress.ip_address(bare)
+    except ValueError:
+        ip = None
+    if bare in ("", "*") or (ip is not None and ip.is_unspecified):
+        raise ValueError(f"a partition server listens on its node's own address, not on every interface: {host!r}")
+    if not secure and bare != "localhost" and (ip is None or not ip.is_loopback):
+        raise ValueError(f"a partition server without TLS listens on a loopback address only, not {host!r}; "
+                         f"give it an identity (mutual TLS)")
+
+
+class PartitionServer:
+    """A grpc.aio server for one partition's ``OwnerService`` and ``SecondaryService``:
+    mutual TLS as ``identity`` (the partition's, ``nodes/rpc/identity.py``), or plaintext on
+    loopback if it is None."""
+
+    def __init__(self, owner: OwnerService, secondary: SecondaryService, *, identity: PartitionIdentity | None,
                  latency_us: Callable[[str, str], float] | None = None, callout_latency_us: float = 0.0):
         if owner.name != secondary.name:
             raise ValueError(f"owner service of {owner.name} and secondary service of {secondary.name} differ")
         if not callout_latency_us >= 0:
             raise ValueError(f"callout_latency_us must be >= 0, got {callout_latency_us!r}")
+        if identity is not None and identity.name != owner.name:
+            raise ValueError(f"partition {owner.name} cannot serve with the identity of partition {identity.name}")
         self.name = owner.name
+        self.identity = identity
         inject = latency_us is not None or callout_latency_us > 0
-        interceptors = [InjectedLatency(self.name, latency_us, callout_latency_us)] if inject else []
+        interceptors: list[grpc.aio.ServerInterceptor] = [PeerIdentity()] if identity is not None else []
+        if inject:  # after the identity check: a refused request is not delayed
+            interceptors.append(InjectedLatency(self.name, latency_us, callout_latency_us))
         self.server = grpc.aio.server(interceptors=interceptors)
         pb_grpc.add_OwnerServicer_to_server(owner_servicer(owner), self.server)
         pb_grpc.add_SecondaryServicer_to_server(secondary_servicer(secondary), self.server)
@@ -134,8 +215,14 @@ class PartitionServer:
         self.address: str | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Listen on ``host:port`` (port 0: an ephemeral one) and return the address."""
-        bound = self.server.add_insecure_port(f"{host}:{port}")
+        """Listen on ``host:port`` (port 0: an ephemeral one) and return the address. The host
+        is the node's own address (``check_bind_host``)."""
+        check_bind_host(host, secure=self.identity is not None)
+        target = f"{host}:{port}"
+        if self.identity is None:
+            bound = self.server.add_insecure_port(target)
+        else:
+            bound = self.server.add_secure_port(target, self.identity.server_credentials())
         if bound == 0:
             raise OSError(f"partition {self.name}: cannot listen on {host}:{port}")
         await self.server.start()
