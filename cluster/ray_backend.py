@@ -468,13 +468,13 @@ async def _gather_settled(aws: list[Awaitable[Any]]) -> list[Any]:
     return await asyncio.gather(*aws, return_exceptions=True)
 
 
-async def _bring_up(config: RayConfig) -> RayCluster:
-    """Create, start and wire the actors. On failure, every actor made is ended."""
+async def _bring_up(config: RayConfig, ca: ClusterCA | None) -> RayCluster:
+    """Create, start and wire the actors, each with its identity issued by ``ca`` (None:
+    plaintext). On failure, every actor made is ended."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     names = config.names
-    ca = config.certificate_authority()  # a CA the user gave that cannot be used fails here, before any actor
     identities = ca.issue_all(names) if ca is not None else dict.fromkeys(names)
     placement = place(names, config.placement)
     cls = partition_actor_class(config.max_concurrency)
@@ -580,9 +580,9 @@ async def _tear_down(cluster: RayCluster) -> None:
             raise RuntimeError(f"partition {name} failed while stopping: {outcome!r}") from outcome
 
 
-async def _run(config: RayConfig, workload: Callable[[RayCluster], Awaitable[T]]) -> RayRun[T]:
+async def _run(config: RayConfig, workload: Callable[[RayCluster], Awaitable[T]], ca: ClusterCA | None) -> RayRun[T]:
     t0 = time.monotonic()
-    cluster = await _bring_up(config)
+    cluster = await _bring_up(config, ca)
     try:
         probes: dict[str, dict[str, list[float]]] = {}
         pairs = config.probe_pairs if config.probe_pairs is not None else [
@@ -628,12 +628,14 @@ def run_ray(config: RayConfig, workload: Callable[[RayCluster], Awaitable[T]]) -
     process's event loop (``asyncio.run``: call from synchronous code), collect every
     partition's report, and stop the partitions, also when the workload raises. Ray is shut down
     only if it was started (or joined) here. An address that does not answer raises
-    ``ConnectionError`` naming it."""
+    ``ConnectionError`` naming it; a CA of the user's that cannot be used, ``IdentityError``
+    naming its file (both before Ray is touched)."""
     import ray
 
+    ca = config.certificate_authority()
     started = ensure_ray(config)
     try:
-        return asyncio.run(_run(config, workload))
+        return asyncio.run(_run(config, workload, ca))
     finally:
         if started:
             ray.shutdown()

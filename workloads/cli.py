@@ -1,6 +1,7 @@
 """The ``mmusim`` command line.
 
     mmusim run SCENARIO [--backend sim|ray] [--seed N] [--set k=v ...] [--out DIR] [--address ADDR]
+                        [--tls-ca CERT KEY | --no-tls]
     mmusim sweep SCENARIO [--vary key=v1,v2,...] [same options as run]
     mmusim scenarios
     mmusim report DIR
@@ -80,6 +81,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="where to write the results (default: results/<scenario>)")
     p.add_argument("--address", default=None,
                    help="ray backend: the Ray cluster (host:port, auto); default: RAY_ADDRESS, else a new local Ray")
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument("--tls-ca", nargs=2, default=None, metavar=("CERT", "KEY"),
+                     help="ray backend: the partitions' certificates are issued by this CA (PEM files; the key "
+                          "readable by its owner only); default: a CA made for the run")
+    tls.add_argument("--no-tls", action="store_true",
+                     help="ray backend: plaintext between the partitions, on loopback addresses only "
+                          "(default: mutual TLS)")
 
 
 def _scenario(args: argparse.Namespace) -> Any:
@@ -93,6 +101,20 @@ def _scenario(args: argparse.Namespace) -> Any:
     return s
 
 
+def _ray_extra(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``RayConfig`` fields of the TLS options (``--tls-ca``, ``--no-tls``)."""
+    if args.backend != "ray" and (args.tls_ca is not None or args.no_tls):
+        from workloads.scenario import ScenarioError
+
+        raise ScenarioError("--tls-ca" if args.tls_ca is not None else "--no-tls", None,
+                            "an option of --backend ray only")
+    if args.no_tls:
+        return {"tls": False}
+    if args.tls_ca is not None:
+        return {"tls_ca_cert": args.tls_ca[0], "tls_ca_key": args.tls_ca[1]}
+    return {}
+
+
 def _out_dir(args: argparse.Namespace, s: Any, suffix: str = "") -> Path:
     return args.out if args.out is not None else Path("results") / f"{s.name}{suffix}"
 
@@ -103,9 +125,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     s = _scenario(args)
     out = _out_dir(args, s)
+    ray_extra = _ray_extra(args)
     progress = Progress(f"{s.name} ({args.backend})")
     try:
-        result, events = run_scenario(s, args.backend, address=args.address, progress=progress)
+        result, events = run_scenario(s, args.backend, address=args.address, progress=progress, ray_extra=ray_extra)
     finally:
         progress.close()
     files = write_run(out, result, events)
@@ -130,12 +153,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise ScenarioError(s.source, "sweep", "a sweep: give --vary KEY=V1,V2,... (this scenario declares none)")
     key = s.get("sweep.key")
     out = _out_dir(args, s, "-sweep")
+    ray_extra = _ray_extra(args)
     results = []
     violations = 0
     for value, point in points:
         progress = Progress(f"{key}={value} ({args.backend})")
         try:
-            result, events = run_scenario(point, args.backend, address=args.address, progress=progress)
+            result, events = run_scenario(point, args.backend, address=args.address, progress=progress,
+                                          ray_extra=ray_extra)
         finally:
             progress.close()
         write_run(run_dir(out, key, value), result, events)
@@ -318,12 +343,13 @@ def main(argv: list[str] | None = None) -> int:
         "check": lambda a: _cmd_check(a, parser),
         "predict": _cmd_predict,
     }
+    from nodes.rpc.identity import IdentityError
     from workloads.report import ReportError
     from workloads.scenario import ScenarioError
 
     try:
         return commands[args.command](args)
-    except (ScenarioError, ReportError, ConnectionError) as e:  # bad input: one clear line
+    except (ScenarioError, ReportError, ConnectionError, IdentityError) as e:  # bad input: one clear line
         print(f"mmusim: {e}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -444,6 +444,7 @@ def test_mmusim_run_quickstart_on_ray_writes_the_results(ray_cluster, tmp_path, 
                  "--set", f"measure.exits={exits}", "--set", f"measure.unregisters={unregisters}"]) == 0
     result = json.loads((out / "results.json").read_text())
     assert result["backend"] == "ray" and result["invariants"]["violations"] == 0
+    assert result["tls"] == "run CA"  # the partitions spoke mutual TLS, as they do unless told not to
     assert result["metrics"]["exit_hang"]["n"] == exits and result["metrics"]["unregister_hang"]["n"] == unregisters
     assert result["metrics"]["callout_rtt"]["n"] > 0 and result["virtual_time_us"] is None
     assert (out / "hang.png").read_bytes()[:4] == b"\x89PNG"

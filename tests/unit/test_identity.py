@@ -163,3 +163,19 @@ def test_the_ray_configs_tls_options(tmp_path):
     ]:
         with pytest.raises(ValueError, match=message.replace("(", r"\(")):
             RayConfig(**kw)
+
+
+def test_the_command_lines_tls_options_apply_to_ray_and_a_bad_ca_fails_before_ray(tmp_path, capsys):
+    from workloads.cli import main
+
+    assert main(["run", "quickstart", "--no-tls"]) == 2
+    assert capsys.readouterr().err == "mmusim: --no-tls: an option of --backend ray only\n"
+    missing, key = tmp_path / "missing.pem", tmp_path / "ca.key"
+    assert main(["sweep", "quickstart", "--vary", "srcu.scope=global", "--tls-ca", str(missing), str(key)]) == 2
+    assert capsys.readouterr().err == "mmusim: --tls-ca: an option of --backend ray only\n"
+    # the CA is loaded before Ray is started or joined: one line, at once
+    assert main(["run", "quickstart", "--backend", "ray", "--tls-ca", str(missing), str(key)]) == 2
+    assert capsys.readouterr().err == f"mmusim: CA certificate '{missing}' cannot be read: No such file or directory\n"
+    with pytest.raises(SystemExit) as e:
+        main(["run", "quickstart", "--backend", "ray", "--no-tls", "--tls-ca", str(missing), str(key)])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
