@@ -22,7 +22,8 @@ is read (gRPC in Python cannot answer such a client with a status: it sees UNAVA
 "failed to connect to all addresses; ... Socket closed", and ``GrpcInterconnect`` raises
 ``Unreachable``). Then every request must claim to come from the partition its certificate
 names (``PeerIdentity``): a claim (metadata ``mmusim-src``) that is missing or names another
-partition is PERMISSION_DENIED. A server without an identity speaks plaintext and listens on a
+partition is PERMISSION_DENIED, and so is a request to the owner for a secondary of another
+partition (its ``host``). A server without an identity speaks plaintext and listens on a
 loopback address only; no server listens on a wildcard address (0.0.0.0, ::): each binds the
 address of its own node.
 """
@@ -130,10 +131,11 @@ class InjectedLatency(grpc.aio.ServerInterceptor):
 
 class PeerIdentity(grpc.aio.ServerInterceptor):
     """Under mutual TLS: each request is handled only if the partition it claims to come from
-    (metadata ``mmusim-src``) is the one partition its caller's certificate names; else it is
-    answered PERMISSION_DENIED (UNAUTHENTICATED if the connection has no peer certificate at
-    all, which the TLS handshake already prevents). Health checks too: every caller of a
-    partition is a partition."""
+    (metadata ``mmusim-src``) is the one partition its caller's certificate names, and so is
+    the partition a request to the owner acts for (its ``host`` field: the partition the
+    secondary lives on, which is the caller); else it is answered PERMISSION_DENIED
+    (UNAUTHENTICATED if the connection has no peer certificate at all, which the TLS handshake
+    already prevents). Health checks too: every caller of a partition is a partition."""
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
@@ -145,12 +147,16 @@ class PeerIdentity(grpc.aio.ServerInterceptor):
 
         if kind.endswith("_unary"):
             async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await _check_peer(context, method)
+                caller = await _check_peer(context, method)
+                if kind == "unary_unary":
+                    await _check_host(context, method, request, caller)
                 result = inner(request, context)
                 return await result if inspect.isawaitable(result) else result
         else:
             async def checked(request: Any, context: grpc.aio.ServicerContext) -> None:
-                await _check_peer(context, method)
+                caller = await _check_peer(context, method)
+                if kind == "unary_stream":
+                    await _check_host(context, method, request, caller)
                 result = inner(request, context)
                 if hasattr(result, "__aiter__"):  # a generator: its messages are written here
                     async for message in result:
@@ -161,7 +167,8 @@ class PeerIdentity(grpc.aio.ServerInterceptor):
         return handler._replace(**{kind: checked})
 
 
-async def _check_peer(context: grpc.aio.ServicerContext, method: str) -> None:
+async def _check_peer(context: grpc.aio.ServicerContext, method: str) -> str:
+    """The partition the caller's certificate names, if its request claims to come from it."""
     names = sorted(n.decode() if isinstance(n, bytes) else n for n in context.peer_identities() or ())
     if not names:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{method}: the caller presented no certificate")
@@ -170,6 +177,16 @@ async def _check_peer(context: grpc.aio.ServicerContext, method: str) -> None:
         claim = f"claims to be partition {claimed}" if claimed is not None else f"names no partition ({SRC_KEY})"
         await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                             f"{method}: the caller {claim}, but its certificate is for {', '.join(names)}",
+                            trailing_metadata=((ERROR_KEY, "PermissionDenied"),))
+    return names[0]
+
+
+async def _check_host(context: grpc.aio.ServicerContext, method: str, request: Any, caller: str) -> None:
+    """A request that acts for a partition (a ``host`` field) acts for its caller only."""
+    host = getattr(request, "host", None)
+    if host is not None and host != caller:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"{method}: partition {caller} cannot act for partition {host!r}",
                             trailing_metadata=((ERROR_KEY, "PermissionDenied"),))
 
 

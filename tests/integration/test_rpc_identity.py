@@ -1,7 +1,7 @@
 """Identity between partitions over real sockets: mutual TLS with certificates of one CA
 (``nodes/rpc/identity.py``). The model works over it; a caller without a certificate of the
-run's CA is refused at the handshake; a certificate for p1 used to call as p2 is refused with
-PERMISSION_DENIED; a client accepts only a server whose certificate names the partition it
+run's CA is refused at the handshake; a certificate for p1 used to call as p2, or to act for a
+secondary of p2, is refused with PERMISSION_DENIED; a client accepts only a server whose certificate names the partition it
 dials; no server listens on a wildcard address, nor without TLS off loopback.
 
 What a refused handshake looks like to the client, as measured here (grpcio 1.85): the call
@@ -124,6 +124,12 @@ def test_a_certificate_for_p1_used_to_call_as_p2_is_permission_denied(live):
             await _health(channel, ((DST_KEY, "p0"),))
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert f"names no partition ({SRC_KEY})" in info.value.details()
+        # p1 claiming to be itself, but acting for a secondary of p2 (the request's host)
+        with pytest.raises(PermissionDenied, match="partition p1 cannot act for partition 'p2'"):
+            await p1.interconnect.call("p1", "p0", "owner", "register", "p2", "n2", "gru", [], mm.id)
+        with pytest.raises(PermissionDenied, match="partition p1 cannot act for partition 'p2'"):
+            await p1.interconnect.call("p1", "p0", "owner", "get_user_pages", "p2", mm.id, BASE, 1, False, True)
+        assert ("p2", "n2") not in p0.owner_service.notifiers and int(p0.partition.frames.pincount.sum()) == 0
         # p2 itself is let in
         await p2.interconnect.call("p2", "p0", "owner", "register", "p2", "n2", "gru", [], mm.id)
         assert ("p2", "n2") in p0.owner_service.notifiers
