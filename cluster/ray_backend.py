@@ -74,7 +74,6 @@ DEFAULT_MAX_CONCURRENCY = 10_000  # callouts, faults and workload calls share on
 ACTOR_CPUS = 0  # partitions wait on the network far more than they compute: many fit a 2-core node
 STOP_TIMEOUT_S = 30.0  # for a partition to stop, and then for its actor to end
 DEFAULT_PROBE_COUNT = 32  # null calls of each kind per pair at bring-up: about 0.2 s for 2 partitions
-DEFAULT_PROBE_PERIOD_S = 0.02  # one null callout per pair this often during the workload
 
 
 def _bad(key: str, expected: str, value: Any) -> ValueError:
@@ -113,9 +112,6 @@ class RayConfig(PartitionConfig):
     # pair (0: no probe), over ``probe_pairs`` ((src, dst) partitions; None: every ordered pair)
     probe_count: int = DEFAULT_PROBE_COUNT
     probe_pairs: list[tuple[str, str]] | None = None
-    # and under the workload's own load: one null callout per pair every this many seconds while
-    # the workload runs (0: not), the floor as the run's own traffic makes it (``LoadedProbe``)
-    probe_period_s: float = DEFAULT_PROBE_PERIOD_S
     # mutual TLS between the partitions, with a CA made for the run, or the user's (a PEM
     # certificate and the path of its unencrypted key, readable by its owner only). False:
     # plaintext, for runs on loopback addresses only (the servers refuse any other)
@@ -128,7 +124,6 @@ class RayConfig(PartitionConfig):
         self.check_positive_int("max_concurrency")
         if not isinstance(self.probe_count, int) or isinstance(self.probe_count, bool) or self.probe_count < 0:
             raise self.bad("probe_count", "an integer >= 0", self.probe_count)
-        self.check_number("probe_period_s", positive=False)
         if self.probe_pairs is not None:
             names = set(self.names)
             pairs = self.probe_pairs
@@ -195,7 +190,6 @@ class PartitionHost:
         self.name = name
         self.config = config
         self.live: Any = None  # the LivePartition, from start() on
-        self.loaded_probe: LoadedProbe | None = None
 
     def _require_live(self) -> Any:
         if self.live is None:
@@ -239,17 +233,6 @@ class PartitionHost:
         """The instrument's floor from here to ``dst`` (``GrpcInterconnect.probe``)."""
         return await self._require_live().interconnect.probe(self.name, dst, count)
 
-    async def start_loaded_probe(self, dsts: list[str], period_s: float) -> None:
-        """Probe the floor to ``dsts`` under the workload's load until ``stop_loaded_probe``."""
-        if self.loaded_probe is not None:
-            raise RuntimeError(f"partition {self.name} is already probing")
-        self.loaded_probe = LoadedProbe(self._require_live(), dsts, period_s)
-
-    async def stop_loaded_probe(self) -> dict[str, list[float]]:
-        """Stop the loaded probe; its null callouts' round trips per destination."""
-        probe, self.loaded_probe = self.loaded_probe, None
-        return {} if probe is None else await probe.stop()
-
     async def flush_reports(self) -> None:
         await self._require_live().flush_reports()
 
@@ -268,45 +251,9 @@ class PartitionHost:
         }
 
     async def stop(self) -> None:
-        """Stop the loaded probe, if it runs, stop serving and join every task; the first
-        failure of any task is raised."""
-        await self.stop_loaded_probe()
+        """Stop serving and join every task; the first failure of any task is raised."""
         if self.live is not None:
             await self.live.stop()
-
-
-class LoadedProbe:
-    """The floor as the workload's own traffic makes it: from one partition, a null callout
-    (``GrpcInterconnect.null_callout``) to each of ``dsts`` every ``period_s`` while the
-    workload runs. It waits where the run's callouts wait: behind the other work of both
-    partitions' event loops and of the machine. A destination that stops answering (a killed
-    partition) is probed no more; what it answered before is kept."""
-
-    def __init__(self, live: Any, dsts: list[str], period_s: float):
-        self.live = live
-        self.samples: dict[str, list[float]] = {d: [] for d in dsts}
-        self._stop = asyncio.Event()
-        self._task = asyncio.ensure_future(self._run(float(period_s)))
-
-    async def _run(self, period_s: float) -> None:
-        from nodes.errors import ModelError
-
-        alive = list(self.samples)
-        while alive and not self._stop.is_set():
-            for dst in list(alive):
-                try:
-                    self.samples[dst].append(await self.live.interconnect.null_callout(self.live.name, dst))
-                except ModelError:  # Unreachable, or an error answered: no floor to measure there
-                    alive.remove(dst)
-            try:
-                await asyncio.wait_for(self._stop.wait(), period_s)
-            except asyncio.TimeoutError:
-                pass
-
-    async def stop(self) -> dict[str, list[float]]:
-        self._stop.set()
-        await self._task
-        return self.samples
 
 
 def partition_actor_class(max_concurrency: int = DEFAULT_MAX_CONCURRENCY) -> Any:
@@ -399,8 +346,8 @@ class RayRun(Generic[T]):
     lost: list[str] = field(default_factory=list)  # partitions whose actor could not report
     report_problems: list[str] = field(default_factory=list)  # oracle reports lost or refused
     bringup_us: float = 0.0  # connect, place, start and wire the partitions, and probe the floor
-    # the instrument's floor, per probed pair "src->dst" (``probe_floor``); empty without a probe
-    overhead: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the instrument's floor: per probed pair "src->dst", its round trips (``probe_floor``); empty without a probe
+    overhead: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     backend: str = "ray"
 
 
@@ -497,42 +444,17 @@ async def _bring_up(config: RayConfig, ca: ClusterCA | None) -> RayCluster:
     return cluster
 
 
-def floor_stats(samples: dict[str, list[float]]) -> dict[str, Any]:
-    """One pair's ``overhead`` entry from its probe's round trips: ``n``, ``rpc_p50``,
-    ``rpc_p99``, ``model_p50``, ``model_p99`` (microseconds; numpy's linear percentiles) and
-    the samples themselves (``rpc_us``, ``model_us``), so that a fit can use the whole shape;
-    with samples of the loaded probe (``loaded_us``) also ``loaded_n``, ``loaded_p50`` and
-    ``loaded_p99``."""
-    import numpy as np
-
-    out: dict[str, Any] = {"n": len(samples["model_us"])}
-    kinds = ("rpc", "model", "loaded") if samples.get("loaded_us") else ("rpc", "model")
-    for kind in kinds:
-        values = np.asarray(samples[f"{kind}_us"], dtype=float)
-        out[f"{kind}_p50"], out[f"{kind}_p99"] = (float(v) for v in np.percentile(values, [50, 99]))
-    if "loaded" in kinds:
-        out["loaded_n"] = len(samples["loaded_us"])
-    for kind in kinds:
-        out[f"{kind}_us"] = [float(v) for v in samples[f"{kind}_us"]]
-    return out
-
-
 async def probe_floor(cluster: RayCluster, pairs: list[tuple[str, str]], count: int) -> dict[str, dict[str, Any]]:
     """The instrument's own floor, before the workload: for each (src, dst) of ``pairs``,
     ``count`` null RPCs and ``count`` null callouts from src to dst (``GrpcInterconnect.probe``),
     one pair at a time so that no probe waits behind another's. Returns their round trips,
-    ``{"src->dst": {"rpc_us": [...], "model_us": [...]}}`` (``floor_stats`` sums one up). What a ray figure measures is the modelled system plus this floor; the
+    ``{"src->dst": {"rpc_us": [...], "model_us": [...]}}`` (``workloads.harness.floor_stats``
+    sums one up). What a ray figure measures is the modelled system plus this floor; the
     floor is reported beside it, never subtracted."""
     overhead = {}
     for src, dst in pairs:
         overhead[f"{src}->{dst}"] = await cluster.actor(src).probe.remote(dst, count)
     return overhead
-
-
-async def _stop_loaded_probes(cluster: RayCluster, sources: list[str]) -> dict[str, dict[str, list[float]]]:
-    """The loaded probes' samples per source partition; a source whose actor died has none."""
-    got = await _gather_settled([cluster.actors[s].stop_loaded_probe.remote() for s in sources])
-    return {s: g for s, g in zip(sources, got) if not isinstance(g, BaseException)}
 
 
 async def _collect(cluster: RayCluster) -> tuple[list[dict[str, Any]], list[str]]:
@@ -584,22 +506,15 @@ async def _run(config: RayConfig, workload: Callable[[RayCluster], Awaitable[T]]
     t0 = time.monotonic()
     cluster = await _bring_up(config, ca)
     try:
-        probes: dict[str, dict[str, list[float]]] = {}
-        pairs = config.probe_pairs if config.probe_pairs is not None else [
-            (a, b) for a in config.names for b in config.names if a != b]
+        overhead: dict[str, dict[str, list[float]]] = {}
         if config.probe_count:
-            probes = await probe_floor(cluster, pairs, config.probe_count)
-        loaded = {src: [d for s, d in pairs if s == src] for src, _ in pairs} if probes and config.probe_period_s else {}
-        await asyncio.gather(*(cluster.actors[src].start_loaded_probe.remote(dsts, config.probe_period_s)
-                               for src, dsts in loaded.items()))
+            pairs = config.probe_pairs if config.probe_pairs is not None else [
+                (a, b) for a in config.names for b in config.names if a != b]
+            overhead = await probe_floor(cluster, pairs, config.probe_count)
         t1 = time.monotonic()
         result = await workload(cluster)
         await cluster.runtime.join()  # the workload's own tasks: a failure is raised, not dropped
         t2 = time.monotonic()
-        for src, by_dst in (await _stop_loaded_probes(cluster, list(loaded))).items():
-            for dst, us in by_dst.items():
-                probes[f"{src}->{dst}"]["loaded_us"] = us
-        overhead = {pair: floor_stats(samples) for pair, samples in probes.items()}
         reports, lost = await _collect(cluster)
     except BaseException as e:
         try:

@@ -67,7 +67,7 @@ class GrpcInterconnect:
         channel = self._channel(dst)
         stub = self._stubs.get((self.directory[dst], dst, service))
         if stub is None:
-            stub = (pb_grpc.OwnerStub if service == OWNER_SERVICE else pb_grpc.SecondaryStub)(channel)
+            stub = (pb_grpc.OwnerServiceStub if service == OWNER_SERVICE else pb_grpc.SecondaryServiceStub)(channel)
             self._stubs[(self.directory[dst], dst, service)] = stub
         return stub
 

@@ -1,5 +1,5 @@
-"""The gRPC server of one partition: ``Owner`` and ``Secondary`` servicers, health, and optional
-injected latency.
+"""The gRPC server of one partition: ``OwnerService`` and ``SecondaryService`` servicers, health, and
+optional injected latency.
 
 The servicers are thin (DESIGN.md): each RPC decodes its request with ``codec``, calls the
 model (``OwnerService`` or ``SecondaryService`` of ``nodes/remote.py``), and encodes the result;
@@ -51,8 +51,8 @@ log = logging.getLogger(__name__)
 SRC_KEY = "mmusim-src"  # request metadata: the calling partition
 DST_KEY = "mmusim-dst"  # request metadata: the partition the request is for
 PROBE_KEY = "mmusim-probe"  # request metadata: the instrument's probe, which no latency is injected into
-OWNER_SERVICE_NAME = "mmusim.v1.Owner"
-SECONDARY_SERVICE_NAME = "mmusim.v1.Secondary"
+OWNER_SERVICE_NAME = "mmusim.v2.OwnerService"  # full names, as the health service reports them
+SECONDARY_SERVICE_NAME = "mmusim.v2.SecondaryService"
 
 
 def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
@@ -82,22 +82,22 @@ def _handler(partition: str, method: codec.Method, target: Callable[..., Any]) -
     return handle
 
 
-def owner_servicer(owner: OwnerService) -> pb_grpc.OwnerServicer:
-    """The ``Owner`` servicer of ``owner``'s partition."""
+def owner_servicer(owner: OwnerService) -> pb_grpc.OwnerServiceServicer:
+    """The ``mmusim.v2.OwnerService`` servicer of ``owner``'s partition."""
     body = {m.rpc: _handler(owner.name, m, getattr(owner, m.call)) for m in codec.OWNER.values()}
-    return type("OwnerServicer", (pb_grpc.OwnerServicer,), body)()
+    return type("OwnerServiceServicer", (pb_grpc.OwnerServiceServicer,), body)()
 
 
-def secondary_servicer(secondary: SecondaryService) -> pb_grpc.SecondaryServicer:
-    """The ``Secondary`` servicer of a partition hosting secondaries."""
+def secondary_servicer(secondary: SecondaryService) -> pb_grpc.SecondaryServiceServicer:
+    """The ``mmusim.v2.SecondaryService`` servicer of a partition hosting secondaries."""
     body = {m.rpc: _handler(secondary.name, m, secondary.callout) for m in codec.SECONDARY.values()}
     body.update({m.rpc: _handler(secondary.name, m, getattr(secondary, m.call)) for m in codec.SECONDARY_METHODS.values()})
-    return type("SecondaryServicer", (pb_grpc.SecondaryServicer,), body)()
+    return type("SecondaryServiceServicer", (pb_grpc.SecondaryServiceServicer,), body)()
 
 
 class InjectedLatency(grpc.aio.ServerInterceptor):
     """Delays each request by ``latency_us(src, dst)`` microseconds (when the caller names
-    itself) plus ``callout_us`` for a callout (a ``Secondary`` request) before it is handled."""
+    itself) plus ``callout_us`` for a callout (a ``SecondaryService`` request) before it is handled."""
 
     def __init__(self, partition: str, latency_us: Callable[[str, str], float] | None, callout_us: float = 0.0):
         self.partition = partition
@@ -225,8 +225,8 @@ class PartitionServer:
         if inject:  # after the identity check: a refused request is not delayed
             interceptors.append(InjectedLatency(self.name, latency_us, callout_latency_us))
         self.server = grpc.aio.server(interceptors=interceptors)
-        pb_grpc.add_OwnerServicer_to_server(owner_servicer(owner), self.server)
-        pb_grpc.add_SecondaryServicer_to_server(secondary_servicer(secondary), self.server)
+        pb_grpc.add_OwnerServiceServicer_to_server(owner_servicer(owner), self.server)
+        pb_grpc.add_SecondaryServiceServicer_to_server(secondary_servicer(secondary), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.address: str | None = None

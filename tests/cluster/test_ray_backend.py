@@ -459,3 +459,28 @@ def test_mmusim_run_quickstart_on_ray_writes_the_results(ray_cluster, tmp_path, 
     assert floor["callout_rtt"]["floor_us"] == result["floor"]["model_p50_us"] > 0
     printed = capsys.readouterr().out
     assert "unregister_srcu_wait" in printed and "floor:" in printed
+
+
+def test_mmusim_calibrate_runs_on_ray_fits_the_floor_and_compares_with_the_sim(ray_cluster, tmp_path, capsys):
+    """``mmusim calibrate quickstart`` on the test cluster: a ray run with its probes, a floor
+    fitted to its null callouts under load, the calibrated sim run of the same scenario and
+    seed, and the table of both. (The agreement itself is a figure of this machine: printed,
+    not asserted.)"""
+    import json
+
+    from workloads.calibration import Calibration, fit_floor
+    from workloads.cli import main
+
+    out = tmp_path / "cal"
+    assert main(["calibrate", "quickstart", "--address", ray_cluster.address, "--out", str(out),
+                 "--set", "measure.exits=5", "--set", "measure.unregisters=5"]) == 0
+    ray = json.loads((out / "ray" / "results.json").read_text())
+    sim = json.loads((out / "sim" / "results.json").read_text())
+    assert ray["backend"] == "ray" and sim["backend"] == "sim" and ray["seed"] == sim["seed"]
+    assert ray["invariants"]["violations"] == 0 == sim["invariants"]["violations"]
+    loaded = [v for pair in sorted(ray["overhead"]) for v in ray["overhead"][pair]["loaded_us"]]
+    cal = Calibration.load(out / "calibration.json")
+    assert cal.probe == "loaded" and cal.floor == fit_floor(loaded, "lognormal")
+    assert sim["calibration"]["floor"] == cal.floor.to_spec()
+    assert {r["metric"] for r in json.loads((out / "agreement.json").read_text())["metrics"]} == set(ray["metrics"])
+    assert "sim/ray" in capsys.readouterr().out
