@@ -21,7 +21,7 @@ client without one, or with one of another CA, or without TLS, is refused before
 is read (gRPC in Python cannot answer such a client with a status: it sees UNAVAILABLE,
 "failed to connect to all addresses; ... Socket closed", and ``GrpcInterconnect`` raises
 ``Unreachable``). Then every request must claim to come from the partition its certificate
-names (``PeerIdentity``): a claim (metadata ``mmusim-src``) that is missing or names another
+names (``check_caller``): a claim (metadata ``mmusim-src``) that is missing or names another
 partition is PERMISSION_DENIED, and so is a request to the owner for a secondary of another
 partition (its ``host``). A server without an identity speaks plaintext and listens on a
 loopback address only; no server listens on a wildcard address (0.0.0.0, ::): each binds the
@@ -31,7 +31,6 @@ address of its own node.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import ipaddress
 import logging
 from typing import Any, Callable
@@ -62,8 +61,10 @@ def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
     return None
 
 
-def _handler(partition: str, method: codec.Method, target: Callable[..., Any]) -> Callable[..., Any]:
+def _handler(partition: str, method: codec.Method, target: Callable[..., Any], checked: bool) -> Callable[..., Any]:
     async def handle(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if checked:
+            await check_caller(context, method.rpc, request)
         dst = _metadata(context, DST_KEY)
         if dst is not None and dst != partition:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"this is partition {partition}, not {dst}",
@@ -82,16 +83,19 @@ def _handler(partition: str, method: codec.Method, target: Callable[..., Any]) -
     return handle
 
 
-def owner_servicer(owner: OwnerService) -> pb_grpc.OwnerServiceServicer:
-    """The ``mmusim.v2.OwnerService`` servicer of ``owner``'s partition."""
-    body = {m.rpc: _handler(owner.name, m, getattr(owner, m.call)) for m in codec.OWNER.values()}
+def owner_servicer(owner: OwnerService, *, checked: bool) -> pb_grpc.OwnerServiceServicer:
+    """The ``mmusim.v2.OwnerService`` servicer of ``owner``'s partition (``checked``: each
+    request's caller checked against its certificate, ``check_caller``)."""
+    body = {m.rpc: _handler(owner.name, m, getattr(owner, m.call), checked) for m in codec.OWNER.values()}
     return type("OwnerServiceServicer", (pb_grpc.OwnerServiceServicer,), body)()
 
 
-def secondary_servicer(secondary: SecondaryService) -> pb_grpc.SecondaryServiceServicer:
-    """The ``mmusim.v2.SecondaryService`` servicer of a partition hosting secondaries."""
-    body = {m.rpc: _handler(secondary.name, m, secondary.callout) for m in codec.SECONDARY.values()}
-    body.update({m.rpc: _handler(secondary.name, m, getattr(secondary, m.call)) for m in codec.SECONDARY_METHODS.values()})
+def secondary_servicer(secondary: SecondaryService, *, checked: bool) -> pb_grpc.SecondaryServiceServicer:
+    """The ``mmusim.v2.SecondaryService`` servicer of a partition hosting secondaries
+    (``checked``: as ``owner_servicer``)."""
+    body = {m.rpc: _handler(secondary.name, m, secondary.callout, checked) for m in codec.SECONDARY.values()}
+    body.update({m.rpc: _handler(secondary.name, m, getattr(secondary, m.call), checked)
+                 for m in codec.SECONDARY_METHODS.values()})
     return type("SecondaryServiceServicer", (pb_grpc.SecondaryServiceServicer,), body)()
 
 
@@ -129,42 +133,14 @@ class InjectedLatency(grpc.aio.ServerInterceptor):
         )
 
 
-class PeerIdentity(grpc.aio.ServerInterceptor):
-    """Under mutual TLS: each request is handled only if the partition it claims to come from
-    (metadata ``mmusim-src``) is the one partition its caller's certificate names, and so is
-    the partition a request to the owner acts for (its ``host`` field: the partition the
+async def check_caller(context: grpc.aio.ServicerContext, what: str, request: Any) -> None:
+    """Under mutual TLS, before a request is handled: the partition it claims to come from
+    (metadata ``mmusim-src``) must be the one partition its caller's certificate names, and so
+    must the partition a request to the owner acts for (its ``host`` field: the partition the
     secondary lives on, which is the caller); else it is answered PERMISSION_DENIED
     (UNAUTHENTICATED if the connection has no peer certificate at all, which the TLS handshake
     already prevents). Health checks too: every caller of a partition is a partition."""
-
-    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        kind = next(k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream") if getattr(handler, k))
-        inner = getattr(handler, kind)
-        method = details.method
-
-        if kind.endswith("_unary"):
-            async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                caller = await _check_peer(context, method)
-                if kind == "unary_unary":
-                    await _check_host(context, method, request, caller)
-                result = inner(request, context)
-                return await result if inspect.isawaitable(result) else result
-        else:
-            async def checked(request: Any, context: grpc.aio.ServicerContext) -> None:
-                caller = await _check_peer(context, method)
-                if kind == "unary_stream":
-                    await _check_host(context, method, request, caller)
-                result = inner(request, context)
-                if hasattr(result, "__aiter__"):  # a generator: its messages are written here
-                    async for message in result:
-                        await context.write(message)
-                elif inspect.isawaitable(result):  # a coroutine that writes its messages itself
-                    await result
-
-        return handler._replace(**{kind: checked})
+    await _check_host(context, what, request, await _check_peer(context, what))
 
 
 async def _check_peer(context: grpc.aio.ServicerContext, method: str) -> str:
@@ -188,6 +164,18 @@ async def _check_host(context: grpc.aio.ServicerContext, method: str, request: A
         await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                             f"{method}: partition {caller} cannot act for partition {host!r}",
                             trailing_metadata=((ERROR_KEY, "PermissionDenied"),))
+
+
+class CheckedHealth(health.aio.HealthServicer):
+    """The standard health service, each request's caller checked first (``check_caller``)."""
+
+    async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await check_caller(context, "Check", request)
+        return await super().Check(request, context)
+
+    async def Watch(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        await check_caller(context, "Watch", request)
+        await super().Watch(request, context)
 
 
 def check_bind_host(host: str, *, secure: bool) -> None:
@@ -221,13 +209,12 @@ class PartitionServer:
         self.name = owner.name
         self.identity = identity
         inject = latency_us is not None or callout_latency_us > 0
-        interceptors: list[grpc.aio.ServerInterceptor] = [PeerIdentity()] if identity is not None else []
-        if inject:  # after the identity check: a refused request is not delayed
-            interceptors.append(InjectedLatency(self.name, latency_us, callout_latency_us))
+        interceptors = [InjectedLatency(self.name, latency_us, callout_latency_us)] if inject else []
         self.server = grpc.aio.server(interceptors=interceptors)
-        pb_grpc.add_OwnerServiceServicer_to_server(owner_servicer(owner), self.server)
-        pb_grpc.add_SecondaryServiceServicer_to_server(secondary_servicer(secondary), self.server)
-        self.health = health.aio.HealthServicer()
+        checked = identity is not None  # checked in the servicers: an interceptor costs every call
+        pb_grpc.add_OwnerServiceServicer_to_server(owner_servicer(owner, checked=checked), self.server)
+        pb_grpc.add_SecondaryServiceServicer_to_server(secondary_servicer(secondary, checked=checked), self.server)
+        self.health = CheckedHealth() if checked else health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.address: str | None = None
 

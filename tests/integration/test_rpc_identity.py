@@ -124,6 +124,17 @@ def test_a_certificate_for_p1_used_to_call_as_p2_is_permission_denied(live):
             await _health(channel, ((DST_KEY, "p0"),))
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert f"names no partition ({SRC_KEY})" in info.value.details()
+        # the health service's stream too
+        channel = _tls_channel(p0.address, "p0", ca_pem=mine.ca_pem, key_pem=mine.key_pem, cert_pem=mine.cert_pem)
+        try:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""),
+                                                             timeout=CHECK_TIMEOUT_S, metadata=((SRC_KEY, "p2"),))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await watch.read()
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "Watch: the caller claims to be partition p2, but its certificate is for p1" in info.value.details()
+        finally:
+            await channel.close()
         # p1 claiming to be itself, but acting for a secondary of p2 (the request's host)
         with pytest.raises(PermissionDenied, match="partition p1 cannot act for partition 'p2'"):
             await p1.interconnect.call("p1", "p0", "owner", "register", "p2", "n2", "gru", [], mm.id)
