@@ -9,6 +9,10 @@ integration tests run several in one process on port 0, without Ray.
 Secondaries made here (``gru``, ``xpmem``) map an mm of another partition through a
 ``RemoteOwner``: faults and registration go to the owner over gRPC, callouts come back to this
 partition's server, oracle reports go to the owner through a ``ReportSink``.
+
+``identity`` is the partition's ``PartitionIdentity`` (``nodes/rpc/identity.py``): its server
+and its clients speak mutual TLS with it. It must be given: None, plaintext, is for runs on
+loopback only, and is said explicitly.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from nodes.errors import ModelError
 from nodes.partition import Partition
 from nodes.remote import OwnerService, RemoteOwner, SecondaryService
 from nodes.rpc.client import DEFAULT_DEADLINE_US, GrpcInterconnect, ReportSink
+from nodes.rpc.identity import PartitionIdentity
 from nodes.rpc.server import PartitionServer
 from nodes.runtime import Runtime
 
@@ -34,6 +39,7 @@ class LivePartition(SecondaryFactory):
         self,
         name: str,
         *,
+        identity: PartitionIdentity | None,
         nframes: int = 65536,
         cpus: int = 4,
         srcu_scope: str = "global",
@@ -46,17 +52,18 @@ class LivePartition(SecondaryFactory):
         gru_dropin: str = "guarded",
     ):
         self.name = name
+        self.identity = identity  # for mutual TLS; None: plaintext, on loopback only
         self.gru_dropin = gru_dropin  # how GRUs made here check a dropin (cluster/context.py)
         self.runtime = Runtime(WallClock())
         self.partition = Partition(self.runtime, name=name, nframes=nframes, ncpus=cpus, srcu_scope=srcu_scope,
                                    jiffy_us=jiffy_us, fanout=fanout, expedited=expedited)
         self.directory: dict[str, str] = {}
-        self.interconnect = GrpcInterconnect(self.directory, deadline_us=deadline_us)
+        self.interconnect = GrpcInterconnect(self.directory, identity=identity, deadline_us=deadline_us)
         self.owner_service = OwnerService(self.partition, self.interconnect)
         self.secondary_service = SecondaryService(name)
         self.secondary_service.flush_reports = self.flush_reports
-        self.server = PartitionServer(self.owner_service, self.secondary_service, latency_us=latency_us,
-                                      callout_latency_us=callout_latency_us)
+        self.server = PartitionServer(self.owner_service, self.secondary_service, identity=identity,
+                                      latency_us=latency_us, callout_latency_us=callout_latency_us)
         self._sinks: dict[str, ReportSink] = {}
         self.objects: dict[str, Any] = {}  # what workload code keeps here (cluster/context.py)
         self.address: str | None = None

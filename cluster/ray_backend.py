@@ -10,8 +10,9 @@ Bring-up (``run_ray``): connect to Ray (an existing connection of this process; 
 ``RayConfig.address``, else ``RAY_ADDRESS``, else a new local Ray), place one actor per
 partition (``spread``: partition i on alive node i mod n, pinned with a hard
 ``NodeAffinitySchedulingStrategy``, so one per node when the cluster has enough nodes and round
-robin otherwise; ``pack``: all on the driver's node), start every gRPC server on an ephemeral
-port, hand every partition the directory of addresses, probe the instrument's own floor between
+robin otherwise; ``pack``: all on the driver's node), issue every partition its identity
+(below), start every gRPC server on an ephemeral port of its node's own address, hand every
+partition the directory of addresses, probe the instrument's own floor between
 the partitions that will talk (``probe_floor``: null RPCs and null callouts, no injected
 latency; ``RayRun.overhead``), then run the workload on the driver::
 
@@ -34,6 +35,15 @@ invariant sweep and reports its faults (the partitions it fenced), and every act
 and killed, also when the workload raised. A partition whose actor died (``RayCluster.kill``,
 a lost node) is listed in ``RayRun.lost``; the others' reports name it in ``faults``.
 
+Identity (``nodes/rpc/identity.py``): the partitions authenticate each other with mutual TLS.
+The driver makes a CA for the run (or loads the user's: ``tls_ca_cert``, ``tls_ca_key``) and
+issues each partition a key and a certificate naming it; each actor gets its own in its
+``start`` call, as bytes through Ray (never in a file; as private as Ray's own traffic, so on a
+network that is not trusted, turn on Ray's TLS as well), and never the CA's key. A caller
+without a certificate of the run's CA is refused at the handshake, one whose certificate names
+another partition than it claims is PERMISSION_DENIED (``nodes/rpc/server.py``). ``tls=False``
+turns this off: plaintext, which the servers accept only on loopback addresses.
+
 Workload functions given to ``RayCluster.on`` are pickled to the actors: module-level coroutine
 functions of an importable module (or of ``__main__``, which cloudpickle sends by value), with
 plain-data arguments and results (``cluster/context.py``).
@@ -50,6 +60,7 @@ from typing import Any, Awaitable, Callable, ClassVar, Generic, TypeVar
 
 from nodes.remote import Fault
 from nodes.rpc.client import DEFAULT_DEADLINE_US
+from nodes.rpc.identity import ClusterCA, PartitionIdentity
 from nodes.runtime import Runtime
 
 from cluster.config import PartitionConfig
@@ -101,6 +112,12 @@ class RayConfig(PartitionConfig):
     # pair (0: no probe), over ``probe_pairs`` ((src, dst) partitions; None: every ordered pair)
     probe_count: int = DEFAULT_PROBE_COUNT
     probe_pairs: list[tuple[str, str]] | None = None
+    # mutual TLS between the partitions, with a CA made for the run, or the user's (a PEM
+    # certificate and the path of its unencrypted key, readable by its owner only). False:
+    # plaintext, for runs on loopback addresses only (the servers refuse any other)
+    tls: bool = True
+    tls_ca_cert: str | None = None
+    tls_ca_key: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -127,6 +144,26 @@ class RayConfig(PartitionConfig):
                 raise self.bad("address", "None, 'auto', 'local', 'host:port' or 'ray://host:port'", self.address)
         if self.bind_host is not None and (not isinstance(self.bind_host, str) or not self.bind_host):
             raise self.bad("bind_host", "None or a host name or IP address", self.bind_host)
+        if not isinstance(self.tls, bool):
+            raise self.bad("tls", "true or false", self.tls)
+        for key in ("tls_ca_cert", "tls_ca_key"):
+            v = getattr(self, key)
+            if v is not None and (not isinstance(v, (str, os.PathLike)) or not os.fspath(v)):
+                raise self.bad(key, "None or the path of a PEM file", v)
+        if (self.tls_ca_cert is None) != (self.tls_ca_key is None):
+            raise self.bad("tls_ca_cert/tls_ca_key", "both (the CA's certificate and key) or neither",
+                           (self.tls_ca_cert, self.tls_ca_key))
+        if not self.tls and self.tls_ca_cert is not None:
+            raise self.bad("tls", "true when a CA is given (tls_ca_cert)", self.tls)
+
+    def certificate_authority(self) -> ClusterCA | None:
+        """The run's CA: the user's (``tls_ca_cert``, ``tls_ca_key``), else a new one; None
+        without TLS."""
+        if not self.tls:
+            return None
+        if self.tls_ca_cert is not None:
+            return ClusterCA.load(self.tls_ca_cert, self.tls_ca_key)
+        return ClusterCA.generate()
 
 
 class HopLatency:
@@ -159,9 +196,10 @@ class PartitionHost:
             raise RuntimeError(f"partition {self.name} was not started")
         return self.live
 
-    async def start(self, bind_host: str | None) -> str:
+    async def start(self, bind_host: str | None, identity: PartitionIdentity | None) -> str:
         """Build the partition and serve it on ``bind_host`` (None: this node's IP address),
-        port 0; returns its address."""
+        port 0, with mutual TLS as ``identity`` (None: plaintext, loopback only); returns its
+        address."""
         from cluster.live import LivePartition
 
         if self.live is not None:
@@ -169,7 +207,7 @@ class PartitionHost:
         c = self.config
         latency = HopLatency(c.names, c.hops, c.hop_latency_us) if c.hop_latency_us > 0 else None
         self.live = LivePartition(
-            self.name, nframes=c.nframes, cpus=c.cpus, srcu_scope=c.srcu_scope, jiffy_us=c.jiffy_us,
+            self.name, identity=identity, nframes=c.nframes, cpus=c.cpus, srcu_scope=c.srcu_scope, jiffy_us=c.jiffy_us,
             fanout=c.fanout, expedited=c.srcu_expedited, deadline_us=c.deadline_us, latency_us=latency,
             callout_latency_us=c.callout_latency_us, gru_dropin=c.gru_dropin,
         )
@@ -377,12 +415,14 @@ async def _gather_settled(aws: list[Awaitable[Any]]) -> list[Any]:
     return await asyncio.gather(*aws, return_exceptions=True)
 
 
-async def _bring_up(config: RayConfig) -> RayCluster:
-    """Create, start and wire the actors. On failure, every actor made is ended."""
+async def _bring_up(config: RayConfig, ca: ClusterCA | None) -> RayCluster:
+    """Create, start and wire the actors, each with its identity issued by ``ca`` (None:
+    plaintext). On failure, every actor made is ended."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     names = config.names
+    identities = ca.issue_all(names) if ca is not None else dict.fromkeys(names)
     placement = place(names, config.placement)
     cls = partition_actor_class(config.max_concurrency)
     actors = {
@@ -391,7 +431,7 @@ async def _bring_up(config: RayConfig) -> RayCluster:
     }
     cluster = RayCluster(actors, placement, {})
     try:
-        addresses = await asyncio.gather(*(a.start.remote(config.bind_host) for a in actors.values()))
+        addresses = await asyncio.gather(*(a.start.remote(config.bind_host, identities[n]) for n, a in actors.items()))
         cluster.addresses = dict(zip(names, addresses))
         await asyncio.gather(*(a.connect.remote(cluster.addresses) for a in actors.values()))
         nodes = await asyncio.gather(*(a.node_id.remote() for a in actors.values()))
@@ -462,9 +502,9 @@ async def _tear_down(cluster: RayCluster) -> None:
             raise RuntimeError(f"partition {name} failed while stopping: {outcome!r}") from outcome
 
 
-async def _run(config: RayConfig, workload: Callable[[RayCluster], Awaitable[T]]) -> RayRun[T]:
+async def _run(config: RayConfig, workload: Callable[[RayCluster], Awaitable[T]], ca: ClusterCA | None) -> RayRun[T]:
     t0 = time.monotonic()
-    cluster = await _bring_up(config)
+    cluster = await _bring_up(config, ca)
     try:
         overhead: dict[str, dict[str, list[float]]] = {}
         if config.probe_count:
@@ -503,12 +543,14 @@ def run_ray(config: RayConfig, workload: Callable[[RayCluster], Awaitable[T]]) -
     process's event loop (``asyncio.run``: call from synchronous code), collect every
     partition's report, and stop the partitions, also when the workload raises. Ray is shut down
     only if it was started (or joined) here. An address that does not answer raises
-    ``ConnectionError`` naming it."""
+    ``ConnectionError`` naming it; a CA of the user's that cannot be used, ``IdentityError``
+    naming its file (both before Ray is touched)."""
     import ray
 
+    ca = config.certificate_authority()
     started = ensure_ray(config)
     try:
-        return asyncio.run(_run(config, workload))
+        return asyncio.run(_run(config, workload, ca))
     finally:
         if started:
             ray.shutdown()

@@ -1,7 +1,7 @@
 """The ``mmusim`` command line.
 
     mmusim run SCENARIO [--backend sim|ray] [--seed N] [--set k=v ...] [--out DIR] [--address ADDR]
-                        [--calibration FILE]
+                        [--calibration FILE] [--tls-ca CERT KEY | --no-tls]
     mmusim sweep SCENARIO [--vary key=v1,v2,...] [same options as run]
     mmusim scenarios
     mmusim report DIR
@@ -88,6 +88,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="where to write the results (default: results/<scenario>)")
     p.add_argument("--address", default=None,
                    help="ray backend: the Ray cluster (host:port, auto); default: RAY_ADDRESS, else a new local Ray")
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument("--tls-ca", nargs=2, default=None, metavar=("CERT", "KEY"),
+                     help="ray backend: the partitions' certificates are issued by this CA (PEM files; the key "
+                          "readable by its owner only); default: a CA made for the run")
+    tls.add_argument("--no-tls", action="store_true",
+                     help="ray backend: plaintext between the partitions, on loopback addresses only "
+                          "(default: mutual TLS)")
     _add_calibration_option(p)
 
 
@@ -127,6 +134,20 @@ def _scenario(args: argparse.Namespace) -> Any:
     return s
 
 
+def _ray_extra(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``RayConfig`` fields of the TLS options (``--tls-ca``, ``--no-tls``)."""
+    if args.backend != "ray" and (args.tls_ca is not None or args.no_tls):
+        from workloads.scenario import ScenarioError
+
+        raise ScenarioError("--tls-ca" if args.tls_ca is not None else "--no-tls", None,
+                            "an option of --backend ray only")
+    if args.no_tls:
+        return {"tls": False}
+    if args.tls_ca is not None:
+        return {"tls_ca_cert": args.tls_ca[0], "tls_ca_key": args.tls_ca[1]}
+    return {}
+
+
 def _out_dir(args: argparse.Namespace, s: Any, suffix: str = "") -> Path:
     return args.out if args.out is not None else Path("results") / f"{s.name}{suffix}"
 
@@ -138,10 +159,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     s = _scenario(args)
     cal = _calibration(args)
     out = _out_dir(args, s)
+    ray_extra = _ray_extra(args)
     progress = Progress(f"{s.name} ({args.backend}{', calibrated' if cal is not None else ''})")
     try:
         result, events = run_scenario(s, args.backend, address=args.address, progress=progress,
-                                      sim_extra=_sim_extra(cal))
+                                      sim_extra=_sim_extra(cal), ray_extra=ray_extra)
     finally:
         progress.close()
     if cal is not None:
@@ -170,13 +192,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise ScenarioError(s.source, "sweep", "a sweep: give --vary KEY=V1,V2,... (this scenario declares none)")
     key = s.get("sweep.key")
     out = _out_dir(args, s, "-sweep")
+    ray_extra = _ray_extra(args)
     results = []
     violations = 0
     for value, point in points:
         progress = Progress(f"{key}={value} ({args.backend}{', calibrated' if cal is not None else ''})")
         try:
             result, events = run_scenario(point, args.backend, address=args.address, progress=progress,
-                                          sim_extra=_sim_extra(cal))
+                                          sim_extra=_sim_extra(cal), ray_extra=ray_extra)
         finally:
             progress.close()
         if cal is not None:
@@ -441,13 +464,14 @@ def main(argv: list[str] | None = None) -> int:
         "predict": _cmd_predict,
         "calibrate": _cmd_calibrate,
     }
+    from nodes.rpc.identity import IdentityError
     from workloads.calibration import CalibrationError
     from workloads.report import ReportError
     from workloads.scenario import ScenarioError
 
     try:
         return commands[args.command](args)
-    except (ScenarioError, ReportError, CalibrationError, ConnectionError) as e:  # bad input: one clear line
+    except (ScenarioError, ReportError, CalibrationError, ConnectionError, IdentityError) as e:  # bad input: one clear line
         print(f"mmusim: {e}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -302,10 +302,12 @@ def gru_summary(dropin: str, by_partition: dict[str, dict[str, int]]) -> dict[st
 
 def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = None,
                  progress: Progress | None = None, sim_extra: dict[str, Any] | None = None,
+                 ray_extra: dict[str, Any] | None = None,
                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run ``scenario`` (``workloads/scenario.py``) on ``backend``; returns the result document
     (the schema of DESIGN.md, as ``workloads/report.py`` writes it) and the events.
-    ``sim_extra``: more ``SimConfig`` fields (a scheduler, a trace level) for the sim backend."""
+    ``sim_extra``: more ``SimConfig`` fields (a scheduler, a trace level) for the sim backend;
+    ``ray_extra``: more ``RayConfig`` fields (the TLS options) for the ray backend."""
     spec = StudySpec.from_scenario(scenario)
 
     async def workload(c: Cluster) -> dict[str, Any]:
@@ -313,7 +315,8 @@ def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = N
 
     if backend not in ("sim", "ray"):
         raise ValueError(f"backend must be sim or ray, got {backend!r}")
-    config = scenario.sim_config(**(sim_extra or {})) if backend == "sim" else scenario.ray_config(address=address)
+    config = scenario.sim_config(**(sim_extra or {})) if backend == "sim" else scenario.ray_config(
+        address=address, **(ray_extra or {}))
     if config.nframes < spec.frames_needed():
         raise ValueError(f"scenario {scenario.name}: nframes {config.nframes} is too small for its mms and "
                          f"measurements; at least {spec.frames_needed()} are needed")
@@ -357,6 +360,8 @@ def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = N
         result["placement"] = placement
         samples = {pair: {**probe, "loaded_us": out["loaded_probe"].get(pair, [])} for pair, probe in rrun.overhead.items()}
         result["overhead"] = {pair: floor_stats(probe) for pair, probe in samples.items()}
+        # what the partitions spoke: mutual TLS with a CA made for the run or the user's, or plaintext
+        result["tls"] = ("user CA" if config.tls_ca_cert else "run CA") if config.tls else "off"
         result["floor"] = floor_summary(result["overhead"], floor_calls(spec, scenario.get("fanout")), result["metrics"])
     return result, events
 

@@ -481,7 +481,7 @@ def test_unavailable_for_an_unreachable_or_fenced_partition(live):
     async def body(p0, p1):
         a = p0.partition
         mm = await mapped(p0)
-        p2 = LivePartition("p2", nframes=64, cpus=2)
+        p2 = LivePartition("p2", identity=None, nframes=64, cpus=2)
         p1.directory["p2"] = p0.directory["p2"] = await p2.start()
         p2.connect(p0.directory)
         gru = await p2.gru("p0", mm.id)
@@ -546,8 +546,8 @@ def test_every_call_carries_a_deadline():
     assert {m for s, m in SAMPLE_ARGS if s == "secondary"} == set(codec.SECONDARY_METHODS)
 
     async def main() -> None:
-        slow = LivePartition("p0", nframes=64, cpus=2, latency_us=lambda src, dst: 60e6)
-        caller = LivePartition("p1", nframes=64, cpus=2, deadline_us=200_000.0)
+        slow = LivePartition("p0", identity=None, nframes=64, cpus=2, latency_us=lambda src, dst: 60e6)
+        caller = LivePartition("p1", identity=None, nframes=64, cpus=2, deadline_us=200_000.0)
         try:
             directory = {"p0": await slow.start(), "p1": await caller.start()}
             caller.connect(directory)

@@ -915,7 +915,7 @@ def test_10000_hostile_requests_are_each_answered_right_and_change_nothing_they_
     try:
         async def start() -> Rig:
             for name in ("p0", "p1"):
-                parts.append(LivePartition(name, nframes=NFRAMES, cpus=2, jiffy_us=1000.0))
+                parts.append(LivePartition(name, identity=None, nframes=NFRAMES, cpus=2, jiffy_us=1000.0))
             directory = {p.name: await p.start() for p in parts}
             for p in parts:
                 p.connect(directory)
