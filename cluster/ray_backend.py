@@ -415,6 +415,35 @@ async def _gather_settled(aws: list[Awaitable[Any]]) -> list[Any]:
     return await asyncio.gather(*aws, return_exceptions=True)
 
 
+def plaintext_bind_host(bind_host: str | None, placement: dict[str, str]) -> str | None:
+    """Where the servers of a plaintext run (``tls=False``) listen: loopback only
+    (``nodes.rpc.server.check_bind_host``). ``bind_host`` if given; else each node's own
+    address when every node of ``placement`` has a loopback one (a test cluster on 127.0.0.x),
+    else 127.0.0.1 when every partition is on one node (a local Ray). Partitions spread over
+    hosts cannot talk over loopback: ``ValueError``, naming the nodes' addresses."""
+    import ipaddress
+
+    import ray
+
+    if bind_host is not None:
+        return bind_host
+    used = set(placement.values())
+    addresses = sorted({n.get("NodeManagerAddress", "") for n in ray.nodes() if n["NodeID"] in used})
+
+    def loopback(a: str) -> bool:
+        try:
+            return ipaddress.ip_address(a).is_loopback
+        except ValueError:
+            return a == "localhost"
+
+    if all(loopback(a) for a in addresses):
+        return None
+    if len(used) == 1:
+        return "127.0.0.1"
+    raise ValueError(f"ray config tls: False runs in plaintext on loopback addresses only, but the partitions are "
+                     f"placed on nodes at {', '.join(addresses)}; keep TLS on (or placement='pack' on one node)")
+
+
 async def _bring_up(config: RayConfig, ca: ClusterCA | None) -> RayCluster:
     """Create, start and wire the actors, each with its identity issued by ``ca`` (None:
     plaintext). On failure, every actor made is ended."""
@@ -431,7 +460,8 @@ async def _bring_up(config: RayConfig, ca: ClusterCA | None) -> RayCluster:
     }
     cluster = RayCluster(actors, placement, {})
     try:
-        addresses = await asyncio.gather(*(a.start.remote(config.bind_host, identities[n]) for n, a in actors.items()))
+        bind_host = config.bind_host if ca is not None else plaintext_bind_host(config.bind_host, placement)
+        addresses = await asyncio.gather(*(a.start.remote(bind_host, identities[n]) for n, a in actors.items()))
         cluster.addresses = dict(zip(names, addresses))
         await asyncio.gather(*(a.connect.remote(cluster.addresses) for a in actors.values()))
         nodes = await asyncio.gather(*(a.node_id.remote() for a in actors.values()))

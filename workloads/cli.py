@@ -9,6 +9,7 @@
     mmusim predict SCENARIO [--set k=v ...] [--sweep] [--compare DIR] [--calibration FILE]
     mmusim calibrate SCENARIO [--address ADDR | --from RAY_RUN_DIR] [--method lognormal|empirical]
                               [--probe loaded|idle] [--seed N] [--set k=v ...] [--out DIR]
+                              [--tls-ca CERT KEY | --no-tls]
     mmusim demo [...]
 
 ``--calibration FILE`` (sim backend only) adds the floor a calibration file holds
@@ -88,6 +89,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="where to write the results (default: results/<scenario>)")
     p.add_argument("--address", default=None,
                    help="ray backend: the Ray cluster (host:port, auto); default: RAY_ADDRESS, else a new local Ray")
+    _add_tls_options(p)
+    _add_calibration_option(p)
+
+
+def _add_tls_options(p: argparse.ArgumentParser) -> None:
     tls = p.add_mutually_exclusive_group()
     tls.add_argument("--tls-ca", nargs=2, default=None, metavar=("CERT", "KEY"),
                      help="ray backend: the partitions' certificates are issued by this CA (PEM files; the key "
@@ -95,7 +101,6 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     tls.add_argument("--no-tls", action="store_true",
                      help="ray backend: plaintext between the partitions, on loopback addresses only "
                           "(default: mutual TLS)")
-    _add_calibration_option(p)
 
 
 def _add_calibration_option(p: argparse.ArgumentParser) -> None:
@@ -227,9 +232,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from workloads.report import ReportError, load_run, summary_table, write_run
 
     if args.source is not None:
-        if args.overrides or args.seed is not None or args.semantics is not None or args.address is not None:
-            raise ReportError("--from: the ray run is taken as it was recorded: --set, --seed, --semantics and "
-                              "--address do not apply")
+        if (args.overrides or args.seed is not None or args.semantics is not None or args.address is not None
+                or args.tls_ca is not None or args.no_tls):
+            raise ReportError("--from: the ray run is taken as it was recorded: --set, --seed, --semantics, "
+                              "--address and the TLS options do not apply")
         ray_result, _ = load_run(args.source)
         if ray_result["backend"] != "ray":
             raise ReportError(f"{args.source}: a {ray_result['backend']} run; calibrate from a ray run (one made "
@@ -243,7 +249,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if args.source is None:
         progress = Progress(f"{s.name} (ray)")
         try:
-            ray_result, events = run_scenario(s, "ray", address=args.address, progress=progress)
+            ray_result, events = run_scenario(s, "ray", address=args.address, progress=progress,
+                                              ray_extra=_ray_extra(args))
         finally:
             progress.close()
         write_run(out / "ray", ray_result, events)
@@ -440,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     calibrate.add_argument("--out", type=Path, default=None,
                            help="where to write (default results/<scenario>-calibrate): calibration.json, "
                                 "agreement.json, ray/ and sim/")
-    calibrate.set_defaults(semantics=None)
+    _add_tls_options(calibrate)
+    calibrate.set_defaults(semantics=None, backend="ray")
     report = sub.add_parser("report", help="re-render the tables and plots of a finished run or sweep")
     report.add_argument("dir", type=Path)
 

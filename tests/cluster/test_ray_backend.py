@@ -485,3 +485,22 @@ def test_mmusim_calibrate_runs_on_ray_fits_the_floor_and_compares_with_the_sim(r
     assert sim["calibration"]["floor"] == cal.floor.to_spec()
     assert {r["metric"] for r in json.loads((out / "agreement.json").read_text())["metrics"]} == set(ray["metrics"])
     assert "sim/ray" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("nodes, placement, expected", [
+    ({"a": "127.0.0.2", "b": "127.0.0.3"}, {"p0": "a", "p1": "b"}, None),  # loopback nodes: their own addresses
+    ({"a": "192.0.2.2"}, {"p0": "a", "p1": "a"}, "127.0.0.1"),  # a local Ray: one node
+    ({"a": "192.0.2.2", "b": "192.0.2.3"}, {"p0": "a", "p1": "b"}, ValueError),  # hosts apart: no loopback
+])
+def test_a_plaintext_run_listens_on_loopback_or_is_refused(monkeypatch, nodes, placement, expected):
+    import ray
+
+    from cluster.ray_backend import plaintext_bind_host
+
+    monkeypatch.setattr(ray, "nodes", lambda: [{"NodeID": k, "NodeManagerAddress": v} for k, v in nodes.items()])
+    if expected is ValueError:
+        with pytest.raises(ValueError, match="192.0.2.2, 192.0.2.3; keep TLS on"):
+            plaintext_bind_host(None, placement)
+    else:
+        assert plaintext_bind_host(None, placement) == expected
+    assert plaintext_bind_host("::1", placement) == "::1"  # given: as given

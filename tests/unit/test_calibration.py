@@ -376,6 +376,6 @@ def test_calibrate_refuses_a_run_it_cannot_calibrate_from(tmp_path, capsys, over
 def test_calibrate_from_refuses_overrides_and_another_scenario(tmp_path, capsys) -> None:
     run = _as_ray_run(tmp_path, "run", overhead_of({"p0->p1": [1.0, 2.0, 3.0]}))
     assert main(["calibrate", "quickstart", "--from", run, "--set", "seed=3"]) == 2
-    assert "--set, --seed, --semantics and --address do not apply" in capsys.readouterr().err
+    assert "--set, --seed, --semantics, --address and the TLS options do not apply" in capsys.readouterr().err
     assert main(["calibrate", "heavy-tail", "--from", run]) == 2
     assert "a run of 'quickstart', not of 'heavy-tail'" in capsys.readouterr().err
