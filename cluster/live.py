@@ -26,6 +26,7 @@ from nodes.owner import LocalOwner, OwnerPort
 from nodes.errors import ModelError
 from nodes.partition import Partition
 from nodes.remote import OwnerService, RemoteOwner, SecondaryService
+from nodes.rpc import DEFAULT_TRANSPORT
 from nodes.rpc.client import DEFAULT_DEADLINE_US, GrpcInterconnect, ReportSink
 from nodes.rpc.identity import PartitionIdentity
 from nodes.rpc.server import PartitionServer
@@ -50,6 +51,7 @@ class LivePartition(SecondaryFactory):
         latency_us: Callable[[str, str], float] | None = None,
         callout_latency_us: float = 0.0,
         gru_dropin: str = "guarded",
+        transport: str = DEFAULT_TRANSPORT,
     ):
         self.name = name
         self.identity = identity  # for mutual TLS; None: plaintext, on loopback only
@@ -58,7 +60,8 @@ class LivePartition(SecondaryFactory):
         self.partition = Partition(self.runtime, name=name, nframes=nframes, ncpus=cpus, srcu_scope=srcu_scope,
                                    jiffy_us=jiffy_us, fanout=fanout, expedited=expedited)
         self.directory: dict[str, str] = {}
-        self.interconnect = GrpcInterconnect(self.directory, identity=identity, deadline_us=deadline_us)
+        self.interconnect = GrpcInterconnect(self.directory, identity=identity, deadline_us=deadline_us,
+                                             transport=transport)  # unary | stream (nodes/rpc/client.py)
         self.owner_service = OwnerService(self.partition, self.interconnect)
         self.secondary_service = SecondaryService(name)
         self.secondary_service.flush_reports = self.flush_reports

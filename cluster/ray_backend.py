@@ -59,6 +59,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Awaitable, Callable, ClassVar, Generic, TypeVar
 
 from nodes.remote import Fault
+from nodes.rpc import DEFAULT_TRANSPORT, TRANSPORTS
 from nodes.rpc.client import DEFAULT_DEADLINE_US
 from nodes.rpc.identity import ClusterCA, PartitionIdentity
 from nodes.runtime import Runtime
@@ -98,6 +99,9 @@ class RayConfig(PartitionConfig):
     KIND: ClassVar[str] = "ray config"
 
     deadline_us: float = DEFAULT_DEADLINE_US  # of every gRPC call between partitions
+    # how requests travel between partitions: one unary gRPC call each, or long-lived streams
+    # (nodes/rpc/client.py; interconnect.transport of a scenario)
+    transport: str = DEFAULT_TRANSPORT
     # None: RAY_ADDRESS if set, else a new local Ray; or "host:port" of a cluster's GCS,
     # "ray://host:port" (Ray Client), "auto" (the cluster `ray start` made on this machine),
     # "local" (a new local Ray). A process already connected to Ray uses that connection.
@@ -133,6 +137,7 @@ class RayConfig(PartitionConfig):
                 raise self.bad("probe_pairs", f"None or (src, dst) pairs of two of {sorted(names)}", pairs)
             self.probe_pairs = [(str(a), str(b)) for a, b in pairs]
         self.check_choice("placement", PLACEMENTS)
+        self.check_choice("transport", TRANSPORTS)
         self.check_number("deadline_us", positive=True)
         self.check_number("hop_latency_us", positive=False)
         self.check_number("callout_latency_us", positive=False)
@@ -209,7 +214,7 @@ class PartitionHost:
         self.live = LivePartition(
             self.name, identity=identity, nframes=c.nframes, cpus=c.cpus, srcu_scope=c.srcu_scope, jiffy_us=c.jiffy_us,
             fanout=c.fanout, expedited=c.srcu_expedited, deadline_us=c.deadline_us, latency_us=latency,
-            callout_latency_us=c.callout_latency_us, gru_dropin=c.gru_dropin,
+            callout_latency_us=c.callout_latency_us, gru_dropin=c.gru_dropin, transport=c.transport,
         )
         if bind_host is None:
             import ray

@@ -41,6 +41,12 @@ Schema (``KNOBS`` holds it; defaults in brackets; times in microseconds)::
     callout.latency      latency            [20]  extra one-way latency of each callout
     topology.hop_latency latency            [1.0] per hop, one way
     topology.hops        positive int       [1]   between any two partitions
+    interconnect.transport unary | stream   [stream]  how requests travel between partitions
+                                                  on the ray backend: one gRPC call each, or
+                                                  long-lived streams (nodes/rpc/client.py);
+                                                  stream is the default as it meets the goals
+                                                  of benchmarks/bench_rpc.py. The sim
+                                                  backend's interconnect has no transport.
     srcu.scope           global | per_mm    [global]
     srcu.expedited       bool               [false]
     kernel.hz            100 | 250 | 300 | 1000 [1000]  CONFIG_HZ: SRCU's worker polls once a
@@ -86,6 +92,7 @@ import yaml
 
 from cluster.topology import parse_latency
 from nodes.notifier import SEMANTICS
+from nodes.rpc import DEFAULT_TRANSPORT, TRANSPORTS
 from nodes.notifier import FANOUTS
 from nodes.partition import SRCU_SCOPES
 from nodes.srcu import DEFAULT_HZ, HZ_CHOICES, jiffy_us
@@ -366,6 +373,7 @@ KNOBS: dict[str, Knob] = {
     "callout.latency": Knob(20, _latency, "a latency", LATENCY_PARAMS),
     "topology.hop_latency": Knob(1.0, _latency, "a latency", LATENCY_PARAMS),
     "topology.hops": Knob(1, _positive_int, "a positive integer"),
+    "interconnect.transport": Knob(DEFAULT_TRANSPORT, _choice(TRANSPORTS), " | ".join(TRANSPORTS)),
     "srcu.scope": Knob("global", _choice(SRCU_SCOPES), " | ".join(SRCU_SCOPES)),
     "srcu.expedited": Knob(False, _boolean, "true or false"),
     "kernel.hz": Knob(DEFAULT_HZ, _hz, " | ".join(map(str, HZ_CHOICES))),
@@ -719,6 +727,7 @@ class Scenario:
         kw.update(
             hop_latency_us=typical_us(v["topology"]["hop_latency"], "topology.hop_latency"),
             callout_latency_us=typical_us(v["callout"]["latency"], "callout.latency"),
+            transport=v["interconnect"]["transport"],
             address=address,
         )
         kw.update(extra)

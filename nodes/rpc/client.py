@@ -13,14 +13,27 @@ partition, whatever address the directory gives for it. A server that is not tha
 Verification Check failed" or "... Socket closed") and raises ``Unreachable``, as a partition
 that cannot be reached does. A request the server refuses for the caller's identity is
 ``PermissionDenied``.
+
+Transports (``transport``): ``unary`` sends each request as its own unary call; ``stream``
+sends it on a long-lived ``StreamService.Exchange`` stream to its destination (``_Stream``, one
+per source and destination partition, opened on first use), with a request id, its own
+deadline and a cancellation if the caller gives up on it, and the answer raises exactly what
+the unary call's would. Requests that are ready while the stream's previous message is being
+written go together in the next message: the transport coalesces, the model does not (each
+request is answered on its own, and the server starts them in the order they were sent). A
+stream that breaks (the partition died, its link did, or the server refused the stream) fails
+every request in flight on it, as ``Unreachable`` unless the server said otherwise (a stream
+refused for the caller's identity is ``PermissionDenied``), and the next request opens a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -28,20 +41,135 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nodes.errors import ModelError, Unreachable
 from nodes.mm import PAGE_SIZE
 from nodes.remote import OWNER_SERVICE, PROBE_NOTIFIER, SECONDARY_SERVICE
-from nodes.rpc import codec
+from nodes.rpc import DEFAULT_TRANSPORT, TRANSPORTS, codec
 from nodes.rpc.identity import PartitionIdentity
+from nodes.rpc.pb import interconnect_pb2 as pb
 from nodes.rpc.pb import interconnect_pb2_grpc as pb_grpc
-from nodes.rpc.server import DST_KEY, PROBE_KEY, SRC_KEY
-from nodes.rpc.status import ERROR_KEY, error_from
+from nodes.rpc.server import DST_KEY, OWNER_SERVICE_NAME, PROBE_KEY, SECONDARY_SERVICE_NAME, SRC_KEY
+from nodes.rpc.status import ERROR_KEY, error_from, status_code
 from nodes.runtime import Runtime
 
 DEFAULT_DEADLINE_US = 5_000_000.0  # five seconds: a Python RPC on a loaded 2-core machine can take 100 ms
 
 
+def error_of_rpc(e: grpc.aio.AioRpcError, what: str) -> Exception:
+    """The model error a failed call (or stream) carries."""
+    name = dict(e.trailing_metadata() or ()).get(ERROR_KEY)
+    return error_from(e.code(), e.details() or "", name if isinstance(name, str) else None, what)
+
+
 def raise_from_rpc_error(e: grpc.aio.AioRpcError, what: str) -> None:
     """Re-raise a failed call as the model error it carries."""
-    name = dict(e.trailing_metadata() or ()).get(ERROR_KEY)
-    raise error_from(e.code(), e.details() or "", name if isinstance(name, str) else None, what) from None
+    raise error_of_rpc(e, what) from None
+
+
+class _Broken(Exception):
+    """What a request in flight on a stream that broke is failed with; ``_Stream.request``
+    raises the model error of the break in its place, naming the request."""
+
+
+def _error_of_break(e: grpc.aio.AioRpcError, what: str) -> Exception:
+    return error_of_rpc(e, what)
+
+
+def _unreachable(why: str, what: str) -> Exception:
+    return Unreachable(f"{what}: {why}")
+
+
+class _Stream:
+    """One long-lived ``Exchange`` stream from partition ``src`` to ``dst`` on ``channel``:
+    requests in flight by id, a writer task that sends whatever requests are waiting as one
+    message, and a reader task that hands each answer to its request. ``on_break`` is called
+    once, when the stream breaks or is closed; every request still in flight then fails."""
+
+    def __init__(self, channel: grpc.aio.Channel, src: str, dst: str, on_break: Callable[["_Stream"], None]):
+        self.src, self.dst = src, dst
+        self.call = pb_grpc.StreamServiceStub(channel).Exchange(metadata=((SRC_KEY, src), (DST_KEY, dst)))
+        self.pending: dict[int, asyncio.Future[Any]] = {}  # invariant: futures not done, by request id
+        self.outbox: list[Any] = []  # StreamCalls not yet written
+        # set when it broke (then nothing more is sent on it): the error of a request it failed
+        self.broken: Callable[[str], Exception] | None = None
+        self._on_break = on_break
+        self._ids = itertools.count(1)
+        self._ready = asyncio.Event()
+        self._writer = asyncio.ensure_future(self._write())
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def request(self, method: str, body: bytes, timeout_s: float, probe: bool, what: str) -> Any:
+        """Send one request (``method``: the unary RPC's full name, ``body``: its request
+        serialized; ``what`` names it in errors) and await its ``StreamReply``. Its deadline
+        passing is ``Unreachable`` (DEADLINE_EXCEEDED, as a unary call's) and, like a
+        cancellation, tells the server; the stream breaking raises the error of the break."""
+        if self.broken is not None:
+            raise self.broken(what)
+        rid = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self.pending[rid] = future
+        self._send(pb.StreamCall(id=rid, method=method, request=body, timeout_us=timeout_s * 1e6, probe=probe))
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await future
+        except TimeoutError:
+            raise error_from(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", None, what) from None
+        except _Broken:
+            assert self.broken is not None
+            raise self.broken(what) from None
+        finally:
+            if self.pending.pop(rid, None) is not None and self.broken is None:  # given up on
+                self._send(pb.StreamCall(id=rid, cancel=True))
+
+    def _send(self, call: Any) -> None:
+        self.outbox.append(call)
+        self._ready.set()
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                await self._ready.wait()
+                self._ready.clear()
+                if self.outbox:
+                    batch, self.outbox = self.outbox, []
+                    await self.call.write(pb.ExchangeRequest(calls=batch))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the stream ended; the reader says why, if it can
+            await asyncio.wait([self._reader], timeout=1.0)
+            self._break(functools.partial(_unreachable, f"the stream broke: {type(e).__name__}: {e}"))
+
+    async def _read(self) -> None:
+        try:
+            async for message in self.call:
+                for reply in message.replies:
+                    future = self.pending.pop(reply.id, None)
+                    if future is not None and not future.done():
+                        future.set_result(reply)
+        except grpc.aio.AioRpcError as e:
+            self._break(functools.partial(_error_of_break, e))
+        except asyncio.CancelledError:
+            self._break(functools.partial(_unreachable, f"the stream from {self.src} was closed"))
+            raise
+        else:
+            self._break(functools.partial(_unreachable, f"partition {self.dst} closed the stream from {self.src}"))
+
+    def _break(self, error: Callable[[str], Exception]) -> None:
+        if self.broken is not None:
+            return
+        self.broken = error
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(_Broken())
+        self.call.cancel()
+        self._on_break(self)
+
+    async def close(self) -> None:
+        self._break(functools.partial(_unreachable, f"the stream from {self.src} was closed"))
+        for task in (self._writer, self._reader):
+            task.cancel()
+        await asyncio.gather(self._writer, self._reader, return_exceptions=True)
+
+
+_FULL_NAME = {OWNER_SERVICE: OWNER_SERVICE_NAME, SECONDARY_SERVICE: SECONDARY_SERVICE_NAME}
 
 
 class GrpcInterconnect:
@@ -49,15 +177,20 @@ class GrpcInterconnect:
 
     ``directory`` maps a partition name to its server's address (host:port); it may be
     updated as partitions come up. ``identity``: this process's partition's, for mutual TLS;
-    None: plaintext (loopback tests)."""
+    None: plaintext (loopback tests). ``transport``: ``unary`` or ``stream`` (module doc)."""
 
     def __init__(self, directory: dict[str, str], *, identity: PartitionIdentity | None,
-                 deadline_us: float = DEFAULT_DEADLINE_US):
+                 deadline_us: float = DEFAULT_DEADLINE_US, transport: str = DEFAULT_TRANSPORT):
         if not deadline_us > 0:
             raise ValueError(f"deadline_us must be positive, got {deadline_us!r}")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
         self.directory = directory
         self.identity = identity
         self.deadline_us = float(deadline_us)
+        self.transport = transport
+        # by (address, destination, source): open streams, one per direction per pair
+        self._streams: dict[tuple[str, str, str], _Stream] = {}
         self.messages: Counter[str] = Counter()  # by kind, as the sim interconnect counts them
         # by (address, destination): under TLS a channel accepts only the partition it was made for
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
@@ -120,13 +253,13 @@ class GrpcInterconnect:
         not counted in ``messages``; its round trip in microseconds."""
         args = (PROBE_NOTIFIER, "invalidate_range_start", 0, "probe", (0, PAGE_SIZE), 0)
         t0 = time.perf_counter()
-        await self._send(src, dst, SECONDARY_SERVICE, "callout", args, metadata=((PROBE_KEY, "1"),))
+        await self._send(src, dst, SECONDARY_SERVICE, "callout", args, probe=True)
         return (time.perf_counter() - t0) * 1e6
 
     async def _send(self, src: str, dst: str, service: str, method: str, args: tuple[Any, ...], *,
-                    kind: str | None = None, metadata: tuple[tuple[str, str], ...] = ()) -> Any:
-        """The request of ``call`` (counted in ``messages`` under ``kind``, unless None), with
-        ``metadata`` besides the partitions'."""
+                    kind: str | None = None, probe: bool = False) -> Any:
+        """The request of ``call`` (counted in ``messages`` under ``kind``, unless None) on
+        this interconnect's transport; ``probe``: the instrument's (no latency injected)."""
         if service == OWNER_SERVICE:
             m = codec.OWNER.get(method)
             if m is None:
@@ -139,17 +272,39 @@ class GrpcInterconnect:
             request = m.encode(*args)
         else:
             raise ValueError(f"no RPC for {service}.{method}")
-        stub = self._stub(dst, service)
         if kind is not None:
             self.messages[kind] += 1
+        what = f"{m.rpc} from {src} to {dst}"
+        if self.transport == "stream":
+            reply = await self._stream(src, dst).request(f"/{_FULL_NAME[service]}/{m.rpc}", request.SerializeToString(),
+                                                         self.deadline_us / 1e6, probe, what)
+            if reply.code != 0:
+                raise error_from(status_code(reply.code), reply.details, reply.error or None, what)
+            return m.decode_result(m.reply.FromString(reply.reply))
+        stub = self._stub(dst, service)
         try:
             reply = await getattr(stub, m.rpc)(
-                request, timeout=self.deadline_us / 1e6, metadata=((SRC_KEY, src), (DST_KEY, dst), *metadata))
+                request, timeout=self.deadline_us / 1e6, metadata=((SRC_KEY, src), (DST_KEY, dst), *(((PROBE_KEY, "1"),) if probe else ())))
         except grpc.aio.AioRpcError as e:
-            raise_from_rpc_error(e, f"{m.rpc} from {src} to {dst}")
+            raise_from_rpc_error(e, what)
         return m.decode_result(reply)
 
+    def _stream(self, src: str, dst: str) -> _Stream:
+        """The open stream from ``src`` to ``dst``, opened if there is none (or it broke)."""
+        channel = self._channel(dst)
+        key = (self.directory[dst], dst, src)
+        stream = self._streams.get(key)
+        if stream is None:
+            def forget(broken: _Stream) -> None:
+                if self._streams.get(key) is broken:
+                    del self._streams[key]
+
+            stream = self._streams[key] = _Stream(channel, src, dst, forget)
+        return stream
+
     async def close(self) -> None:
+        for stream in list(self._streams.values()):
+            await stream.close()
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()

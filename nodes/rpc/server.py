@@ -33,14 +33,17 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 from typing import Any, Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from nodes.remote import OwnerService, SecondaryService
 from nodes.rpc import codec
 from nodes.rpc.identity import PartitionIdentity
+from nodes.rpc.pb import interconnect_pb2 as pb
 from nodes.rpc.pb import interconnect_pb2_grpc as pb_grpc
 from nodes.rpc.status import ERROR_KEY, code_of
 from nodes.runtime import call_maybe_async
@@ -52,6 +55,10 @@ DST_KEY = "mmusim-dst"  # request metadata: the partition the request is for
 PROBE_KEY = "mmusim-probe"  # request metadata: the instrument's probe, which no latency is injected into
 OWNER_SERVICE_NAME = "mmusim.v2.OwnerService"  # full names, as the health service reports them
 SECONDARY_SERVICE_NAME = "mmusim.v2.SecondaryService"
+STREAM_SERVICE_NAME = "mmusim.v2.StreamService"
+EXCHANGE = f"/{STREAM_SERVICE_NAME}/Exchange"  # the one RPC of StreamService, by full name
+STREAM_IN_FLIGHT = 256  # requests of one stream being handled or waiting to be answered
+MAX_CONCURRENT_STREAMS = 256  # HTTP/2 streams (unary calls in flight, or open streams) per connection
 
 
 def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
@@ -59,6 +66,22 @@ def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
         if k == key:
             return v if isinstance(v, str) else v.decode()
     return None
+
+
+async def _call_model(partition: str, method: codec.Method, target: Callable[..., Any],
+                      request: Any) -> tuple[Any, grpc.StatusCode, str, str | None]:
+    """Handle one decoded request: (reply, OK, "", None), or (None, code, details, the model
+    error's class name) for a model error, or INTERNAL without a class name for anything else
+    (a bug in mmusim, logged with its traceback). Unary and stream requests both end here."""
+    try:
+        result = await call_maybe_async(target, *method.decode(request))
+        return method.encode_result(result), grpc.StatusCode.OK, "", None
+    except Exception as e:  # noqa: BLE001 - every error is answered, none is dropped
+        code = code_of(e)
+        if code is None:
+            log.exception("partition %s: %s failed with a bug in mmusim", partition, method.rpc)
+            return None, grpc.StatusCode.INTERNAL, f"mmusim bug in {method.rpc}: {type(e).__name__}: {e}", None
+        return None, code, str(e), type(e).__name__
 
 
 def _handler(partition: str, method: codec.Method, target: Callable[..., Any], checked: bool) -> Callable[..., Any]:
@@ -69,33 +92,43 @@ def _handler(partition: str, method: codec.Method, target: Callable[..., Any], c
         if dst is not None and dst != partition:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"this is partition {partition}, not {dst}",
                                 trailing_metadata=((ERROR_KEY, "NotFound"),))
-        try:
-            result = await call_maybe_async(target, *method.decode(request))
-            return method.encode_result(result)
-        except Exception as e:  # noqa: BLE001 - every error is answered, none is dropped
-            code = code_of(e)
-            if code is None:
-                log.exception("partition %s: %s failed with a bug in mmusim", partition, method.rpc)
-                await context.abort(grpc.StatusCode.INTERNAL, f"mmusim bug in {method.rpc}: {type(e).__name__}: {e}")
-            await context.abort(code, str(e), trailing_metadata=((ERROR_KEY, type(e).__name__),))
+        reply, code, details, error = await _call_model(partition, method, target, request)
+        if code != grpc.StatusCode.OK:
+            await context.abort(code, details, trailing_metadata=((ERROR_KEY, error),) if error else ())
+        return reply
 
     handle.__name__ = method.rpc
     return handle
 
 
+Route = tuple[codec.Method, Callable[..., Any]]  # an RPC and the model method it reaches
+
+
+def owner_routes(owner: OwnerService) -> dict[str, Route]:
+    """The RPCs of ``mmusim.v2.OwnerService`` by name, each with the method of ``owner`` it calls."""
+    return {m.rpc: (m, getattr(owner, m.call)) for m in codec.OWNER.values()}
+
+
+def secondary_routes(secondary: SecondaryService) -> dict[str, Route]:
+    """The RPCs of ``mmusim.v2.SecondaryService`` by name: the callouts reach
+    ``secondary.callout``, the others their own method."""
+    routes: dict[str, Route] = {m.rpc: (m, secondary.callout) for m in codec.SECONDARY.values()}
+    routes.update({m.rpc: (m, getattr(secondary, m.call)) for m in codec.SECONDARY_METHODS.values()})
+    return routes
+
+
 def owner_servicer(owner: OwnerService, *, checked: bool) -> pb_grpc.OwnerServiceServicer:
     """The ``mmusim.v2.OwnerService`` servicer of ``owner``'s partition (``checked``: each
     request's caller checked against its certificate, ``check_caller``)."""
-    body = {m.rpc: _handler(owner.name, m, getattr(owner, m.call), checked) for m in codec.OWNER.values()}
+    body = {rpc: _handler(owner.name, m, target, checked) for rpc, (m, target) in owner_routes(owner).items()}
     return type("OwnerServiceServicer", (pb_grpc.OwnerServiceServicer,), body)()
 
 
 def secondary_servicer(secondary: SecondaryService, *, checked: bool) -> pb_grpc.SecondaryServiceServicer:
     """The ``mmusim.v2.SecondaryService`` servicer of a partition hosting secondaries
     (``checked``: as ``owner_servicer``)."""
-    body = {m.rpc: _handler(secondary.name, m, secondary.callout, checked) for m in codec.SECONDARY.values()}
-    body.update({m.rpc: _handler(secondary.name, m, getattr(secondary, m.call), checked)
-                 for m in codec.SECONDARY_METHODS.values()})
+    body = {rpc: _handler(secondary.name, m, target, checked)
+            for rpc, (m, target) in secondary_routes(secondary).items()}
     return type("SecondaryServiceServicer", (pb_grpc.SecondaryServiceServicer,), body)()
 
 
@@ -108,20 +141,24 @@ class InjectedLatency(grpc.aio.ServerInterceptor):
         self.latency_us = latency_us
         self.callout_us = callout_us
 
+    def delay_s(self, src: str | None, method: str, probe: bool) -> float:
+        """The delay of one request of ``method`` (its full name, ``/package.Service/Rpc``)
+        from ``src`` (None: it names no caller): none for the instrument's probe."""
+        if probe:
+            return 0.0
+        delay_us = self.latency_us(src, self.partition) if self.latency_us is not None and src is not None else 0.0
+        if method.startswith(f"/{SECONDARY_SERVICE_NAME}/"):
+            delay_us += self.callout_us
+        return max(delay_us, 0.0) / 1e6
+
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None or handler.unary_unary is None:  # a stream delays each request itself
             return handler
         metadata = dict(details.invocation_metadata or ())
-        if PROBE_KEY in metadata:
+        delay_s = self.delay_s(metadata.get(SRC_KEY), details.method, PROBE_KEY in metadata)
+        if delay_s <= 0:
             return handler
-        src = metadata.get(SRC_KEY)
-        delay_us = self.latency_us(src, self.partition) if self.latency_us is not None and src is not None else 0.0
-        if details.method.startswith(f"/{SECONDARY_SERVICE_NAME}/"):
-            delay_us += self.callout_us
-        if delay_us <= 0:
-            return handler
-        delay_s = delay_us / 1e6
         inner = handler.unary_unary
 
         async def delayed(request: Any, context: Any) -> Any:
@@ -157,12 +194,20 @@ async def _check_peer(context: grpc.aio.ServicerContext, method: str) -> str:
     return names[0]
 
 
-async def _check_host(context: grpc.aio.ServicerContext, method: str, request: Any, caller: str) -> None:
-    """A request that acts for a partition (a ``host`` field) acts for its caller only."""
+def _host_refusal(method: str, request: Any, caller: str) -> str | None:
+    """Why a request that acts for a partition (a ``host`` field) may not: it acts for its
+    caller only. None if it may."""
     host = getattr(request, "host", None)
     if host is not None and host != caller:
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                            f"{method}: partition {caller} cannot act for partition {host!r}",
+        return f"{method}: partition {caller} cannot act for partition {host!r}"
+    return None
+
+
+async def _check_host(context: grpc.aio.ServicerContext, method: str, request: Any, caller: str) -> None:
+    """A request that acts for a partition acts for its caller only (``_host_refusal``)."""
+    refusal = _host_refusal(method, request, caller)
+    if refusal is not None:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal,
                             trailing_metadata=((ERROR_KEY, "PermissionDenied"),))
 
 
@@ -176,6 +221,155 @@ class CheckedHealth(health.aio.HealthServicer):
     async def Watch(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         await check_caller(context, "Watch", request)
         await super().Watch(request, context)
+
+
+class _Exchange:
+    """The state of one open stream on the server: the requests being handled (by id), the
+    answers waiting to be written, and the slots bounding both (``STREAM_IN_FLIGHT``).
+
+    A slot is taken when a request is read and given back when its answer has been written
+    (or it was cancelled), so a caller that sends without reading holds at most
+    ``STREAM_IN_FLIGHT`` requests and answers here: then the server stops reading its stream,
+    and HTTP/2 flow control stops the caller."""
+
+    def __init__(self) -> None:
+        self.handling: dict[int, asyncio.Task[None]] = {}
+        self.answers: list[Any] = []
+        self.ready = asyncio.Event()  # answers were added, or the stream is closing
+        self.slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        self.closing = False
+
+    def answer(self, reply: Any) -> None:
+        self.answers.append(reply)
+        self.ready.set()
+
+
+class StreamServicer:
+    """``mmusim.v2.StreamService``: the requests of both services on long-lived streams
+    (``interconnect.transport: stream``, the proto says how). Each request is handled as its
+    unary RPC is (``_call_model``), in a task of its own started in the order the requests
+    arrive, with the same injected latency (``InjectedLatency.delay_s``, none for a probe),
+    the same ``host`` check under mutual TLS, and its own deadline; a cancelled request is
+    stopped and not answered. The caller's certificate is checked once, when the stream opens
+    (``_check_peer``), as the unary path checks it on each call; so is ``mmusim-dst``.
+
+    Answers ready together are written in one message, as the client writes requests: while
+    one message is being written, the next gathers."""
+
+    def __init__(self, partition: str, routes: dict[str, Route], *, checked: bool,
+                 latency: "InjectedLatency | None"):
+        self.partition = partition
+        self.routes = routes  # by full method name
+        self.checked = checked
+        self.latency = latency
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The handler to add to a server. Requests arrive as bytes, parsed here, so that a
+        message that cannot be parsed ends the stream INVALID_ARGUMENT rather than INTERNAL."""
+        return grpc.method_handlers_generic_handler(STREAM_SERVICE_NAME, {
+            "Exchange": grpc.stream_stream_rpc_method_handler(
+                self.exchange, request_deserializer=None, response_serializer=pb.ExchangeResponse.SerializeToString)})
+
+    async def exchange(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
+        caller = await _check_peer(context, "Exchange") if self.checked else None
+        dst = _metadata(context, DST_KEY)
+        if dst is not None and dst != self.partition:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"this is partition {self.partition}, not {dst}",
+                                trailing_metadata=((ERROR_KEY, "NotFound"),))
+        src = _metadata(context, SRC_KEY)
+        state = _Exchange()
+        writer = asyncio.ensure_future(self._write(context, state))
+        try:
+            async for raw in requests:
+                try:
+                    message = pb.ExchangeRequest.FromString(raw)
+                except DecodeError as e:
+                    await self._refuse(context, f"Exchange: a message of {len(raw)} bytes is not an "
+                                                f"ExchangeRequest: {e}")
+                for call in message.calls:
+                    if call.cancel:
+                        task = state.handling.get(call.id)
+                        if task is not None:
+                            task.cancel()
+                        continue
+                    if call.id <= 0 or call.id in state.handling:
+                        what = "is not > 0" if call.id <= 0 else "is already in flight"
+                        await self._refuse(context, f"Exchange: request id {call.id} {what}")
+                    await state.slots.acquire()
+                    state.handling[call.id] = asyncio.ensure_future(self._one(call, src, caller, state))
+                    if writer.done():  # the caller stopped reading and the write failed
+                        break
+            if state.handling:  # the caller is done sending: answer what is in flight
+                await asyncio.wait(list(state.handling.values()))
+            state.closing = True
+            state.ready.set()
+            await writer
+        finally:
+            for task in list(state.handling.values()):
+                task.cancel()
+            if not writer.done():
+                writer.cancel()
+            await asyncio.gather(writer, *state.handling.values(), return_exceptions=True)
+
+    @staticmethod
+    async def _refuse(context: grpc.aio.ServicerContext, details: str) -> None:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details,
+                            trailing_metadata=((ERROR_KEY, "InvalidArgument"),))
+
+    async def _write(self, context: grpc.aio.ServicerContext, state: _Exchange) -> None:
+        while True:
+            await state.ready.wait()
+            state.ready.clear()
+            if state.answers:
+                batch, state.answers = state.answers, []
+                await context.write(pb.ExchangeResponse(replies=batch))
+                for _ in batch:
+                    state.slots.release()
+            elif state.closing:
+                return
+
+    async def _one(self, call: Any, src: str | None, caller: str | None, state: _Exchange) -> None:
+        try:
+            reply = await self._answer(call, src, caller)
+        except asyncio.CancelledError:  # the caller gave up on it: no answer
+            state.slots.release()
+            raise
+        finally:
+            del state.handling[call.id]
+        state.answer(reply)
+
+    async def _answer(self, call: Any, src: str | None, caller: str | None) -> Any:
+        def refused(code: grpc.StatusCode, details: str, error: str | None) -> Any:
+            return pb.StreamReply(id=call.id, code=code.value[0], details=details, error=error or "")
+
+        route = self.routes.get(call.method)
+        if route is None:
+            return refused(grpc.StatusCode.UNIMPLEMENTED, f"no method {call.method!r} on a stream", None)
+        method, target = route
+        if not (call.timeout_us > 0 and math.isfinite(call.timeout_us)):
+            return refused(grpc.StatusCode.INVALID_ARGUMENT, f"{method.rpc}: timeout_us must be a positive number of "
+                                                             f"microseconds, got {call.timeout_us!r}", "InvalidArgument")
+        try:
+            request = method.request.FromString(call.request)
+        except DecodeError as e:
+            return refused(grpc.StatusCode.INVALID_ARGUMENT, f"{method.rpc}: {len(call.request)} bytes are not a "
+                                                             f"{method.request.DESCRIPTOR.name}: {e}", "InvalidArgument")
+        try:
+            async with asyncio.timeout(call.timeout_us / 1e6):
+                delay_s = self.latency.delay_s(src, call.method, call.probe) if self.latency is not None else 0.0
+                if delay_s > 0:
+                    await asyncio.sleep(delay_s)
+                if caller is not None:
+                    refusal = _host_refusal(method.rpc, request, caller)
+                    if refusal is not None:
+                        return refused(grpc.StatusCode.PERMISSION_DENIED, refusal, "PermissionDenied")
+                reply, code, details, error = await _call_model(self.partition, method, target, request)
+        except TimeoutError:
+            return refused(grpc.StatusCode.DEADLINE_EXCEEDED, f"{method.rpc}: deadline of {call.timeout_us:.0f} us "
+                                                              f"exceeded", None)
+        if code != grpc.StatusCode.OK:
+            return refused(code, details, error)
+        return pb.StreamReply(id=call.id, reply=reply.SerializeToString())
 
 
 def check_bind_host(host: str, *, secure: bool) -> None:
@@ -209,11 +403,18 @@ class PartitionServer:
         self.name = owner.name
         self.identity = identity
         inject = latency_us is not None or callout_latency_us > 0
-        interceptors = [InjectedLatency(self.name, latency_us, callout_latency_us)] if inject else []
-        self.server = grpc.aio.server(interceptors=interceptors)
+        latency = InjectedLatency(self.name, latency_us, callout_latency_us) if inject else None
+        # at most this many streams (calls in flight) per connection: what a caller opening
+        # streams it never reads can hold here
+        options = [("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS)]
+        self.server = grpc.aio.server(interceptors=[latency] if latency is not None else [], options=options)
         checked = identity is not None  # checked in the servicers: an interceptor costs every call
         pb_grpc.add_OwnerServiceServicer_to_server(owner_servicer(owner, checked=checked), self.server)
         pb_grpc.add_SecondaryServiceServicer_to_server(secondary_servicer(secondary, checked=checked), self.server)
+        routes = {f"/{OWNER_SERVICE_NAME}/{rpc}": r for rpc, r in owner_routes(owner).items()}
+        routes.update({f"/{SECONDARY_SERVICE_NAME}/{rpc}": r for rpc, r in secondary_routes(secondary).items()})
+        self.stream_servicer = StreamServicer(self.name, routes, checked=checked, latency=latency)
+        self.server.add_generic_rpc_handlers((self.stream_servicer.handler(),))
         self.health = CheckedHealth() if checked else health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.address: str | None = None
@@ -230,7 +431,7 @@ class PartitionServer:
         if bound == 0:
             raise OSError(f"partition {self.name}: cannot listen on {host}:{port}")
         await self.server.start()
-        for service in ("", OWNER_SERVICE_NAME, SECONDARY_SERVICE_NAME):
+        for service in ("", OWNER_SERVICE_NAME, SECONDARY_SERVICE_NAME, STREAM_SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.address = f"{host}:{bound}"
         return self.address

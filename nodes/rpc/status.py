@@ -51,6 +51,14 @@ _BY_NAME: dict[str, type[Exception]] = {
 }
 
 
+_BY_VALUE: dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def status_code(value: int) -> grpc.StatusCode:
+    """The status code numbered ``value`` (as a stream's answer carries it); UNKNOWN if none is."""
+    return _BY_VALUE.get(value, grpc.StatusCode.UNKNOWN)
+
+
 def code_of(exc: BaseException) -> grpc.StatusCode | None:
     """The status code answering ``exc``, or None if it is not a model error or kernel bug
     (then it is a bug in mmusim: INTERNAL, and the server logs it)."""

@@ -2,7 +2,7 @@
 127.0.0.1 port 0, no Ray).
 
 - Every RPC of ``mmusim.v2.OwnerService`` and ``mmusim.v2.SecondaryService`` answers a valid request sent
-  with the raw stubs, against real state: an mm with mapped pages on p0, and on p1 a GRU, a
+  with the raw stubs (on the transport under test: unary calls, or ``Exchange`` streams), against real state: an mm with mapped pages on p0, and on p1 a GRU, a
   KVM-style shadow MMU and an XPMEM driver registered on p0's mms.
 - Every status code of the contract is produced by a realistic request, and comes back through
   ``GrpcInterconnect.call`` as the model error it was (``nodes/errors.py``); the whole table
@@ -43,6 +43,7 @@ from nodes.rpc.status import ERROR_KEY, code_of
 from nodes.secondary.gru import GruMmu
 from nodes.secondary.kvm import KvmMmu
 from nodes.secondary.xpmem import XPMEM_RDONLY, XPMEM_RDWR, XpmemCred
+from rawstub import raw_stubs
 
 C = grpc.StatusCode
 P = PAGE_SIZE
@@ -75,9 +76,11 @@ class Rig:
     segid: int
     apid: int
     att: Any
-    owner: Any  # raw OwnerServiceStub to p0
-    secondary: Any  # raw SecondaryServiceStub to p1
+    owner: Any  # raw OwnerService stub to p0 (rawstub.py)
+    secondary: Any  # raw SecondaryService stub to p1
     channels: list[grpc.aio.Channel]
+    stubs: dict[str, tuple[Any, Any]]  # partition -> its raw (owner, secondary) stubs
+    streams: list[Any]  # the StreamStubs to close
 
     @property
     def nid(self) -> dict[str, str]:
@@ -88,6 +91,8 @@ class Rig:
         return pb.CalloutTarget(notifier_id=self.nid[kind], mm_id=mm.id, mm_name=mm.name)
 
     async def close(self) -> None:
+        for streams in self.streams:
+            await streams.close()
         for ch in self.channels:
             await ch.close()
 
@@ -117,8 +122,9 @@ async def rig(p0: LivePartition, p1: LivePartition) -> Rig:
         await xp.access(att, att.vaddr + k * P)
     await p1.flush_reports()
     c0, c1 = grpc.aio.insecure_channel(p0.address), grpc.aio.insecure_channel(p1.address)
-    return Rig(p0, p1, mm, gru, kvm_mm, kvm, x_mm, xp, segid, apid, att, pb_grpc.OwnerServiceStub(c0),
-               pb_grpc.SecondaryServiceStub(c1), [c0, c1])
+    (o0, s0, st0), (o1, s1, st1) = (raw_stubs(c, p0.interconnect.transport) for c in (c0, c1))
+    return Rig(p0, p1, mm, gru, kvm_mm, kvm, x_mm, xp, segid, apid, att, o0, s1, [c0, c1],
+               {"p0": (o0, s0), "p1": (o1, s1)}, [x for x in (st0, st1) if x is not None])
 
 
 async def status(call: Any) -> tuple[C, str | None, str]:
@@ -144,8 +150,7 @@ async def refused(r: Rig, dst: str, service: str, method: str, *args: Any, cls: 
     else:
         m = codec.SECONDARY_METHODS[method]
         request = m.encode(*args)
-    channel = r.channels[0 if dst == "p0" else 1]
-    stub = (pb_grpc.OwnerServiceStub if service == "owner" else pb_grpc.SecondaryServiceStub)(channel)
+    stub = r.stubs[dst][0 if service == "owner" else 1]
     code_, name, details = await status(getattr(stub, m.rpc)(request, timeout=5.0))
     assert (code_, name) == (code, cls.__name__), details
     src = r.p1 if dst == "p0" else r.p0
@@ -249,7 +254,8 @@ def test_every_rpc_answers_a_valid_request(live):
             assert r.kvm_mm.exited and r.kvm.released and t.timing.total_us >= t.timing.release_us >= 0
             await p1.flush_reports()
             assert a.check_invariants() == []
-            rpcs = {m.name for svc in pb.DESCRIPTOR.services_by_name.values() for m in svc.methods}
+            rpcs = {m.name for svc in (OWNER_SERVICE_NAME, SECONDARY_SERVICE_NAME)
+                    for m in pb.DESCRIPTOR.services_by_name[svc.split(".")[-1]].methods}
             assert called == rpcs, f"no valid request sent for {sorted(rpcs - called)}"
         finally:
             await r.close()
@@ -538,7 +544,7 @@ SAMPLE_ARGS: dict[tuple[str, str], tuple[Any, ...]] = {
 }
 
 
-def test_every_call_carries_a_deadline():
+def test_every_call_carries_a_deadline(transport):
     """A partition whose server answers only after 60 s (injected latency): every request
     GrpcInterconnect can send gives up at the caller's deadline with ``Unreachable``."""
     assert {m for s, m in SAMPLE_ARGS if s == "owner"} == set(codec.OWNER)
@@ -546,8 +552,9 @@ def test_every_call_carries_a_deadline():
     assert {m for s, m in SAMPLE_ARGS if s == "secondary"} == set(codec.SECONDARY_METHODS)
 
     async def main() -> None:
-        slow = LivePartition("p0", identity=None, nframes=64, cpus=2, latency_us=lambda src, dst: 60e6)
-        caller = LivePartition("p1", identity=None, nframes=64, cpus=2, deadline_us=200_000.0)
+        slow = LivePartition("p0", identity=None, nframes=64, cpus=2, latency_us=lambda src, dst: 60e6,
+                             transport=transport)
+        caller = LivePartition("p1", identity=None, nframes=64, cpus=2, deadline_us=200_000.0, transport=transport)
         try:
             directory = {"p0": await slow.start(), "p1": await caller.start()}
             caller.connect(directory)

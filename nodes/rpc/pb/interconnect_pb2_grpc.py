@@ -1071,3 +1071,77 @@ class SecondaryService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class StreamServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Exchange = channel.stream_stream(
+                '/mmusim.v2.StreamService/Exchange',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.ExchangeRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.ExchangeResponse.FromString,
+                _registered_method=True)
+
+
+class StreamServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Exchange(self, request_iterator, context):
+        """A stream refused as a whole (the caller's certificate does not name mmusim-src, mmusim-dst
+        is another partition, a message that cannot be parsed, a repeated id) ends with that status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_StreamServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Exchange': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exchange,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.ExchangeRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.ExchangeResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'mmusim.v2.StreamService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('mmusim.v2.StreamService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class StreamService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Exchange(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mmusim.v2.StreamService/Exchange',
+            mmusim_dot_v2_dot_interconnect__pb2.ExchangeRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.ExchangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
