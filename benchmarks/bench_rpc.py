@@ -1,20 +1,26 @@
 """Benchmark of the gRPC interconnect (printed, never asserted): what a cross-partition callout
-costs against a raw gRPC ping, in plaintext and over mutual TLS, measured side by side between
-the same two processes.
+costs against raw gRPC, on both transports (``unary``: one call per request; ``stream``:
+long-lived bidirectional streams, ``nodes/rpc/client.py``), in plaintext and over mutual TLS,
+measured side by side between the same two processes.
 
-Process A hosts partition p0 twice, once in plaintext and once with a TLS identity of a CA made
-for the run (each with an mm of one page), and drives the benchmark; process B hosts partition
-p1 twice the same way, whose GRUs map those mms (registered over gRPC), and a bare grpc.aio ping
-service twice (plaintext, and TLS with p1's certificate: the transport's cost without the
-identity check). Then, alternating in rounds so that every path sees the same machine state:
+Process A hosts partition p0 once per mode (plaintext, and TLS with an identity of a CA made
+for the run) and transport, each with an mm of one page, and drives the benchmark; process B
+hosts partition p1 the same way, whose GRUs map those mms (registered over gRPC), and a bare
+grpc.aio ping service per mode (plaintext, and TLS with p1's certificate: the transport's cost
+without the identity check) with a unary ping and a bidirectional-stream echo. Then,
+alternating in rounds so that every path sees the same machine state:
 
-1. latency: a raw unary ping A -> B, against p0's notifier core calling
-   ``invalidate_range_start`` + ``invalidate_range_end`` for the page (two RPCs to B's GRU,
-   plus the model's work on both sides). Goal: the pair costs at most 2.5x one ping.
+1. latency: a raw unary ping A -> B and a raw stream ping (one message each way on an open
+   stream), against p0's notifier core calling ``invalidate_range_start`` +
+   ``invalidate_range_end`` for the page (two requests to B's GRU, plus the model's work on
+   both sides) on each transport. Goal (issue 13): on the stream transport the pair costs at
+   most 1.2x one raw unary ping (floor 1.6x).
 2. a new channel's first call (TCP connect, and for TLS the handshake with both certificates):
    what a partition pays once per destination.
-3. throughput with 1, 16 and 64 in flight: pings per second against callouts per second (each
-   range_start/end pair counts two). Goal: at 64 in flight, callouts reach 0.7x the pings.
+3. throughput with 1, 16 and 64 in flight: raw unary pings and raw stream messages per second
+   (each in-flight loop on a stream of its own), against callouts per second on each
+   transport (each range_start/end pair counts two). Goal: at 64 in flight, stream callouts
+   reach 0.9x the raw stream messages.
 
 Each figure is printed for plaintext and TLS with their ratio (TLS / plaintext).
 
@@ -35,10 +41,12 @@ import grpc
 from cluster.live import LivePartition
 from nodes import vmops
 from nodes.mm import PAGE_SIZE
+from nodes.rpc import TRANSPORTS
 from nodes.rpc.identity import ClusterCA, PartitionIdentity
 
 BASE = 0x10000000
 PING = "/mmusim.bench.Ping/Ping"
+ECHO = "/mmusim.bench.Ping/Echo"
 MODES = ("plaintext", "tls")
 NEW_CHANNELS = 30  # new channels per mode and round for the first-call figure
 
@@ -47,8 +55,12 @@ def _ping_server() -> grpc.aio.Server:
     async def ping(request: bytes, context: Any) -> bytes:
         return request
 
-    handler = grpc.method_handlers_generic_handler(
-        "mmusim.bench.Ping", {"Ping": grpc.unary_unary_rpc_method_handler(ping)})
+    async def echo(requests: Any, context: Any) -> Any:
+        async for request in requests:
+            yield request
+
+    handler = grpc.method_handlers_generic_handler("mmusim.bench.Ping", {
+        "Ping": grpc.unary_unary_rpc_method_handler(ping), "Echo": grpc.stream_stream_rpc_method_handler(echo)})
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler,))
     return server
@@ -63,33 +75,41 @@ def _channel(address: str, identity: PartitionIdentity | None, dst: str) -> grpc
                                    options=options + list(identity.target_name(dst)))
 
 
-def process_b(owners: dict[str, str], mm_ids: dict[str, int], identity: PartitionIdentity, conn: Any) -> None:
-    """Partition p1 in each mode with a GRU on that mode's p0 mm, and the ping services; serve
-    until told to stop."""
+PATHS = [(mode, transport) for mode in MODES for transport in TRANSPORTS]
+
+
+def process_b(owners: dict[tuple[str, str], str], mm_ids: dict[tuple[str, str], int], identity: PartitionIdentity,
+              conn: Any) -> None:
+    """Partition p1 for each mode and transport with a GRU on that path's p0 mm, and the ping
+    services; serve until told to stop."""
 
     async def main() -> None:
-        parts, pings, ready = {}, {}, {}
+        parts, pings, ready, ping_at = {}, {}, {}, {}
         for mode in MODES:
             ident = identity if mode == "tls" else None
-            p1 = parts[mode] = LivePartition("p1", identity=ident, nframes=1024, cpus=2)
-            await p1.start()
-            p1.connect({"p0": owners[mode]})
             ping = pings[mode] = _ping_server()
             if ident is None:
                 port = ping.add_insecure_port("127.0.0.1:0")
             else:
                 port = ping.add_secure_port("127.0.0.1:0", ident.server_credentials())
             await ping.start()
-            ready[mode] = (p1.address, f"127.0.0.1:{port}")
-        conn.send(("ready", ready))
-        for mode, p1 in parts.items():  # after p0 knows p1's address
-            p1.objects["gru"] = await p1.gru("p0", mm_ids[mode])
+            ping_at[mode] = f"127.0.0.1:{port}"
+        for mode, transport in PATHS:
+            ident = identity if mode == "tls" else None
+            p1 = parts[mode, transport] = LivePartition("p1", identity=ident, nframes=1024, cpus=2, transport=transport)
+            await p1.start()
+            p1.connect({"p0": owners[mode, transport]})
+            ready[mode, transport] = p1.address
+        conn.send(("ready", ready, ping_at))
+        for path, p1 in parts.items():  # after p0 knows p1's address
+            p1.objects["gru"] = await p1.gru("p0", mm_ids[path])
         conn.send(("registered",))
         await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # "stop"
-        for mode, p1 in parts.items():
+        for path, p1 in parts.items():
             await p1.objects["gru"].unregister()
-            await pings[mode].stop(0)
             await p1.stop()
+        for ping in pings.values():
+            await ping.stop(0)
 
     asyncio.run(main())
 
@@ -111,32 +131,44 @@ async def _rate(op: Any, in_flight: int, seconds: float) -> float:
 
 
 def _row(label: str, plain: float, tls: float, unit: str) -> str:
-    return f"  {label:<34} {plain:9.0f} {unit:<4} {tls:9.0f} {unit:<4} {tls / plain:6.2f}x"
+    return f"  {label:<42} {plain:9.0f} {unit:<4} {tls:9.0f} {unit:<4} {tls / plain:6.2f}x"
+
+
+class _StreamPing:
+    """A raw ping on an open bidirectional stream: one message each way."""
+
+    def __init__(self, channel: grpc.aio.Channel):
+        self.call = channel.stream_stream(ECHO)()
+
+    async def __call__(self, payload: bytes) -> None:
+        await self.call.write(payload)
+        await self.call.read()
 
 
 async def bench(seconds: float, rounds: int) -> None:
     ca = ClusterCA.generate()
     ids = ca.issue_all(["p0", "p1"])
-    p0s: dict[str, LivePartition] = {}
-    mms: dict[str, Any] = {}
-    for mode in MODES:
-        p0 = p0s[mode] = LivePartition("p0", identity=ids["p0"] if mode == "tls" else None, nframes=1024, cpus=2)
+    p0s: dict[tuple[str, str], LivePartition] = {}
+    mms: dict[tuple[str, str], Any] = {}
+    for mode, transport in PATHS:
+        p0 = p0s[mode, transport] = LivePartition("p0", identity=ids["p0"] if mode == "tls" else None, nframes=1024,
+                                                  cpus=2, transport=transport)
         await p0.start()
-        mm = mms[mode] = p0.partition.create_mm()
+        mm = mms[mode, transport] = p0.partition.create_mm()
         await vmops.mmap(p0.partition, mm, BASE, PAGE_SIZE)
         await vmops.populate(p0.partition, mm, BASE, PAGE_SIZE)
     ctx = mp.get_context("spawn")
     here, there = ctx.Pipe()
-    child = ctx.Process(target=process_b, args=({m: p.address for m, p in p0s.items()},
-                                                {m: mm.id for m, mm in mms.items()}, ids["p1"], there), daemon=True)
+    child = ctx.Process(target=process_b, args=({k: p.address for k, p in p0s.items()},
+                                                {k: mm.id for k, mm in mms.items()}, ids["p1"], there), daemon=True)
     child.start()
     loop = asyncio.get_running_loop()
-    _, ready = await loop.run_in_executor(None, here.recv)
-    for mode, (p1_address, _) in ready.items():
-        p0s[mode].connect({"p1": p1_address})
+    _, ready, ping_at = await loop.run_in_executor(None, here.recv)
+    for path, p1_address in ready.items():
+        p0s[path].connect({"p1": p1_address})
     await loop.run_in_executor(None, here.recv)  # the GRUs are registered
     identity_of = {"plaintext": None, "tls": ids["p0"]}
-    channels = {m: _channel(ready[m][1], identity_of[m], "p1") for m in MODES}
+    channels = {m: _channel(ping_at[m], identity_of[m], "p1") for m in MODES}
     calls = {m: ch.unary_unary(PING) for m, ch in channels.items()}
     payload = b"x" * 64
 
@@ -145,8 +177,19 @@ async def bench(seconds: float, rounds: int) -> None:
             await calls[mode](payload, timeout=5.0)
         return ping
 
-    def pair_op(mode: str) -> Any:
-        core, mm = p0s[mode].partition.core, mms[mode]
+    def stream_ping_op(mode: str) -> Any:
+        streams: list[_StreamPing] = []  # one per concurrent loop: _rate's loops take them in turn
+
+        async def stream_ping() -> None:
+            s = streams.pop() if streams else _StreamPing(channels[mode])
+            try:
+                await s(payload)
+            finally:
+                streams.append(s)
+        return stream_ping
+
+    def pair_op(path: tuple[str, str]) -> Any:
+        core, mm = p0s[path].partition.core, mms[path]
 
         async def callout_pair() -> None:
             await core.invalidate_range_start(mm, BASE, BASE + PAGE_SIZE)
@@ -155,14 +198,19 @@ async def bench(seconds: float, rounds: int) -> None:
 
     async def first_call(mode: str) -> float:
         t0 = time.perf_counter()
-        ch = _channel(ready[mode][1], identity_of[mode], "p1")
+        ch = _channel(ping_at[mode], identity_of[mode], "p1")
         await ch.unary_unary(PING)(payload, timeout=5.0)
         elapsed = time.perf_counter() - t0
         await ch.close()
         return elapsed
 
-    ops = {(kind, m): (ping_op(m) if kind == "ping" else pair_op(m)) for kind in ("ping", "pair") for m in MODES}
-    for _ in range(50):  # warm up every path: channels, caches
+    ops: dict[tuple[str, str], Any] = {}
+    for m in MODES:
+        ops["ping", m] = ping_op(m)
+        ops["stream ping", m] = stream_ping_op(m)
+        for t in TRANSPORTS:
+            ops[f"pair {t}", m] = pair_op((m, t))
+    for _ in range(50):  # warm up every path: channels, streams, caches
         for op in ops.values():
             await op()
 
@@ -177,31 +225,44 @@ async def bench(seconds: float, rounds: int) -> None:
         for mode in MODES:
             new[mode].extend([await first_call(mode) for _ in range(NEW_CHANNELS)])
     med = {k: statistics.median(v) * 1e6 for k, v in lat.items()}
+    head = f"  {'':<42} {'plaintext':>14} {'mutual TLS':>14} {'TLS/plain':>7}"
     print(f"latency (median of {len(lat['ping', 'tls'])} each, alternating in {rounds} rounds):")
-    print(f"  {'':<34} {'plaintext':>14} {'mutual TLS':>14} {'TLS/plain':>7}")
+    print(head)
     print(_row("raw grpc.aio unary ping", med["ping", "plaintext"], med["ping", "tls"], "us"))
-    print(_row("invalidate_range_start + end pair", med["pair", "plaintext"], med["pair", "tls"], "us"))
+    print(_row("raw grpc.aio stream ping (open stream)", med["stream ping", "plaintext"], med["stream ping", "tls"],
+               "us"))
+    for t in TRANSPORTS:
+        print(_row(f"range_start + end pair, {t}", med[f"pair {t}", "plaintext"], med[f"pair {t}", "tls"], "us"))
     for mode in MODES:
-        print(f"    {mode}: the pair is {med['pair', mode] / med['ping', mode]:.2f}x one ping (goal <= 2.5x)")
+        ratios = ", ".join(f"{t} {med[f'pair {t}', mode] / med['ping', mode]:.2f}x" for t in TRANSPORTS)
+        print(f"    {mode}: the pair vs one raw unary ping: {ratios} (goal, stream: <= 1.2x, floor 1.6x)")
     first = {m: statistics.median(v) * 1e6 for m, v in new.items()}
     print(_row(f"new channel + first ping (n={len(new['tls'])})", first["plaintext"], first["tls"], "us"))
 
     print(f"throughput ({seconds:.1f} s per measurement, best of {rounds} alternating rounds):")
-    print(f"  {'':<34} {'plaintext':>14} {'mutual TLS':>14} {'TLS/plain':>7}")
+    print(head)
     for k in (1, 16, 64):
         best: dict[tuple[str, str], float] = {}
         for _ in range(rounds):
             for (kind, mode), op in ops.items():
-                r = (1 if kind == "ping" else 2) * await _rate(op, k, seconds)
+                r = (2 if kind.startswith("pair") else 1) * await _rate(op, k, seconds)
                 best[kind, mode] = max(best.get((kind, mode), 0.0), r)
-        print(_row(f"{k:>2} in flight: pings", best["ping", "plaintext"], best["ping", "tls"], "/s"))
-        print(_row(f"{k:>2} in flight: callouts", best["pair", "plaintext"], best["pair", "tls"], "/s"))
-        goal = "   (goal >= 0.7x at 64)" if k == 64 else ""
-        print(f"    callouts/pings: plaintext {best['pair', 'plaintext'] / best['ping', 'plaintext']:.2f}, "
-              f"TLS {best['pair', 'tls'] / best['ping', 'tls']:.2f}{goal}")
-    for mode, p0 in p0s.items():
-        print(f"  {mode}: owner faults: {len(p0.owner_service.faults)}; "
-              f"invariant violations on p0: {len(p0.partition.check_invariants())}")
+        print(_row(f"{k:>2} in flight: raw unary pings", best["ping", "plaintext"], best["ping", "tls"], "/s"))
+        print(_row(f"{k:>2} in flight: raw stream messages", best["stream ping", "plaintext"],
+                   best["stream ping", "tls"], "/s"))
+        for t in TRANSPORTS:
+            print(_row(f"{k:>2} in flight: callouts, {t}", best[f"pair {t}", "plaintext"], best[f"pair {t}", "tls"], "/s"))
+        for mode in MODES:
+            ratios = ", ".join(f"{t} {best[f'pair {t}', mode] / best['stream ping', mode]:.2f}" for t in TRANSPORTS)
+            goal = "   (goal, stream: >= 0.9 at 64)" if k == 64 else ""
+            print(f"    {mode}: callouts / raw stream messages: {ratios}; callouts / raw unary pings: "
+                  f"{best['pair stream', mode] / best['ping', mode]:.2f} stream, "
+                  f"{best['pair unary', mode] / best['ping', mode]:.2f} unary{goal}")
+    for path, p0 in p0s.items():
+        written = p0.interconnect.written
+        coalesced = f"; {written['calls'] / written['messages']:.2f} requests per stream message" if written else ""
+        print(f"  {path[0]}, {path[1]}: owner faults: {len(p0.owner_service.faults)}; "
+              f"invariant violations on p0: {len(p0.partition.check_invariants())}{coalesced}")
 
     for ch in channels.values():
         await ch.close()
@@ -213,7 +274,7 @@ async def bench(seconds: float, rounds: int) -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=2.0, help="per throughput measurement")
+    ap.add_argument("--seconds", type=float, default=1.0, help="per throughput measurement")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     asyncio.run(bench(args.seconds, args.rounds))

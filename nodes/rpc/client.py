@@ -82,8 +82,10 @@ class _Stream:
     message, and a reader task that hands each answer to its request. ``on_break`` is called
     once, when the stream breaks or is closed; every request still in flight then fails."""
 
-    def __init__(self, channel: grpc.aio.Channel, src: str, dst: str, on_break: Callable[["_Stream"], None]):
+    def __init__(self, channel: grpc.aio.Channel, src: str, dst: str, on_break: Callable[["_Stream"], None],
+                 written: Counter[str]):
         self.src, self.dst = src, dst
+        self.written = written  # stream messages and the requests (and cancellations) in them
         self.call = pb_grpc.StreamServiceStub(channel).Exchange(metadata=((SRC_KEY, src), (DST_KEY, dst)))
         self.pending: dict[int, asyncio.Future[Any]] = {}  # invariant: futures not done, by request id
         self.outbox: list[Any] = []  # StreamCalls not yet written
@@ -124,17 +126,26 @@ class _Stream:
 
     async def _write(self) -> None:
         try:
+            await self.call.initial_metadata()  # the server accepted the stream (or refused it: done)
+            if self.call.done():
+                raise asyncio.InvalidStateError("the stream was refused")
             while True:
                 await self._ready.wait()
                 self._ready.clear()
                 if self.outbox:
                     batch, self.outbox = self.outbox, []
                     await self.call.write(pb.ExchangeRequest(calls=batch))
+                    self.written.update(messages=1, calls=len(batch))
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001 - the stream ended; the reader says why, if it can
-            await asyncio.wait([self._reader], timeout=1.0)
-            self._break(functools.partial(_unreachable, f"the stream broke: {type(e).__name__}: {e}"))
+        except (asyncio.InvalidStateError, grpc.aio.AioRpcError):  # the stream ended: its status says how
+            try:  # (a write racing the end fails with INTERNAL, whatever the status)
+                code = await asyncio.wait_for(self.call.code(), 1.0)
+                details, trailing = await self.call.details(), await self.call.trailing_metadata()
+            except (asyncio.TimeoutError, grpc.aio.AioRpcError):
+                code, details, trailing = grpc.StatusCode.UNAVAILABLE, "the stream could not be written", None
+            name = dict(trailing or ()).get(ERROR_KEY)
+            self._break(functools.partial(error_from, code, details or "", name if isinstance(name, str) else None))
 
     async def _read(self) -> None:
         try:
@@ -191,6 +202,9 @@ class GrpcInterconnect:
         self.transport = transport
         # by (address, destination, source): open streams, one per direction per pair
         self._streams: dict[tuple[str, str, str], _Stream] = {}
+        # stream transport: "streams" opened, "messages" written on them, "calls" in those
+        # (requests and cancellations); calls > messages when requests were coalesced
+        self.written: Counter[str] = Counter()
         self.messages: Counter[str] = Counter()  # by kind, as the sim interconnect counts them
         # by (address, destination): under TLS a channel accepts only the partition it was made for
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
@@ -299,7 +313,8 @@ class GrpcInterconnect:
                 if self._streams.get(key) is broken:
                     del self._streams[key]
 
-            stream = self._streams[key] = _Stream(channel, src, dst, forget)
+            stream = self._streams[key] = _Stream(channel, src, dst, forget, self.written)
+            self.written["streams"] += 1
         return stream
 
     async def close(self) -> None:

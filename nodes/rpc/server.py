@@ -237,7 +237,17 @@ class _Exchange:
         self.answers: list[Any] = []
         self.ready = asyncio.Event()  # answers were added, or the stream is closing
         self.slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        self.held = 0  # invariant: slots taken, 0 <= held <= STREAM_IN_FLIGHT
         self.closing = False
+
+    async def take(self) -> None:
+        await self.slots.acquire()
+        self.held += 1
+
+    def give(self, n: int = 1) -> None:
+        self.held -= n
+        for _ in range(n):
+            self.slots.release()
 
     def answer(self, reply: Any) -> None:
         self.answers.append(reply)
@@ -262,6 +272,11 @@ class StreamServicer:
         self.routes = routes  # by full method name
         self.checked = checked
         self.latency = latency
+        self.open: set[_Exchange] = set()  # the streams open now
+
+    def in_flight(self) -> int:
+        """Requests being handled or waiting to be answered, over every open stream."""
+        return sum(x.held for x in self.open)
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The handler to add to a server. Requests arrive as bytes, parsed here, so that a
@@ -277,7 +292,11 @@ class StreamServicer:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"this is partition {self.partition}, not {dst}",
                                 trailing_metadata=((ERROR_KEY, "NotFound"),))
         src = _metadata(context, SRC_KEY)
+        # the stream is accepted: a caller waits for this before it writes, so a refusal above
+        # reaches it as the stream's status, not as a failed write
+        await context.send_initial_metadata(())
         state = _Exchange()
+        self.open.add(state)
         writer = asyncio.ensure_future(self._write(context, state))
         try:
             async for raw in requests:
@@ -295,7 +314,7 @@ class StreamServicer:
                     if call.id <= 0 or call.id in state.handling:
                         what = "is not > 0" if call.id <= 0 else "is already in flight"
                         await self._refuse(context, f"Exchange: request id {call.id} {what}")
-                    await state.slots.acquire()
+                    await state.take()
                     state.handling[call.id] = asyncio.ensure_future(self._one(call, src, caller, state))
                     if writer.done():  # the caller stopped reading and the write failed
                         break
@@ -310,6 +329,7 @@ class StreamServicer:
             if not writer.done():
                 writer.cancel()
             await asyncio.gather(writer, *state.handling.values(), return_exceptions=True)
+            self.open.discard(state)
 
     @staticmethod
     async def _refuse(context: grpc.aio.ServicerContext, details: str) -> None:
@@ -323,8 +343,7 @@ class StreamServicer:
             if state.answers:
                 batch, state.answers = state.answers, []
                 await context.write(pb.ExchangeResponse(replies=batch))
-                for _ in batch:
-                    state.slots.release()
+                state.give(len(batch))
             elif state.closing:
                 return
 
@@ -332,8 +351,12 @@ class StreamServicer:
         try:
             reply = await self._answer(call, src, caller)
         except asyncio.CancelledError:  # the caller gave up on it: no answer
-            state.slots.release()
+            state.give()
             raise
+        except Exception as e:  # noqa: BLE001 - a bug in mmusim: answered INTERNAL, as on a unary call
+            log.exception("partition %s: request %d on a stream failed with a bug in mmusim", self.partition, call.id)
+            reply = pb.StreamReply(id=call.id, code=grpc.StatusCode.INTERNAL.value[0],
+                                   details=f"mmusim bug in {call.method!r}: {type(e).__name__}: {e}")
         finally:
             del state.handling[call.id]
         state.answer(reply)

@@ -7,36 +7,13 @@ TLS with identities issued by a CA made for the test (``nodes/rpc/identity.py``)
 
 from __future__ import annotations
 
-import asyncio
 import functools
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import pytest
 
-from cluster.live import LivePartition
+from liveparts import run_live
 from nodes.rpc import TRANSPORTS
-from nodes.rpc.identity import ClusterCA
-
-
-async def started(*names: str, tls: bool = False, **config: Any) -> list[LivePartition]:
-    identities = ClusterCA.generate().issue_all(list(names)) if tls else dict.fromkeys(names)
-    parts = [LivePartition(n, identity=identities[n], nframes=4096, cpus=2, jiffy_us=1000.0, **config) for n in names]
-    directory = {p.name: await p.start() for p in parts}
-    for p in parts:
-        p.connect(directory)
-    return parts
-
-
-def run_live(body: Callable[..., Awaitable[Any]], *names: str, **config: Any) -> Any:
-    async def main() -> Any:
-        parts = await started(*names, **config)
-        try:
-            return await body(*parts)
-        finally:
-            for p in parts:
-                await p.stop()
-
-    return asyncio.run(main())
 
 
 @pytest.fixture(params=TRANSPORTS)

@@ -38,6 +38,7 @@ class _RawStream:
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.ended: grpc.aio.AioRpcError | None = None
         self.ids = itertools.count(1)
+        self.writing = asyncio.Lock()  # one write at a time on a call (gRPC allows no more)
         self.reader = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
@@ -60,10 +61,17 @@ class _RawStream:
             raise self.ended
         rid = next(self.ids)
         future = self.pending[rid] = asyncio.get_running_loop().create_future()
-        await self.call.write(pb.ExchangeRequest(calls=[pb.StreamCall(
-            id=rid, method=method, request=body, timeout_us=timeout_s * 1e6, probe=probe)]))
         try:
             async with asyncio.timeout(timeout_s):
+                try:
+                    async with self.writing:
+                        await self.call.initial_metadata()  # accepted, or refused (then done)
+                        await self.call.write(pb.ExchangeRequest(calls=[pb.StreamCall(
+                            id=rid, method=method, request=body, timeout_us=timeout_s * 1e6, probe=probe)]))
+                except (asyncio.InvalidStateError, grpc.aio.AioRpcError):  # it ended: its status says how
+                    self.ended = rpc_error(await self.call.code(), await self.call.details() or "",
+                                           dict(await self.call.trailing_metadata() or ()).get(ERROR_KEY))
+                    raise self.ended from None
                 return await future
         except TimeoutError:
             raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
@@ -111,9 +119,9 @@ class StreamStubs:
         return getattr(pb, REPLY[rpc]).FromString(reply.reply)
 
     async def close(self) -> None:
-        for stream in self.streams.values():
+        streams, self.streams = list(self.streams.values()), {}
+        for stream in streams:
             await stream.close()
-        self.streams.clear()
 
 
 def raw_stubs(channel: grpc.aio.Channel, transport: str) -> tuple[Any, Any, StreamStubs | None]:

@@ -9,7 +9,12 @@ INTERNAL or UNKNOWN, OK only when the request is valid, and an error always carr
 error's class name, whose status is the one answered. After every batch both servers still
 answer a health check, the owner's invariants hold (``check_invariants()`` and the pin
 accounting of ``OwnerService.pins``), and at the end a GRU fault and a munmap still work and,
-once the hostile pins are returned, the final sweep is clean.
+once the hostile pins are returned, the final sweep is clean. The test runs once per transport:
+on ``stream`` the same requests travel on ``Exchange`` streams (``rawstub.py``: one per
+distinct metadata, many requests in flight on each), and besides them the stream itself is
+attacked (``test_hostile_streams_...``): messages that are not an ExchangeRequest, truncated
+and oversized frames, bad request ids and deadlines, and a peer that opens streams, floods them
+and never reads.
 
 What is *not* generated: well-formed lies with the real secondaries' ids. The interconnect is
 trusted the way NUMAlink is: an owner believes a secondary's reports of the translations it
@@ -41,12 +46,12 @@ from nodes import errors, vmops
 from nodes.mm import PAGE_SIZE, PROT_READ, TASK_SIZE
 from nodes.notifier import OPS
 from nodes.rpc.pb import interconnect_pb2 as pb
-from nodes.rpc.pb import interconnect_pb2_grpc as pb_grpc
 from nodes.rpc.server import DST_KEY, OWNER_SERVICE_NAME, SECONDARY_SERVICE_NAME
 from nodes.rpc.status import ERROR_KEY, code_of
 from nodes.secondary.gru import GruMmu
 from nodes.secondary.kvm import KvmMmu
 from nodes.secondary.xpmem import XPMEM_RDONLY, XPMEM_RDWR, XpmemCred
+from rawstub import raw_stubs
 
 # A failing batch is reported with its 250 requests; hypothesis warns that this repr is large,
 # and under filterwarnings=error the warning would replace the report of what failed.
@@ -816,6 +821,7 @@ class Rig:
     stubs: dict[tuple[str, str], Any]
     health: dict[str, Any]
     channels: list[grpc.aio.Channel]
+    streams: list[Any] = field(default_factory=list)  # StreamStubs to close (rawstub.py)
     seen: Counter[tuple[str, C]] = field(default_factory=Counter)
     sent: int = 0
     distinct: set[tuple[Any, ...]] = field(default_factory=set)
@@ -908,24 +914,27 @@ async def final_checks(rig: Rig) -> None:
 
 
 @pytest.mark.usefixtures("hypothesis_seed_alone")  # the same 10,000 requests whatever ran before
-def test_10000_hostile_requests_are_each_answered_right_and_change_nothing_they_must_not() -> None:
+def test_10000_hostile_requests_are_each_answered_right_and_change_nothing_they_must_not(transport: str) -> None:
     loop = asyncio.new_event_loop()
     parts: list[LivePartition] = []
     rig: Rig | None = None
     try:
         async def start() -> Rig:
             for name in ("p0", "p1"):
-                parts.append(LivePartition(name, identity=None, nframes=NFRAMES, cpus=2, jiffy_us=1000.0))
+                parts.append(LivePartition(name, identity=None, nframes=NFRAMES, cpus=2, jiffy_us=1000.0,
+                                           transport=transport))
             directory = {p.name: await p.start() for p in parts}
             for p in parts:
                 p.connect(directory)
             w = await build_world(*parts)
             channels = {p.name: grpc.aio.insecure_channel(p.address) for p in parts}
-            stubs = {(svc, name): cls(ch) for name, ch in channels.items()
-                     for svc, cls in (("OwnerService", pb_grpc.OwnerServiceStub),
-                                       ("SecondaryService", pb_grpc.SecondaryServiceStub))}
+            stubs, streams = {}, []
+            for name, ch in channels.items():
+                owner, secondary, stream_stubs = raw_stubs(ch, transport)
+                stubs["OwnerService", name], stubs["SecondaryService", name] = owner, secondary
+                streams += [stream_stubs] if stream_stubs is not None else []
             health = {name: health_pb2_grpc.HealthStub(ch) for name, ch in channels.items()}
-            return Rig(w, stubs, health, list(channels.values()))
+            return Rig(w, stubs, health, list(channels.values()), streams)
 
         rig = loop.run_until_complete(start())
         the_rig = rig
@@ -943,7 +952,7 @@ def test_10000_hostile_requests_are_each_answered_right_and_change_nothing_they_
         # (and some inputs have few values: four sacrificial mms to Exit), so a floor only
         # guards against generation gone degenerate
         assert len(rig.distinct) >= 3 * TOTAL // 10, len(rig.distinct)
-        rpcs = {m.name for s in pb.DESCRIPTOR.services_by_name.values() for m in s.methods}
+        rpcs = {m.name for svc in ("OwnerService", "SecondaryService") for m in pb.DESCRIPTOR.services_by_name[svc].methods}
         assert {rpc for rpc, _ in rig.seen} == rpcs  # every RPC of both services was sent
         codes = {code for _, code in rig.seen}
         assert {OK, INVALID, NOT_FOUND, DENIED, PRECONDITION} <= codes, codes
@@ -951,6 +960,8 @@ def test_10000_hostile_requests_are_each_answered_right_and_change_nothing_they_
     finally:
         async def stop() -> None:
             if rig is not None:
+                for streams in rig.streams:
+                    await streams.close()
                 for ch in rig.channels:
                     await ch.close()
             for p in parts:

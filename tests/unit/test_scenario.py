@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "callout": {"latency": 20},
     "topology": {"hop_latency": 1.0, "hops": 1},
+    "interconnect": {"transport": "unary"},
     "srcu": {"scope": "global", "expedited": False},
     "kernel": {"hz": 1000},
     "semantics": "v3.10",
@@ -99,6 +100,7 @@ def test_every_builtin_loads_and_builds_both_configs(name: str) -> None:
     assert (ray.partitions, ray.cpus, ray.nframes, ray.srcu_scope, ray.fanout, ray.hops, ray.address) == (
         sim.partitions, sim.cpus, sim.nframes, sim.srcu_scope, sim.fanout, sim.hops, "auto")
     assert ray.jiffy_us == sim.jiffy_us
+    assert ray.transport == s.get("interconnect.transport")
     # modest sizes: the harness runs every point of a sweep (quickstart, one run, measures more)
     assert s.get("partitions") <= 4 and s.get("duration") <= 200_000
     assert s.get("measure.exits") + s.get("measure.unregisters") <= (200 if name == "quickstart" else 30)
@@ -435,3 +437,11 @@ def test_a_scenario_error_survives_pickling() -> None:
     back = pickle.loads(pickle.dumps(err))
     assert str(back) == str(err) == "built-in x: --set seed=a: seed: expected an integer, got 'a'"
     assert (back.source, back.path, back.origin) == ("built-in x", "seed", "--set seed=a")
+
+
+def test_the_transport_is_a_knob_and_a_bad_one_is_refused_naming_it():
+    s = load_scenario("quickstart")
+    assert s.with_overrides(["interconnect.transport=stream"]).ray_config().transport == "stream"
+    with pytest.raises(ScenarioError, match=r"interconnect.transport: expected one of unary, stream, got 'streams'; "
+                                            r"did you mean 'stream'\?"):
+        s.with_overrides(["interconnect.transport=streams"])
