@@ -1,7 +1,7 @@
 """The ``mmusim`` command line.
 
     mmusim run SCENARIO [--backend sim|ray] [--seed N] [--set k=v ...] [--out DIR] [--address ADDR]
-    mmusim sweep SCENARIO [--vary key=v1,v2,...] [same options as run]
+    mmusim sweep SCENARIO [--vary key=v1,v2,...] [--jobs N] [same options as run]
     mmusim scenarios
     mmusim report DIR
     mmusim check [SCENARIO] --semantics MODE [--seeds N] [--scheduler random|pct] [--gru-dropin guarded|v3.10]
@@ -42,22 +42,28 @@ def _integer(text: str) -> int:
 
 
 class Progress:
-    """A progress bar on ``stream`` (stderr), redrawn in place when it is a terminal; one line
-    at the end otherwise, so logs stay readable."""
+    """A progress bar on ``stream`` (stderr), redrawn in place when it is a terminal; when it is
+    not, nothing until ``close()`` (or, with ``lines=True``, one line per update), so logs stay
+    readable. ``unit`` names what is counted."""
 
-    def __init__(self, label: str, stream: TextIO | None = None, width: int = 30):
+    def __init__(self, label: str, stream: TextIO | None = None, width: int = 30, *,
+                 unit: str = "measurements", lines: bool = False):
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
         self.width = width
+        self.unit = unit
         self.t0 = time.monotonic()
         self.tty = self.stream.isatty()
+        self.lines = lines
 
-    def __call__(self, done: int, total: int) -> None:
-        if not self.tty:
+    def __call__(self, done: int, total: int, note: str = "") -> None:
+        if not self.tty and not self.lines:
             return
         filled = self.width * done // max(total, 1)
         bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {done}/{total} measurements, {time.monotonic() - self.t0:.1f} s")
+        note = f" ({note})" if note else ""
+        line = f"{self.label} [{bar}] {done}/{total} {self.unit}, {time.monotonic() - self.t0:.1f} s{note}"
+        self.stream.write(f"\r{line}" if self.tty else f"{line}\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -115,7 +121,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from workloads.harness import run_scenario
     from workloads.report import render, run_dir, write_run, write_sweep
     from workloads.scenario import ScenarioError
 
@@ -130,21 +135,69 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise ScenarioError(s.source, "sweep", "a sweep: give --vary KEY=V1,V2,... (this scenario declares none)")
     key = s.get("sweep.key")
     out = _out_dir(args, s, "-sweep")
+    jobs = min(args.jobs, len(points))
+    if jobs > 1 and args.backend != "sim":
+        raise ScenarioError("--jobs", None, f"parallel points need the sim backend (a Ray run has its cluster to itself), "
+                            f"got --jobs {args.jobs} with --backend {args.backend}")
     results = []
-    violations = 0
-    for value, point in points:
-        progress = Progress(f"{key}={value} ({args.backend})")
-        try:
-            result, events = run_scenario(point, args.backend, address=args.address, progress=progress)
-        finally:
-            progress.close()
-        write_run(run_dir(out, key, value), result, events)
-        results.append(result)
-        violations += result["invariants"]["violations"]
+    if jobs > 1:  # each worker writes its point's files (and draws its plot) itself
+        results = _run_points_in_parallel([(point, run_dir(out, key, value)) for value, point in points], jobs,
+                                          Progress(f"{s.name} sweep of {key} ({jobs} processes)", unit="points",
+                                                   lines=True), [f"{key}={value}" for value, _ in points])
+    else:
+        for value, point in points:
+            result, events = _run_point_with_progress(point, f"{key}={value} ({args.backend})", args.backend,
+                                                      args.address)
+            write_run(run_dir(out, key, value), result, events)
+            results.append(result)
+    violations = sum(r["invariants"]["violations"] for r in results)
     write_sweep(out, key, [v for v, _ in points], results)
-    print(render(out))
+    print(render(out, runs=False))
     print(f"wrote {out}")
     return EXIT_VIOLATION if violations else EXIT_OK
+
+
+def _run_point_with_progress(point: Any, label: str, backend: str, address: str | None) -> tuple[Any, Any]:
+    """One point of a serial sweep, with its own progress bar of measurements."""
+    from workloads.harness import run_scenario
+
+    progress = Progress(label)
+    try:
+        return run_scenario(point, backend, address=address, progress=progress)
+    finally:
+        progress.close()
+
+
+def _run_point(point: Any, out_dir: Path) -> Any:
+    """One point of a parallel sweep, in a worker process: run it on the sim backend, write its
+    files into ``out_dir`` and return its result. A sim run is a function of its scenario and
+    seed alone, so a point gives what it gives in a serial sweep."""
+    from workloads.harness import run_scenario
+    from workloads.report import write_run
+
+    result, events = run_scenario(point, "sim")
+    write_run(out_dir, result, events)
+    return result
+
+
+def _run_points_in_parallel(points: list[tuple[Any, Path]], jobs: int, progress: Progress,
+                            labels: list[str]) -> list[Any]:
+    """Run ``points`` (scenario, output directory) in ``jobs`` worker processes; their results
+    in the order of ``points``. ``progress`` gets a line as each point finishes."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    out: list[Any] = [None] * len(points)
+    try:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(_run_point, point, d): i for i, (point, d) in enumerate(points)}
+            progress(0, len(points))
+            for n, fut in enumerate(as_completed(futures), 1):
+                i = futures[fut]
+                out[i] = fut.result()
+                progress(n, len(points), labels[i])
+    finally:
+        progress.close()
+    return out
 
 
 def _cmd_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -261,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_run_options(sweep)
     sweep.add_argument("--vary", default=None, metavar="KEY=V1,V2,...",
                        help="the knob and its values (default: the scenario's own sweep)")
+    sweep.add_argument("--jobs", "-j", type=_positive_int, default=1, metavar="N",
+                       help="sim backend: run up to N points at once, each in its own process "
+                            "(default 1; the results are those of a serial sweep)")
     sub.add_parser("scenarios", help="list the built-in scenarios")
     from nodes.notifier import SEMANTICS
 
