@@ -26,6 +26,7 @@ Model code must use the injected ``VirtualClock``; asyncio helpers that take sec
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextvars
 import functools
@@ -33,6 +34,7 @@ import hashlib
 import heapq
 import random
 import selectors
+import sys
 import types
 from collections import deque
 from typing import Any, Coroutine, Generator, Sequence, TypeVar
@@ -59,10 +61,12 @@ class Trace:
     """What ran when: a running digest of every step and model event, and optionally the
     whole list (``level="full"``).
 
-    Entries are buffered and hashed in batches: the virtual time as a float whenever it has
-    moved, a step as the name of who ran (a str; the virtual loop appends these to ``_buf``
-    itself), an event as a ``(kind, detail)`` tuple. The digest is of the concatenated
-    ``repr`` of the entries, so it does not depend on where batches end."""
+    Entries are buffered in ``_buf`` and hashed in batches: a step is the name of who ran (the
+    virtual loop appends these itself), an event is ``"\x01kind\x01detail"``, and ``""``
+    marks that the virtual time moved, to the next value of ``_times`` (float64s: recording a
+    time formats nothing). The digest is of two streams, each the concatenation of its
+    batches, so it does not depend on where batches end: the entries, each followed by a NUL,
+    and the times' bytes (little-endian)."""
 
     BATCH = 4096
 
@@ -70,9 +74,11 @@ class Trace:
         if level not in TRACE_LEVELS:
             raise ValueError(f"trace level must be one of {TRACE_LEVELS}, got {level!r}")
         self.level = level
-        self._hash = hashlib.blake2b(digest_size=16)
-        self._buf: list[Any] = []
-        self._buf_other = 0  # entries in _buf that are not steps
+        self._hash = hashlib.blake2b(digest_size=16)  # the entries
+        self._times_hash = hashlib.blake2b(digest_size=16)
+        self._buf: list[str] = []
+        self._buf_other = 0  # entries in _buf that are events (the time marks are len(_times))
+        self._times = array.array("d")  # the time each "" entry of _buf moved to
         self._now = 0.0  # the time last recorded
         self._full_now = 0.0  # the time of the last line of ``entries``
         self._entries: list[str] = []
@@ -82,14 +88,14 @@ class Trace:
     @property
     def steps(self) -> int:
         """Scheduling steps recorded (0 when the level is ``off``)."""
-        return self._steps + len(self._buf) - self._buf_other
+        return self._steps + len(self._buf) - self._buf_other - len(self._times)
 
     def at(self, now: float) -> None:
         """Note the virtual time, if it has moved since last noted."""
         if now != self._now:
             self._now = now
-            self._buf_other += 1
-            self._buf.append(now)
+            self._times.append(now)
+            self._buf.append("")
 
     def step(self, now: float, key: str) -> None:
         self.at(now)
@@ -102,26 +108,35 @@ class Trace:
         if self.level != "off":
             self.at(now)
             self._buf_other += 1
-            self._buf.append((kind, detail))
+            self._buf.append(f"\x01{kind}\x01{detail}")
             if len(self._buf) >= self.BATCH:
                 self._flush()
 
     def _flush(self) -> None:
-        buf = self._buf
+        buf, times = self._buf, self._times
         if not buf:
             return
-        self._steps += len(buf) - self._buf_other
+        self._steps += len(buf) - self._buf_other - len(times)
         self._buf_other = 0
-        self._hash.update("".join(map(repr, buf)).encode())
+        self._hash.update("\x00".join(buf).encode())
+        self._hash.update(b"\x00")
+        if times:
+            if _BIG_ENDIAN:
+                times = array.array("d", times)
+                times.byteswap()
+            self._times_hash.update(times)
         if self.level == "full":
+            moves = iter(self._times)
             for e in buf:
-                if type(e) is float:
-                    self._full_now = e
-                elif type(e) is str:
-                    self._entries.append(f"{self._full_now!r} run {e}\n")
+                if not e:
+                    self._full_now = next(moves)
+                elif e[0] == "\x01":
+                    kind, detail = e[1:].split("\x01", 1)
+                    self._entries.append(f"{self._full_now!r} {kind} {detail}\n")
                 else:
-                    self._entries.append(f"{self._full_now!r} {e[0]} {e[1]}\n")
+                    self._entries.append(f"{self._full_now!r} run {e}\n")
         buf.clear()
+        del self._times[:]
 
     @property
     def entries(self) -> list[str]:
@@ -131,7 +146,10 @@ class Trace:
 
     def digest(self) -> str:
         self._flush()
-        return self._hash.hexdigest()
+        return hashlib.blake2b(self._hash.digest() + self._times_hash.digest(), digest_size=16).hexdigest()
+
+
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
 class SchedulingPolicy:
@@ -691,16 +709,17 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             ready.append(handle)
         trace = self.trace
         tracing = trace.level != "off"
-        record = trace._buf.append  # a step: who ran (after trace.at(now))
+        trace_buf = trace._buf
+        record = trace_buf.append  # a step: who ran (after trace.at(now))
+        note_time = trace._times.append
         pop = heapq.heappop
         if self.policy is None:
             # fifo: due sleepers in time order, then asyncio's own batch. While there is more to
             # do, go on here rather than through run_forever: the simulator's hot path.
+            batch = trace.BATCH
+            if tracing and now != trace._now:
+                trace.at(now)
             while True:
-                if tracing and now != trace._now:  # (trace.at(now), inlined)
-                    trace._now = now
-                    trace._buf_other += 1
-                    record(now)
                 while sleepers and sleepers[0][0] <= now:
                     _, seq, task = pop(sleepers)
                     if task._sleeping != seq:  # cancelled meanwhile
@@ -734,7 +753,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
                     if tracing:
                         record(self._key(handle)[1])
                     handle._run()
-                if tracing and len(trace._buf) >= trace.BATCH:
+                if tracing and len(trace_buf) >= batch:
                     trace._flush()
                 if self._stopping:  # type: ignore[attr-defined]
                     return
@@ -748,6 +767,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
                         return
                     if nxt > now:
                         self._virtual_now = now = nxt
+                        if tracing:  # (trace.at(now), inlined: the clock moves only here)
+                            trace._now = now
+                            note_time(now)
+                            record("")
                 elif sched and sched[0]._when <= now:
                     return  # a timer is due too: let the next _run_once queue it in order
         while sleepers and sleepers[0][0] <= now:

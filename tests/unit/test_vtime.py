@@ -483,3 +483,22 @@ def test_start_task_runs_its_first_step_at_once_under_fifo_only_as_its_own_task(
         assert any(line.endswith("run handle x\n") for line in loop.trace.entries)
     else:  # queued like any new task: when it starts is the policy's choice
         assert order == [("caller", True), ("handler", True), "answer"]
+
+
+def test_a_trace_digest_does_not_depend_on_where_batches_end_and_times_and_events_count():
+    def fill(t: Trace) -> Trace:
+        t.step(0.0, "a")
+        t.step(1.5, "b")
+        t.event(1.5, "crash", "p1")
+        t.step(2.0, "c")
+        t.step(2.0, "d")
+        return t
+
+    one, small = fill(Trace("full")), Trace("full")
+    small.BATCH = 2
+    fill(small)
+    assert one.digest() == small.digest() and one.steps == small.steps == 4
+    assert one.entries == small.entries == ["0.0 run a\n", "1.5 run b\n", "1.5 crash p1\n", "2.0 run c\n", "2.0 run d\n"]
+    later = Trace("hash")  # the same steps, but one of them at another time
+    later.step(0.0, "a"), later.step(1.5, "b"), later.event(1.5, "crash", "p1"), later.step(2.5, "c"), later.step(2.5, "d")
+    assert later.digest() != one.digest()
