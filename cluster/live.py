@@ -9,18 +9,25 @@ integration tests run several in one process on port 0, without Ray.
 Secondaries made here (``gru``, ``xpmem``) map an mm of another partition through a
 ``RemoteOwner``: faults and registration go to the owner over gRPC, callouts come back to this
 partition's server, oracle reports go to the owner through a ``ReportSink``.
+
+``identity`` is the partition's ``PartitionIdentity`` (``nodes/rpc/identity.py``): its server
+and its clients speak mutual TLS with it. It must be given: None, plaintext, is for runs on
+loopback only, and is said explicitly.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Callable
 
 from cluster.context import SecondaryFactory
 from cluster.wallclock import WallClock
 from nodes.owner import LocalOwner, OwnerPort
+from nodes.errors import ModelError
 from nodes.partition import Partition
 from nodes.remote import OwnerService, RemoteOwner, SecondaryService
 from nodes.rpc.client import DEFAULT_DEADLINE_US, GrpcInterconnect, ReportSink
+from nodes.rpc.identity import PartitionIdentity
 from nodes.rpc.server import PartitionServer
 from nodes.runtime import Runtime
 
@@ -32,6 +39,7 @@ class LivePartition(SecondaryFactory):
         self,
         name: str,
         *,
+        identity: PartitionIdentity | None,
         nframes: int = 65536,
         cpus: int = 4,
         srcu_scope: str = "global",
@@ -44,20 +52,22 @@ class LivePartition(SecondaryFactory):
         gru_dropin: str = "guarded",
     ):
         self.name = name
+        self.identity = identity  # for mutual TLS; None: plaintext, on loopback only
         self.gru_dropin = gru_dropin  # how GRUs made here check a dropin (cluster/context.py)
         self.runtime = Runtime(WallClock())
         self.partition = Partition(self.runtime, name=name, nframes=nframes, ncpus=cpus, srcu_scope=srcu_scope,
                                    jiffy_us=jiffy_us, fanout=fanout, expedited=expedited)
         self.directory: dict[str, str] = {}
-        self.interconnect = GrpcInterconnect(self.directory, deadline_us=deadline_us)
+        self.interconnect = GrpcInterconnect(self.directory, identity=identity, deadline_us=deadline_us)
         self.owner_service = OwnerService(self.partition, self.interconnect)
         self.secondary_service = SecondaryService(name)
         self.secondary_service.flush_reports = self.flush_reports
-        self.server = PartitionServer(self.owner_service, self.secondary_service, latency_us=latency_us,
-                                      callout_latency_us=callout_latency_us)
+        self.server = PartitionServer(self.owner_service, self.secondary_service, identity=identity,
+                                      latency_us=latency_us, callout_latency_us=callout_latency_us)
         self._sinks: dict[str, ReportSink] = {}
         self.objects: dict[str, Any] = {}  # what workload code keeps here (cluster/context.py)
         self.address: str | None = None
+        self.loaded_probe: LoadedProbe | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on ``host:port`` (0: ephemeral); returns the address."""
@@ -79,6 +89,18 @@ class LivePartition(SecondaryFactory):
             sink = self._sinks[owner] = ReportSink(self.runtime, self.interconnect, self.name, owner)
         return RemoteOwner(self.interconnect, self.secondary_service, owner, sink)
 
+    def start_loaded_probe(self, dsts: list[str], period_s: float) -> None:
+        """Probe the floor from here to ``dsts`` under whatever load runs until
+        ``stop_loaded_probe`` (``LoadedProbe``)."""
+        if self.loaded_probe is not None:
+            raise RuntimeError(f"partition {self.name} is already probing")
+        self.loaded_probe = LoadedProbe(self, dsts, period_s)
+
+    async def stop_loaded_probe(self) -> dict[str, list[float]]:
+        """Stop the loaded probe; its null callouts' round trips per destination ({} if none ran)."""
+        probe, self.loaded_probe = self.loaded_probe, None
+        return {} if probe is None else await probe.stop()
+
     async def flush_reports(self) -> None:
         """Wait until every oracle report made here has reached its owner."""
         for sink in self._sinks.values():
@@ -98,6 +120,7 @@ class LivePartition(SecondaryFactory):
         """Close the report sinks and clients, stop serving, and join every task. The server
         stops whatever else fails; the first failure is raised."""
         try:
+            await self.stop_loaded_probe()
             for sink in self._sinks.values():
                 await sink.close()
         finally:
@@ -106,3 +129,37 @@ class LivePartition(SecondaryFactory):
             finally:
                 await self.server.stop(0)
                 await self.runtime.join()
+
+
+class LoadedProbe:
+    """The instrument's floor as a workload's own traffic makes it: from partition ``live``, a
+    null callout (``GrpcInterconnect.null_callout``) to each of ``dsts`` every ``period_s``
+    until stopped. It waits where the run's callouts wait: behind the other work of both
+    partitions' event loops and of the machine. A destination that stops answering (a killed
+    partition) is probed no more; what it answered before is kept."""
+
+    def __init__(self, live: "LivePartition", dsts: list[str], period_s: float):
+        self.live = live
+        self.samples: dict[str, list[float]] = {d: [] for d in dsts}
+        self._stop = asyncio.Event()
+        self._task = asyncio.ensure_future(self._run(float(period_s)))
+
+    async def _run(self, period_s: float) -> None:
+        alive = list(self.samples)
+        while alive:  # a lap at least, however soon it is stopped
+            for dst in list(alive):
+                try:
+                    self.samples[dst].append(await self.live.interconnect.null_callout(self.live.name, dst))
+                except ModelError:  # Unreachable, or an error answered: no floor to measure there
+                    alive.remove(dst)
+            if self._stop.is_set():
+                break
+            try:
+                await asyncio.wait_for(self._stop.wait(), period_s)
+            except asyncio.TimeoutError:
+                pass
+
+    async def stop(self) -> dict[str, list[float]]:
+        self._stop.set()
+        await self._task
+        return self.samples

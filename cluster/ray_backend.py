@@ -10,8 +10,9 @@ Bring-up (``run_ray``): connect to Ray (an existing connection of this process; 
 ``RayConfig.address``, else ``RAY_ADDRESS``, else a new local Ray), place one actor per
 partition (``spread``: partition i on alive node i mod n, pinned with a hard
 ``NodeAffinitySchedulingStrategy``, so one per node when the cluster has enough nodes and round
-robin otherwise; ``pack``: all on the driver's node), start every gRPC server on an ephemeral
-port, hand every partition the directory of addresses, probe the instrument's own floor between
+robin otherwise; ``pack``: all on the driver's node), issue every partition its identity
+(below), start every gRPC server on an ephemeral port of its node's own address, hand every
+partition the directory of addresses, probe the instrument's own floor between
 the partitions that will talk (``probe_floor``: null RPCs and null callouts, no injected
 latency; ``RayRun.overhead``), then run the workload on the driver::
 
@@ -34,6 +35,15 @@ invariant sweep and reports its faults (the partitions it fenced), and every act
 and killed, also when the workload raised. A partition whose actor died (``RayCluster.kill``,
 a lost node) is listed in ``RayRun.lost``; the others' reports name it in ``faults``.
 
+Identity (``nodes/rpc/identity.py``): the partitions authenticate each other with mutual TLS.
+The driver makes a CA for the run (or loads the user's: ``tls_ca_cert``, ``tls_ca_key``) and
+issues each partition a key and a certificate naming it; each actor gets its own in its
+``start`` call, as bytes through Ray (never in a file; as private as Ray's own traffic, so on a
+network that is not trusted, turn on Ray's TLS as well), and never the CA's key. A caller
+without a certificate of the run's CA is refused at the handshake, one whose certificate names
+another partition than it claims is PERMISSION_DENIED (``nodes/rpc/server.py``). ``tls=False``
+turns this off: plaintext, which the servers accept only on loopback addresses.
+
 Workload functions given to ``RayCluster.on`` are pickled to the actors: module-level coroutine
 functions of an importable module (or of ``__main__``, which cloudpickle sends by value), with
 plain-data arguments and results (``cluster/context.py``).
@@ -50,6 +60,7 @@ from typing import Any, Awaitable, Callable, ClassVar, Generic, TypeVar
 
 from nodes.remote import Fault
 from nodes.rpc.client import DEFAULT_DEADLINE_US
+from nodes.rpc.identity import ClusterCA, PartitionIdentity
 from nodes.runtime import Runtime
 
 from cluster.config import PartitionConfig
@@ -63,7 +74,6 @@ DEFAULT_MAX_CONCURRENCY = 10_000  # callouts, faults and workload calls share on
 ACTOR_CPUS = 0  # partitions wait on the network far more than they compute: many fit a 2-core node
 STOP_TIMEOUT_S = 30.0  # for a partition to stop, and then for its actor to end
 DEFAULT_PROBE_COUNT = 32  # null calls of each kind per pair at bring-up: about 0.2 s for 2 partitions
-DEFAULT_PROBE_PERIOD_S = 0.02  # one null callout per pair this often during the workload
 
 
 def _bad(key: str, expected: str, value: Any) -> ValueError:
@@ -102,16 +112,18 @@ class RayConfig(PartitionConfig):
     # pair (0: no probe), over ``probe_pairs`` ((src, dst) partitions; None: every ordered pair)
     probe_count: int = DEFAULT_PROBE_COUNT
     probe_pairs: list[tuple[str, str]] | None = None
-    # and under the workload's own load: one null callout per pair every this many seconds while
-    # the workload runs (0: not), the floor as the run's own traffic makes it (``LoadedProbe``)
-    probe_period_s: float = DEFAULT_PROBE_PERIOD_S
+    # mutual TLS between the partitions, with a CA made for the run, or the user's (a PEM
+    # certificate and the path of its unencrypted key, readable by its owner only). False:
+    # plaintext, for runs on loopback addresses only (the servers refuse any other)
+    tls: bool = True
+    tls_ca_cert: str | None = None
+    tls_ca_key: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_positive_int("max_concurrency")
         if not isinstance(self.probe_count, int) or isinstance(self.probe_count, bool) or self.probe_count < 0:
             raise self.bad("probe_count", "an integer >= 0", self.probe_count)
-        self.check_number("probe_period_s", positive=False)
         if self.probe_pairs is not None:
             names = set(self.names)
             pairs = self.probe_pairs
@@ -132,6 +144,26 @@ class RayConfig(PartitionConfig):
                 raise self.bad("address", "None, 'auto', 'local', 'host:port' or 'ray://host:port'", self.address)
         if self.bind_host is not None and (not isinstance(self.bind_host, str) or not self.bind_host):
             raise self.bad("bind_host", "None or a host name or IP address", self.bind_host)
+        if not isinstance(self.tls, bool):
+            raise self.bad("tls", "true or false", self.tls)
+        for key in ("tls_ca_cert", "tls_ca_key"):
+            v = getattr(self, key)
+            if v is not None and (not isinstance(v, (str, os.PathLike)) or not os.fspath(v)):
+                raise self.bad(key, "None or the path of a PEM file", v)
+        if (self.tls_ca_cert is None) != (self.tls_ca_key is None):
+            raise self.bad("tls_ca_cert/tls_ca_key", "both (the CA's certificate and key) or neither",
+                           (self.tls_ca_cert, self.tls_ca_key))
+        if not self.tls and self.tls_ca_cert is not None:
+            raise self.bad("tls", "true when a CA is given (tls_ca_cert)", self.tls)
+
+    def certificate_authority(self) -> ClusterCA | None:
+        """The run's CA: the user's (``tls_ca_cert``, ``tls_ca_key``), else a new one; None
+        without TLS."""
+        if not self.tls:
+            return None
+        if self.tls_ca_cert is not None:
+            return ClusterCA.load(self.tls_ca_cert, self.tls_ca_key)
+        return ClusterCA.generate()
 
 
 class HopLatency:
@@ -158,16 +190,16 @@ class PartitionHost:
         self.name = name
         self.config = config
         self.live: Any = None  # the LivePartition, from start() on
-        self.loaded_probe: LoadedProbe | None = None
 
     def _require_live(self) -> Any:
         if self.live is None:
             raise RuntimeError(f"partition {self.name} was not started")
         return self.live
 
-    async def start(self, bind_host: str | None) -> str:
+    async def start(self, bind_host: str | None, identity: PartitionIdentity | None) -> str:
         """Build the partition and serve it on ``bind_host`` (None: this node's IP address),
-        port 0; returns its address."""
+        port 0, with mutual TLS as ``identity`` (None: plaintext, loopback only); returns its
+        address."""
         from cluster.live import LivePartition
 
         if self.live is not None:
@@ -175,7 +207,7 @@ class PartitionHost:
         c = self.config
         latency = HopLatency(c.names, c.hops, c.hop_latency_us) if c.hop_latency_us > 0 else None
         self.live = LivePartition(
-            self.name, nframes=c.nframes, cpus=c.cpus, srcu_scope=c.srcu_scope, jiffy_us=c.jiffy_us,
+            self.name, identity=identity, nframes=c.nframes, cpus=c.cpus, srcu_scope=c.srcu_scope, jiffy_us=c.jiffy_us,
             fanout=c.fanout, expedited=c.srcu_expedited, deadline_us=c.deadline_us, latency_us=latency,
             callout_latency_us=c.callout_latency_us, gru_dropin=c.gru_dropin,
         )
@@ -201,17 +233,6 @@ class PartitionHost:
         """The instrument's floor from here to ``dst`` (``GrpcInterconnect.probe``)."""
         return await self._require_live().interconnect.probe(self.name, dst, count)
 
-    async def start_loaded_probe(self, dsts: list[str], period_s: float) -> None:
-        """Probe the floor to ``dsts`` under the workload's load until ``stop_loaded_probe``."""
-        if self.loaded_probe is not None:
-            raise RuntimeError(f"partition {self.name} is already probing")
-        self.loaded_probe = LoadedProbe(self._require_live(), dsts, period_s)
-
-    async def stop_loaded_probe(self) -> dict[str, list[float]]:
-        """Stop the loaded probe; its null callouts' round trips per destination."""
-        probe, self.loaded_probe = self.loaded_probe, None
-        return {} if probe is None else await probe.stop()
-
     async def flush_reports(self) -> None:
         await self._require_live().flush_reports()
 
@@ -230,45 +251,9 @@ class PartitionHost:
         }
 
     async def stop(self) -> None:
-        """Stop the loaded probe, if it runs, stop serving and join every task; the first
-        failure of any task is raised."""
-        await self.stop_loaded_probe()
+        """Stop serving and join every task; the first failure of any task is raised."""
         if self.live is not None:
             await self.live.stop()
-
-
-class LoadedProbe:
-    """The floor as the workload's own traffic makes it: from one partition, a null callout
-    (``GrpcInterconnect.null_callout``) to each of ``dsts`` every ``period_s`` while the
-    workload runs. It waits where the run's callouts wait: behind the other work of both
-    partitions' event loops and of the machine. A destination that stops answering (a killed
-    partition) is probed no more; what it answered before is kept."""
-
-    def __init__(self, live: Any, dsts: list[str], period_s: float):
-        self.live = live
-        self.samples: dict[str, list[float]] = {d: [] for d in dsts}
-        self._stop = asyncio.Event()
-        self._task = asyncio.ensure_future(self._run(float(period_s)))
-
-    async def _run(self, period_s: float) -> None:
-        from nodes.errors import ModelError
-
-        alive = list(self.samples)
-        while alive and not self._stop.is_set():
-            for dst in list(alive):
-                try:
-                    self.samples[dst].append(await self.live.interconnect.null_callout(self.live.name, dst))
-                except ModelError:  # Unreachable, or an error answered: no floor to measure there
-                    alive.remove(dst)
-            try:
-                await asyncio.wait_for(self._stop.wait(), period_s)
-            except asyncio.TimeoutError:
-                pass
-
-    async def stop(self) -> dict[str, list[float]]:
-        self._stop.set()
-        await self._task
-        return self.samples
 
 
 def partition_actor_class(max_concurrency: int = DEFAULT_MAX_CONCURRENCY) -> Any:
@@ -361,8 +346,8 @@ class RayRun(Generic[T]):
     lost: list[str] = field(default_factory=list)  # partitions whose actor could not report
     report_problems: list[str] = field(default_factory=list)  # oracle reports lost or refused
     bringup_us: float = 0.0  # connect, place, start and wire the partitions, and probe the floor
-    # the instrument's floor, per probed pair "src->dst" (``probe_floor``); empty without a probe
-    overhead: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the instrument's floor: per probed pair "src->dst", its round trips (``probe_floor``); empty without a probe
+    overhead: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     backend: str = "ray"
 
 
@@ -430,12 +415,43 @@ async def _gather_settled(aws: list[Awaitable[Any]]) -> list[Any]:
     return await asyncio.gather(*aws, return_exceptions=True)
 
 
-async def _bring_up(config: RayConfig) -> RayCluster:
-    """Create, start and wire the actors. On failure, every actor made is ended."""
+def plaintext_bind_host(bind_host: str | None, placement: dict[str, str]) -> str | None:
+    """Where the servers of a plaintext run (``tls=False``) listen: loopback only
+    (``nodes.rpc.server.check_bind_host``). ``bind_host`` if given; else each node's own
+    address when every node of ``placement`` has a loopback one (a test cluster on 127.0.0.x),
+    else 127.0.0.1 when every partition is on one node (a local Ray). Partitions spread over
+    hosts cannot talk over loopback: ``ValueError``, naming the nodes' addresses."""
+    import ipaddress
+
+    import ray
+
+    if bind_host is not None:
+        return bind_host
+    used = set(placement.values())
+    addresses = sorted({n.get("NodeManagerAddress", "") for n in ray.nodes() if n["NodeID"] in used})
+
+    def loopback(a: str) -> bool:
+        try:
+            return ipaddress.ip_address(a).is_loopback
+        except ValueError:
+            return a == "localhost"
+
+    if all(loopback(a) for a in addresses):
+        return None
+    if len(used) == 1:
+        return "127.0.0.1"
+    raise ValueError(f"ray config tls: False runs in plaintext on loopback addresses only, but the partitions are "
+                     f"placed on nodes at {', '.join(addresses)}; keep TLS on (or placement='pack' on one node)")
+
+
+async def _bring_up(config: RayConfig, ca: ClusterCA | None) -> RayCluster:
+    """Create, start and wire the actors, each with its identity issued by ``ca`` (None:
+    plaintext). On failure, every actor made is ended."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     names = config.names
+    identities = ca.issue_all(names) if ca is not None else dict.fromkeys(names)
     placement = place(names, config.placement)
     cls = partition_actor_class(config.max_concurrency)
     actors = {
@@ -444,7 +460,8 @@ async def _bring_up(config: RayConfig) -> RayCluster:
     }
     cluster = RayCluster(actors, placement, {})
     try:
-        addresses = await asyncio.gather(*(a.start.remote(config.bind_host) for a in actors.values()))
+        bind_host = config.bind_host if ca is not None else plaintext_bind_host(config.bind_host, placement)
+        addresses = await asyncio.gather(*(a.start.remote(bind_host, identities[n]) for n, a in actors.items()))
         cluster.addresses = dict(zip(names, addresses))
         await asyncio.gather(*(a.connect.remote(cluster.addresses) for a in actors.values()))
         nodes = await asyncio.gather(*(a.node_id.remote() for a in actors.values()))
@@ -457,42 +474,17 @@ async def _bring_up(config: RayConfig) -> RayCluster:
     return cluster
 
 
-def floor_stats(samples: dict[str, list[float]]) -> dict[str, Any]:
-    """One pair's ``overhead`` entry from its probe's round trips: ``n``, ``rpc_p50``,
-    ``rpc_p99``, ``model_p50``, ``model_p99`` (microseconds; numpy's linear percentiles) and
-    the samples themselves (``rpc_us``, ``model_us``), so that a fit can use the whole shape;
-    with samples of the loaded probe (``loaded_us``) also ``loaded_n``, ``loaded_p50`` and
-    ``loaded_p99``."""
-    import numpy as np
-
-    out: dict[str, Any] = {"n": len(samples["model_us"])}
-    kinds = ("rpc", "model", "loaded") if samples.get("loaded_us") else ("rpc", "model")
-    for kind in kinds:
-        values = np.asarray(samples[f"{kind}_us"], dtype=float)
-        out[f"{kind}_p50"], out[f"{kind}_p99"] = (float(v) for v in np.percentile(values, [50, 99]))
-    if "loaded" in kinds:
-        out["loaded_n"] = len(samples["loaded_us"])
-    for kind in kinds:
-        out[f"{kind}_us"] = [float(v) for v in samples[f"{kind}_us"]]
-    return out
-
-
 async def probe_floor(cluster: RayCluster, pairs: list[tuple[str, str]], count: int) -> dict[str, dict[str, Any]]:
     """The instrument's own floor, before the workload: for each (src, dst) of ``pairs``,
     ``count`` null RPCs and ``count`` null callouts from src to dst (``GrpcInterconnect.probe``),
     one pair at a time so that no probe waits behind another's. Returns their round trips,
-    ``{"src->dst": {"rpc_us": [...], "model_us": [...]}}`` (``floor_stats`` sums one up). What a ray figure measures is the modelled system plus this floor; the
+    ``{"src->dst": {"rpc_us": [...], "model_us": [...]}}`` (``workloads.harness.floor_stats``
+    sums one up). What a ray figure measures is the modelled system plus this floor; the
     floor is reported beside it, never subtracted."""
     overhead = {}
     for src, dst in pairs:
         overhead[f"{src}->{dst}"] = await cluster.actor(src).probe.remote(dst, count)
     return overhead
-
-
-async def _stop_loaded_probes(cluster: RayCluster, sources: list[str]) -> dict[str, dict[str, list[float]]]:
-    """The loaded probes' samples per source partition; a source whose actor died has none."""
-    got = await _gather_settled([cluster.actors[s].stop_loaded_probe.remote() for s in sources])
-    return {s: g for s, g in zip(sources, got) if not isinstance(g, BaseException)}
 
 
 async def _collect(cluster: RayCluster) -> tuple[list[dict[str, Any]], list[str]]:
@@ -540,26 +532,19 @@ async def _tear_down(cluster: RayCluster) -> None:
             raise RuntimeError(f"partition {name} failed while stopping: {outcome!r}") from outcome
 
 
-async def _run(config: RayConfig, workload: Callable[[RayCluster], Awaitable[T]]) -> RayRun[T]:
+async def _run(config: RayConfig, workload: Callable[[RayCluster], Awaitable[T]], ca: ClusterCA | None) -> RayRun[T]:
     t0 = time.monotonic()
-    cluster = await _bring_up(config)
+    cluster = await _bring_up(config, ca)
     try:
-        probes: dict[str, dict[str, list[float]]] = {}
-        pairs = config.probe_pairs if config.probe_pairs is not None else [
-            (a, b) for a in config.names for b in config.names if a != b]
+        overhead: dict[str, dict[str, list[float]]] = {}
         if config.probe_count:
-            probes = await probe_floor(cluster, pairs, config.probe_count)
-        loaded = {src: [d for s, d in pairs if s == src] for src, _ in pairs} if probes and config.probe_period_s else {}
-        await asyncio.gather(*(cluster.actors[src].start_loaded_probe.remote(dsts, config.probe_period_s)
-                               for src, dsts in loaded.items()))
+            pairs = config.probe_pairs if config.probe_pairs is not None else [
+                (a, b) for a in config.names for b in config.names if a != b]
+            overhead = await probe_floor(cluster, pairs, config.probe_count)
         t1 = time.monotonic()
         result = await workload(cluster)
         await cluster.runtime.join()  # the workload's own tasks: a failure is raised, not dropped
         t2 = time.monotonic()
-        for src, by_dst in (await _stop_loaded_probes(cluster, list(loaded))).items():
-            for dst, us in by_dst.items():
-                probes[f"{src}->{dst}"]["loaded_us"] = us
-        overhead = {pair: floor_stats(samples) for pair, samples in probes.items()}
         reports, lost = await _collect(cluster)
     except BaseException as e:
         try:
@@ -588,12 +573,14 @@ def run_ray(config: RayConfig, workload: Callable[[RayCluster], Awaitable[T]]) -
     process's event loop (``asyncio.run``: call from synchronous code), collect every
     partition's report, and stop the partitions, also when the workload raises. Ray is shut down
     only if it was started (or joined) here. An address that does not answer raises
-    ``ConnectionError`` naming it."""
+    ``ConnectionError`` naming it; a CA of the user's that cannot be used, ``IdentityError``
+    naming its file (both before Ray is touched)."""
     import ray
 
+    ca = config.certificate_authority()
     started = ensure_ray(config)
     try:
-        return asyncio.run(_run(config, workload))
+        return asyncio.run(_run(config, workload, ca))
     finally:
         if started:
             ray.shutdown()

@@ -59,6 +59,9 @@ class SimConfig(PartitionConfig):
     per_byte_us: float = 0.0
     callout_latency: Any = None  # extra one-way latency of each callout message
     fault_latency: Any = None  # extra one-way latency of each remote fault (get_user_pages) message
+    # one-way floor under every message of every kind: the instrument's own software stack, fitted to
+    # a ray run's probe (workloads/calibration.py); None: no floor, and nothing more drawn
+    floor_latency: Any = None
     loss: float = 0.0
     deadline_us: float = DEFAULT_DEADLINE_US
     crashes: dict[str, float] = field(default_factory=dict)  # partition -> virtual time (us)
@@ -95,6 +98,9 @@ class SimConfig(PartitionConfig):
         self.fault_dist: LatencyDist | None = (
             None if self.fault_latency is None else parse_latency(self.fault_latency, "fault_latency")
         )
+        self.floor_dist: LatencyDist | None = (
+            None if self.floor_latency is None else parse_latency(self.floor_latency, "floor_latency")
+        )
 
 @dataclass
 class SimRun(Generic[T]):
@@ -126,7 +132,7 @@ class SimCluster:
         self.topology = topo
         extra = {kind: dist for kind, dist in (("callout", config.callout_dist), ("fault", config.fault_dist))
                  if dist is not None}
-        self.latency = LatencyModel(config.hop_dist, config.per_byte_us, extra)
+        self.latency = LatencyModel(config.hop_dist, config.per_byte_us, extra, config.floor_dist)
         # model randomness has its own stream, apart from the scheduler's
         self.rng = random.Random(f"mmusim-interconnect-{config.seed}")
         self.interconnect = SimInterconnect(runtime, topo, self.latency, self.rng, loss=config.loss, deadline_us=config.deadline_us)

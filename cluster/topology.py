@@ -7,9 +7,11 @@ message takes:
 - ``Topology``: the partitions by name and the number of interconnect hops between each pair
   (uniform, ring, an explicit matrix, or a two-level NUMAlink-like tree).
 - ``LatencyDist`` / ``parse_latency``: one latency knob from a scenario spec: a bare number (a
-  constant) or a mapping naming a distribution (constant, uniform, lognormal, pareto).
+  constant) or a mapping naming a distribution (constant, uniform, lognormal, pareto, or
+  empirical: measured samples, drawn uniformly).
 - ``LatencyModel``: ``one_way(hops, nbytes, kind, rng)`` = hops x one per-hop sample + a per-byte
-  cost + an optional extra delay for that kind of message.
+  cost + an optional extra delay for that kind of message + an optional floor (the fixed cost
+  of the instrument's own software stack, added to every message; see ``workloads/calibration.py``).
 
 All times are **microseconds** (floats). Randomness comes only from the ``random.Random`` the
 caller passes in (never the global ``random`` module, never numpy's global state), and only
@@ -67,6 +69,7 @@ _DISTS: dict[str, tuple[str, ...]] = {
     "uniform": ("low", "high"),
     "lognormal": ("median", "sigma"),
     "pareto": ("scale", "alpha"),
+    "empirical": ("samples",),
 }
 
 
@@ -87,9 +90,19 @@ def _number(x: Any, path: str, *, minimum: float, strict: bool, unit: str = "") 
     return v
 
 
-def _check_params(dist: str, params: Mapping[str, float], where: str) -> dict[str, float]:
+def _samples(x: Any, path: str) -> tuple[float, ...]:
+    """Check ``x`` is a non-empty list of finite latencies >= 0; return them sorted (the
+    canonical form: two lists of the same values are one distribution)."""
+    if isinstance(x, (str, bytes, Mapping)) or not isinstance(x, (Sequence, np.ndarray)):
+        raise TopologyError(f"{path}: must be a list of latencies (us), got {x!r}")
+    if len(x) == 0:
+        raise TopologyError(f"{path}: must be a list of at least 1 latency (us), got {list(x)!r}")
+    return tuple(sorted(_number(v, f"{path}[{i}]", minimum=0.0, strict=False) for i, v in enumerate(x)))
+
+
+def _check_params(dist: str, params: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Validate the parameters of ``dist`` (keys already known to be exactly the right ones)."""
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     if dist == "constant":
         out["value"] = _number(params["value"], f"{where}.value", minimum=0.0, strict=False)
     elif dist == "uniform":
@@ -104,6 +117,8 @@ def _check_params(dist: str, params: Mapping[str, float], where: str) -> dict[st
     elif dist == "pareto":
         out["scale"] = _number(params["scale"], f"{where}.scale", minimum=0.0, strict=True)
         out["alpha"] = _number(params["alpha"], f"{where}.alpha", minimum=0.0, strict=True)
+    elif dist == "empirical":
+        out["samples"] = _samples(params["samples"], f"{where}.samples")
     else:  # pragma: no cover - callers check dist first
         raise TopologyError(f"{where}.dist: unknown distribution {dist!r}")
     return out
@@ -119,8 +134,8 @@ def _check_rng(rng: Any, where: str) -> None:
 class LatencyDist:
     """One latency distribution, in microseconds.
 
-    ``dist`` is one of ``constant``, ``uniform``, ``lognormal``, ``pareto``; ``params`` holds its
-    parameters as ``(name, value)`` pairs in canonical order:
+    ``dist`` is one of ``constant``, ``uniform``, ``lognormal``, ``pareto``, ``empirical``;
+    ``params`` holds its parameters as ``(name, value)`` pairs in canonical order:
 
     - constant ``(value,)``: always ``value`` (>= 0); draws nothing from the rng.
     - uniform ``(low, high)``: ``rng.uniform(low, high)``, 0 <= low <= high.
@@ -128,6 +143,10 @@ class LatencyDist:
     - pareto ``(scale, alpha)``: ``scale / U ** (1 / alpha)`` with U uniform in (0, 1]: classic
       Pareto with minimum ``scale`` and tail index ``alpha`` (scale > 0, alpha > 0); P(X > x) =
       (scale / x) ** alpha. The mean is infinite for alpha <= 1.
+    - empirical ``(samples,)``: one of the measured ``samples`` (a tuple of at least one latency
+      >= 0, kept sorted), each as likely: ``samples[floor(n * rng.random())]``. Always one
+      ``rng.random()`` draw, even with one sample. Its mean, quantiles and median are the
+      samples'; it never draws a value outside [min, max] of them.
 
     Invariant (checked in ``__post_init__``): ``dist`` is known and ``params`` are exactly its
     parameters, each finite and in range. Build one with ``parse_latency`` or the class-method
@@ -135,7 +154,7 @@ class LatencyDist:
     """
 
     dist: str
-    params: tuple[tuple[str, float], ...]
+    params: tuple[tuple[str, Any], ...]  # each a float, but empirical's samples: a sorted tuple of floats
 
     def __post_init__(self) -> None:
         where = "LatencyDist"
@@ -174,10 +193,16 @@ class LatencyDist:
         """Pareto with minimum ``scale`` us and tail index ``alpha``."""
         return cls("pareto", (("scale", scale), ("alpha", alpha)))
 
+    @classmethod
+    def empirical(cls, samples: Sequence[float]) -> "LatencyDist":
+        """One of ``samples`` (us), each as likely."""
+        return cls("empirical", (("samples", samples),))
+
     # -- use ------------------------------------------------------------------------------------
 
-    def param(self, name: str) -> float:
-        """The value of parameter ``name`` (``KeyError`` if this distribution has none such)."""
+    def param(self, name: str) -> Any:
+        """The value of parameter ``name`` (``KeyError`` if this distribution has none such): a
+        float, or for empirical's ``samples`` the sorted tuple of floats."""
         for k, v in self.params:
             if k == name:
                 return v
@@ -202,6 +227,9 @@ class LatencyDist:
                 return p[0][1] * math.exp(p[1][1] * rng.gauss(0.0, 1.0))
             except OverflowError:
                 return math.inf
+        if d == "empirical":
+            xs = p[0][1]
+            return xs[min(int(rng.random() * len(xs)), len(xs) - 1)]  # random() < 1: the min only guards rounding
         # pareto: U in (0, 1] so the minimum is exactly scale and U is never 0
         u = 1.0 - rng.random()
         try:
@@ -228,6 +256,9 @@ class LatencyDist:
             if d == "lognormal":
                 z = np.vectorize(_STANDARD_NORMAL.inv_cdf, otypes=[np.float64])(q) if q.size else q
                 return self.param("median") * np.exp(self.param("sigma") * z)
+            if d == "empirical":  # sample()'s index for a draw at rank q
+                xs = np.asarray(self.param("samples"), dtype=np.float64)
+                return xs[np.minimum(np.floor(q * xs.size).astype(np.int64), xs.size - 1)]
             return self.param("scale") * (1.0 - q) ** (-1.0 / self.param("alpha"))
 
     @property
@@ -243,6 +274,8 @@ class LatencyDist:
                 return self.param("median") * math.exp(self.param("sigma") ** 2 / 2.0)
             except OverflowError:
                 return math.inf
+        if d == "empirical":
+            return math.fsum(self.param("samples")) / len(self.param("samples"))
         alpha, scale = self.param("alpha"), self.param("scale")
         return math.inf if alpha <= 1.0 else alpha * scale / (alpha - 1.0)
 
@@ -258,15 +291,22 @@ class LatencyDist:
                 f"lognormal median {self.param('median'):g} us, sigma {self.param('sigma'):g} "
                 f"(mean {self.mean:.3g} us)"
             )
+        if d == "empirical":
+            xs = self.param("samples")
+            return (
+                f"empirical {len(xs)} sample{'s' if len(xs) != 1 else ''}, median {statistics.median(xs):.3g} us, "
+                f"range [{xs[0]:.3g}, {xs[-1]:.3g}] us (mean {self.mean:.3g} us)"
+            )
         mean = "infinite" if math.isinf(self.mean) else f"{self.mean:.3g} us"
         return f"pareto scale {self.param('scale'):g} us, alpha {self.param('alpha'):g} (mean {mean})"
 
     def to_spec(self) -> dict[str, Any]:
-        """The mapping form, e.g. ``{"dist": "uniform", "low": 1.0, "high": 3.0}``.
+        """The mapping form, e.g. ``{"dist": "uniform", "low": 1.0, "high": 3.0}`` (empirical's
+        samples as a list, so the form is JSON).
 
         ``parse_latency(d.to_spec(), where) == d`` for every ``LatencyDist`` ``d``.
         """
-        return {"dist": self.dist, **dict(self.params)}
+        return {"dist": self.dist, **{k: list(v) if isinstance(v, tuple) else v for k, v in self.params}}
 
 
 def parse_latency(spec: Any, where: str) -> LatencyDist:
@@ -279,10 +319,12 @@ def parse_latency(spec: Any, where: str) -> LatencyDist:
         {dist: uniform, low: A, high: B}       0 <= A <= B
         {dist: lognormal, median: M, sigma: S} M > 0, S > 0
         {dist: pareto, scale: XM, alpha: A}    XM > 0, A > 0
+        {dist: empirical, samples: [X, ...]}   at least one X, each X >= 0
 
     A ``LatencyDist`` is returned as is. Anything else (unknown ``dist``, unknown or missing keys,
-    a non-number or a bool, NaN or infinity, a value out of range) raises ``TopologyError``
-    naming ``where`` plus the key and the bad value.
+    a non-number or a bool, NaN or infinity, a value out of range, an empty list of samples)
+    raises ``TopologyError`` naming ``where`` plus the key (``samples[3]`` for one sample) and
+    the bad value.
     """
     if isinstance(spec, LatencyDist):
         return spec
@@ -557,15 +599,23 @@ class LatencyModel:
     ``one_way(hops, nbytes, kind, rng)`` = ``hops * per_hop.sample(rng)`` (one sample per
     message, scaled by the hop count; nothing drawn when hops == 0) ``+ nbytes * per_byte_us``
     ``+ extra[kind].sample(rng)`` (when ``kind`` has an extra entry, e.g. ``"callout"`` -> the
-    secondary's own callout handling time).
+    secondary's own callout handling time) ``+ floor.sample(rng)`` (when there is a floor).
 
-    Invariants (checked in ``__post_init__``): ``per_hop`` and every ``extra`` value is a
-    ``LatencyDist``; ``per_byte_us`` is a finite number >= 0; ``extra`` keys are strings.
+    ``floor`` is the one-way cost of the software stack a real run's messages cross whatever
+    their kind, size or distance (on the ray backend: Python, gRPC and Ray serialisation),
+    which the sim does not otherwise have: fitted to a ray run's probe by
+    ``workloads/calibration.py``. A request and its reply each draw one. ``None`` (the default)
+    draws nothing, so a model without a floor gives the latencies it always gave.
+
+    Invariants (checked in ``__post_init__``): ``per_hop``, every ``extra`` value and ``floor``
+    (unless None) is a ``LatencyDist``; ``per_byte_us`` is a finite number >= 0; ``extra`` keys
+    are strings.
     """
 
     per_hop: LatencyDist
     per_byte_us: float = 0.0
     extra: dict[str, LatencyDist] = field(default_factory=dict)
+    floor: LatencyDist | None = None
 
     def __post_init__(self) -> None:
         where = "LatencyModel"
@@ -580,13 +630,16 @@ class LatencyModel:
             if not isinstance(v, LatencyDist):
                 raise TopologyError(f"{where}.extra.{k}: must be a LatencyDist, got {v!r}")
         self.extra = dict(self.extra)
+        if self.floor is not None and not isinstance(self.floor, LatencyDist):
+            raise TopologyError(f"{where}.floor: must be a LatencyDist or None, got {self.floor!r}")
 
     @classmethod
     def from_spec(cls, hop_latency: Any, per_byte_us: Any = 0.0, extra: Mapping[str, Any] | None = None,
-                  where: str = "topology") -> "LatencyModel":
+                  where: str = "topology", floor: Any = None) -> "LatencyModel":
         """Build a model from scenario-spec values; errors name ``where.hop_latency``,
-        ``where.per_byte_us`` or ``where.extra.<kind>`` (plus the parameter key) and the bad value.
-        Each latency is anything ``parse_latency`` accepts.
+        ``where.per_byte_us``, ``where.extra.<kind>`` or ``where.floor`` (plus the parameter key)
+        and the bad value. Each latency is anything ``parse_latency`` accepts; ``floor`` may also
+        be None (no floor).
         """
         per_hop = parse_latency(hop_latency, f"{where}.hop_latency")
         pb = _number(per_byte_us, f"{where}.per_byte_us", minimum=0.0, strict=False)
@@ -600,13 +653,15 @@ class LatencyModel:
                 if not isinstance(k, str) or not k:
                     raise TopologyError(f"{where}.extra: keys must be message kinds (str), got {k!r}")
                 ex[k] = parse_latency(v, f"{where}.extra.{k}")
-        return cls(per_hop, pb, ex)
+        fl = None if floor is None else parse_latency(floor, f"{where}.floor")
+        return cls(per_hop, pb, ex, fl)
 
     def one_way(self, hops: int, nbytes: int, kind: str, rng: random.Random) -> float:
         """The one-way latency in us of a ``kind`` message of ``nbytes`` bytes over ``hops`` hops.
 
         Draws from ``rng`` in a fixed order: the per-hop sample (only if hops > 0), then the
-        extra sample for ``kind`` (only if there is one). With a constant 1.0 per hop, 3 hops and
+        extra sample for ``kind`` (only if there is one), then the floor (only if there is one,
+        and whatever ``hops``, ``nbytes`` and ``kind``). With a constant 1.0 per hop, 3 hops and
         no per-byte cost the result is exactly 3.0.
         """
         # (type(x) is int first: the common case, without the numbers.Integral ABC check)
@@ -623,6 +678,8 @@ class LatencyModel:
         ex = self.extra.get(kind)
         if ex is not None:
             t += ex.sample(rng)
+        if self.floor is not None:  # last: a model without one draws exactly what it always drew
+            t += self.floor.sample(rng)
         return t
 
     def mean_one_way(self, hops: int, nbytes: int, kind: str) -> float:
@@ -630,21 +687,29 @@ class LatencyModel:
         t = hops * self.per_hop.mean if hops else 0.0
         t += nbytes * self.per_byte_us
         ex = self.extra.get(kind)
-        return t + (ex.mean if ex is not None else 0.0)
+        t += ex.mean if ex is not None else 0.0
+        return t + (self.floor.mean if self.floor is not None else 0.0)
 
     def to_spec(self) -> dict[str, Any]:
-        """The spec form, ``LatencyModel.from_spec(**m.to_spec()) == m`` (for a results config)."""
-        return {
+        """The spec form, ``LatencyModel.from_spec(**m.to_spec()) == m`` (for a results config).
+        ``floor`` is there only when the model has one."""
+        spec: dict[str, Any] = {
             "hop_latency": self.per_hop.to_spec(),
             "per_byte_us": self.per_byte_us,
             "extra": {k: v.to_spec() for k, v in self.extra.items()},
         }
+        if self.floor is not None:
+            spec["floor"] = self.floor.to_spec()
+        return spec
 
     def describe(self) -> str:
-        """One line: per-hop distribution, per-byte cost and the extra delay of each kind."""
+        """One line: per-hop distribution, per-byte cost, the extra delay of each kind and the
+        floor under every message."""
         parts = [f"per hop {self.per_hop.describe()}"]
         if self.per_byte_us:
             parts.append(f"{self.per_byte_us:g} us/byte")
         for k, v in sorted(self.extra.items()):
             parts.append(f"{k} +{v.describe()}")
+        if self.floor is not None:
+            parts.append(f"every message +floor {self.floor.describe()}")
         return "; ".join(parts)

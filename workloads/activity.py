@@ -196,6 +196,18 @@ async def exit_mm(ctx: PartitionContext, mm_id: int) -> tuple[float, float, floa
     return (t.total_us, t.release_us, t.srcu_wait_us)
 
 
+async def start_loaded_probe(ctx: Any, dsts: list[str], period_s: float) -> None:
+    """Ray backend: probe the instrument's floor from here to ``dsts`` under the run's load, a
+    null callout each every ``period_s`` (``cluster.live.LoadedProbe``), until
+    ``stop_loaded_probe``."""
+    ctx.start_loaded_probe(dsts, period_s)
+
+
+async def stop_loaded_probe(ctx: Any) -> dict[str, list[float]]:
+    """Ray backend: stop the loaded probe; its round trips (us) per destination."""
+    return await ctx.stop_loaded_probe()
+
+
 async def enable_timings(ctx: PartitionContext) -> None:
     ctx.partition.core.timings.enabled = True
 

@@ -1,16 +1,25 @@
 """The ``mmusim`` command line.
 
     mmusim run SCENARIO [--backend sim|ray] [--seed N] [--set k=v ...] [--out DIR] [--address ADDR]
+                        [--calibration FILE] [--tls-ca CERT KEY | --no-tls]
     mmusim sweep SCENARIO [--vary key=v1,v2,...] [--jobs N] [same options as run]
     mmusim scenarios
     mmusim report DIR
     mmusim check [SCENARIO] --semantics MODE [--seeds N] [--scheduler random|pct] [--gru-dropin guarded|v3.10]
-    mmusim predict SCENARIO [--set k=v ...] [--sweep] [--compare DIR]
+    mmusim predict SCENARIO [--set k=v ...] [--sweep] [--compare DIR] [--calibration FILE]
+    mmusim calibrate SCENARIO [--address ADDR | --from RAY_RUN_DIR] [--method lognormal|empirical]
+                              [--probe loaded|idle] [--seed N] [--set k=v ...] [--out DIR]
+                              [--tls-ca CERT KEY | --no-tls]
     mmusim demo [...]
+
+``--calibration FILE`` (sim backend only) adds the floor a calibration file holds
+(``workloads/calibration.py``) to every message of the sim's interconnect; the run's results.json
+records it under ``"calibration"``. ``mmusim calibrate`` makes such a file from a ray run's
+probe of the instrument's floor, runs the calibrated sim beside it and prints how far they agree.
 
 Exit status: 0 when a run finished and its invariants held; 1 when it finished with an
 invariant violation; 2 for bad input (a missing scenario, a bad key or value, a bad override, a
-Ray address that does not answer), with one line saying what was wrong.
+Ray address that does not answer, a bad calibration file), with one line saying what was wrong.
 """
 
 from __future__ import annotations
@@ -86,6 +95,43 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="where to write the results (default: results/<scenario>)")
     p.add_argument("--address", default=None,
                    help="ray backend: the Ray cluster (host:port, auto); default: RAY_ADDRESS, else a new local Ray")
+    _add_tls_options(p)
+    _add_calibration_option(p)
+
+
+def _add_tls_options(p: argparse.ArgumentParser) -> None:
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument("--tls-ca", nargs=2, default=None, metavar=("CERT", "KEY"),
+                     help="ray backend: the partitions' certificates are issued by this CA (PEM files; the key "
+                          "readable by its owner only); default: a CA made for the run")
+    tls.add_argument("--no-tls", action="store_true",
+                     help="ray backend: plaintext between the partitions, on loopback addresses only "
+                          "(default: mutual TLS)")
+
+
+def _add_calibration_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration", type=Path, default=None, metavar="FILE",
+                   help="sim backend: a calibration file (from `mmusim calibrate`); its floor, the instrument's own "
+                        "cost per message, is added to every message of the sim's interconnect")
+
+
+def _calibration(args: argparse.Namespace) -> Any:
+    """The ``Calibration`` of ``--calibration`` (None without one); refused off the sim backend,
+    whose runs already cross the instrument's stack."""
+    if args.calibration is None:
+        return None
+    from workloads.calibration import Calibration, CalibrationError
+
+    backend = getattr(args, "backend", "sim")
+    if backend != "sim":
+        raise CalibrationError(f"--calibration {args.calibration}: applies to --backend sim only, got --backend "
+                               f"{backend} (a {backend} run has the instrument's floor itself)")
+    return Calibration.load(args.calibration)
+
+
+def _sim_extra(calibration: Any) -> dict[str, Any] | None:
+    """The ``SimConfig`` fields a calibration sets (``run_scenario``'s ``sim_extra``)."""
+    return None if calibration is None else {"floor_latency": calibration.floor}
 
 
 def _scenario(args: argparse.Namespace) -> Any:
@@ -99,6 +145,20 @@ def _scenario(args: argparse.Namespace) -> Any:
     return s
 
 
+def _ray_extra(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``RayConfig`` fields of the TLS options (``--tls-ca``, ``--no-tls``)."""
+    if args.backend != "ray" and (args.tls_ca is not None or args.no_tls):
+        from workloads.scenario import ScenarioError
+
+        raise ScenarioError("--tls-ca" if args.tls_ca is not None else "--no-tls", None,
+                            "an option of --backend ray only")
+    if args.no_tls:
+        return {"tls": False}
+    if args.tls_ca is not None:
+        return {"tls_ca_cert": args.tls_ca[0], "tls_ca_key": args.tls_ca[1]}
+    return {}
+
+
 def _out_dir(args: argparse.Namespace, s: Any, suffix: str = "") -> Path:
     return args.out if args.out is not None else Path("results") / f"{s.name}{suffix}"
 
@@ -108,12 +168,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from workloads.report import summary_table, write_run
 
     s = _scenario(args)
+    cal = _calibration(args)
     out = _out_dir(args, s)
-    progress = Progress(f"{s.name} ({args.backend})")
+    ray_extra = _ray_extra(args)
+    progress = Progress(f"{s.name} ({args.backend}{', calibrated' if cal is not None else ''})")
     try:
-        result, events = run_scenario(s, args.backend, address=args.address, progress=progress)
+        result, events = run_scenario(s, args.backend, address=args.address, progress=progress,
+                                      sim_extra=_sim_extra(cal), ray_extra=ray_extra)
     finally:
         progress.close()
+    if cal is not None:
+        result["calibration"] = cal.results_entry(args.calibration)
+        print(f"calibrated: {cal.describe()}")
     files = write_run(out, result, events)
     print(summary_table(result))
     print(f"wrote {', '.join(str(f) for f in files)}")
@@ -121,10 +187,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from workloads.report import render, run_dir, write_run, write_sweep
+    from workloads.report import render, run_dir, write_sweep
     from workloads.scenario import ScenarioError
 
     s = _scenario(args)
+    cal = _calibration(args)
     if args.vary is not None:
         key, sep, values = args.vary.partition("=")
         if not sep or not key or not values:
@@ -139,65 +206,119 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if jobs > 1 and args.backend != "sim":
         raise ScenarioError("--jobs", None, f"parallel points need the sim backend (a Ray run has its cluster to itself), "
                             f"got --jobs {args.jobs} with --backend {args.backend}")
-    results = []
+    ray_extra = _ray_extra(args)
+    calibration = None if cal is None else cal.results_entry(args.calibration)
+    runs = [(point, run_dir(out, key, value), args.backend, args.address, _sim_extra(cal), ray_extra, calibration)
+            for value, point in points]
     if jobs > 1:  # each worker writes its point's files (and draws its plot) itself
-        results = _run_points_in_parallel([(point, run_dir(out, key, value)) for value, point in points], jobs,
-                                          Progress(f"{s.name} sweep of {key} ({jobs} processes)", unit="points",
-                                                   lines=True), [f"{key}={value}" for value, _ in points])
+        results = _run_points_in_parallel(runs, jobs, Progress(f"{s.name} sweep of {key} ({jobs} processes)",
+                                                               unit="points", lines=True),
+                                          [f"{key}={value}" for value, _ in points])
     else:
-        for value, point in points:
-            result, events = _run_point_with_progress(point, f"{key}={value} ({args.backend})", args.backend,
-                                                      args.address)
-            write_run(run_dir(out, key, value), result, events)
-            results.append(result)
+        results = [_sweep_point(*run, label=f"{key}={value} ({args.backend}{', calibrated' if cal is not None else ''})")
+                   for (value, _), run in zip(points, runs)]
     violations = sum(r["invariants"]["violations"] for r in results)
     write_sweep(out, key, [v for v, _ in points], results)
+    if cal is not None:
+        print(f"calibrated: {cal.describe()}")
     print(render(out, runs=False))
     print(f"wrote {out}")
     return EXIT_VIOLATION if violations else EXIT_OK
 
 
-def _run_point_with_progress(point: Any, label: str, backend: str, address: str | None) -> tuple[Any, Any]:
-    """One point of a serial sweep, with its own progress bar of measurements."""
-    from workloads.harness import run_scenario
-
-    progress = Progress(label)
-    try:
-        return run_scenario(point, backend, address=address, progress=progress)
-    finally:
-        progress.close()
-
-
-def _run_point(point: Any, out_dir: Path) -> Any:
-    """One point of a parallel sweep, in a worker process: run it on the sim backend, write its
-    files into ``out_dir`` and return its result. A sim run is a function of its scenario and
-    seed alone, so a point gives what it gives in a serial sweep."""
+def _sweep_point(point: Any, out_dir: Path, backend: str, address: str | None, sim_extra: dict[str, Any] | None,
+                 ray_extra: dict[str, Any], calibration: dict[str, Any] | None, label: str | None = None) -> Any:
+    """Run one point of a sweep, write its files into ``out_dir`` and return its result; with
+    a progress bar of its measurements when ``label`` is given (a serial sweep's). A parallel
+    sweep runs this in a worker process: a sim run is a function of its scenario, seed and
+    config alone, so a point gives there what it gives in a serial sweep."""
     from workloads.harness import run_scenario
     from workloads.report import write_run
 
-    result, events = run_scenario(point, "sim")
+    progress = Progress(label) if label is not None else None
+    try:
+        result, events = run_scenario(point, backend, address=address, progress=progress, sim_extra=sim_extra,
+                                      ray_extra=ray_extra)
+    finally:
+        if progress is not None:
+            progress.close()
+    if calibration is not None:
+        result["calibration"] = calibration
     write_run(out_dir, result, events)
     return result
 
 
-def _run_points_in_parallel(points: list[tuple[Any, Path]], jobs: int, progress: Progress,
-                            labels: list[str]) -> list[Any]:
-    """Run ``points`` (scenario, output directory) in ``jobs`` worker processes; their results
-    in the order of ``points``. ``progress`` gets a line as each point finishes."""
+def _run_points_in_parallel(runs: list[tuple[Any, ...]], jobs: int, progress: Progress, labels: list[str]) -> list[Any]:
+    """``_sweep_point(*run)`` for each of ``runs`` in ``jobs`` worker processes; the results in
+    the order of ``runs``. ``progress`` gets a line as each point finishes."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    out: list[Any] = [None] * len(points)
+    out: list[Any] = [None] * len(runs)
     try:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(_run_point, point, d): i for i, (point, d) in enumerate(points)}
-            progress(0, len(points))
+            futures = {pool.submit(_sweep_point, *run): i for i, run in enumerate(runs)}
+            progress(0, len(runs))
             for n, fut in enumerate(as_completed(futures), 1):
                 i = futures[fut]
                 out[i] = fut.result()
-                progress(n, len(points), labels[i])
+                progress(n, len(runs), labels[i])
     finally:
         progress.close()
     return out
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    """Run the scenario on Ray (or take a finished ray run, ``--from``), fit the sim's floor to
+    the run's probe, run the same scenario and seed on the calibrated sim, and print and write
+    the two side by side."""
+    import json
+
+    from workloads.calibration import Calibration, agreement, agreement_table
+    from workloads.harness import run_scenario
+    from workloads.predict import scenario_of_run
+    from workloads.report import ReportError, load_run, summary_table, write_run
+
+    if args.source is not None:
+        if (args.overrides or args.seed is not None or args.semantics is not None or args.address is not None
+                or args.tls_ca is not None or args.no_tls):
+            raise ReportError("--from: the ray run is taken as it was recorded: --set, --seed, --semantics, "
+                              "--address and the TLS options do not apply")
+        ray_result, _ = load_run(args.source)
+        if ray_result["backend"] != "ray":
+            raise ReportError(f"{args.source}: a {ray_result['backend']} run; calibrate from a ray run (one made "
+                              "with --backend ray, which probes the instrument's floor)")
+        s = scenario_of_run(args.source, ray_result)
+        if args.scenario not in (s.name, str(args.source)):
+            raise ReportError(f"{args.source}: a run of {s.name!r}, not of {args.scenario!r}")
+    else:
+        s = _scenario(args)
+    out = _out_dir(args, s, "-calibrate")
+    if args.source is None:
+        progress = Progress(f"{s.name} (ray)")
+        try:
+            ray_result, events = run_scenario(s, "ray", address=args.address, progress=progress,
+                                              ray_extra=_ray_extra(args))
+        finally:
+            progress.close()
+        write_run(out / "ray", ray_result, events)
+        print(summary_table(ray_result))
+    cal = Calibration.from_results(ray_result, args.method, probe=args.probe)
+    cal_path = cal.save_into(out)
+    print(f"calibrated: {cal.describe()}")
+    progress = Progress(f"{s.name} (sim, calibrated)")
+    try:
+        sim_result, events = run_scenario(s, "sim", progress=progress, sim_extra=_sim_extra(cal))
+    finally:
+        progress.close()
+    sim_result["calibration"] = cal.results_entry(cal_path)
+    write_run(out / "sim", sim_result, events)
+    rows = agreement(ray_result, sim_result)
+    print(agreement_table(rows))
+    (out / "agreement.json").write_text(json.dumps({"scenario": s.name, "seed": s.get("seed"), "calibration": cal.to_json(),
+                                                    "metrics": [r.to_json() for r in rows]}, indent=2) + "\n")
+    print(f"wrote {cal_path}, {out / 'agreement.json'}, {out / 'sim'}" + ("" if args.source else f", {out / 'ray'}"))
+    violations = ray_result["invariants"]["violations"] + sim_result["invariants"]["violations"]
+    return EXIT_VIOLATION if violations else EXIT_OK
 
 
 def _cmd_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -252,9 +373,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from workloads.scenario import ScenarioError
 
     if args.compare is not None:
-        if args.overrides or args.sweep:
-            raise ScenarioError("--compare", None, "each run is predicted from the config it recorded: "
-                                "--set and --sweep do not apply with --compare")
+        if args.overrides or args.sweep or args.calibration is not None:
+            raise ScenarioError("--compare", None, "each run is predicted from the config (and calibration) it "
+                                "recorded: --set, --sweep and --calibration do not apply with --compare")
         from workloads.report import load_sweep
         from workloads.scenario import load_scenario
 
@@ -263,14 +384,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(format_comparison(key, rows))
         return EXIT_OK
     s = _scenario(args)
+    cal = _calibration(args)
+    floor = None if cal is None else cal.floor
     points = s.sweep_points()
     if args.sweep and not points:
         raise ScenarioError(s.source, "sweep", "--sweep: this scenario declares none (add one with "
                             "--set 'sweep={key: KNOB, values: [V1, V2]}')")
     if points:
-        print(format_predictions(s.get("sweep.key"), [(value, predict(point)) for value, point in points]))
+        print(format_predictions(s.get("sweep.key"), [(value, predict(point, floor=floor)) for value, point in points]))
     else:
-        print(format_predictions(None, [(None, predict(s))]))
+        print(format_predictions(None, [(None, predict(s, floor=floor))]))
+    if cal is not None:
+        print(f"calibrated: {cal.describe()}")
     return EXIT_OK
 
 
@@ -351,7 +476,29 @@ def main(argv: list[str] | None = None) -> int:
                          help="one row per point of the scenario's sweep (the default when it declares one)")
     predict.add_argument("--compare", type=Path, default=None, metavar="DIR",
                          help="a finished `mmusim sweep` or `mmusim run` directory: predicted beside measured, per run")
+    _add_calibration_option(predict)
     predict.set_defaults(seed=None, semantics=None)
+    from workloads.calibration import FIT_METHODS, PROBES
+
+    calibrate = sub.add_parser("calibrate", help="run a scenario on Ray, fit the sim's latency floor to the "
+                                                 "instrument's probe, run it on the calibrated sim, compare")
+    calibrate.add_argument("scenario", help="a built-in scenario's name or a YAML file")
+    calibrate.add_argument("--seed", type=_integer, default=None, help="the run's seed (default: the scenario's)")
+    calibrate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a knob (repeatable)")
+    calibrate.add_argument("--address", default=None,
+                           help="the Ray cluster (host:port, auto); default: RAY_ADDRESS, else a new local Ray")
+    calibrate.add_argument("--from", dest="source", type=Path, default=None, metavar="DIR",
+                           help="a finished ray run (`mmusim run --backend ray` directory) instead of a new one")
+    calibrate.add_argument("--method", choices=FIT_METHODS, default="lognormal",
+                           help="the floor's distribution: lognormal (fitted by moments, default) or empirical")
+    calibrate.add_argument("--probe", choices=PROBES, default="loaded",
+                           help="fit the null callouts timed under the workload's load (default) or at bring-up (idle)")
+    calibrate.add_argument("--out", type=Path, default=None,
+                           help="where to write (default results/<scenario>-calibrate): calibration.json, "
+                                "agreement.json, ray/ and sim/")
+    _add_tls_options(calibrate)
+    calibrate.set_defaults(semantics=None, backend="ray")
     report = sub.add_parser("report", help="re-render the tables and plots of a finished run or sweep")
     report.add_argument("dir", type=Path)
 
@@ -373,13 +520,16 @@ def main(argv: list[str] | None = None) -> int:
         "demo": lambda a: _cmd_demo(a, parser),
         "check": lambda a: _cmd_check(a, parser),
         "predict": _cmd_predict,
+        "calibrate": _cmd_calibrate,
     }
+    from nodes.rpc.identity import IdentityError
+    from workloads.calibration import CalibrationError
     from workloads.report import ReportError
     from workloads.scenario import ScenarioError
 
     try:
         return commands[args.command](args)
-    except (ScenarioError, ReportError, ConnectionError) as e:  # bad input: one clear line
+    except (ScenarioError, ReportError, CalibrationError, ConnectionError, IdentityError) as e:  # bad input: one clear line
         print(f"mmusim: {e}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -50,6 +50,7 @@ METRICS = (
 )
 EXIT_PAGES = 16  # pages of a measured exit's mm
 TOUCHED_PER_OP = 2  # pages each secondary faults back after a stream's operation
+LOADED_PROBE_PERIOD_S = 0.02  # ray backend: a null callout per talking pair this often while measuring
 
 Progress = Callable[[int, int], None]  # (measurements done, measurements in all)
 
@@ -108,9 +109,14 @@ def _hosts(names: list[str], owner_index: int, count: int, kind: str = "gru") ->
     return [names[(owner_index + 1 + j % (n - 1)) % n] for j in range(count)]
 
 
-async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None) -> dict[str, Any]:
-    """Run the study on cluster ``c``; returns ``{"events": [...], "checked": int}`` (events as
-    ``workloads/report.py`` takes them)."""
+async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None,
+                probe_period_s: float | None = None) -> dict[str, Any]:
+    """Run the study on cluster ``c``; returns ``{"events": [...], "checked": int, ...}``
+    (events as ``workloads/report.py`` takes them). ``probe_period_s`` (ray backend): while
+    the measurements run (from the end of every series' setup to the last measurement), each
+    partition of ``talking_pairs`` times a null callout to its peers this often
+    (``cluster.live.LoadedProbe``), returned as ``"loaded_probe": {"src->dst": [us, ...]}``:
+    the instrument's floor under the load the measurements saw."""
     names = c.names
     rt = c.runtime
     rng = random.Random(f"mmusim-harness-{spec.seed}")
@@ -170,6 +176,17 @@ async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None) -
     rng.shuffle(order)
     total = len(order)
     done = 0
+    probed: dict[str, list[str]] = {}  # src -> its peers, for the loaded probe
+    for src, dst in talking_pairs(names, spec) if probe_period_s else ():
+        probed.setdefault(src, []).append(dst)
+    set_up = 0  # series whose setup is done: the last one starts the loaded probe
+
+    async def setup_done() -> None:
+        nonlocal set_up
+        set_up += 1
+        if set_up == len(names):
+            for src, dsts in probed.items():
+                await c.on(src, activity.start_loaded_probe, dsts, probe_period_s)
 
     async def series(oi: int, items: list[tuple[int, str]]) -> None:
         nonlocal done
@@ -193,6 +210,7 @@ async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None) -
                 attachments.setdefault(teardown_host, []).append((measured[owner], f"m{i}", 1, [0]))
         for host, atts in attachments.items():
             await c.on(host, activity.attach_all, spec.kind, owner, atts)
+        await setup_done()
         gap = spec.duration_us / (len(items) + 1)
         for i, what in items:
             await rt.sleep(srng.uniform(0.5, 1.5) * gap)  # random phase against the streams
@@ -216,6 +234,10 @@ async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None) -
                       name=f"measure.{names[oi]}") for oi in range(len(names))]
     for loop in loops:
         await loop
+    loaded = {}
+    for src in probed:
+        for dst, us in (await c.on(src, activity.stop_loaded_probe)).items():
+            loaded[f"{src}->{dst}"] = us
     remaining = spec.duration_us - (rt.now() - t0)
     if remaining > 0:
         await rt.sleep(remaining)  # the activity runs for the whole duration
@@ -243,7 +265,7 @@ async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None) -
     for owner, mm_id in measured.items():
         await c.on(owner, activity.exit_mm, mm_id)
     events.sort(key=lambda e: e["t_us"])
-    return {"events": events, "checked": checked, "activity": counts, "gru": grus}
+    return {"events": events, "checked": checked, "activity": counts, "gru": grus, "loaded_probe": loaded}
 
 
 def count_op(count: dict[str, Any], refused: list[str]) -> None:
@@ -280,18 +302,21 @@ def gru_summary(dropin: str, by_partition: dict[str, dict[str, int]]) -> dict[st
 
 def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = None,
                  progress: Progress | None = None, sim_extra: dict[str, Any] | None = None,
+                 ray_extra: dict[str, Any] | None = None,
                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run ``scenario`` (``workloads/scenario.py``) on ``backend``; returns the result document
     (the schema of DESIGN.md, as ``workloads/report.py`` writes it) and the events.
-    ``sim_extra``: more ``SimConfig`` fields (a scheduler, a trace level) for the sim backend."""
+    ``sim_extra``: more ``SimConfig`` fields (a scheduler, a trace level) for the sim backend;
+    ``ray_extra``: more ``RayConfig`` fields (the TLS options) for the ray backend."""
     spec = StudySpec.from_scenario(scenario)
 
     async def workload(c: Cluster) -> dict[str, Any]:
-        return await study(c, spec, progress)
+        return await study(c, spec, progress, LOADED_PROBE_PERIOD_S if backend == "ray" else None)
 
     if backend not in ("sim", "ray"):
         raise ValueError(f"backend must be sim or ray, got {backend!r}")
-    config = scenario.sim_config(**(sim_extra or {})) if backend == "sim" else scenario.ray_config(address=address)
+    config = scenario.sim_config(**(sim_extra or {})) if backend == "sim" else scenario.ray_config(
+        address=address, **(ray_extra or {}))
     if config.nframes < spec.frames_needed():
         raise ValueError(f"scenario {scenario.name}: nframes {config.nframes} is too small for its mms and "
                          f"measurements; at least {spec.frames_needed()} are needed")
@@ -333,9 +358,32 @@ def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = N
     }
     if placement is not None:
         result["placement"] = placement
-        result["overhead"] = rrun.overhead
-        result["floor"] = floor_summary(rrun.overhead, floor_calls(spec, scenario.get("fanout")), result["metrics"])
+        samples = {pair: {**probe, "loaded_us": out["loaded_probe"].get(pair, [])} for pair, probe in rrun.overhead.items()}
+        result["overhead"] = {pair: floor_stats(probe) for pair, probe in samples.items()}
+        # what the partitions spoke: mutual TLS with a CA made for the run or the user's, or plaintext
+        result["tls"] = ("user CA" if config.tls_ca_cert else "run CA") if config.tls else "off"
+        result["floor"] = floor_summary(result["overhead"], floor_calls(spec, scenario.get("fanout")), result["metrics"])
     return result, events
+
+
+def floor_stats(samples: dict[str, list[float]]) -> dict[str, Any]:
+    """One pair's ``overhead`` entry from its probe's round trips: ``n``, ``rpc_p50``,
+    ``rpc_p99``, ``model_p50``, ``model_p99`` (microseconds; numpy's linear percentiles) and
+    the samples themselves (``rpc_us``, ``model_us``), so that a fit can use the whole shape;
+    with samples of the loaded probe (``loaded_us``) also ``loaded_n``, ``loaded_p50`` and
+    ``loaded_p99``."""
+    import numpy as np
+
+    out: dict[str, Any] = {"n": len(samples["model_us"])}
+    kinds = ("rpc", "model", "loaded") if samples.get("loaded_us") else ("rpc", "model")
+    for kind in kinds:
+        values = np.asarray(samples[f"{kind}_us"], dtype=float)
+        out[f"{kind}_p50"], out[f"{kind}_p99"] = (float(v) for v in np.percentile(values, [50, 99]))
+    if "loaded" in kinds:
+        out["loaded_n"] = len(samples["loaded_us"])
+    for kind in kinds:
+        out[f"{kind}_us"] = [float(v) for v in samples[f"{kind}_us"]]
+    return out
 
 
 def talking_pairs(names: list[str], spec: StudySpec) -> list[tuple[str, str]]:

@@ -18,10 +18,10 @@ the validation against the sim are in ``docs/srcu-hang-model.md``; in short:
    range_start + range_end; mprotect = 2 calls x (range_start + range_end) per VMA piece of
    the range; migrate = one invalidate_page per page), then the secondaries' faults back.
    A read section is the walk over the mm's notifiers: per notifier one callout round trip
-   (hops x hop latency + the callout's extra latency, each way, sampled independently) plus
-   the GRU's handling (its TLB flush, 2 us a page); sequential walks add, ``fanout: parallel``
-   takes the slowest. By the renewal-reward theorem a stream observed at a random time is in
-   a read section with residual > r with probability
+   (hops x hop latency + the callout's extra latency + a calibrated floor if given, each way,
+   sampled independently) plus the GRU's handling (its TLB flush, 2 us a page); sequential
+   walks add, ``fanout: parallel`` takes the slowest. By the renewal-reward theorem a stream
+   observed at a random time is in a read section with residual > r with probability
    ``G(r) = sum over sections of E[clip(D - r, 0, a)] / E[cycle]``, where ``a`` bounds the
    section's age by the time the stream has run (a finite-horizon correction that keeps heavy
    tails finite; with light tails ``a`` never binds and this is the equilibrium
@@ -56,7 +56,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cluster.topology import LatencyDist
+from cluster.topology import LatencyDist, parse_latency
 from nodes.secondary.gru import DEFAULT_FLUSH_PER_PAGE_US, DEFAULT_FULL_FLUSH_US, GRUMAXINVAL
 from nodes.srcu import SYNCHRONIZE_SRCU_EXP_TRYCOUNT, SYNCHRONIZE_SRCU_READER_DELAY_US, SYNCHRONIZE_SRCU_TRYCOUNT
 from workloads.harness import TOUCHED_PER_OP, StudySpec
@@ -65,7 +65,7 @@ from workloads.scenario import Scenario, ScenarioError
 
 __all__ = [
     "NotModelled", "WaitPrediction", "PartitionInputs", "Prediction", "MeasurementPoint",
-    "Comparison", "predict", "compare", "jiffy_us", "srcu_wait", "design_points", "points_of", "measured_points",
+    "Comparison", "predict", "compare", "scenario_of_run", "jiffy_us", "srcu_wait", "design_points", "points_of", "measured_points",
     "format_predictions", "format_comparison", "WAIT_METRICS", "MODELLED_OPS",
 ]
 
@@ -294,11 +294,11 @@ def _check_latency(s: Scenario, d: LatencyDist, path: str) -> None:
                                f"(pareto needs alpha > 1)")
 
 
-def _network_sample(s: Scenario, rng: np.random.Generator) -> np.ndarray:
+def _network_sample(s: Scenario, rng: np.random.Generator, floor: LatencyDist | None) -> np.ndarray:
     """The network part of one read section on the mm: for each of the mm's notifiers one callout
-    round trip (hops x a per-hop sample + the callout's extra latency, each way), summed over a
-    sequential walk or the slowest of a parallel one. Zero when the secondaries are on the
-    owner itself (one partition: no interconnect)."""
+    round trip (hops x a per-hop sample + the callout's extra latency + the calibrated floor,
+    each way), summed over a sequential walk or the slowest of a parallel one. Zero when the
+    secondaries are on the owner itself (one partition: no interconnect)."""
     cfg = s.sim_config()
     n = s.get("secondaries_per_mm")
     if s.get("partitions") == 1:
@@ -310,6 +310,8 @@ def _network_sample(s: Scenario, rng: np.random.Generator) -> np.ndarray:
             rtt = rtt + _lhs(cfg.hop_dist, rng, float(cfg.hops))
             if cfg.callout_dist is not None:
                 rtt = rtt + _lhs(cfg.callout_dist, rng)
+            if floor is not None:
+                rtt = rtt + _lhs(floor, rng)
         trips.append(rtt)
     return np.max(trips, axis=0) if s.get("fanout") == "parallel" else np.sum(trips, axis=0)
 
@@ -325,14 +327,16 @@ class _Workload:
     fragmentation: _VmaPieces
 
     @classmethod
-    def of(cls, s: Scenario) -> "_Workload":
+    def of(cls, s: Scenario, floor: LatencyDist | None = None) -> "_Workload":
         spec = StudySpec.from_scenario(s)
         total = sum(spec.mix.values())
         w = {op: spec.mix.get(op, 0) / total for op in MODELLED_OPS}
         # the secondaries fault TOUCHED_PER_OP pages of the range back (a GRU TLB miss: a remote
         # get_user_pages, then the DMA read: two round trips; a page touched twice hits the second time)
         cfg = s.sim_config()
-        one_way = cfg.hops * cfg.hop_dist.mean if spec.partitions > 1 else 0.0
+        one_way = 0.0
+        if spec.partitions > 1:
+            one_way = cfg.hops * cfg.hop_dist.mean + (floor.mean if floor is not None else 0.0)
         trips = 2 * TOUCHED_PER_OP - (TOUCHED_PER_OP - 1) / spec.pages
         touch = spec.secondaries_per_mm * trips * 2 * one_way
         per_walk = spec.secondaries_per_mm if s.get("fanout") == "sequential" else 1
@@ -462,11 +466,14 @@ def _no_wait(metric: str, n: int) -> WaitPrediction:
     return _summary(metric, np.zeros(1), np.ones((1, 1)), n)
 
 
-def predict(scenario: Scenario, points: Sequence[MeasurementPoint] | None = None) -> Prediction:
+def predict(scenario: Scenario, points: Sequence[MeasurementPoint] | None = None,
+            floor: LatencyDist | None = None) -> Prediction:
     """Predict ``unregister_srcu_wait`` and ``exit_srcu_wait`` of ``scenario`` (a point: its
     sweep, if any, is ignored; use ``sweep_points()``). ``points``: the measurements to average
     over (``measured_points`` of a finished run); by default the harness's design
-    (``design_points``). Raises ``NotModelled`` where the model does not apply."""
+    (``design_points``). ``floor``: a calibrated floor (``workloads/calibration.py``), one draw
+    added to every message each way, as the sim's ``LatencyModel.floor`` does. Raises
+    ``NotModelled`` where the model does not apply."""
     s = scenario
     if s.get("semantics") != "v3.10":
         raise _refuse(s, "semantics", f"it is derived for v3.10's notifier core and SRCU, got {s.get('semantics')!r}")
@@ -483,6 +490,8 @@ def predict(scenario: Scenario, points: Sequence[MeasurementPoint] | None = None
     _check_latency(s, cfg.hop_dist, "topology.hop_latency")
     if cfg.callout_dist is not None:
         _check_latency(s, cfg.callout_dist, "callout.latency")
+    if floor is not None:
+        _check_latency(s, floor, "calibration.floor")
     jiffy = jiffy_us(s)
     expedited = bool(s.get("srcu.expedited"))
     trycount = SYNCHRONIZE_SRCU_EXP_TRYCOUNT if expedited else SYNCHRONIZE_SRCU_TRYCOUNT
@@ -502,9 +511,9 @@ def predict(scenario: Scenario, points: Sequence[MeasurementPoint] | None = None
     total = s.get("measure.unregisters") + s.get("measure.exits")
 
     rng = np.random.default_rng(SAMPLE_SEED)
-    sections = _Sections.of(_network_sample(s, rng))
+    sections = _Sections.of(_network_sample(s, rng, floor))
     stagger = 0.5e6 / float(s.get("activity.rate"))  # the mean of the streams' staggered starts
-    work = _Workload.of(s)
+    work = _Workload.of(s, floor)
     mid = work.stream_at(sections, duration / 2)
     r0 = np.zeros(1)
     rho_mid = float(mid.residual_tail(r0, duration / 2)[0])
@@ -529,7 +538,7 @@ def predict(scenario: Scenario, points: Sequence[MeasurementPoint] | None = None
                      "it starts run in the worker, and an exit that finds one running waits for the next (the "
                      "two-phase wait, up to two more jiffies): the model assumes it never does (measurements on a "
                      f"partition are about {len(names) * duration / (total + 1):.0f} us apart)")
-    alphas = [d.param("alpha") for d in (cfg.hop_dist, cfg.callout_dist) if d is not None and d.dist == "pareto"]
+    alphas = [d.param("alpha") for d in (cfg.hop_dist, cfg.callout_dist, floor) if d is not None and d.dist == "pareto"]
     if alphas and min(alphas) <= 2.0:
         notes.append("a pareto latency with alpha <= 2: a read section's length has infinite variance, so the "
                      "stationary mean wait is infinite; the model bounds each section's age by the time its stream "
@@ -598,7 +607,7 @@ class Comparison:
     measured: dict[str, dict[str, Any]]  # metric -> its results.json summary, plus "p_no_wait"
 
 
-def _load_scenario_of(run_dir: Path, result: dict[str, Any]) -> Scenario:
+def scenario_of_run(run_dir: Path, result: dict[str, Any]) -> Scenario:
     """The scenario a run recorded in its results.json ``config`` (every knob)."""
     c = result["config"]
     try:
@@ -609,10 +618,24 @@ def _load_scenario_of(run_dir: Path, result: dict[str, Any]) -> Scenario:
         raise ReportError(f"{run_dir}: corrupt results.json: its config is not a scenario") from None
 
 
+def _floor_of(run_dir: Path, result: dict[str, Any]) -> LatencyDist | None:
+    """The calibrated floor a run recorded in its results.json ``calibration`` (None: none)."""
+    cal = result.get("calibration")
+    if cal is None:
+        return None
+    try:
+        return parse_latency(cal["floor"], "calibration.floor")
+    except (KeyError, TypeError, ValueError) as e:
+        from workloads.report import ReportError
+
+        raise ReportError(f"{run_dir}: corrupt results.json: its calibration has no valid floor ({e})") from None
+
+
 def compare(directory: str | Path, scenario_name: str | None = None) -> list[Comparison]:
     """Predict each run of the finished sweep or run in ``directory`` (written by ``mmusim sweep``
-    or ``mmusim run``) from its recorded config and its measurements' partitions and times,
-    beside what it measured. ``scenario_name``: refuse runs of another scenario."""
+    or ``mmusim run``) from its recorded config, its calibrated floor if it had one (its
+    ``calibration`` entry) and its measurements' partitions and times, beside what it
+    measured. ``scenario_name``: refuse runs of another scenario."""
     from workloads.report import ReportError, load_run, load_sweep
 
     d = Path(directory)
@@ -629,8 +652,8 @@ def compare(directory: str | Path, scenario_name: str | None = None) -> list[Com
             raise ReportError(f"{run_dir}: a run of {result['scenario']!r}, not of {scenario_name!r}")
         if result["backend"] != "sim":
             raise ReportError(f"{run_dir}: a {result['backend']} run; the model predicts the sim backend's virtual time")
-        s = _load_scenario_of(run_dir, result)
-        prediction = predict(s, measured_points(run_dir))
+        s = scenario_of_run(run_dir, result)
+        prediction = predict(s, measured_points(run_dir), _floor_of(run_dir, result))
         measured = {}
         for metric in WAIT_METRICS:
             summary = dict(result["metrics"].get(metric) or {})

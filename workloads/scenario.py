@@ -76,6 +76,7 @@ import difflib
 import math
 import os
 import re
+import statistics
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -701,7 +702,7 @@ class Scenario:
         RayConfig injects fixed latencies (``hop_latency_us`` per hop, ``callout_latency_us``
         per callout) on top of the real network, so a distribution is reduced to a typical
         value (constant: its value; uniform: the midpoint; lognormal: the median; pareto: the
-        scale, its minimum): the real run has its own tail."""
+        scale, its minimum; empirical: the samples' median): the real run has its own tail."""
         from cluster.ray_backend import RayConfig
 
         v = self.values
@@ -710,6 +711,8 @@ class Scenario:
             d = parse_latency(latency, key)
             if d.dist == "uniform":
                 return (d.param("low") + d.param("high")) / 2.0
+            if d.dist == "empirical":
+                return float(statistics.median(d.param("samples")))
             return float(d.param({"constant": "value", "lognormal": "median", "pareto": "scale"}[d.dist]))
 
         kw = self._partition_fields()

@@ -5,6 +5,14 @@ Every call has a deadline. A failed call raises the model error the server answe
 class name in its trailing metadata, else by status code); a partition that does not answer in
 time, or cannot be reached, raises ``Unreachable``, which is what makes an owner fence it.
 Channels are opened once per destination and kept (a new channel costs milliseconds).
+
+With an identity (``nodes/rpc/identity.py``) every channel is mutual TLS: it shows this
+partition's certificate and accepts only a server whose certificate names the destination
+partition, whatever address the directory gives for it. A server that is not that partition
+(or has no certificate of the run's CA) fails the handshake: the call is UNAVAILABLE ("... Hostname
+Verification Check failed" or "... Socket closed") and raises ``Unreachable``, as a partition
+that cannot be reached does. A request the server refuses for the caller's identity is
+``PermissionDenied``.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from nodes.errors import ModelError, Unreachable
 from nodes.mm import PAGE_SIZE
 from nodes.remote import OWNER_SERVICE, PROBE_NOTIFIER, SECONDARY_SERVICE
 from nodes.rpc import codec
+from nodes.rpc.identity import PartitionIdentity
 from nodes.rpc.pb import interconnect_pb2_grpc as pb_grpc
 from nodes.rpc.server import DST_KEY, PROBE_KEY, SRC_KEY
 from nodes.rpc.status import ERROR_KEY, error_from
@@ -39,32 +48,41 @@ class GrpcInterconnect:
     """Requests from this process's partitions to services on others, over gRPC.
 
     ``directory`` maps a partition name to its server's address (host:port); it may be
-    updated as partitions come up."""
+    updated as partitions come up. ``identity``: this process's partition's, for mutual TLS;
+    None: plaintext (loopback tests)."""
 
-    def __init__(self, directory: dict[str, str], *, deadline_us: float = DEFAULT_DEADLINE_US):
+    def __init__(self, directory: dict[str, str], *, identity: PartitionIdentity | None,
+                 deadline_us: float = DEFAULT_DEADLINE_US):
         if not deadline_us > 0:
             raise ValueError(f"deadline_us must be positive, got {deadline_us!r}")
         self.directory = directory
+        self.identity = identity
         self.deadline_us = float(deadline_us)
         self.messages: Counter[str] = Counter()  # by kind, as the sim interconnect counts them
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self._stubs: dict[tuple[str, str], Any] = {}
+        # by (address, destination): under TLS a channel accepts only the partition it was made for
+        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
+        self._stubs: dict[tuple[str, str, str], Any] = {}
 
     def _stub(self, dst: str, service: str) -> Any:
         channel = self._channel(dst)
-        stub = self._stubs.get((self.directory[dst], service))
+        stub = self._stubs.get((self.directory[dst], dst, service))
         if stub is None:
-            stub = (pb_grpc.OwnerStub if service == OWNER_SERVICE else pb_grpc.SecondaryStub)(channel)
-            self._stubs[(self.directory[dst], service)] = stub
+            stub = (pb_grpc.OwnerServiceStub if service == OWNER_SERVICE else pb_grpc.SecondaryServiceStub)(channel)
+            self._stubs[(self.directory[dst], dst, service)] = stub
         return stub
 
     def _channel(self, dst: str) -> grpc.aio.Channel:
         address = self.directory.get(dst)
         if address is None:
             raise Unreachable(f"no address for partition {dst!r}; known: {sorted(self.directory)}")
-        channel = self._channels.get(address)
+        channel = self._channels.get((address, dst))
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+            if self.identity is None:
+                channel = grpc.aio.insecure_channel(address)
+            else:
+                channel = grpc.aio.secure_channel(address, self.identity.channel_credentials(),
+                                                  options=self.identity.target_name(dst))
+            self._channels[(address, dst)] = channel
         return channel
 
     async def call(self, src: str, dst: str, service: str, method: str, *args: Any, kind: str = "rpc",

@@ -44,20 +44,22 @@ def build(cls: type[Message], **fields: Any) -> Message:
         raise InvalidArgument(f"{cls.DESCRIPTOR.name}: cannot encode {fields!r}: {e}") from None
 
 
-def _empty(_: Any = None) -> Message:
-    return pb.Empty()
+def _nothing(reply: type[Message]) -> Callable[[Any], Message]:
+    """The ``encode_result`` of an RPC whose model call returns nothing: its empty reply."""
+    return lambda _=None: reply()
 
 
 def _none(_: Any) -> None:
     return None
 
 
-def _timing(t: tuple[float, float, float]) -> Message:
-    return pb.TeardownTiming(total_us=t[0], release_us=t[1], srcu_wait_us=t[2])
+def _timing(reply: type[Message]) -> Callable[[tuple[float, float, float]], Message]:
+    """The ``encode_result`` of a teardown RPC: ``reply`` carrying its ``TeardownTiming``."""
+    return lambda t: reply(timing=pb.TeardownTiming(total_us=t[0], release_us=t[1], srcu_wait_us=t[2]))
 
 
 def _untiming(m: Any) -> tuple[float, float, float]:
-    return (m.total_us, m.release_us, m.srcu_wait_us)
+    return (m.timing.total_us, m.timing.release_us, m.timing.srcu_wait_us)
 
 
 def _stamp(s: tuple[int, int, int]) -> Any:
@@ -69,7 +71,7 @@ def _unstamp(m: Any) -> tuple[int, int, int]:
 
 
 def _pages(refs: list[PageRef]) -> Message:
-    return pb.GetUserPagesReply(
+    return pb.GetUserPagesResponse(
         pages=[pb.PageRef(address=r.address, pfn=r.pfn, stamp=_stamp(r.stamp), writable=r.writable,
                           invalidate_seq=r.invalidate_seq) for r in refs]
     )
@@ -88,63 +90,63 @@ OWNER: dict[str, Method] = {
     m.call: m
     for m in (
         Method(
-            "RegisterNotifier", "register", pb.RegisterNotifierRequest, pb.Empty,
+            "RegisterNotifier", "register", pb.RegisterNotifierRequest, pb.RegisterNotifierResponse,
             lambda host, nid, name, ops, mm_id: build(
                 pb.RegisterNotifierRequest, host=host, notifier_id=nid, name=name, ops=list(ops), mm_id=mm_id),
             lambda r: (r.host, r.notifier_id, r.name, list(r.ops), r.mm_id),
-            _empty, _none,
+            _nothing(pb.RegisterNotifierResponse), _none,
         ),
         Method(
-            "UnregisterNotifier", "unregister", pb.UnregisterNotifierRequest, pb.TeardownTiming,
+            "UnregisterNotifier", "unregister", pb.UnregisterNotifierRequest, pb.UnregisterNotifierResponse,
             lambda host, nid, mm_id: build(pb.UnregisterNotifierRequest, host=host, notifier_id=nid, mm_id=mm_id),
             lambda r: (r.host, r.notifier_id, r.mm_id),
-            _timing, _untiming,
+            _timing(pb.UnregisterNotifierResponse), _untiming,
         ),
         Method(
-            "PutNotifier", "put", pb.UnregisterNotifierRequest, pb.TeardownTiming,
-            lambda host, nid, mm_id: build(pb.UnregisterNotifierRequest, host=host, notifier_id=nid, mm_id=mm_id),
+            "PutNotifier", "put", pb.PutNotifierRequest, pb.PutNotifierResponse,
+            lambda host, nid, mm_id: build(pb.PutNotifierRequest, host=host, notifier_id=nid, mm_id=mm_id),
             lambda r: (r.host, r.notifier_id, r.mm_id),
-            _timing, _untiming,
+            _timing(pb.PutNotifierResponse), _untiming,
         ),
         Method(
-            "GetUserPages", "get_user_pages", pb.GetUserPagesRequest, pb.GetUserPagesReply,
+            "GetUserPages", "get_user_pages", pb.GetUserPagesRequest, pb.GetUserPagesResponse,
             _gup,
             lambda r: (r.host, r.mm_id, r.address, r.npages, r.write, r.pin, r.request_id),
             _pages, _unpages,
         ),
         Method(
-            "AbortPins", "abort_pins", pb.AbortPinsRequest, pb.AbortPinsReply,
+            "AbortPins", "abort_pins", pb.AbortPinsRequest, pb.AbortPinsResponse,
             lambda host, rid: build(pb.AbortPinsRequest, host=host, request_id=rid),
             lambda r: (r.host, r.request_id),
-            lambda n: pb.AbortPinsReply(unpinned=n), lambda m: m.unpinned,
+            lambda n: pb.AbortPinsResponse(unpinned=n), lambda m: m.unpinned,
         ),
         Method(
-            "PutUserPages", "put_user_pages", pb.PutUserPagesRequest, pb.Empty,
+            "PutUserPages", "put_user_pages", pb.PutUserPagesRequest, pb.PutUserPagesResponse,
             lambda host, mm_id, pfns: build(pb.PutUserPagesRequest, host=host, mm_id=mm_id, pfns=[int(p) for p in pfns]),
             lambda r: (r.host, r.mm_id, list(r.pfns)),
-            _empty, _none,
+            _nothing(pb.PutUserPagesResponse), _none,
         ),
         Method(
-            "DmaRead", "dma_read", pb.DmaReadRequest, pb.Stamp,
+            "DmaRead", "dma_read", pb.DmaReadRequest, pb.DmaReadResponse,
             lambda host, nid, mm_id, address, pfn, expected: build(
                 pb.DmaReadRequest, host=host, notifier_id=nid, mm_id=mm_id, address=address, pfn=pfn,
                 expected=_stamp(expected)),
             lambda r: (r.host, r.notifier_id, r.mm_id, r.address, r.pfn, _unstamp(r.expected)),
-            _stamp, _unstamp,
+            lambda s: pb.DmaReadResponse(stamp=_stamp(s)), lambda m: _unstamp(m.stamp),
         ),
         Method(
-            "ReportTranslations", "report_translations", pb.TranslationReport, pb.Empty,
+            "ReportTranslations", "report_translations", pb.ReportTranslationsRequest, pb.ReportTranslationsResponse,
             lambda host, nid, mm_id, address, pfns, established: build(
-                pb.TranslationReport, host=host, notifier_id=nid, mm_id=mm_id, address=address,
+                pb.ReportTranslationsRequest, host=host, notifier_id=nid, mm_id=mm_id, address=address,
                 pfns=[int(p) for p in pfns], established=established),
             lambda r: (r.host, r.notifier_id, r.mm_id, r.address, list(r.pfns), r.established),
-            _empty, _none,
+            _nothing(pb.ReportTranslationsResponse), _none,
         ),
         Method(
-            "Exit", "exit", pb.ExitRequest, pb.TeardownTiming,
+            "Exit", "exit", pb.ExitRequest, pb.ExitResponse,
             lambda mm_id: build(pb.ExitRequest, mm_id=mm_id),
             lambda r: (r.mm_id,),
-            _timing, _untiming,
+            _timing(pb.ExitResponse), _untiming,
         ),
     )
 }
@@ -162,44 +164,45 @@ OWNER.update({
     m.call: m
     for m in (
         Method(
-            "XpmemMake", "xpmem_make", pb.XpmemMakeRequest, pb.XpmemMakeReply,
+            "XpmemMake", "xpmem_make", pb.XpmemMakeRequest, pb.XpmemMakeResponse,
             lambda mm_id, vaddr, size, mode, cred: build(
                 pb.XpmemMakeRequest, mm_id=mm_id, vaddr=vaddr, size=size, permit_mode=mode, cred=_cred(cred)),
             lambda r: (r.mm_id, r.vaddr, r.size, r.permit_mode, _uncred(r.cred)),
-            lambda segid: pb.XpmemMakeReply(segid=segid), lambda m: m.segid,
+            lambda segid: pb.XpmemMakeResponse(segid=segid), lambda m: m.segid,
         ),
         Method(
-            "XpmemGet", "xpmem_get", pb.XpmemGetRequest, pb.XpmemGetReply,
+            "XpmemGet", "xpmem_get", pb.XpmemGetRequest, pb.XpmemGetResponse,
             lambda segid, flags, cred: build(pb.XpmemGetRequest, segid=segid, flags=flags, cred=_cred(cred)),
             lambda r: (r.segid, r.flags, _uncred(r.cred)),
-            lambda apid: pb.XpmemGetReply(apid=apid), lambda m: m.apid,
+            lambda apid: pb.XpmemGetResponse(apid=apid), lambda m: m.apid,
         ),
         Method(
-            "XpmemAttach", "xpmem_attach", pb.XpmemAttachRequest, pb.XpmemAttachReply,
+            "XpmemAttach", "xpmem_attach", pb.XpmemAttachRequest, pb.XpmemAttachResponse,
             lambda host, nid, apid, offset, size, cred: build(
                 pb.XpmemAttachRequest, host=host, notifier_id=nid, apid=apid, offset=offset, size=size, cred=_cred(cred)),
             lambda r: (r.host, r.notifier_id, r.apid, r.offset, r.size, _uncred(r.cred)),
-            lambda g: pb.XpmemAttachReply(attachment_id=g.attachment_id, src_start=g.src_start, size=g.size, mode=g.mode),
+            lambda g: pb.XpmemAttachResponse(
+                attachment_id=g.attachment_id, src_start=g.src_start, size=g.size, mode=g.mode),
             lambda m: XpmemGrant(m.attachment_id, m.src_start, m.size, m.mode),
         ),
         Method(
-            "XpmemDetach", "xpmem_detach", pb.XpmemDetachRequest, pb.Empty,
+            "XpmemDetach", "xpmem_detach", pb.XpmemDetachRequest, pb.XpmemDetachResponse,
             lambda host, aid, cred: build(
                 pb.XpmemDetachRequest, host=host, attachment_id=aid, **({} if cred is None else {"cred": _cred(cred)})),
             lambda r: (r.host, r.attachment_id, _uncred(r.cred) if r.HasField("cred") else None),
-            _empty, _none,
+            _nothing(pb.XpmemDetachResponse), _none,
         ),
         Method(
-            "XpmemRelease", "xpmem_release", pb.XpmemReleaseRequest, pb.Empty,
+            "XpmemRelease", "xpmem_release", pb.XpmemReleaseRequest, pb.XpmemReleaseResponse,
             lambda apid, cred: build(pb.XpmemReleaseRequest, apid=apid, cred=_cred(cred)),
             lambda r: (r.apid, _uncred(r.cred)),
-            _empty, _none,
+            _nothing(pb.XpmemReleaseResponse), _none,
         ),
         Method(
-            "XpmemRemove", "xpmem_remove", pb.XpmemRemoveRequest, pb.Empty,
+            "XpmemRemove", "xpmem_remove", pb.XpmemRemoveRequest, pb.XpmemRemoveResponse,
             lambda segid, cred: build(pb.XpmemRemoveRequest, segid=segid, cred=_cred(cred)),
             lambda r: (r.segid, _uncred(r.cred)),
-            _empty, _none,
+            _nothing(pb.XpmemRemoveResponse), _none,
         ),
     )
 })
@@ -216,8 +219,9 @@ def _callout(op: str, args_of: Callable[[Any], tuple[Any, ...]]) -> Callable[[An
     return decode
 
 
-def _young(n: Any) -> Message:
-    return build(pb.YoungReply, young=int(n or 0))
+def _young(reply: type[Message]) -> Callable[[Any], Message]:
+    """The ``encode_result`` of an accessed-bit callout: ``reply`` carrying how many were young."""
+    return lambda n: build(reply, young=int(n or 0))
 
 
 # keyed by notifier op; each reaches SecondaryService.callout
@@ -225,39 +229,41 @@ SECONDARY: dict[str, Method] = {
     m.call: m
     for m in (
         Method(
-            "InvalidateRangeStart", "invalidate_range_start", pb.RangeCallout, pb.Empty,
-            lambda t, start, end: build(pb.RangeCallout, target=t, start=start, end=end),
-            _callout("invalidate_range_start", lambda r: (r.start, r.end)), _empty, _none,
+            "InvalidateRangeStart", "invalidate_range_start",
+            pb.InvalidateRangeStartRequest, pb.InvalidateRangeStartResponse,
+            lambda t, start, end: build(pb.InvalidateRangeStartRequest, target=t, start=start, end=end),
+            _callout("invalidate_range_start", lambda r: (r.start, r.end)),
+            _nothing(pb.InvalidateRangeStartResponse), _none,
         ),
         Method(
-            "InvalidateRangeEnd", "invalidate_range_end", pb.RangeCallout, pb.Empty,
-            lambda t, start, end: build(pb.RangeCallout, target=t, start=start, end=end),
-            _callout("invalidate_range_end", lambda r: (r.start, r.end)), _empty, _none,
+            "InvalidateRangeEnd", "invalidate_range_end", pb.InvalidateRangeEndRequest, pb.InvalidateRangeEndResponse,
+            lambda t, start, end: build(pb.InvalidateRangeEndRequest, target=t, start=start, end=end),
+            _callout("invalidate_range_end", lambda r: (r.start, r.end)), _nothing(pb.InvalidateRangeEndResponse), _none,
         ),
         Method(
-            "InvalidatePage", "invalidate_page", pb.PageCallout, pb.Empty,
-            lambda t, address: build(pb.PageCallout, target=t, address=address),
-            _callout("invalidate_page", lambda r: (r.address,)), _empty, _none,
+            "InvalidatePage", "invalidate_page", pb.InvalidatePageRequest, pb.InvalidatePageResponse,
+            lambda t, address: build(pb.InvalidatePageRequest, target=t, address=address),
+            _callout("invalidate_page", lambda r: (r.address,)), _nothing(pb.InvalidatePageResponse), _none,
         ),
         Method(
-            "Release", "release", pb.ReleaseCallout, pb.Empty,
-            lambda t: build(pb.ReleaseCallout, target=t),
-            _callout("release", lambda r: ()), _empty, _none,
+            "Release", "release", pb.ReleaseRequest, pb.ReleaseResponse,
+            lambda t: build(pb.ReleaseRequest, target=t),
+            _callout("release", lambda r: ()), _nothing(pb.ReleaseResponse), _none,
         ),
         Method(
-            "ChangePte", "change_pte", pb.ChangePteCallout, pb.Empty,
-            lambda t, address, pte: build(pb.ChangePteCallout, target=t, address=address, pfn=pte[0], flags=pte[1]),
-            _callout("change_pte", lambda r: (r.address, (r.pfn, r.flags))), _empty, _none,
+            "ChangePte", "change_pte", pb.ChangePteRequest, pb.ChangePteResponse,
+            lambda t, address, pte: build(pb.ChangePteRequest, target=t, address=address, pfn=pte[0], flags=pte[1]),
+            _callout("change_pte", lambda r: (r.address, (r.pfn, r.flags))), _nothing(pb.ChangePteResponse), _none,
         ),
         Method(
-            "ClearFlushYoung", "clear_flush_young", pb.PageCallout, pb.YoungReply,
-            lambda t, address: build(pb.PageCallout, target=t, address=address),
-            _callout("clear_flush_young", lambda r: (r.address,)), _young, lambda m: m.young,
+            "ClearFlushYoung", "clear_flush_young", pb.ClearFlushYoungRequest, pb.ClearFlushYoungResponse,
+            lambda t, address: build(pb.ClearFlushYoungRequest, target=t, address=address),
+            _callout("clear_flush_young", lambda r: (r.address,)), _young(pb.ClearFlushYoungResponse), lambda m: m.young,
         ),
         Method(
-            "TestYoung", "test_young", pb.PageCallout, pb.YoungReply,
-            lambda t, address: build(pb.PageCallout, target=t, address=address),
-            _callout("test_young", lambda r: (r.address,)), _young, lambda m: m.young,
+            "TestYoung", "test_young", pb.TestYoungRequest, pb.TestYoungResponse,
+            lambda t, address: build(pb.TestYoungRequest, target=t, address=address),
+            _callout("test_young", lambda r: (r.address,)), _young(pb.TestYoungResponse), lambda m: m.young,
         ),
     )
 }
@@ -268,10 +274,12 @@ SECONDARY_METHODS: dict[str, Method] = {
     m.call: m
     for m in (
         Method(
-            "XpmemDetachAttachments", "xpmem_detach", pb.XpmemDetachCallout, pb.Empty,
-            lambda nid, ids: build(pb.XpmemDetachCallout, target=_target(nid, 0, ""), attachment_ids=list(ids)),
+            "XpmemDetachAttachments", "xpmem_detach",
+            pb.XpmemDetachAttachmentsRequest, pb.XpmemDetachAttachmentsResponse,
+            lambda nid, ids: build(
+                pb.XpmemDetachAttachmentsRequest, target=_target(nid, 0, ""), attachment_ids=list(ids)),
             lambda r: (r.target.notifier_id, list(r.attachment_ids)),
-            _empty, _none,
+            _nothing(pb.XpmemDetachAttachmentsResponse), _none,
         ),
     )
 }

@@ -3,9 +3,9 @@
     python -m nodes.rpc.codegen          # regenerate
     python -m nodes.rpc.codegen --check  # exit 1, naming the files, if the checked-in code is stale
 
-Needs grpcio-tools (a test extra). protoc writes ``from mmusim.v1 import x_pb2``; the import
+Needs grpcio-tools (a test extra). protoc writes ``from mmusim.v2 import x_pb2``; the import
 is rewritten to ``nodes.rpc.pb`` because ``proto/`` is not a Python package (the import name
-``proto`` belongs to proto-plus) and the descriptors keep their ``mmusim/v1/...`` file names.
+``proto`` belongs to proto-plus) and the descriptors keep their ``mmusim/v2/...`` file names.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = ROOT / "proto"
-PROTO_DIR = PROTO_ROOT / "mmusim" / "v1"
+PROTO_DIR = PROTO_ROOT / "mmusim" / "v2"  # the package mmusim.v2
 OUT_DIR = Path(__file__).resolve().parent / "pb"
-_PROTOC_IMPORT = "from mmusim.v1 import "
+_PROTOC_IMPORT = "from mmusim.v2 import "
 _OUR_IMPORT = "from nodes.rpc.pb import "
 
 
 def generate() -> dict[str, bytes]:
-    """The generated files (name -> contents) for every .proto under proto/mmusim/v1."""
+    """The generated files (name -> contents) for every .proto under proto/mmusim/v2."""
     from grpc_tools import protoc  # a test extra; imported here so the package never needs it
 
     sources = sorted(PROTO_DIR.glob("*.proto"))
@@ -36,7 +36,7 @@ def generate() -> dict[str, bytes]:
         if protoc.main(args) != 0:
             raise SystemExit(f"codegen: protoc failed on {', '.join(p.name for p in sources)}")
         out: dict[str, bytes] = {}
-        for f in sorted((Path(tmp) / "mmusim" / "v1").iterdir()):
+        for f in sorted((Path(tmp) / PROTO_DIR.relative_to(PROTO_ROOT)).iterdir()):
             out[f.name] = f.read_text().replace(_PROTOC_IMPORT, _OUR_IMPORT).encode()
         return out
 

@@ -34,6 +34,7 @@ _BY_CODE: dict[grpc.StatusCode, type[Exception]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
     grpc.StatusCode.NOT_FOUND: errors.NotFound,
     grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: errors.PermissionDenied,  # a caller without a certificate
     grpc.StatusCode.FAILED_PRECONDITION: errors.Released,
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.OutOfMemory,
     grpc.StatusCode.ABORTED: errors.Busy,

@@ -10,6 +10,7 @@ it is registered to be pickled by value."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import socket
 import subprocess
@@ -19,14 +20,17 @@ import time
 from dataclasses import asdict
 from typing import Any, Awaitable, Callable
 
+import grpc
 import pytest
 import ray
 import ray.cloudpickle
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cluster.ray_backend import DEFAULT_PROBE_COUNT, HopLatency, RayCluster, RayConfig, probe_address, run_ray
 from nodes import vmops
 from nodes.errors import NotFound
 from nodes.mm import PAGE_SIZE
+from nodes.rpc.identity import ClusterCA
 
 pytestmark = pytest.mark.ray
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -130,6 +134,48 @@ async def look_up_missing_mm(ctx) -> None:
     ctx.partition.mm(999)
 
 
+async def identity_of(ctx) -> dict:
+    """The identity this partition serves and calls with: its name and its CA's certificate."""
+    i = ctx.identity
+    return {"name": i.name, "ca_pem": i.ca_pem} if i is not None else {"name": None, "ca_pem": None}
+
+
+async def call_as(ctx, claimed: str, dst: str) -> str:
+    """A null callout to ``dst`` claiming to come from ``claimed``: "ok" or the error raised."""
+    try:
+        await ctx.interconnect.null_callout(claimed, dst)
+    except Exception as e:  # noqa: BLE001 - the error is the answer
+        return f"{type(e).__name__}: {e}"
+    return "ok"
+
+
+def listening_hosts(port: int) -> set[str]:
+    """The local addresses of the sockets listening on TCP ``port`` on this machine (the
+    kernel's table, /proc/net/tcp and tcp6: what is bound, not what a server says)."""
+    hosts = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                ip_hex, port_hex = local.split(":")
+                if state != "0A" or int(port_hex, 16) != port:  # 0A: TCP_LISTEN
+                    continue
+                raw = b"".join(bytes.fromhex(ip_hex[i:i + 8])[::-1] for i in range(0, len(ip_hex), 8))
+                ip = ipaddress.ip_address(raw)
+                hosts.add(str(getattr(ip, "ipv4_mapped", None) or ip))  # gRPC binds IPv4 as ::ffff:a.b.c.d
+    return hosts
+
+
+async def plaintext_health(address: str) -> str:
+    """A plaintext health check of ``address`` from the driver: its status name or error code."""
+    async with grpc.aio.insecure_channel(address) as ch:
+        try:
+            reply = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10.0)
+        except grpc.aio.AioRpcError as e:
+            return e.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
 # -- tests --------------------------------------------------------------------------------------
 
 
@@ -149,6 +195,56 @@ def test_partitions_land_on_distinct_nodes_and_serve_on_their_addresses(ray_clus
         assert address.rsplit(":", 1)[0] == node_ip[run.placement[name]]
     assert {node_ip[n] for n in run.placement.values()} == set(ray_cluster.node_ips)
     assert run.faults == [] and run.violations == [] and run.lost == []
+
+
+def test_partitions_speak_mutual_tls_by_default_and_listen_on_their_node_only(ray_cluster):
+    async def workload(c: RayCluster):
+        return {
+            "identities": {n: await c.on(n, identity_of) for n in c.names},
+            "listening": {n: listening_hosts(int(a.rsplit(":", 1)[1])) for n, a in c.addresses.items()},
+            "plaintext": {n: await plaintext_health(a) for n, a in c.addresses.items()},
+            "as_itself": await c.on("p1", call_as, "p1", "p0"),
+            "as_p2": await c.on("p1", call_as, "p2", "p0"),
+        }
+
+    run = run_ray(config(ray_cluster, partitions=3, bind_host=None), workload)
+    r = run.result
+    node_ip = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+    for name in run.addresses:
+        assert r["identities"][name]["name"] == name  # each actor was handed its own identity
+        # bound to its node's own address, and to nothing else (no 0.0.0.0, no ::)
+        assert r["listening"][name] == {node_ip[run.placement[name]]}
+        assert r["plaintext"][name] == "UNAVAILABLE"  # a client without a certificate is refused
+    assert len({i["ca_pem"] for i in r["identities"].values()}) == 1  # one CA for the run
+    assert r["as_itself"] == "ok"
+    assert r["as_p2"].startswith("PermissionDenied: ") and "claims to be partition p2, but its certificate is for p1" in r["as_p2"]
+    assert run.faults == [] and run.violations == []
+    # the keys went to the actors as arguments: none is in a file of Ray's session (logs, spills)
+    for root, _, files in os.walk(ray_cluster.temp_dir):
+        for f in files:
+            path = os.path.join(root, f)
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as fh:
+                    assert b"PRIVATE KEY" not in fh.read(), path
+
+
+def test_tls_off_explicitly_on_loopback_and_a_users_ca(ray_cluster, tmp_path):
+    async def workload(c: RayCluster):
+        return {"identity": await c.on("p0", identity_of), "plaintext": await plaintext_health(c.addresses["p0"]),
+                "call": await c.on("p1", call_as, "p1", "p0")}
+
+    off = run_ray(config(ray_cluster, partitions=2, tls=False), workload).result
+    assert off == {"identity": {"name": None, "ca_pem": None}, "plaintext": "SERVING", "call": "ok"}
+    ca = ClusterCA.generate()
+    cert, key = tmp_path / "ca.pem", tmp_path / "ca.key"
+    cert.write_bytes(ca.cert_pem)
+    key.write_bytes(ca.key_pem)
+    key.chmod(0o600)
+    mine = run_ray(config(ray_cluster, partitions=2, tls_ca_cert=str(cert), tls_ca_key=str(key)), workload).result
+    assert mine == {"identity": {"name": "p0", "ca_pem": ca.cert_pem}, "plaintext": "UNAVAILABLE", "call": "ok"}
+    key.chmod(0o644)  # a CA key others can read is refused before any actor is made
+    with pytest.raises(ValueError, match=r"ca\.key' is accessible by others \(mode 0644\)"):
+        run_ray(config(ray_cluster, partitions=2, tls_ca_cert=str(cert), tls_ca_key=str(key)), workload)
 
 
 def test_gru_on_p1_maps_p0_over_grpc_munmap_invalidates_exit_and_unregister_are_timed(ray_cluster):
@@ -304,6 +400,7 @@ def test_the_address_probe_accepts_a_gcs_and_refuses_a_port_that_does_not_speak_
     ("address", "no-port", "host:port"),
     ("address", "10.0.0.1:99999", "host:port"),
     ("bind_host", "", "None or a host"),
+    ("tls", "off", "true or false"),
 ])
 def test_config_names_the_bad_key_and_value(key, value, expected):
     with pytest.raises(ValueError) as e:
@@ -347,6 +444,7 @@ def test_mmusim_run_quickstart_on_ray_writes_the_results(ray_cluster, tmp_path, 
                  "--set", f"measure.exits={exits}", "--set", f"measure.unregisters={unregisters}"]) == 0
     result = json.loads((out / "results.json").read_text())
     assert result["backend"] == "ray" and result["invariants"]["violations"] == 0
+    assert result["tls"] == "run CA"  # the partitions spoke mutual TLS, as they do unless told not to
     assert result["metrics"]["exit_hang"]["n"] == exits and result["metrics"]["unregister_hang"]["n"] == unregisters
     assert result["metrics"]["callout_rtt"]["n"] > 0 and result["virtual_time_us"] is None
     assert (out / "hang.png").read_bytes()[:4] == b"\x89PNG"
@@ -359,5 +457,50 @@ def test_mmusim_run_quickstart_on_ray_writes_the_results(ray_cluster, tmp_path, 
     floor = result["floor"]["metrics"]
     assert floor["callout_rtt"]["calls"] == 1 and floor["exit_srcu_wait"]["calls"] == 0
     assert floor["callout_rtt"]["floor_us"] == result["floor"]["model_p50_us"] > 0
+    assert result["floor"]["loaded_p50_us"] > 0  # the probe under the measurements' load
     printed = capsys.readouterr().out
     assert "unregister_srcu_wait" in printed and "floor:" in printed
+
+
+def test_mmusim_calibrate_runs_on_ray_fits_the_floor_and_compares_with_the_sim(ray_cluster, tmp_path, capsys):
+    """``mmusim calibrate quickstart`` on the test cluster: a ray run with its probes, a floor
+    fitted to its null callouts under load, the calibrated sim run of the same scenario and
+    seed, and the table of both. (The agreement itself is a figure of this machine: printed,
+    not asserted.)"""
+    import json
+
+    from workloads.calibration import Calibration, fit_floor
+    from workloads.cli import main
+
+    out = tmp_path / "cal"
+    assert main(["calibrate", "quickstart", "--address", ray_cluster.address, "--out", str(out),
+                 "--set", "measure.exits=5", "--set", "measure.unregisters=5"]) == 0
+    ray = json.loads((out / "ray" / "results.json").read_text())
+    sim = json.loads((out / "sim" / "results.json").read_text())
+    assert ray["backend"] == "ray" and sim["backend"] == "sim" and ray["seed"] == sim["seed"]
+    assert ray["invariants"]["violations"] == 0 == sim["invariants"]["violations"]
+    loaded = [v for pair in sorted(ray["overhead"]) for v in ray["overhead"][pair]["loaded_us"]]
+    cal = Calibration.load(out / "calibration.json")
+    assert cal.probe == "loaded" and cal.floor == fit_floor(loaded, "lognormal")
+    assert sim["calibration"]["floor"] == cal.floor.to_spec()
+    assert {r["metric"] for r in json.loads((out / "agreement.json").read_text())["metrics"]} == set(ray["metrics"])
+    assert "sim/ray" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("nodes, placement, expected", [
+    ({"a": "127.0.0.2", "b": "127.0.0.3"}, {"p0": "a", "p1": "b"}, None),  # loopback nodes: their own addresses
+    ({"a": "192.0.2.2"}, {"p0": "a", "p1": "a"}, "127.0.0.1"),  # a local Ray: one node
+    ({"a": "192.0.2.2", "b": "192.0.2.3"}, {"p0": "a", "p1": "b"}, ValueError),  # hosts apart: no loopback
+])
+def test_a_plaintext_run_listens_on_loopback_or_is_refused(monkeypatch, nodes, placement, expected):
+    import ray
+
+    from cluster.ray_backend import plaintext_bind_host
+
+    monkeypatch.setattr(ray, "nodes", lambda: [{"NodeID": k, "NodeManagerAddress": v} for k, v in nodes.items()])
+    if expected is ValueError:
+        with pytest.raises(ValueError, match="192.0.2.2, 192.0.2.3; keep TLS on"):
+            plaintext_bind_host(None, placement)
+    else:
+        assert plaintext_bind_host(None, placement) == expected
+    assert plaintext_bind_host("::1", placement) == "::1"  # given: as given

@@ -1,6 +1,7 @@
 """Integration tests: partitions served by grpc.aio on 127.0.0.1 port 0, in this process, in
-real time (no Ray). ``live_pair`` runs a test body with two connected partitions, p0 and p1,
-and stops them afterwards whatever happened."""
+real time (no Ray). ``live`` runs a test body with connected partitions (p0, p1, ...) and
+stops them afterwards whatever happened. They speak plaintext unless ``tls=True``: then mutual
+TLS with identities issued by a CA made for the test (``nodes/rpc/identity.py``)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from typing import Any, Awaitable, Callable
 import pytest
 
 from cluster.live import LivePartition
+from nodes.rpc.identity import ClusterCA
 
 
-async def started(*names: str, **config: Any) -> list[LivePartition]:
-    parts = [LivePartition(n, nframes=4096, cpus=2, jiffy_us=1000.0, **config) for n in names]
+async def started(*names: str, tls: bool = False, **config: Any) -> list[LivePartition]:
+    identities = ClusterCA.generate().issue_all(list(names)) if tls else dict.fromkeys(names)
+    parts = [LivePartition(n, identity=identities[n], nframes=4096, cpus=2, jiffy_us=1000.0, **config) for n in names]
     directory = {p.name: await p.start() for p in parts}
     for p in parts:
         p.connect(directory)
@@ -34,5 +37,6 @@ def run_live(body: Callable[..., Awaitable[Any]], *names: str, **config: Any) ->
 
 @pytest.fixture
 def live() -> Callable[..., Any]:
-    """``live(body, "p0", "p1", **config)``: run ``body(p0, p1)`` on fresh live partitions."""
+    """``live(body, "p0", "p1", **config)``: run ``body(p0, p1)`` on fresh live partitions
+    (``tls=True``: over mutual TLS)."""
     return run_live

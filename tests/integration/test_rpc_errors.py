@@ -1,7 +1,7 @@
 """The gRPC face of a partition, RPC by RPC and status code by status code (grpc.aio on
 127.0.0.1 port 0, no Ray).
 
-- Every RPC of ``mmusim.v1.Owner`` and ``mmusim.v1.Secondary`` answers a valid request sent
+- Every RPC of ``mmusim.v2.OwnerService`` and ``mmusim.v2.SecondaryService`` answers a valid request sent
   with the raw stubs, against real state: an mm with mapped pages on p0, and on p1 a GRU, a
   KVM-style shadow MMU and an XPMEM driver registered on p0's mms.
 - Every status code of the contract is produced by a realistic request, and comes back through
@@ -75,8 +75,8 @@ class Rig:
     segid: int
     apid: int
     att: Any
-    owner: Any  # raw OwnerStub to p0
-    secondary: Any  # raw SecondaryStub to p1
+    owner: Any  # raw OwnerServiceStub to p0
+    secondary: Any  # raw SecondaryServiceStub to p1
     channels: list[grpc.aio.Channel]
 
     @property
@@ -117,8 +117,8 @@ async def rig(p0: LivePartition, p1: LivePartition) -> Rig:
         await xp.access(att, att.vaddr + k * P)
     await p1.flush_reports()
     c0, c1 = grpc.aio.insecure_channel(p0.address), grpc.aio.insecure_channel(p1.address)
-    return Rig(p0, p1, mm, gru, kvm_mm, kvm, x_mm, xp, segid, apid, att, pb_grpc.OwnerStub(c0),
-               pb_grpc.SecondaryStub(c1), [c0, c1])
+    return Rig(p0, p1, mm, gru, kvm_mm, kvm, x_mm, xp, segid, apid, att, pb_grpc.OwnerServiceStub(c0),
+               pb_grpc.SecondaryServiceStub(c1), [c0, c1])
 
 
 async def status(call: Any) -> tuple[C, str | None, str]:
@@ -145,7 +145,7 @@ async def refused(r: Rig, dst: str, service: str, method: str, *args: Any, cls: 
         m = codec.SECONDARY_METHODS[method]
         request = m.encode(*args)
     channel = r.channels[0 if dst == "p0" else 1]
-    stub = (pb_grpc.OwnerStub if service == "owner" else pb_grpc.SecondaryStub)(channel)
+    stub = (pb_grpc.OwnerServiceStub if service == "owner" else pb_grpc.SecondaryServiceStub)(channel)
     code_, name, details = await status(getattr(stub, m.rpc)(request, timeout=5.0))
     assert (code_, name) == (code, cls.__name__), details
     src = r.p1 if dst == "p0" else r.p0
@@ -182,7 +182,7 @@ def test_every_rpc_answers_a_valid_request(live):
             read = await ok(o, "DmaRead", pb.DmaReadRequest(
                 host="p1", notifier_id=r.nid["gru"], mm_id=r.mm.id, address=BASE, pfn=e.pfn,
                 expected=pb.Stamp(mm=e.stamp[0], vpn=e.stamp[1], generation=e.stamp[2])))
-            assert (read.mm, read.vpn, read.generation) == e.stamp
+            assert (read.stamp.mm, read.stamp.vpn, read.stamp.generation) == e.stamp
             # -- Owner: a second GRU on p1, registered, reported and unregistered by hand
             gru2 = GruMmu(p1.runtime, p1.owner_port("p0"), r.mm.id, "gru2")
             nid2 = p1.secondary_service.add(gru2)
@@ -191,22 +191,22 @@ def test_every_rpc_answers_a_valid_request(live):
             assert ("p1", nid2) in p0.owner_service.notifiers
             pfn = r.mm.pte(BASE + 9 * P)[0]
             before = int(a.oracle.smap[pfn])
-            await ok(o, "ReportTranslations", pb.TranslationReport(
+            await ok(o, "ReportTranslations", pb.ReportTranslationsRequest(
                 host="p1", notifier_id=nid2, mm_id=r.mm.id, address=BASE + 9 * P, pfns=[pfn], established=True))
             assert int(a.oracle.smap[pfn]) == before + 1
-            await ok(o, "ReportTranslations", pb.TranslationReport(
+            await ok(o, "ReportTranslations", pb.ReportTranslationsRequest(
                 host="p1", notifier_id=nid2, mm_id=r.mm.id, pfns=[pfn], established=False))
             assert int(a.oracle.smap[pfn]) == before
             t = await ok(o, "UnregisterNotifier", pb.UnregisterNotifierRequest(host="p1", notifier_id=nid2, mm_id=r.mm.id))
-            assert t.total_us >= t.release_us >= 0 and t.srcu_wait_us >= 0
+            assert t.timing.total_us >= t.timing.release_us >= 0 and t.timing.srcu_wait_us >= 0
             assert gru2.ms_released and ("p1", nid2) not in p0.owner_service.notifiers  # ->release crossed to p1
             # -- Owner: a third GRU, dropped with mmu_notifier_put: no ->release callout, no wait
             gru3 = GruMmu(p1.runtime, p1.owner_port("p0"), r.mm.id, "gru3")
             nid3 = p1.secondary_service.add(gru3)
             await ok(o, "RegisterNotifier", pb.RegisterNotifierRequest(
                 host="p1", notifier_id=nid3, name="gru3", ops=[op for op in OPS if has_op(gru3, op)], mm_id=r.mm.id))
-            t = await ok(o, "PutNotifier", pb.UnregisterNotifierRequest(host="p1", notifier_id=nid3, mm_id=r.mm.id))
-            assert (t.release_us, t.srcu_wait_us) == (0.0, 0.0) and not gru3.ms_released
+            t = await ok(o, "PutNotifier", pb.PutNotifierRequest(host="p1", notifier_id=nid3, mm_id=r.mm.id))
+            assert (t.timing.release_us, t.timing.srcu_wait_us) == (0.0, 0.0) and not gru3.ms_released
             assert ("p1", nid3) not in p0.owner_service.notifiers
             # -- Owner: XPMEM's source side
             seg = (await ok(o, "XpmemMake", pb.XpmemMakeRequest(
@@ -223,26 +223,30 @@ def test_every_rpc_answers_a_valid_request(live):
             await ok(o, "XpmemRemove", pb.XpmemRemoveRequest(segid=seg, cred=cred(SOURCE)))
             assert seg not in a.xpmem.segments_of(r.x_mm.id)
             # -- Secondary: each callout, to the secondary that has the op
-            await ok(s, "InvalidateRangeStart", pb.RangeCallout(target=r.target("gru"), start=BASE, end=BASE + P))
+            await ok(s, "InvalidateRangeStart", pb.InvalidateRangeStartRequest(
+                target=r.target("gru"), start=BASE, end=BASE + P))
             assert r.gru.ms_range_active == 1 and r.gru.translation(BASE) is None
-            await ok(s, "InvalidateRangeEnd", pb.RangeCallout(target=r.target("gru"), start=BASE, end=BASE + P))
+            await ok(s, "InvalidateRangeEnd", pb.InvalidateRangeEndRequest(
+                target=r.target("gru"), start=BASE, end=BASE + P))
             assert r.gru.ms_range_active == 0
-            await ok(s, "InvalidatePage", pb.PageCallout(target=r.target("gru"), address=BASE + P))
+            await ok(s, "InvalidatePage", pb.InvalidatePageRequest(target=r.target("gru"), address=BASE + P))
             assert r.gru.translation(BASE + P) is None and r.gru.translation(BASE + 2 * P) is not None
-            assert (await ok(s, "TestYoung", pb.PageCallout(target=r.target("kvm"), address=BASE))).young == 1
-            assert (await ok(s, "ClearFlushYoung", pb.PageCallout(target=r.target("kvm"), address=BASE))).young == 1
-            assert (await ok(s, "TestYoung", pb.PageCallout(target=r.target("kvm"), address=BASE))).young == 0
-            await ok(s, "ChangePte", pb.ChangePteCallout(
+            assert (await ok(s, "TestYoung", pb.TestYoungRequest(target=r.target("kvm"), address=BASE))).young == 1
+            cleared = await ok(s, "ClearFlushYoung", pb.ClearFlushYoungRequest(target=r.target("kvm"), address=BASE))
+            assert cleared.young == 1
+            assert (await ok(s, "TestYoung", pb.TestYoungRequest(target=r.target("kvm"), address=BASE))).young == 0
+            await ok(s, "ChangePte", pb.ChangePteRequest(
                 target=r.target("kvm"), address=BASE + P, pfn=r.kvm_mm.pte(BASE + P)[0], flags=PTE_PRESENT | PTE_WRITE))
             assert r.kvm.spte(BASE + P) is None and r.kvm.stats.change_pte_drops == 1  # a writable pte drops it
             pins = int(a.frames.pincount.sum())
-            await ok(s, "XpmemDetachAttachments", pb.XpmemDetachCallout(target=r.target("xp"), attachment_ids=[r.att.id]))
+            await ok(s, "XpmemDetachAttachments", pb.XpmemDetachAttachmentsRequest(
+                target=r.target("xp"), attachment_ids=[r.att.id]))
             assert r.att.destroyed and int(a.frames.pincount.sum()) == pins - 2
-            await ok(s, "Release", pb.ReleaseCallout(target=r.target("gru")))
+            await ok(s, "Release", pb.ReleaseRequest(target=r.target("gru")))
             assert r.gru.ms_released and not r.gru.tlb
             # -- Owner: Exit last (it releases what is registered on the mm)
             t = await ok(o, "Exit", pb.ExitRequest(mm_id=r.kvm_mm.id))
-            assert r.kvm_mm.exited and r.kvm.released and t.total_us >= t.release_us >= 0
+            assert r.kvm_mm.exited and r.kvm.released and t.timing.total_us >= t.timing.release_us >= 0
             await p1.flush_reports()
             assert a.check_invariants() == []
             rpcs = {m.name for svc in pb.DESCRIPTOR.services_by_name.values() for m in svc.methods}
@@ -261,7 +265,7 @@ def test_health_service_reports_both_services_serving(live):
                 for service in ("", OWNER_SERVICE_NAME, SECONDARY_SERVICE_NAME):
                     reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5.0)
                     assert reply.status == health_pb2.HealthCheckResponse.SERVING, (p.name, service)
-                code, _, _ = await status(stub.Check(health_pb2.HealthCheckRequest(service="mmusim.v1.Nope"), timeout=5.0))
+                code, _, _ = await status(stub.Check(health_pb2.HealthCheckRequest(service="mmusim.v2.Nope"), timeout=5.0))
                 assert code == C.NOT_FOUND
 
     live(body, "p0", "p1")
@@ -409,7 +413,7 @@ def test_resource_exhausted_when_no_frame_is_free(live):
         with pytest.raises(OutOfMemory, match=f"out of frames: asked for 1, 0 of {a.frames.nframes} are free"):
             await p1.interconnect.call("p1", "p0", "owner", "get_user_pages", "p1", mm.id, BASE, npages, False, True)
         async with grpc.aio.insecure_channel(p0.address) as ch:
-            code, name, _ = await status(pb_grpc.OwnerStub(ch).GetUserPages(
+            code, name, _ = await status(pb_grpc.OwnerServiceStub(ch).GetUserPages(
                 pb.GetUserPagesRequest(host="p1", mm_id=mm.id, address=BASE, npages=npages), timeout=5.0))
         assert (code, name) == (C.RESOURCE_EXHAUSTED, "OutOfMemory")
         assert int(a.frames.pincount.sum()) == 0  # all or nothing: the pins taken were dropped
@@ -454,7 +458,7 @@ def test_every_model_error_round_trips_with_its_status_code_including_aborted(li
         args = (nid, "invalidate_page", 1, "p0/mm1", (BASE,))
         _, request = codec.encode_callout(*args)
         async with grpc.aio.insecure_channel(p1.address) as ch:
-            stub = pb_grpc.SecondaryStub(ch)
+            stub = pb_grpc.SecondaryServiceStub(ch)
             for cls in ERROR_CLASSES + [errors.InternalError, KeyError]:
                 refusing.error = cls(f"refused with {cls.__name__} at {BASE:#x}")
                 code, name, details = await status(stub.InvalidatePage(request, timeout=5.0))
@@ -477,7 +481,7 @@ def test_unavailable_for_an_unreachable_or_fenced_partition(live):
     async def body(p0, p1):
         a = p0.partition
         mm = await mapped(p0)
-        p2 = LivePartition("p2", nframes=64, cpus=2)
+        p2 = LivePartition("p2", identity=None, nframes=64, cpus=2)
         p1.directory["p2"] = p0.directory["p2"] = await p2.start()
         p2.connect(p0.directory)
         gru = await p2.gru("p0", mm.id)
@@ -491,7 +495,7 @@ def test_unavailable_for_an_unreachable_or_fenced_partition(live):
         await vmops.munmap(a, mm, BASE, P)  # the callout to p2 finds it gone: p0 fences it
         assert [f.host for f in p0.owner_service.faults] == ["p2"]
         async with grpc.aio.insecure_channel(p0.address) as ch:
-            code, name, details = await status(pb_grpc.OwnerStub(ch).GetUserPages(
+            code, name, details = await status(pb_grpc.OwnerServiceStub(ch).GetUserPages(
                 pb.GetUserPagesRequest(host="p2", mm_id=mm.id, address=BASE + P, npages=1), timeout=5.0))
         assert (code, name) == (C.UNAVAILABLE, "Unreachable") and "fenced by p0" in details
         with pytest.raises(Unreachable, match="partition p2 was fenced by p0"):
@@ -542,8 +546,8 @@ def test_every_call_carries_a_deadline():
     assert {m for s, m in SAMPLE_ARGS if s == "secondary"} == set(codec.SECONDARY_METHODS)
 
     async def main() -> None:
-        slow = LivePartition("p0", nframes=64, cpus=2, latency_us=lambda src, dst: 60e6)
-        caller = LivePartition("p1", nframes=64, cpus=2, deadline_us=200_000.0)
+        slow = LivePartition("p0", identity=None, nframes=64, cpus=2, latency_us=lambda src, dst: 60e6)
+        caller = LivePartition("p1", identity=None, nframes=64, cpus=2, deadline_us=200_000.0)
         try:
             directory = {"p0": await slow.start(), "p1": await caller.start()}
             caller.connect(directory)
@@ -597,7 +601,7 @@ def test_a_repeated_unregister_while_one_is_in_flight_is_refused(live):
         count = mm.count
         request = pb.UnregisterNotifierRequest(host="p1", notifier_id=nid_of(p1, gru), mm_id=mm.id)
         async with grpc.aio.insecure_channel(p0.address) as ch:
-            stub = pb_grpc.OwnerStub(ch)
+            stub = pb_grpc.OwnerServiceStub(ch)
 
             async def unregister() -> C:
                 try:
@@ -661,10 +665,10 @@ def test_xpmem_callouts_refuse_another_mm_and_a_malformed_range(live):
         r = await rig(p0, p1)
         try:
             code, _, _ = await status(r.secondary.InvalidateRangeEnd(
-                pb.RangeCallout(target=r.target("xp"), start=BASE + P, end=BASE), timeout=5.0))
+                pb.InvalidateRangeEndRequest(target=r.target("xp"), start=BASE + P, end=BASE), timeout=5.0))
             assert code == C.INVALID_ARGUMENT
             code, _, _ = await status(r.secondary.InvalidateRangeEnd(
-                pb.RangeCallout(target=r.target("xp", r.mm), start=BASE, end=BASE + 8 * P), timeout=5.0))
+                pb.InvalidateRangeEndRequest(target=r.target("xp", r.mm), start=BASE, end=BASE + 8 * P), timeout=5.0))
             assert code == C.NOT_FOUND
             assert len(r.att.ptes) == 2  # nothing was unpinned
         finally:

@@ -211,7 +211,7 @@ class Expect:
 
 @dataclass(frozen=True)
 class Case:
-    service: str  # "Owner" | "Secondary"
+    service: str  # "OwnerService" | "SecondaryService"
     dst: str  # the partition whose server gets it
     rpc: str
     request: Any = field(repr=False)
@@ -350,13 +350,13 @@ def get_user_pages(draw: Any, w: World) -> Case:
     rid = draw(REQUEST_IDS)
     req = pb.GetUserPagesRequest(host=host, mm_id=mm_id, address=address, npages=npages, write=write, pin=pin,
                                  request_id=rid)
-    return draw(addressed("Owner", "p0", "GetUserPages", req, e))
+    return draw(addressed("OwnerService", "p0", "GetUserPages", req, e))
 
 
 @st.composite
 def abort_pins(draw: Any, w: World) -> Case:
     req = pb.AbortPinsRequest(host=draw(ABORT_HOSTS), request_id=draw(REQUEST_IDS))
-    return draw(addressed("Owner", "p0", "AbortPins", req, Expect()))
+    return draw(addressed("OwnerService", "p0", "AbortPins", req, Expect()))
 
 
 @st.composite
@@ -377,7 +377,7 @@ def put_user_pages(draw: Any, w: World) -> Case:
     elif kind == "unknown":
         e.may(OK, NOT_FOUND)  # nothing to put; the mm is not looked at today
     req = pb.PutUserPagesRequest(host=host, mm_id=mm_id, pfns=pfns)
-    return draw(addressed("Owner", "p0", "PutUserPages", req, e))
+    return draw(addressed("OwnerService", "p0", "PutUserPages", req, e))
 
 
 def _notifier(draw: Any, w: World, e: Expect) -> tuple[str, str, str | None]:
@@ -443,7 +443,7 @@ def dma_read(draw: Any, w: World) -> Case:
             e.bad(INVALID)
     req = pb.DmaReadRequest(host=host, notifier_id=nid, mm_id=mm_id, address=address, pfn=pfn,
                             expected=pb.Stamp(mm=stamp[0], vpn=stamp[1], generation=stamp[2]))
-    return draw(addressed("Owner", "p0", "DmaRead", req, e))
+    return draw(addressed("OwnerService", "p0", "DmaRead", req, e))
 
 
 @st.composite
@@ -473,9 +473,9 @@ def report_translations(draw: Any, w: World) -> Case:
             e.bad(INVALID)
         else:
             e.may(INVALID)  # held when generated; a hostile invalidation may have dropped one since
-    req = pb.TranslationReport(host=host, notifier_id=nid, mm_id=mm_id, address=address, pfns=pfns,
-                               established=established)
-    return draw(addressed("Owner", "p0", "ReportTranslations", req, e))
+    req = pb.ReportTranslationsRequest(host=host, notifier_id=nid, mm_id=mm_id, address=address, pfns=pfns,
+                                       established=established)
+    return draw(addressed("OwnerService", "p0", "ReportTranslations", req, e))
 
 
 @st.composite
@@ -486,7 +486,7 @@ def exit_(draw: Any, w: World) -> Case:
         e.may(OK, NOT_FOUND, PRECONDITION)  # the first Exit takes it; later ones find it gone
     else:
         e.bad(NOT_FOUND)
-    return draw(addressed("Owner", "p0", "Exit", pb.ExitRequest(mm_id=mm_id), e))
+    return draw(addressed("OwnerService", "p0", "Exit", pb.ExitRequest(mm_id=mm_id), e))
 
 
 FAKE_NIDS = ["f0", "f1", "f2", "f3"]
@@ -518,7 +518,7 @@ def register_notifier(draw: Any, w: World) -> Case:
     elif mkind == "S":
         e.may(OK, NOT_FOUND, INVALID)  # exited: NOT_FOUND; exiting (mm_users 0): EINVAL
     req = pb.RegisterNotifierRequest(host=host, notifier_id=nid, name=draw(TEXT), ops=ops, mm_id=mm_id)
-    return draw(addressed("Owner", "p0", "RegisterNotifier", req, e))
+    return draw(addressed("OwnerService", "p0", "RegisterNotifier", req, e))
 
 
 @st.composite
@@ -541,9 +541,9 @@ def unregister_notifier(draw: Any, w: World) -> Case:
         e.bad(NOT_FOUND)
     if mkind == "unknown":
         e.bad(NOT_FOUND)
-    req = pb.UnregisterNotifierRequest(host=host, notifier_id=nid, mm_id=mm_id)
-    rpc = draw(one("UnregisterNotifier", "PutNotifier"))  # the same request, the same answers
-    return draw(addressed("Owner", "p0", rpc, req, e))
+    rpc = draw(one("UnregisterNotifier", "PutNotifier"))  # the same fields, the same answers
+    req = getattr(pb, f"{rpc}Request")(host=host, notifier_id=nid, mm_id=mm_id)
+    return draw(addressed("OwnerService", "p0", rpc, req, e))
 
 
 SMALL = st.integers(0, 8)
@@ -586,7 +586,7 @@ def xpmem_make(draw: Any, w: World) -> Case:
         if kind == "S":
             e.may(PRECONDITION)  # the source mm has exited
     req = pb.XpmemMakeRequest(mm_id=mm_id, vaddr=vaddr, size=size, permit_mode=mode, cred=cred)
-    return draw(addressed("Owner", "p0", "XpmemMake", req, e))
+    return draw(addressed("OwnerService", "p0", "XpmemMake", req, e))
 
 
 def _hostile_ids(w: World, *, apid: bool) -> st.SearchStrategy[int]:
@@ -618,7 +618,7 @@ def xpmem_get(draw: Any, w: World) -> Case:
         segid = draw(unknown_ids(w))
         e.bad(NOT_FOUND)
     req = pb.XpmemGetRequest(segid=segid, flags=flags, cred=cred)
-    return draw(addressed("Owner", "p0", "XpmemGet", req, e))
+    return draw(addressed("OwnerService", "p0", "XpmemGet", req, e))
 
 
 @st.composite
@@ -645,7 +645,7 @@ def xpmem_attach(draw: Any, w: World) -> Case:
         e.state.clear()
         e.bad(NOT_FOUND)
     req = pb.XpmemAttachRequest(host=host, notifier_id=nid, apid=apid, offset=offset, size=size, cred=cred)
-    return draw(addressed("Owner", "p0", "XpmemAttach", req, e))
+    return draw(addressed("OwnerService", "p0", "XpmemAttach", req, e))
 
 
 OPTIONAL_CRED = st.none() | creds(ALICE, SOURCE)
@@ -666,7 +666,7 @@ def xpmem_detach(draw: Any, w: World) -> Case:
         e.may(OK, DENIED)  # unknown: a no-op; one this test attached: only its process may
     req = pb.XpmemDetachRequest(host=draw(DETACH_HOSTS), attachment_id=aid,
                                 **({} if cred is None else {"cred": cred}))
-    return draw(addressed("Owner", "p0", "XpmemDetach", req, e))
+    return draw(addressed("OwnerService", "p0", "XpmemDetach", req, e))
 
 
 def _xpmem_owner_only(draw: Any, w: World, *, release: bool) -> Case:
@@ -688,8 +688,8 @@ def _xpmem_owner_only(draw: Any, w: World, *, release: bool) -> Case:
         ident = draw(unknown_ids(w))
         e.bad(NOT_FOUND)
     if release:
-        return draw(addressed("Owner", "p0", "XpmemRelease", pb.XpmemReleaseRequest(apid=ident, cred=cred), e))
-    return draw(addressed("Owner", "p0", "XpmemRemove", pb.XpmemRemoveRequest(segid=ident, cred=cred), e))
+        return draw(addressed("OwnerService", "p0", "XpmemRelease", pb.XpmemReleaseRequest(apid=ident, cred=cred), e))
+    return draw(addressed("OwnerService", "p0", "XpmemRemove", pb.XpmemRemoveRequest(segid=ident, cred=cred), e))
 
 
 @st.composite
@@ -760,9 +760,9 @@ def callout(draw: Any, w: World) -> Case:
         elif e.valid:  # an unpaired start or end to a live secondary: a lie; malformed instead
             start, end = end, start
             e.bad(INVALID)
-        req: Any = pb.RangeCallout(target=target, start=start, end=end)
+        req: Any = getattr(pb, f"{rpc}Request")(target=target, start=start, end=end)
     elif rpc == "Release":
-        req = pb.ReleaseCallout(target=target)
+        req = pb.ReleaseRequest(target=target)
         if e.valid:  # releasing p1's live secondary: never
             req.target.mm_id = w.max_mm + 7
             e.bad(NOT_FOUND)
@@ -774,15 +774,15 @@ def callout(draw: Any, w: World) -> Case:
         elif e.valid and kind == "kvm" and address >> 12 in {a >> 12 for a, _, _ in w.held["kvm"]}:
             pfn = -1 - pfn  # repointing a live spte: a lie; malformed instead
             e.bad(INVALID)
-        req = pb.ChangePteCallout(target=target, address=address, pfn=pfn, flags=flags)
+        req = pb.ChangePteRequest(target=target, address=address, pfn=pfn, flags=flags)
     else:  # InvalidatePage, ClearFlushYoung, TestYoung: harmless when valid
         k = kind or "gru"
         address = draw(w.cached(("addresses", k),
                                 lambda: st.one_of(st.sampled_from([a for a, _, _ in w.held[k]]), ANY_INT)))
         if not in_user_space(address):
             e.bad(INVALID)
-        req = pb.PageCallout(target=target, address=address)
-    return draw(addressed("Secondary", dst, rpc, req, e))
+        req = getattr(pb, f"{rpc}Request")(target=target, address=address)
+    return draw(addressed("SecondaryService", dst, rpc, req, e))
 
 
 @st.composite
@@ -796,8 +796,8 @@ def xpmem_detach_attachments(draw: Any, w: World) -> Case:
     ids = draw(w.cached("detach_ids",  # never the live attachment's id
                         lambda: st.lists(ANY_INT.filter(lambda i: i != w.att.id), max_size=4)))
     target = pb.CalloutTarget(notifier_id=nid, mm_id=draw(ANY_INT), mm_name=draw(TEXT), invalidate_seq=draw(ANY_INT))
-    req = pb.XpmemDetachCallout(target=target, attachment_ids=ids)  # the sequence is not read here
-    return draw(addressed("Secondary", dst, "XpmemDetachAttachments", req, e))
+    req = pb.XpmemDetachAttachmentsRequest(target=target, attachment_ids=ids)  # the sequence is not read here
+    return draw(addressed("SecondaryService", dst, "XpmemDetachAttachments", req, e))
 
 
 def requests(w: World) -> st.SearchStrategy[Case]:
@@ -915,14 +915,15 @@ def test_10000_hostile_requests_are_each_answered_right_and_change_nothing_they_
     try:
         async def start() -> Rig:
             for name in ("p0", "p1"):
-                parts.append(LivePartition(name, nframes=NFRAMES, cpus=2, jiffy_us=1000.0))
+                parts.append(LivePartition(name, identity=None, nframes=NFRAMES, cpus=2, jiffy_us=1000.0))
             directory = {p.name: await p.start() for p in parts}
             for p in parts:
                 p.connect(directory)
             w = await build_world(*parts)
             channels = {p.name: grpc.aio.insecure_channel(p.address) for p in parts}
             stubs = {(svc, name): cls(ch) for name, ch in channels.items()
-                     for svc, cls in (("Owner", pb_grpc.OwnerStub), ("Secondary", pb_grpc.SecondaryStub))}
+                     for svc, cls in (("OwnerService", pb_grpc.OwnerServiceStub),
+                                       ("SecondaryService", pb_grpc.SecondaryServiceStub))}
             health = {name: health_pb2_grpc.HealthStub(ch) for name, ch in channels.items()}
             return Rig(w, stubs, health, list(channels.values()))
 

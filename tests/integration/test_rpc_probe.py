@@ -57,7 +57,7 @@ def test_probing_a_partition_without_an_address_is_unreachable(live):
 
 
 def test_the_loaded_probe_keeps_probing_until_stopped_and_gives_up_on_a_dead_partition(live):
-    from cluster.ray_backend import LoadedProbe
+    from cluster.live import LoadedProbe
 
     async def body(p0, p1, p2):
         probe = LoadedProbe(p0, ["p1", "p2"], 0.0)  # no pause: as many as the loop allows

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cluster.ray_backend import RayConfig, floor_stats
+from cluster.ray_backend import RayConfig
 from workloads import report
-from workloads.harness import StudySpec, floor_calls, floor_summary, talking_pairs
+from workloads.harness import StudySpec, floor_calls, floor_stats, floor_summary, talking_pairs
 from workloads.scenario import load_scenario
 
 

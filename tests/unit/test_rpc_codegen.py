@@ -14,9 +14,9 @@ def test_checked_in_generated_code_is_current(capsys):
 def test_the_check_fails_and_names_the_file_when_a_proto_changes(tmp_path, monkeypatch):
     # a copy of proto/ with one field added: the checked-in code no longer matches it
     src = codegen.PROTO_DIR / "interconnect.proto"
-    changed = tmp_path / "mmusim" / "v1"
+    changed = tmp_path / codegen.PROTO_DIR.relative_to(codegen.PROTO_ROOT)
     changed.mkdir(parents=True)
-    text = src.read_text().replace("message Empty {}", "message Empty {\n  int64 added = 1;\n}")
+    text = src.read_text().replace("message ExitResponse {", "message ExitResponse {\n  int64 added = 2;")
     assert "added" in text
     (changed / "interconnect.proto").write_text(text)
     monkeypatch.setattr(codegen, "PROTO_ROOT", tmp_path)
@@ -30,4 +30,4 @@ def test_generated_code_imports_from_nodes_rpc_pb_not_from_proto():
     assert "from nodes.rpc.pb import interconnect_pb2" in text
     assert "from mmusim" not in text
     with pytest.raises(ModuleNotFoundError):
-        __import__("mmusim.v1")  # nothing named like the proto package is importable
+        __import__("mmusim.v2")  # nothing named like the proto package is importable

@@ -311,7 +311,7 @@ BAD_FILES = [
      "callout.latency.alpha: expected a number (required for dist 'pareto'), got none in {'dist': 'pareto', 'scale': 20}"),
     ("callout: {latency: {dist: lognormal, median: 50, sigma: -1}}\n", "callout.latency.sigma: expected a number > 0, got -1"),
     ("callout: {latency: {dist: weibull, k: 1}}\n",
-     "callout.latency.dist: expected one of constant, uniform, lognormal, pareto, got 'weibull'"),
+     "callout.latency.dist: expected one of constant, uniform, lognormal, pareto, empirical, got 'weibull'"),
     ("callout: {latency: {dist: pareto, scale: 20, alpha: 1, k: 2}}\n",
      "callout.latency.k: unknown key for dist 'pareto' (expected scale, alpha), got 'k': 2"),
     ("topology: {hop_latency: fast}\n",

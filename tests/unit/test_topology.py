@@ -154,6 +154,8 @@ def test_global_random_module_is_refused() -> None:
         {"dist": "uniform", "low": 0.5, "high": 2},
         {"dist": "lognormal", "median": 2, "sigma": 0.25},
         {"dist": "pareto", "scale": 1, "alpha": 0.9},
+        {"dist": "empirical", "samples": [3, 1.5, 0, 7]},
+        {"dist": "empirical", "samples": [2]},
     ],
 )
 def test_to_spec_round_trips_and_describe_is_one_line(spec: object) -> None:
@@ -398,3 +400,88 @@ def test_model_spec_round_trip_and_errors() -> None:
         m.one_way(-1, 0, "x", random.Random(0))
     with pytest.raises(ValueError, match=r"one_way\.nbytes: must be an integer >= 0, got 1\.5"):
         m.one_way(1, 1.5, "x", random.Random(0))  # type: ignore[arg-type]
+
+
+# -- empirical distribution and the floor ---------------------------------------------------------
+
+
+def test_empirical_draws_each_sample_equally_often_and_nothing_else() -> None:
+    samples = [5.0, 1.0, 3.0, 3.0]
+    x = draws({"dist": "empirical", "samples": samples})
+    values, counts = np.unique(x, return_counts=True)
+    assert list(values) == sorted(set(samples))
+    # 3.0 is listed twice: twice as likely; each listed sample 1/4, within 4 standard errors
+    expected = np.array([1, 2, 1]) / 4 * N
+    assert np.all(np.abs(counts - expected) < 4 * np.sqrt(N * 0.25 * 0.75))
+    d = parse_latency({"dist": "empirical", "samples": samples}, W)
+    assert d.mean == sum(samples) / len(samples) and abs(x.mean() - d.mean) < 0.05 * d.mean
+    assert d.param("samples") == tuple(sorted(samples))  # kept sorted: one form per multiset
+    assert d == LatencyDist.empirical(sorted(samples)) and "4 samples" in d.describe()
+
+
+def test_empirical_quantile_is_what_sample_returns_at_that_rank() -> None:
+    d = LatencyDist.empirical([4.0, 0.5, 2.0, 9.0, 1.0])
+    rng = random.Random(17)
+    for _ in range(200):
+        u = random.Random()
+        u.setstate(rng.getstate())
+        rank = u.random()  # the one draw sample() makes
+        assert d.sample(rng) == float(d.quantile(rank)) and rng.getstate() == u.getstate()
+    assert list(d.quantile([0.01, 0.5, 0.99])) == [0.5, 2.0, 9.0]
+
+
+def test_empirical_with_one_sample_is_that_value_but_still_draws_once() -> None:
+    d = LatencyDist.empirical([2.5])
+    a, b = random.Random(4), random.Random(4)
+    assert d.sample(a) == 2.5 and d.mean == 2.5
+    b.random()
+    assert a.getstate() == b.getstate()
+
+
+@pytest.mark.parametrize("samples, message", [
+    ([], r"^topology\.hop_latency\.samples: must be a list of at least 1 latency \(us\), got \[\]$"),
+    ([1, -2], r"^topology\.hop_latency\.samples\[1\]: must be >= 0, got -2$"),
+    ([1, float("nan")], r"^topology\.hop_latency\.samples\[1\]: must be finite, got nan$"),
+    ([float("inf")], r"^topology\.hop_latency\.samples\[0\]: must be finite, got inf$"),
+    ([1, True], r"^topology\.hop_latency\.samples\[1\]: must be a number, got True$"),
+    ("12", r"^topology\.hop_latency\.samples: must be a list of latencies \(us\), got '12'$"),
+    (3.0, r"^topology\.hop_latency\.samples: must be a list of latencies \(us\), got 3\.0$"),
+])
+def test_bad_empirical_samples_name_the_key_and_value(samples: object, message: str) -> None:
+    with pytest.raises(TopologyError, match=message):
+        parse_latency({"dist": "empirical", "samples": samples}, W)
+
+
+def test_floor_is_drawn_last_on_every_message_of_every_kind() -> None:
+    base = LatencyModel.from_spec({"dist": "lognormal", "median": 2, "sigma": 0.5}, per_byte_us=0.01,
+                                  extra={"callout": {"dist": "uniform", "low": 0, "high": 3}})
+    floor = LatencyDist.lognormal(40, 0.3)
+    m = LatencyModel(base.per_hop, base.per_byte_us, base.extra, floor)
+    for hops, kind in ((1, "callout"), (3, "fault"), (0, "rpc")):
+        a, b = random.Random(hops), random.Random(hops)
+        without = base.one_way(hops, 64, kind, b)
+        assert m.one_way(hops, 64, kind, a) == without + floor.sample(b)  # the same draws, then the floor's
+        assert a.getstate() == b.getstate()
+    assert m.mean_one_way(2, 64, "callout") == base.mean_one_way(2, 64, "callout") + floor.mean
+    assert m.mean_one_way(0, 0, "rpc") == floor.mean
+    assert "floor lognormal median 40" in m.describe() and "floor" not in base.describe()
+
+
+def test_no_floor_draws_nothing_more() -> None:
+    m = LatencyModel.from_spec({"dist": "pareto", "scale": 1, "alpha": 1.5}, extra={"callout": 3})
+    assert m.floor is None and LatencyModel.from_spec(1.0, floor=None).floor is None
+    a, b = random.Random(8), random.Random(8)
+    m.one_way(2, 0, "callout", a)
+    b.random()  # the per-hop pareto's one draw; the constant extra draws nothing
+    assert a.getstate() == b.getstate()
+
+
+def test_floor_spec_round_trip_and_errors() -> None:
+    m = LatencyModel.from_spec(1, extra={"callout": 3}, floor={"dist": "empirical", "samples": [10, 12, 30]})
+    assert m.to_spec()["floor"] == {"dist": "empirical", "samples": [10.0, 12.0, 30.0]}
+    assert LatencyModel.from_spec(**m.to_spec()) == m
+    assert "floor" not in LatencyModel.from_spec(1).to_spec()
+    with pytest.raises(TopologyError, match=r"^topology\.floor\.sigma: must be > 0, got 0$"):
+        LatencyModel.from_spec(1, floor={"dist": "lognormal", "median": 1, "sigma": 0})
+    with pytest.raises(TopologyError, match=r"^LatencyModel\.floor: must be a LatencyDist or None, got 5$"):
+        LatencyModel(LatencyDist.constant(1), floor=5)  # type: ignore[arg-type]

@@ -1,1 +1,1 @@
-"""Generated from proto/mmusim/v1/*.proto by ``python -m nodes.rpc.codegen``; do not edit."""
+"""Generated from proto/mmusim/v2/*.proto by ``python -m nodes.rpc.codegen``; do not edit."""

@@ -6,10 +6,6 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class Empty(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
 class Stamp(_message.Message):
     __slots__ = ("mm", "vpn", "generation")
     MM_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +54,10 @@ class RegisterNotifierRequest(_message.Message):
     mm_id: int
     def __init__(self, host: _Optional[str] = ..., notifier_id: _Optional[str] = ..., name: _Optional[str] = ..., ops: _Optional[_Iterable[str]] = ..., mm_id: _Optional[int] = ...) -> None: ...
 
+class RegisterNotifierResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class UnregisterNotifierRequest(_message.Message):
     __slots__ = ("host", "notifier_id", "mm_id")
     HOST_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,28 @@ class UnregisterNotifierRequest(_message.Message):
     notifier_id: str
     mm_id: int
     def __init__(self, host: _Optional[str] = ..., notifier_id: _Optional[str] = ..., mm_id: _Optional[int] = ...) -> None: ...
+
+class UnregisterNotifierResponse(_message.Message):
+    __slots__ = ("timing",)
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    timing: TeardownTiming
+    def __init__(self, timing: _Optional[_Union[TeardownTiming, _Mapping]] = ...) -> None: ...
+
+class PutNotifierRequest(_message.Message):
+    __slots__ = ("host", "notifier_id", "mm_id")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    NOTIFIER_ID_FIELD_NUMBER: _ClassVar[int]
+    MM_ID_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    notifier_id: str
+    mm_id: int
+    def __init__(self, host: _Optional[str] = ..., notifier_id: _Optional[str] = ..., mm_id: _Optional[int] = ...) -> None: ...
+
+class PutNotifierResponse(_message.Message):
+    __slots__ = ("timing",)
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    timing: TeardownTiming
+    def __init__(self, timing: _Optional[_Union[TeardownTiming, _Mapping]] = ...) -> None: ...
 
 class GetUserPagesRequest(_message.Message):
     __slots__ = ("host", "mm_id", "address", "npages", "write", "pin", "request_id")
@@ -86,7 +108,7 @@ class GetUserPagesRequest(_message.Message):
     request_id: int
     def __init__(self, host: _Optional[str] = ..., mm_id: _Optional[int] = ..., address: _Optional[int] = ..., npages: _Optional[int] = ..., write: _Optional[bool] = ..., pin: _Optional[bool] = ..., request_id: _Optional[int] = ...) -> None: ...
 
-class GetUserPagesReply(_message.Message):
+class GetUserPagesResponse(_message.Message):
     __slots__ = ("pages",)
     PAGES_FIELD_NUMBER: _ClassVar[int]
     pages: _containers.RepeatedCompositeFieldContainer[PageRef]
@@ -100,7 +122,7 @@ class AbortPinsRequest(_message.Message):
     request_id: int
     def __init__(self, host: _Optional[str] = ..., request_id: _Optional[int] = ...) -> None: ...
 
-class AbortPinsReply(_message.Message):
+class AbortPinsResponse(_message.Message):
     __slots__ = ("unpinned",)
     UNPINNED_FIELD_NUMBER: _ClassVar[int]
     unpinned: int
@@ -115,6 +137,10 @@ class PutUserPagesRequest(_message.Message):
     mm_id: int
     pfns: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, host: _Optional[str] = ..., mm_id: _Optional[int] = ..., pfns: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class PutUserPagesResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class DmaReadRequest(_message.Message):
     __slots__ = ("host", "notifier_id", "mm_id", "address", "pfn", "expected")
@@ -132,7 +158,13 @@ class DmaReadRequest(_message.Message):
     expected: Stamp
     def __init__(self, host: _Optional[str] = ..., notifier_id: _Optional[str] = ..., mm_id: _Optional[int] = ..., address: _Optional[int] = ..., pfn: _Optional[int] = ..., expected: _Optional[_Union[Stamp, _Mapping]] = ...) -> None: ...
 
-class TranslationReport(_message.Message):
+class DmaReadResponse(_message.Message):
+    __slots__ = ("stamp",)
+    STAMP_FIELD_NUMBER: _ClassVar[int]
+    stamp: Stamp
+    def __init__(self, stamp: _Optional[_Union[Stamp, _Mapping]] = ...) -> None: ...
+
+class ReportTranslationsRequest(_message.Message):
     __slots__ = ("host", "notifier_id", "mm_id", "address", "pfns", "established")
     HOST_FIELD_NUMBER: _ClassVar[int]
     NOTIFIER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -148,11 +180,21 @@ class TranslationReport(_message.Message):
     established: bool
     def __init__(self, host: _Optional[str] = ..., notifier_id: _Optional[str] = ..., mm_id: _Optional[int] = ..., address: _Optional[int] = ..., pfns: _Optional[_Iterable[int]] = ..., established: _Optional[bool] = ...) -> None: ...
 
+class ReportTranslationsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ExitRequest(_message.Message):
     __slots__ = ("mm_id",)
     MM_ID_FIELD_NUMBER: _ClassVar[int]
     mm_id: int
     def __init__(self, mm_id: _Optional[int] = ...) -> None: ...
+
+class ExitResponse(_message.Message):
+    __slots__ = ("timing",)
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    timing: TeardownTiming
+    def __init__(self, timing: _Optional[_Union[TeardownTiming, _Mapping]] = ...) -> None: ...
 
 class XpmemCred(_message.Message):
     __slots__ = ("tgid", "uid", "gid", "groups")
@@ -180,7 +222,7 @@ class XpmemMakeRequest(_message.Message):
     cred: XpmemCred
     def __init__(self, mm_id: _Optional[int] = ..., vaddr: _Optional[int] = ..., size: _Optional[int] = ..., permit_mode: _Optional[int] = ..., cred: _Optional[_Union[XpmemCred, _Mapping]] = ...) -> None: ...
 
-class XpmemMakeReply(_message.Message):
+class XpmemMakeResponse(_message.Message):
     __slots__ = ("segid",)
     SEGID_FIELD_NUMBER: _ClassVar[int]
     segid: int
@@ -196,7 +238,7 @@ class XpmemGetRequest(_message.Message):
     cred: XpmemCred
     def __init__(self, segid: _Optional[int] = ..., flags: _Optional[int] = ..., cred: _Optional[_Union[XpmemCred, _Mapping]] = ...) -> None: ...
 
-class XpmemGetReply(_message.Message):
+class XpmemGetResponse(_message.Message):
     __slots__ = ("apid",)
     APID_FIELD_NUMBER: _ClassVar[int]
     apid: int
@@ -218,7 +260,7 @@ class XpmemAttachRequest(_message.Message):
     cred: XpmemCred
     def __init__(self, host: _Optional[str] = ..., notifier_id: _Optional[str] = ..., apid: _Optional[int] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ..., cred: _Optional[_Union[XpmemCred, _Mapping]] = ...) -> None: ...
 
-class XpmemAttachReply(_message.Message):
+class XpmemAttachResponse(_message.Message):
     __slots__ = ("attachment_id", "src_start", "size", "mode")
     ATTACHMENT_ID_FIELD_NUMBER: _ClassVar[int]
     SRC_START_FIELD_NUMBER: _ClassVar[int]
@@ -240,6 +282,10 @@ class XpmemDetachRequest(_message.Message):
     cred: XpmemCred
     def __init__(self, host: _Optional[str] = ..., attachment_id: _Optional[int] = ..., cred: _Optional[_Union[XpmemCred, _Mapping]] = ...) -> None: ...
 
+class XpmemDetachResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class XpmemReleaseRequest(_message.Message):
     __slots__ = ("apid", "cred")
     APID_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +294,10 @@ class XpmemReleaseRequest(_message.Message):
     cred: XpmemCred
     def __init__(self, apid: _Optional[int] = ..., cred: _Optional[_Union[XpmemCred, _Mapping]] = ...) -> None: ...
 
+class XpmemReleaseResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class XpmemRemoveRequest(_message.Message):
     __slots__ = ("segid", "cred")
     SEGID_FIELD_NUMBER: _ClassVar[int]
@@ -255,6 +305,10 @@ class XpmemRemoveRequest(_message.Message):
     segid: int
     cred: XpmemCred
     def __init__(self, segid: _Optional[int] = ..., cred: _Optional[_Union[XpmemCred, _Mapping]] = ...) -> None: ...
+
+class XpmemRemoveResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class CalloutTarget(_message.Message):
     __slots__ = ("notifier_id", "mm_id", "mm_name", "invalidate_seq")
@@ -268,7 +322,7 @@ class CalloutTarget(_message.Message):
     invalidate_seq: int
     def __init__(self, notifier_id: _Optional[str] = ..., mm_id: _Optional[int] = ..., mm_name: _Optional[str] = ..., invalidate_seq: _Optional[int] = ...) -> None: ...
 
-class RangeCallout(_message.Message):
+class InvalidateRangeStartRequest(_message.Message):
     __slots__ = ("target", "start", "end")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
@@ -278,7 +332,25 @@ class RangeCallout(_message.Message):
     end: int
     def __init__(self, target: _Optional[_Union[CalloutTarget, _Mapping]] = ..., start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
 
-class PageCallout(_message.Message):
+class InvalidateRangeStartResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InvalidateRangeEndRequest(_message.Message):
+    __slots__ = ("target", "start", "end")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    target: CalloutTarget
+    start: int
+    end: int
+    def __init__(self, target: _Optional[_Union[CalloutTarget, _Mapping]] = ..., start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
+
+class InvalidateRangeEndResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InvalidatePageRequest(_message.Message):
     __slots__ = ("target", "address")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -286,13 +358,21 @@ class PageCallout(_message.Message):
     address: int
     def __init__(self, target: _Optional[_Union[CalloutTarget, _Mapping]] = ..., address: _Optional[int] = ...) -> None: ...
 
-class ReleaseCallout(_message.Message):
+class InvalidatePageResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReleaseRequest(_message.Message):
     __slots__ = ("target",)
     TARGET_FIELD_NUMBER: _ClassVar[int]
     target: CalloutTarget
     def __init__(self, target: _Optional[_Union[CalloutTarget, _Mapping]] = ...) -> None: ...
 
-class ChangePteCallout(_message.Message):
+class ReleaseResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ChangePteRequest(_message.Message):
     __slots__ = ("target", "address", "pfn", "flags")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -304,7 +384,39 @@ class ChangePteCallout(_message.Message):
     flags: int
     def __init__(self, target: _Optional[_Union[CalloutTarget, _Mapping]] = ..., address: _Optional[int] = ..., pfn: _Optional[int] = ..., flags: _Optional[int] = ...) -> None: ...
 
-class XpmemDetachCallout(_message.Message):
+class ChangePteResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClearFlushYoungRequest(_message.Message):
+    __slots__ = ("target", "address")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    target: CalloutTarget
+    address: int
+    def __init__(self, target: _Optional[_Union[CalloutTarget, _Mapping]] = ..., address: _Optional[int] = ...) -> None: ...
+
+class ClearFlushYoungResponse(_message.Message):
+    __slots__ = ("young",)
+    YOUNG_FIELD_NUMBER: _ClassVar[int]
+    young: int
+    def __init__(self, young: _Optional[int] = ...) -> None: ...
+
+class TestYoungRequest(_message.Message):
+    __slots__ = ("target", "address")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    target: CalloutTarget
+    address: int
+    def __init__(self, target: _Optional[_Union[CalloutTarget, _Mapping]] = ..., address: _Optional[int] = ...) -> None: ...
+
+class TestYoungResponse(_message.Message):
+    __slots__ = ("young",)
+    YOUNG_FIELD_NUMBER: _ClassVar[int]
+    young: int
+    def __init__(self, young: _Optional[int] = ...) -> None: ...
+
+class XpmemDetachAttachmentsRequest(_message.Message):
     __slots__ = ("target", "attachment_ids")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     ATTACHMENT_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -312,8 +424,6 @@ class XpmemDetachCallout(_message.Message):
     attachment_ids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, target: _Optional[_Union[CalloutTarget, _Mapping]] = ..., attachment_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
-class YoungReply(_message.Message):
-    __slots__ = ("young",)
-    YOUNG_FIELD_NUMBER: _ClassVar[int]
-    young: int
-    def __init__(self, young: _Optional[int] = ...) -> None: ...
+class XpmemDetachAttachmentsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

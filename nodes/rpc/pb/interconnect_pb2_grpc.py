@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from nodes.rpc.pb import interconnect_pb2 as mmusim_dot_v1_dot_interconnect__pb2
+from nodes.rpc.pb import interconnect_pb2 as mmusim_dot_v2_dot_interconnect__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in mmusim/v1/interconnect_pb2_grpc.py depends on'
+        + ' but the generated code in mmusim/v2/interconnect_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class OwnerStub:
+class OwnerServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -35,83 +35,83 @@ class OwnerStub:
             channel: A grpc.Channel.
         """
         self.RegisterNotifier = channel.unary_unary(
-                '/mmusim.v1.Owner/RegisterNotifier',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.RegisterNotifierRequest.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+                '/mmusim.v2.OwnerService/RegisterNotifier',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.RegisterNotifierRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.RegisterNotifierResponse.FromString,
                 _registered_method=True)
         self.UnregisterNotifier = channel.unary_unary(
-                '/mmusim.v1.Owner/UnregisterNotifier',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.UnregisterNotifierRequest.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.TeardownTiming.FromString,
+                '/mmusim.v2.OwnerService/UnregisterNotifier',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.UnregisterNotifierRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.UnregisterNotifierResponse.FromString,
                 _registered_method=True)
         self.PutNotifier = channel.unary_unary(
-                '/mmusim.v1.Owner/PutNotifier',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.UnregisterNotifierRequest.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.TeardownTiming.FromString,
+                '/mmusim.v2.OwnerService/PutNotifier',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.PutNotifierRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.PutNotifierResponse.FromString,
                 _registered_method=True)
         self.GetUserPages = channel.unary_unary(
-                '/mmusim.v1.Owner/GetUserPages',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.GetUserPagesRequest.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.GetUserPagesReply.FromString,
+                '/mmusim.v2.OwnerService/GetUserPages',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.GetUserPagesRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.GetUserPagesResponse.FromString,
                 _registered_method=True)
         self.AbortPins = channel.unary_unary(
-                '/mmusim.v1.Owner/AbortPins',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.AbortPinsRequest.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.AbortPinsReply.FromString,
+                '/mmusim.v2.OwnerService/AbortPins',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.AbortPinsRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.AbortPinsResponse.FromString,
                 _registered_method=True)
         self.PutUserPages = channel.unary_unary(
-                '/mmusim.v1.Owner/PutUserPages',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.PutUserPagesRequest.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+                '/mmusim.v2.OwnerService/PutUserPages',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.PutUserPagesRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.PutUserPagesResponse.FromString,
                 _registered_method=True)
         self.DmaRead = channel.unary_unary(
-                '/mmusim.v1.Owner/DmaRead',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.DmaReadRequest.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.Stamp.FromString,
+                '/mmusim.v2.OwnerService/DmaRead',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.DmaReadRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.DmaReadResponse.FromString,
                 _registered_method=True)
         self.ReportTranslations = channel.unary_unary(
-                '/mmusim.v1.Owner/ReportTranslations',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.TranslationReport.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+                '/mmusim.v2.OwnerService/ReportTranslations',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.ReportTranslationsRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.ReportTranslationsResponse.FromString,
                 _registered_method=True)
         self.Exit = channel.unary_unary(
-                '/mmusim.v1.Owner/Exit',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.ExitRequest.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.TeardownTiming.FromString,
+                '/mmusim.v2.OwnerService/Exit',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.ExitRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.ExitResponse.FromString,
                 _registered_method=True)
         self.XpmemMake = channel.unary_unary(
-                '/mmusim.v1.Owner/XpmemMake',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemMakeRequest.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemMakeReply.FromString,
+                '/mmusim.v2.OwnerService/XpmemMake',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemMakeRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemMakeResponse.FromString,
                 _registered_method=True)
         self.XpmemGet = channel.unary_unary(
-                '/mmusim.v1.Owner/XpmemGet',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemGetRequest.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemGetReply.FromString,
+                '/mmusim.v2.OwnerService/XpmemGet',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemGetRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemGetResponse.FromString,
                 _registered_method=True)
         self.XpmemAttach = channel.unary_unary(
-                '/mmusim.v1.Owner/XpmemAttach',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemAttachRequest.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemAttachReply.FromString,
+                '/mmusim.v2.OwnerService/XpmemAttach',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemAttachRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemAttachResponse.FromString,
                 _registered_method=True)
         self.XpmemDetach = channel.unary_unary(
-                '/mmusim.v1.Owner/XpmemDetach',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemDetachRequest.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+                '/mmusim.v2.OwnerService/XpmemDetach',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemDetachRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemDetachResponse.FromString,
                 _registered_method=True)
         self.XpmemRelease = channel.unary_unary(
-                '/mmusim.v1.Owner/XpmemRelease',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemReleaseRequest.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+                '/mmusim.v2.OwnerService/XpmemRelease',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemReleaseRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemReleaseResponse.FromString,
                 _registered_method=True)
         self.XpmemRemove = channel.unary_unary(
-                '/mmusim.v1.Owner/XpmemRemove',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemRemoveRequest.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+                '/mmusim.v2.OwnerService/XpmemRemove',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemRemoveRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemRemoveResponse.FromString,
                 _registered_method=True)
 
 
-class OwnerServicer:
+class OwnerServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def RegisterNotifier(self, request, context):
@@ -206,92 +206,92 @@ class OwnerServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_OwnerServicer_to_server(servicer, server):
+def add_OwnerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'RegisterNotifier': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterNotifier,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.RegisterNotifierRequest.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.RegisterNotifierRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.RegisterNotifierResponse.SerializeToString,
             ),
             'UnregisterNotifier': grpc.unary_unary_rpc_method_handler(
                     servicer.UnregisterNotifier,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.UnregisterNotifierRequest.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.TeardownTiming.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.UnregisterNotifierRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.UnregisterNotifierResponse.SerializeToString,
             ),
             'PutNotifier': grpc.unary_unary_rpc_method_handler(
                     servicer.PutNotifier,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.UnregisterNotifierRequest.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.TeardownTiming.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.PutNotifierRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.PutNotifierResponse.SerializeToString,
             ),
             'GetUserPages': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUserPages,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.GetUserPagesRequest.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.GetUserPagesReply.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.GetUserPagesRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.GetUserPagesResponse.SerializeToString,
             ),
             'AbortPins': grpc.unary_unary_rpc_method_handler(
                     servicer.AbortPins,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.AbortPinsRequest.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.AbortPinsReply.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.AbortPinsRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.AbortPinsResponse.SerializeToString,
             ),
             'PutUserPages': grpc.unary_unary_rpc_method_handler(
                     servicer.PutUserPages,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.PutUserPagesRequest.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.PutUserPagesRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.PutUserPagesResponse.SerializeToString,
             ),
             'DmaRead': grpc.unary_unary_rpc_method_handler(
                     servicer.DmaRead,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.DmaReadRequest.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.Stamp.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.DmaReadRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.DmaReadResponse.SerializeToString,
             ),
             'ReportTranslations': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportTranslations,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.TranslationReport.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.ReportTranslationsRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.ReportTranslationsResponse.SerializeToString,
             ),
             'Exit': grpc.unary_unary_rpc_method_handler(
                     servicer.Exit,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.ExitRequest.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.TeardownTiming.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.ExitRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.ExitResponse.SerializeToString,
             ),
             'XpmemMake': grpc.unary_unary_rpc_method_handler(
                     servicer.XpmemMake,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemMakeRequest.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemMakeReply.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemMakeRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemMakeResponse.SerializeToString,
             ),
             'XpmemGet': grpc.unary_unary_rpc_method_handler(
                     servicer.XpmemGet,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemGetRequest.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemGetReply.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemGetRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemGetResponse.SerializeToString,
             ),
             'XpmemAttach': grpc.unary_unary_rpc_method_handler(
                     servicer.XpmemAttach,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemAttachRequest.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemAttachReply.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemAttachRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemAttachResponse.SerializeToString,
             ),
             'XpmemDetach': grpc.unary_unary_rpc_method_handler(
                     servicer.XpmemDetach,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemDetachRequest.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemDetachRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemDetachResponse.SerializeToString,
             ),
             'XpmemRelease': grpc.unary_unary_rpc_method_handler(
                     servicer.XpmemRelease,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemReleaseRequest.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemReleaseRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemReleaseResponse.SerializeToString,
             ),
             'XpmemRemove': grpc.unary_unary_rpc_method_handler(
                     servicer.XpmemRemove,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemRemoveRequest.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemRemoveRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemRemoveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'mmusim.v1.Owner', rpc_method_handlers)
+            'mmusim.v2.OwnerService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('mmusim.v1.Owner', rpc_method_handlers)
+    server.add_registered_method_handlers('mmusim.v2.OwnerService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Owner:
+class OwnerService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -308,9 +308,9 @@ class Owner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Owner/RegisterNotifier',
-            mmusim_dot_v1_dot_interconnect__pb2.RegisterNotifierRequest.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+            '/mmusim.v2.OwnerService/RegisterNotifier',
+            mmusim_dot_v2_dot_interconnect__pb2.RegisterNotifierRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.RegisterNotifierResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -335,9 +335,9 @@ class Owner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Owner/UnregisterNotifier',
-            mmusim_dot_v1_dot_interconnect__pb2.UnregisterNotifierRequest.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.TeardownTiming.FromString,
+            '/mmusim.v2.OwnerService/UnregisterNotifier',
+            mmusim_dot_v2_dot_interconnect__pb2.UnregisterNotifierRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.UnregisterNotifierResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -362,9 +362,9 @@ class Owner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Owner/PutNotifier',
-            mmusim_dot_v1_dot_interconnect__pb2.UnregisterNotifierRequest.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.TeardownTiming.FromString,
+            '/mmusim.v2.OwnerService/PutNotifier',
+            mmusim_dot_v2_dot_interconnect__pb2.PutNotifierRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.PutNotifierResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -389,9 +389,9 @@ class Owner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Owner/GetUserPages',
-            mmusim_dot_v1_dot_interconnect__pb2.GetUserPagesRequest.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.GetUserPagesReply.FromString,
+            '/mmusim.v2.OwnerService/GetUserPages',
+            mmusim_dot_v2_dot_interconnect__pb2.GetUserPagesRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.GetUserPagesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -416,9 +416,9 @@ class Owner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Owner/AbortPins',
-            mmusim_dot_v1_dot_interconnect__pb2.AbortPinsRequest.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.AbortPinsReply.FromString,
+            '/mmusim.v2.OwnerService/AbortPins',
+            mmusim_dot_v2_dot_interconnect__pb2.AbortPinsRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.AbortPinsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -443,9 +443,9 @@ class Owner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Owner/PutUserPages',
-            mmusim_dot_v1_dot_interconnect__pb2.PutUserPagesRequest.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+            '/mmusim.v2.OwnerService/PutUserPages',
+            mmusim_dot_v2_dot_interconnect__pb2.PutUserPagesRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.PutUserPagesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -470,9 +470,9 @@ class Owner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Owner/DmaRead',
-            mmusim_dot_v1_dot_interconnect__pb2.DmaReadRequest.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.Stamp.FromString,
+            '/mmusim.v2.OwnerService/DmaRead',
+            mmusim_dot_v2_dot_interconnect__pb2.DmaReadRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.DmaReadResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -497,9 +497,9 @@ class Owner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Owner/ReportTranslations',
-            mmusim_dot_v1_dot_interconnect__pb2.TranslationReport.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+            '/mmusim.v2.OwnerService/ReportTranslations',
+            mmusim_dot_v2_dot_interconnect__pb2.ReportTranslationsRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.ReportTranslationsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -524,9 +524,9 @@ class Owner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Owner/Exit',
-            mmusim_dot_v1_dot_interconnect__pb2.ExitRequest.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.TeardownTiming.FromString,
+            '/mmusim.v2.OwnerService/Exit',
+            mmusim_dot_v2_dot_interconnect__pb2.ExitRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.ExitResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -551,9 +551,9 @@ class Owner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Owner/XpmemMake',
-            mmusim_dot_v1_dot_interconnect__pb2.XpmemMakeRequest.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.XpmemMakeReply.FromString,
+            '/mmusim.v2.OwnerService/XpmemMake',
+            mmusim_dot_v2_dot_interconnect__pb2.XpmemMakeRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.XpmemMakeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -578,9 +578,9 @@ class Owner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Owner/XpmemGet',
-            mmusim_dot_v1_dot_interconnect__pb2.XpmemGetRequest.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.XpmemGetReply.FromString,
+            '/mmusim.v2.OwnerService/XpmemGet',
+            mmusim_dot_v2_dot_interconnect__pb2.XpmemGetRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.XpmemGetResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -605,9 +605,9 @@ class Owner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Owner/XpmemAttach',
-            mmusim_dot_v1_dot_interconnect__pb2.XpmemAttachRequest.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.XpmemAttachReply.FromString,
+            '/mmusim.v2.OwnerService/XpmemAttach',
+            mmusim_dot_v2_dot_interconnect__pb2.XpmemAttachRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.XpmemAttachResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -632,9 +632,9 @@ class Owner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Owner/XpmemDetach',
-            mmusim_dot_v1_dot_interconnect__pb2.XpmemDetachRequest.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+            '/mmusim.v2.OwnerService/XpmemDetach',
+            mmusim_dot_v2_dot_interconnect__pb2.XpmemDetachRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.XpmemDetachResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -659,9 +659,9 @@ class Owner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Owner/XpmemRelease',
-            mmusim_dot_v1_dot_interconnect__pb2.XpmemReleaseRequest.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+            '/mmusim.v2.OwnerService/XpmemRelease',
+            mmusim_dot_v2_dot_interconnect__pb2.XpmemReleaseRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.XpmemReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -686,9 +686,9 @@ class Owner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Owner/XpmemRemove',
-            mmusim_dot_v1_dot_interconnect__pb2.XpmemRemoveRequest.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+            '/mmusim.v2.OwnerService/XpmemRemove',
+            mmusim_dot_v2_dot_interconnect__pb2.XpmemRemoveRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.XpmemRemoveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -700,7 +700,7 @@ class Owner:
             _registered_method=True)
 
 
-class SecondaryStub:
+class SecondaryServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -710,48 +710,48 @@ class SecondaryStub:
             channel: A grpc.Channel.
         """
         self.InvalidateRangeStart = channel.unary_unary(
-                '/mmusim.v1.Secondary/InvalidateRangeStart',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.RangeCallout.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+                '/mmusim.v2.SecondaryService/InvalidateRangeStart',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.InvalidateRangeStartRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.InvalidateRangeStartResponse.FromString,
                 _registered_method=True)
         self.InvalidateRangeEnd = channel.unary_unary(
-                '/mmusim.v1.Secondary/InvalidateRangeEnd',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.RangeCallout.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+                '/mmusim.v2.SecondaryService/InvalidateRangeEnd',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.InvalidateRangeEndRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.InvalidateRangeEndResponse.FromString,
                 _registered_method=True)
         self.InvalidatePage = channel.unary_unary(
-                '/mmusim.v1.Secondary/InvalidatePage',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.PageCallout.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+                '/mmusim.v2.SecondaryService/InvalidatePage',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.InvalidatePageRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.InvalidatePageResponse.FromString,
                 _registered_method=True)
         self.Release = channel.unary_unary(
-                '/mmusim.v1.Secondary/Release',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.ReleaseCallout.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+                '/mmusim.v2.SecondaryService/Release',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
         self.ChangePte = channel.unary_unary(
-                '/mmusim.v1.Secondary/ChangePte',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.ChangePteCallout.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+                '/mmusim.v2.SecondaryService/ChangePte',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.ChangePteRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.ChangePteResponse.FromString,
                 _registered_method=True)
         self.ClearFlushYoung = channel.unary_unary(
-                '/mmusim.v1.Secondary/ClearFlushYoung',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.PageCallout.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.YoungReply.FromString,
+                '/mmusim.v2.SecondaryService/ClearFlushYoung',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.ClearFlushYoungRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.ClearFlushYoungResponse.FromString,
                 _registered_method=True)
         self.TestYoung = channel.unary_unary(
-                '/mmusim.v1.Secondary/TestYoung',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.PageCallout.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.YoungReply.FromString,
+                '/mmusim.v2.SecondaryService/TestYoung',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.TestYoungRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.TestYoungResponse.FromString,
                 _registered_method=True)
         self.XpmemDetachAttachments = channel.unary_unary(
-                '/mmusim.v1.Secondary/XpmemDetachAttachments',
-                request_serializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemDetachCallout.SerializeToString,
-                response_deserializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+                '/mmusim.v2.SecondaryService/XpmemDetachAttachments',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemDetachAttachmentsRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemDetachAttachmentsResponse.FromString,
                 _registered_method=True)
 
 
-class SecondaryServicer:
+class SecondaryServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def InvalidateRangeStart(self, request, context):
@@ -803,57 +803,57 @@ class SecondaryServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_SecondaryServicer_to_server(servicer, server):
+def add_SecondaryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'InvalidateRangeStart': grpc.unary_unary_rpc_method_handler(
                     servicer.InvalidateRangeStart,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.RangeCallout.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.InvalidateRangeStartRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.InvalidateRangeStartResponse.SerializeToString,
             ),
             'InvalidateRangeEnd': grpc.unary_unary_rpc_method_handler(
                     servicer.InvalidateRangeEnd,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.RangeCallout.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.InvalidateRangeEndRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.InvalidateRangeEndResponse.SerializeToString,
             ),
             'InvalidatePage': grpc.unary_unary_rpc_method_handler(
                     servicer.InvalidatePage,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.PageCallout.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.InvalidatePageRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.InvalidatePageResponse.SerializeToString,
             ),
             'Release': grpc.unary_unary_rpc_method_handler(
                     servicer.Release,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.ReleaseCallout.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.ReleaseRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.ReleaseResponse.SerializeToString,
             ),
             'ChangePte': grpc.unary_unary_rpc_method_handler(
                     servicer.ChangePte,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.ChangePteCallout.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.ChangePteRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.ChangePteResponse.SerializeToString,
             ),
             'ClearFlushYoung': grpc.unary_unary_rpc_method_handler(
                     servicer.ClearFlushYoung,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.PageCallout.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.YoungReply.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.ClearFlushYoungRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.ClearFlushYoungResponse.SerializeToString,
             ),
             'TestYoung': grpc.unary_unary_rpc_method_handler(
                     servicer.TestYoung,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.PageCallout.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.YoungReply.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.TestYoungRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.TestYoungResponse.SerializeToString,
             ),
             'XpmemDetachAttachments': grpc.unary_unary_rpc_method_handler(
                     servicer.XpmemDetachAttachments,
-                    request_deserializer=mmusim_dot_v1_dot_interconnect__pb2.XpmemDetachCallout.FromString,
-                    response_serializer=mmusim_dot_v1_dot_interconnect__pb2.Empty.SerializeToString,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemDetachAttachmentsRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemDetachAttachmentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'mmusim.v1.Secondary', rpc_method_handlers)
+            'mmusim.v2.SecondaryService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('mmusim.v1.Secondary', rpc_method_handlers)
+    server.add_registered_method_handlers('mmusim.v2.SecondaryService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Secondary:
+class SecondaryService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -870,9 +870,9 @@ class Secondary:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Secondary/InvalidateRangeStart',
-            mmusim_dot_v1_dot_interconnect__pb2.RangeCallout.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+            '/mmusim.v2.SecondaryService/InvalidateRangeStart',
+            mmusim_dot_v2_dot_interconnect__pb2.InvalidateRangeStartRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.InvalidateRangeStartResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -897,9 +897,9 @@ class Secondary:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Secondary/InvalidateRangeEnd',
-            mmusim_dot_v1_dot_interconnect__pb2.RangeCallout.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+            '/mmusim.v2.SecondaryService/InvalidateRangeEnd',
+            mmusim_dot_v2_dot_interconnect__pb2.InvalidateRangeEndRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.InvalidateRangeEndResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -924,9 +924,9 @@ class Secondary:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Secondary/InvalidatePage',
-            mmusim_dot_v1_dot_interconnect__pb2.PageCallout.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+            '/mmusim.v2.SecondaryService/InvalidatePage',
+            mmusim_dot_v2_dot_interconnect__pb2.InvalidatePageRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.InvalidatePageResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -951,9 +951,9 @@ class Secondary:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Secondary/Release',
-            mmusim_dot_v1_dot_interconnect__pb2.ReleaseCallout.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+            '/mmusim.v2.SecondaryService/Release',
+            mmusim_dot_v2_dot_interconnect__pb2.ReleaseRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.ReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -978,9 +978,9 @@ class Secondary:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Secondary/ChangePte',
-            mmusim_dot_v1_dot_interconnect__pb2.ChangePteCallout.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+            '/mmusim.v2.SecondaryService/ChangePte',
+            mmusim_dot_v2_dot_interconnect__pb2.ChangePteRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.ChangePteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1005,9 +1005,9 @@ class Secondary:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Secondary/ClearFlushYoung',
-            mmusim_dot_v1_dot_interconnect__pb2.PageCallout.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.YoungReply.FromString,
+            '/mmusim.v2.SecondaryService/ClearFlushYoung',
+            mmusim_dot_v2_dot_interconnect__pb2.ClearFlushYoungRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.ClearFlushYoungResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1032,9 +1032,9 @@ class Secondary:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Secondary/TestYoung',
-            mmusim_dot_v1_dot_interconnect__pb2.PageCallout.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.YoungReply.FromString,
+            '/mmusim.v2.SecondaryService/TestYoung',
+            mmusim_dot_v2_dot_interconnect__pb2.TestYoungRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.TestYoungResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1059,9 +1059,9 @@ class Secondary:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mmusim.v1.Secondary/XpmemDetachAttachments',
-            mmusim_dot_v1_dot_interconnect__pb2.XpmemDetachCallout.SerializeToString,
-            mmusim_dot_v1_dot_interconnect__pb2.Empty.FromString,
+            '/mmusim.v2.SecondaryService/XpmemDetachAttachments',
+            mmusim_dot_v2_dot_interconnect__pb2.XpmemDetachAttachmentsRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.XpmemDetachAttachmentsResponse.FromString,
             options,
             channel_credentials,
             insecure,
