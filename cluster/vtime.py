@@ -20,6 +20,11 @@ makes a ``SimFuture``, which wakes the task awaiting it straight from the ready 
 are C ``asyncio.Future`` subclasses, so awaiting, gathering, cancelling, ``current_task()``
 and per-task contextvars behave as on asyncio's own loop.
 
+Two helpers serve the interconnect's request path: ``wait_until(fut, when)`` waits for a
+SimFuture or SimTask with a deadline that is one entry in the sleeper heap (no Future, no timer
+handle; dead entries are swept so memory stays flat), and ``loop.start_task`` starts a task
+whose first step, under FIFO, runs at once as its own task.
+
 Model code must use the injected ``VirtualClock``; asyncio helpers that take seconds
 (``asyncio.wait_for``) would read them as microseconds on this loop.
 """
