@@ -12,8 +12,17 @@ A handler whose caller gave up keeps running (a server does not notice that its 
 an error it raises then is kept in ``orphan_errors`` rather than failing the run, since no one
 was waiting for it.
 
-Note: the deadline uses ``asyncio.wait(timeout=...)`` and is correct on the virtual-time loop,
-where one loop time unit is one microsecond. This module is for the sim backend only.
+Under FIFO (every measurement run) a call costs no Future and no timer: the handler's task
+starts at once, in the step in which the request arrives (``VirtualTimeLoop.start_task``), and
+the caller waits for it with ``wait_until``, a deadline that is a sleeper entry of the loop
+rather than a timer handle. A handler that finishes without sleeping (most callouts'
+``invalidate_range_end``) is done before its caller waits at all. Under a seeded scheduling
+policy (``mmusim check``, the race finder) the handler is queued like any new task and the
+caller waits with ``asyncio.wait(timeout=...)``, whose wake-up is a callback of its own: each
+is a point where the policy chooses, and the race finder's budgets are set by those choices, so
+a seeded run explores the interleavings (and gives the digests) it did before. The deadline,
+loss, crash and orphan semantics are the same on both paths. This module is for the sim backend
+(the virtual-time loop, where one time unit is one microsecond) only.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from nodes.errors import InternalError, Unreachable
 from nodes.runtime import Runtime
 
 from cluster.topology import LatencyModel, Topology
+from cluster.vtime import wait_until
 
 DEFAULT_DEADLINE_US = 1_000_000.0  # one second, a typical RPC deadline
 REPLY_BYTES = 64
@@ -56,6 +66,7 @@ class SimInterconnect:
         self.loss = loss
         self.deadline_us = deadline_us
         self._services: dict[tuple[str, str], Any] = {}
+        self._hops: dict[tuple[str, str], int] = {}
         self.down: dict[str, float] = {}  # partition -> virtual time it crashed
         self.messages: Counter[str] = Counter()  # per kind
         self.failures: Counter[str] = Counter()  # per kind: calls that ended Unreachable
@@ -91,7 +102,10 @@ class SimInterconnect:
         self.runtime.spawn(later(), name=f"crash[{partition}]@{at_us}")
 
     def _one_way(self, src: str, dst: str, kind: str, nbytes: int) -> float:
-        return self.latency.one_way(self.topology.hops(src, dst), nbytes, kind, self.rng)
+        hops = self._hops.get((src, dst))
+        if hops is None:  # a topology does not change: its hop counts are looked up once per pair
+            hops = self._hops[(src, dst)] = self.topology.hops(src, dst)
+        return self.latency.one_way(hops, nbytes, kind, self.rng)
 
     def _lost(self) -> bool:
         return self.loss > 0.0 and self.rng.random() < self.loss
@@ -105,37 +119,43 @@ class SimInterconnect:
 
     async def call(self, src: str, dst: str, service: str, method: str, *args: Any, kind: str = "rpc", nbytes: int = 64) -> Any:
         """Send ``service.method(*args)`` from ``src`` to ``dst`` and await the answer."""
-        if not self.alive(src):
+        down = self.down
+        if src in down:
             raise Unreachable(f"partition {src} is down and cannot send {method} to {dst}")
         handler = self._services.get((dst, service))
         if handler is None:
             raise InternalError(f"no service {service!r} on partition {dst}")
         self.messages[kind] += 1
-        t_deadline = self.runtime.now() + self.deadline_us
+        runtime = self.runtime
+        t_deadline = runtime.now() + self.deadline_us
         what = f"{service}.{method} {src}->{dst}"
-        if self._lost():
+        if self.loss > 0.0 and self.rng.random() < self.loss:
             await self._give_up(t_deadline, f"{what}: request lost, deadline of {self.deadline_us:.0f} us exceeded", kind)
-        await self.runtime.sleep(self._one_way(src, dst, kind, nbytes))
-        if not self.alive(dst):
+        await runtime.sleep(self._one_way(src, dst, kind, nbytes))
+        if dst in down:
             await self._give_up(t_deadline, f"{what}: {dst} is down, deadline of {self.deadline_us:.0f} us exceeded", kind)
-        task = asyncio.get_running_loop().create_task(getattr(handler, method)(*args), name=f"handle {what}")
+        loop = asyncio.get_running_loop()
+        task = loop.start_task(getattr(handler, method)(*args), name=f"handle {what}")
         try:
-            done, _ = await asyncio.wait({task}, timeout=max(0.0, t_deadline - self.runtime.now()))
-            if not done:
+            if loop.policy is None:
+                answered = await wait_until(task, t_deadline)
+            else:  # see the module docstring: a seeded run keeps its choice points
+                answered = bool((await asyncio.wait({task}, timeout=max(0.0, t_deadline - runtime.now())))[0])
+            if not answered:
                 task.add_done_callback(self._orphan_done)
                 await self._give_up(t_deadline, f"{what}: no answer within the deadline of {self.deadline_us:.0f} us", kind)
             back = self._one_way(dst, src, kind, REPLY_BYTES)
-            if not self.alive(dst) or self._lost() or self.runtime.now() + back > t_deadline:
+            if dst in down or self._lost() or runtime.now() + back > t_deadline:
                 task.exception()  # retrieved: the reply (or error) never arrived
                 await self._give_up(t_deadline, f"{what}: reply lost or {dst} went down, deadline exceeded", kind)
-            await self.runtime.sleep(back)
+            await runtime.sleep(back)
         except (GeneratorExit, asyncio.CancelledError):  # the caller itself went away (a run that broke)
             if task.done():
                 self._orphan_done(task)
             else:
                 task.add_done_callback(self._orphan_done)
             raise
-        if not self.alive(src):
+        if src in down:
             task.exception()
             raise Unreachable(f"partition {src} went down waiting for {what}")
         return task.result()

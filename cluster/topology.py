@@ -664,9 +664,10 @@ class LatencyModel:
         and whatever ``hops``, ``nbytes`` and ``kind``). With a constant 1.0 per hop, 3 hops and
         no per-byte cost the result is exactly 3.0.
         """
-        if isinstance(hops, bool) or not isinstance(hops, numbers.Integral) or hops < 0:
+        # (type(x) is int first: the common case, without the numbers.Integral ABC check)
+        if type(hops) is not int and (isinstance(hops, bool) or not isinstance(hops, numbers.Integral)) or hops < 0:
             raise TopologyError(f"LatencyModel.one_way.hops: must be an integer >= 0, got {hops!r}")
-        if isinstance(nbytes, bool) or not isinstance(nbytes, numbers.Integral) or nbytes < 0:
+        if type(nbytes) is not int and (isinstance(nbytes, bool) or not isinstance(nbytes, numbers.Integral)) or nbytes < 0:
             raise TopologyError(f"LatencyModel.one_way.nbytes: must be an integer >= 0, got {nbytes!r}")
         _check_rng(rng, "LatencyModel.one_way.rng")
         t = 0.0

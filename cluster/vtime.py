@@ -20,12 +20,18 @@ makes a ``SimFuture``, which wakes the task awaiting it straight from the ready 
 are C ``asyncio.Future`` subclasses, so awaiting, gathering, cancelling, ``current_task()``
 and per-task contextvars behave as on asyncio's own loop.
 
+Two helpers serve the interconnect's request path: ``wait_until(fut, when)`` waits for a
+SimFuture or SimTask with a deadline that is one entry in the sleeper heap (no Future, no timer
+handle; dead entries are swept so memory stays flat), and ``loop.start_task`` starts a task
+whose first step, under FIFO, runs at once as its own task.
+
 Model code must use the injected ``VirtualClock``; asyncio helpers that take seconds
 (``asyncio.wait_for``) would read them as microseconds on this loop.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextvars
 import functools
@@ -33,6 +39,7 @@ import hashlib
 import heapq
 import random
 import selectors
+import sys
 import types
 from collections import deque
 from typing import Any, Coroutine, Generator, Sequence, TypeVar
@@ -59,10 +66,12 @@ class Trace:
     """What ran when: a running digest of every step and model event, and optionally the
     whole list (``level="full"``).
 
-    Entries are buffered and hashed in batches: the virtual time as a float whenever it has
-    moved, a step as the name of who ran (a str; the virtual loop appends these to ``_buf``
-    itself), an event as a ``(kind, detail)`` tuple. The digest is of the concatenated
-    ``repr`` of the entries, so it does not depend on where batches end."""
+    Entries are buffered in ``_buf`` and hashed in batches: a step is the name of who ran (the
+    virtual loop appends these itself), an event is ``"\x01kind\x01detail"``, and ``""``
+    marks that the virtual time moved, to the next value of ``_times`` (float64s: recording a
+    time formats nothing). The digest is of two streams, each the concatenation of its
+    batches, so it does not depend on where batches end: the entries, each followed by a NUL,
+    and the times' bytes (little-endian)."""
 
     BATCH = 4096
 
@@ -70,9 +79,11 @@ class Trace:
         if level not in TRACE_LEVELS:
             raise ValueError(f"trace level must be one of {TRACE_LEVELS}, got {level!r}")
         self.level = level
-        self._hash = hashlib.blake2b(digest_size=16)
-        self._buf: list[Any] = []
-        self._buf_other = 0  # entries in _buf that are not steps
+        self._hash = hashlib.blake2b(digest_size=16)  # the entries
+        self._times_hash = hashlib.blake2b(digest_size=16)
+        self._buf: list[str] = []
+        self._buf_other = 0  # entries in _buf that are events (the time marks are len(_times))
+        self._times = array.array("d")  # the time each "" entry of _buf moved to
         self._now = 0.0  # the time last recorded
         self._full_now = 0.0  # the time of the last line of ``entries``
         self._entries: list[str] = []
@@ -82,14 +93,14 @@ class Trace:
     @property
     def steps(self) -> int:
         """Scheduling steps recorded (0 when the level is ``off``)."""
-        return self._steps + len(self._buf) - self._buf_other
+        return self._steps + len(self._buf) - self._buf_other - len(self._times)
 
     def at(self, now: float) -> None:
         """Note the virtual time, if it has moved since last noted."""
         if now != self._now:
             self._now = now
-            self._buf_other += 1
-            self._buf.append(now)
+            self._times.append(now)
+            self._buf.append("")
 
     def step(self, now: float, key: str) -> None:
         self.at(now)
@@ -102,26 +113,35 @@ class Trace:
         if self.level != "off":
             self.at(now)
             self._buf_other += 1
-            self._buf.append((kind, detail))
+            self._buf.append(f"\x01{kind}\x01{detail}")
             if len(self._buf) >= self.BATCH:
                 self._flush()
 
     def _flush(self) -> None:
-        buf = self._buf
+        buf, times = self._buf, self._times
         if not buf:
             return
-        self._steps += len(buf) - self._buf_other
+        self._steps += len(buf) - self._buf_other - len(times)
         self._buf_other = 0
-        self._hash.update("".join(map(repr, buf)).encode())
+        self._hash.update("\x00".join(buf).encode())
+        self._hash.update(b"\x00")
+        if times:
+            if _BIG_ENDIAN:
+                times = array.array("d", times)
+                times.byteswap()
+            self._times_hash.update(times)
         if self.level == "full":
+            moves = iter(self._times)
             for e in buf:
-                if type(e) is float:
-                    self._full_now = e
-                elif type(e) is str:
-                    self._entries.append(f"{self._full_now!r} run {e}\n")
+                if not e:
+                    self._full_now = next(moves)
+                elif e[0] == "\x01":
+                    kind, detail = e[1:].split("\x01", 1)
+                    self._entries.append(f"{self._full_now!r} {kind} {detail}\n")
                 else:
-                    self._entries.append(f"{self._full_now!r} {e[0]} {e[1]}\n")
+                    self._entries.append(f"{self._full_now!r} run {e}\n")
         buf.clear()
+        del self._times[:]
 
     @property
     def entries(self) -> list[str]:
@@ -131,7 +151,10 @@ class Trace:
 
     def digest(self) -> str:
         self._flush()
-        return self._hash.hexdigest()
+        return hashlib.blake2b(self._hash.digest() + self._times_hash.digest(), digest_size=16).hexdigest()
+
+
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
 class SchedulingPolicy:
@@ -297,6 +320,7 @@ class SimFuture(asyncio.Future):  # type: ignore[type-arg]
         waiter = self._waiter
         if waiter is not None:  # (_wake_waiter, inlined: this is how one task wakes another)
             waiter._fut_waiter = None
+            waiter._sleeping = 0  # the deadline of a wait_until, if it was one, is dead
             self._loop._ready.append(waiter)
             self._waiter = None
 
@@ -315,6 +339,7 @@ class SimFuture(asyncio.Future):  # type: ignore[type-arg]
         waiter = self._waiter
         if waiter is not None:
             waiter._fut_waiter = None
+            waiter._sleeping = 0
             self._loop._ready.append(waiter)
             self._waiter = None
 
@@ -340,10 +365,10 @@ class SimTask(SimFuture):
     sleep with "bad yield")."""
 
     __slots__ = ("_coro", "_name", "_context", "_must_cancel", "_cancel_message", "_num_cancels_requested",
-                 "_fut_waiter", "_sleeping", "_log_destroy_pending", "_seq")
+                 "_fut_waiter", "_sleeping", "_log_destroy_pending", "_seq", "_timed")
 
     def __init__(self, coro: Coroutine[Any, Any, Any], *, loop: "VirtualTimeLoop", name: str | None = None,
-                 context: contextvars.Context | None = None):
+                 context: contextvars.Context | None = None, eager: bool = False):
         super().__init__(loop=loop)  # (SimFuture)
         if not asyncio.iscoroutine(coro):
             raise TypeError(f"a coroutine was expected, got {coro!r}")
@@ -357,8 +382,10 @@ class SimTask(SimFuture):
         self._num_cancels_requested = 0
         self._fut_waiter: Any = None
         self._sleeping = 0  # the sequence number of this task's live entry in the sleeper heap
+        self._timed: SimFuture | None = None  # the SimFuture of a ``wait_until`` in progress
         self._log_destroy_pending = True
-        loop.call_soon(self._step, context=self._context)
+        if not eager:  # an eager task's first step is run by ``VirtualTimeLoop.start_task``
+            loop.call_soon(self._step, context=self._context)
         asyncio.tasks._register_task(self)
 
     def get_coro(self) -> Coroutine[Any, Any, Any]:
@@ -390,6 +417,10 @@ class SimTask(SimFuture):
             return True  # the waiter's callback steps this task with CancelledError
         self._must_cancel = True
         self._cancel_message = msg
+        timed = self._timed
+        if timed is not None:  # a wait_until: stop waiting for its future (which is not cancelled)
+            self._timed = None
+            timed._waiter = None
         if self._sleeping:
             self._sleeping = 0  # its heap entry is dead
             self._loop.call_soon(self._step, context=self._context)
@@ -452,6 +483,19 @@ class SimTask(SimFuture):
     def _suspend(self, result: Any) -> None:
         """The coroutine yielded ``result``, not a sleep: wait for a Future, or run again."""
         loop = self._loop
+        if type(result) is _Until:  # wait_until: the future's waiter and a sleeper, whichever is first
+            fut, when = result
+            fut._waiter = self
+            self._timed = fut
+            loop._sleeper_seq = seq = loop._sleeper_seq + 1
+            self._sleeping = seq
+            _heappush(loop._sleepers, (when, seq, self))
+            if self._must_cancel:
+                self._timed = None
+                fut._waiter = None
+                self._sleeping = 0
+                loop.call_soon(self._step, context=self._context)
+            return
         if getattr(result, "_asyncio_future_blocking", None) is not None:
             if result.get_loop() is not loop:
                 new_exc: BaseException = RuntimeError(
@@ -485,6 +529,50 @@ class SimTask(SimFuture):
             self._step()
 
 
+class _Until(tuple):  # type: ignore[type-arg]
+    """``(future, when)``: what ``wait_until`` yields to the ``SimTask`` awaiting it."""
+
+    __slots__ = ()
+
+
+_COMPACT_MIN = 4096  # dead sleeper entries before the heap is worth compacting
+
+
+@types.coroutine
+def wait_until(fut: SimFuture, when: float) -> Generator[Any, None, bool]:
+    """Wait for ``fut`` (a ``SimFuture`` or ``SimTask`` of the running virtual loop, awaited
+    by no one else) until virtual time ``when``; True if it is done by then. It is not
+    cancelled when the deadline passes (``asyncio.wait(timeout=...)``'s contract), and a
+    cancelled waiter leaves it alone.
+
+    This is a deadline without a Future or a timer handle: the awaiting task is at once the
+    future's waiter and a sleeper until ``when``, and whichever comes first wakes it (the
+    other is then dead: a future's wake-up kills the sleeper entry, the deadline unhooks the
+    waiter). Dead entries of deadlines that never came are swept out of the heap once they
+    are more than half of it, so memory stays flat however many calls a run makes."""
+    if fut.done():
+        return True
+    loop = fut._loop
+    if when <= loop._virtual_now:
+        return False
+    if fut._waiter is not None:
+        raise RuntimeError(f"wait_until: {fut!r} is already awaited by {fut._waiter!r}")
+    task = _current_tasks.get(loop)
+    try:
+        yield _Until((fut, when))
+    finally:
+        if task is not None:
+            task._timed = None
+        if fut._waiter is task:  # the deadline came first (or the waiter was cancelled)
+            fut._waiter = None
+    if not fut.done():
+        return False
+    loop._dead_sleepers += 1  # woken by the future: its deadline entry is dead
+    if loop._dead_sleepers > _COMPACT_MIN and loop._dead_sleepers * 2 > len(loop._sleepers):
+        loop._compact_sleepers()
+    return True
+
+
 _current_tasks = asyncio.tasks._current_tasks  # what asyncio.current_task() reads
 _heappush = heapq.heappush
 _TASKS = (asyncio.Task, SimTask)
@@ -502,6 +590,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._tasks_made = 0
         self._sleepers: list[tuple[float, int, SimTask]] = []  # heap of sleeping tasks
         self._sleeper_seq = 0
+        self._dead_sleepers = 0  # roughly how many entries of _sleepers are dead (wait_until)
         # ``loop.create_future()``, as a C callable: a Future costs no Python frame to make
         self.create_future = functools.partial(SimFuture, loop=self)  # type: ignore[method-assign]
 
@@ -510,6 +599,34 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         """Every coroutine this loop runs runs in a ``SimTask``."""
         self._check_closed()  # type: ignore[attr-defined]
         return SimTask(coro, loop=self, name=name, context=context)
+
+    def start_task(self, coro: Coroutine[Any, Any, T], *, name: str) -> SimTask:
+        """A ``SimTask`` for ``coro`` that starts as soon as it can. Under FIFO its first step
+        runs now, inside the running step, as its own task (``current_task()`` is the new
+        task while it runs, then the caller again), like Python 3.12's eager tasks: one step
+        instead of one queued behind whatever else is ready, and the step is recorded in the
+        trace under the new task's name. Under a seeded policy it is queued like any new task,
+        so that when it starts stays one of the policy's choices (the race finder explores
+        it). The interconnect starts a request's handler this way."""
+        if self.policy is not None:
+            return SimTask(coro, loop=self, name=name)
+        task = SimTask(coro, loop=self, name=name, eager=True)
+        trace = self.trace
+        if trace.level != "off":
+            trace.step(self._virtual_now, task._name)
+        caller = _current_tasks.get(self)
+        try:
+            task._context.run(task._step)
+        finally:
+            _current_tasks[self] = caller
+        return task
+
+    def _compact_sleepers(self) -> None:
+        """Drop the dead entries of the sleeper heap (in place: the running step holds it)."""
+        sleepers = self._sleepers
+        sleepers[:] = [e for e in sleepers if e[2]._sleeping == e[1]]
+        heapq.heapify(sleepers)
+        self._dead_sleepers = 0
 
     # Asked by every Future made; the virtual loop has no debug mode. ``bool()`` is False,
     # and as a C function it costs no Python frame per Future.
@@ -597,14 +714,17 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             ready.append(handle)
         trace = self.trace
         tracing = trace.level != "off"
-        record = trace._buf.append  # a step: who ran (after trace.at(now))
+        trace_buf = trace._buf
+        record = trace_buf.append  # a step: who ran (after trace.at(now))
+        note_time = trace._times.append
         pop = heapq.heappop
         if self.policy is None:
             # fifo: due sleepers in time order, then asyncio's own batch. While there is more to
             # do, go on here rather than through run_forever: the simulator's hot path.
+            batch = trace.BATCH
+            if tracing and now != trace._now:
+                trace.at(now)
             while True:
-                if tracing and now != trace._now:
-                    trace.at(now)
                 while sleepers and sleepers[0][0] <= now:
                     _, seq, task = pop(sleepers)
                     if task._sleeping != seq:  # cancelled meanwhile
@@ -638,7 +758,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
                     if tracing:
                         record(self._key(handle)[1])
                     handle._run()
-                if tracing and len(trace._buf) >= trace.BATCH:
+                if tracing and len(trace_buf) >= batch:
                     trace._flush()
                 if self._stopping:  # type: ignore[attr-defined]
                     return
@@ -652,12 +772,19 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
                         return
                     if nxt > now:
                         self._virtual_now = now = nxt
+                        if tracing:  # (trace.at(now), inlined: the clock moves only here)
+                            trace._now = now
+                            note_time(now)
+                            record("")
                 elif sched and sched[0]._when <= now:
                     return  # a timer is due too: let the next _run_once queue it in order
         while sleepers and sleepers[0][0] <= now:
             _, seq, task = pop(sleepers)
             if task._sleeping == seq:
                 task._sleeping = 0
+                timed = task._timed
+                if timed is not None:  # a wait_until's deadline: its future must not wake it too
+                    timed._waiter = None
                 ready.append(_Ready((task._step, (), task._context)))
         live = [h for h in ready if type(h) is SimTask or not (h[0] is None if type(h) is _Ready else h._cancelled)]
         if len(live) <= 1:

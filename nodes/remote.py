@@ -71,8 +71,9 @@ class Interconnect(Protocol):
 
 
 def _forwarding_op(op: str) -> Any:
-    async def forward(self: "RemoteNotifier", mm: Mm, *args: Any) -> Any:
-        return await self.service.forward(self, op, mm, args)
+    def forward(self: "RemoteNotifier", mm: Mm, *args: Any) -> Awaitable[Any]:
+        # returns OwnerService.forward's coroutine, so the core awaits it with no frame between
+        return self.service.forward(self, op, mm, args)
 
     forward.__name__ = op
     forward.__doc__ = f"Forward {op} to the secondary's partition (see MmuNotifier.{op})."

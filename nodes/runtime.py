@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-from typing import Any, Awaitable, Callable, Coroutine, Protocol
+import types
+from typing import Any, Awaitable, Callable, Coroutine, Generator, Protocol
 
 from nodes.errors import InternalError, SleepingInAtomicContext
 
@@ -102,12 +103,31 @@ def run_atomic(what: str, fn: Callable[..., Any], *args: Any) -> Any:
         _atomic_stack.pop()
 
 
-async def call_maybe_async(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call a sleepable op that may be written as a plain or an async function."""
+def call_maybe_async(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+    """Call a sleepable op that may be written as a plain or an async function; await what
+    this returns (``await call_maybe_async(op, ...)``). An async op's coroutine is returned
+    as it is, so awaiting it costs no frame of this function's (the notifier walk's hot path);
+    a plain op's result comes back wrapped in an awaitable that gives it at once."""
     result = fn(*args)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
+    if type(result) is _CoroutineType or inspect.isawaitable(result):
+        return result
+    return _Done(result)
+
+
+_CoroutineType = types.CoroutineType
+
+
+class _Done:
+    """An awaitable that gives ``value`` at once, without suspending."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.value
+        yield  # a generator: awaiting returns value without suspending
 
 
 class Runtime:

@@ -127,6 +127,7 @@ class Srcu:
         # per-CPU counters; a reader may lock on one CPU and unlock on another, so a single
         # CPU's c[] may go negative; invariant: sum over CPUs of c[*][i] >= 0
         self.c = [[0, 0] for _ in range(ncpus)]
+        self._readers = [0, 0]  # invariant: _readers[i] == sum over CPUs of c[*][i], and >= 0
         self.seq = [[0, 0] for _ in range(ncpus)]
         self.completed = 0
         self.running = False  # a grace-period owner (caller or worker) is active
@@ -156,6 +157,7 @@ class Srcu:
         cpu = self._cpu(cpu)
         idx = self.completed & 1
         self.c[cpu][idx] += 1
+        self._readers[idx] += 1
         self.seq[cpu][idx] += 1  # after the smp_mb() in the kernel
         task = asyncio.current_task()
         if task is not None:
@@ -167,9 +169,10 @@ class Srcu:
         cpu = self._cpu(cpu)
         if idx not in (0, 1):
             raise ValueError(f"srcu index must be 0 or 1, got {idx!r}")
-        if sum(c[idx] for c in self.c) <= 0:
+        if self._readers[idx] <= 0:
             raise InternalError(f"srcu_read_unlock({idx}) on {self.name} with no reader on that index")
         self.c[cpu][idx] -= 1
+        self._readers[idx] -= 1
         task = asyncio.current_task()
         if task is not None and self._holders.get(task):
             self._holders[task] -= 1

@@ -2,7 +2,7 @@
 
     mmusim run SCENARIO [--backend sim|ray] [--seed N] [--set k=v ...] [--out DIR] [--address ADDR]
                         [--calibration FILE] [--tls-ca CERT KEY | --no-tls]
-    mmusim sweep SCENARIO [--vary key=v1,v2,...] [same options as run]
+    mmusim sweep SCENARIO [--vary key=v1,v2,...] [--jobs N] [same options as run]
     mmusim scenarios
     mmusim report DIR
     mmusim check [SCENARIO] --semantics MODE [--seeds N] [--scheduler random|pct] [--gru-dropin guarded|v3.10]
@@ -51,22 +51,28 @@ def _integer(text: str) -> int:
 
 
 class Progress:
-    """A progress bar on ``stream`` (stderr), redrawn in place when it is a terminal; one line
-    at the end otherwise, so logs stay readable."""
+    """A progress bar on ``stream`` (stderr), redrawn in place when it is a terminal; when it is
+    not, nothing until ``close()`` (or, with ``lines=True``, one line per update), so logs stay
+    readable. ``unit`` names what is counted."""
 
-    def __init__(self, label: str, stream: TextIO | None = None, width: int = 30):
+    def __init__(self, label: str, stream: TextIO | None = None, width: int = 30, *,
+                 unit: str = "measurements", lines: bool = False):
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
         self.width = width
+        self.unit = unit
         self.t0 = time.monotonic()
         self.tty = self.stream.isatty()
+        self.lines = lines
 
-    def __call__(self, done: int, total: int) -> None:
-        if not self.tty:
+    def __call__(self, done: int, total: int, note: str = "") -> None:
+        if not self.tty and not self.lines:
             return
         filled = self.width * done // max(total, 1)
         bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {done}/{total} measurements, {time.monotonic() - self.t0:.1f} s")
+        note = f" ({note})" if note else ""
+        line = f"{self.label} [{bar}] {done}/{total} {self.unit}, {time.monotonic() - self.t0:.1f} s{note}"
+        self.stream.write(f"\r{line}" if self.tty else f"{line}\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -181,8 +187,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from workloads.harness import run_scenario
-    from workloads.report import render, run_dir, write_run, write_sweep
+    from workloads.report import render, run_dir, write_sweep
     from workloads.scenario import ScenarioError
 
     s = _scenario(args)
@@ -197,27 +202,69 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise ScenarioError(s.source, "sweep", "a sweep: give --vary KEY=V1,V2,... (this scenario declares none)")
     key = s.get("sweep.key")
     out = _out_dir(args, s, "-sweep")
+    jobs = min(args.jobs, len(points))
+    if jobs > 1 and args.backend != "sim":
+        raise ScenarioError("--jobs", None, f"parallel points need the sim backend (a Ray run has its cluster to itself), "
+                            f"got --jobs {args.jobs} with --backend {args.backend}")
     ray_extra = _ray_extra(args)
-    results = []
-    violations = 0
-    for value, point in points:
-        progress = Progress(f"{key}={value} ({args.backend}{', calibrated' if cal is not None else ''})")
-        try:
-            result, events = run_scenario(point, args.backend, address=args.address, progress=progress,
-                                          sim_extra=_sim_extra(cal), ray_extra=ray_extra)
-        finally:
-            progress.close()
-        if cal is not None:
-            result["calibration"] = cal.results_entry(args.calibration)
-        write_run(run_dir(out, key, value), result, events)
-        results.append(result)
-        violations += result["invariants"]["violations"]
+    calibration = None if cal is None else cal.results_entry(args.calibration)
+    runs = [(point, run_dir(out, key, value), args.backend, args.address, _sim_extra(cal), ray_extra, calibration)
+            for value, point in points]
+    if jobs > 1:  # each worker writes its point's files (and draws its plot) itself
+        results = _run_points_in_parallel(runs, jobs, Progress(f"{s.name} sweep of {key} ({jobs} processes)",
+                                                               unit="points", lines=True),
+                                          [f"{key}={value}" for value, _ in points])
+    else:
+        results = [_sweep_point(*run, label=f"{key}={value} ({args.backend}{', calibrated' if cal is not None else ''})")
+                   for (value, _), run in zip(points, runs)]
+    violations = sum(r["invariants"]["violations"] for r in results)
     write_sweep(out, key, [v for v, _ in points], results)
     if cal is not None:
         print(f"calibrated: {cal.describe()}")
-    print(render(out))
+    print(render(out, runs=False))
     print(f"wrote {out}")
     return EXIT_VIOLATION if violations else EXIT_OK
+
+
+def _sweep_point(point: Any, out_dir: Path, backend: str, address: str | None, sim_extra: dict[str, Any] | None,
+                 ray_extra: dict[str, Any], calibration: dict[str, Any] | None, label: str | None = None) -> Any:
+    """Run one point of a sweep, write its files into ``out_dir`` and return its result; with
+    a progress bar of its measurements when ``label`` is given (a serial sweep's). A parallel
+    sweep runs this in a worker process: a sim run is a function of its scenario, seed and
+    config alone, so a point gives there what it gives in a serial sweep."""
+    from workloads.harness import run_scenario
+    from workloads.report import write_run
+
+    progress = Progress(label) if label is not None else None
+    try:
+        result, events = run_scenario(point, backend, address=address, progress=progress, sim_extra=sim_extra,
+                                      ray_extra=ray_extra)
+    finally:
+        if progress is not None:
+            progress.close()
+    if calibration is not None:
+        result["calibration"] = calibration
+    write_run(out_dir, result, events)
+    return result
+
+
+def _run_points_in_parallel(runs: list[tuple[Any, ...]], jobs: int, progress: Progress, labels: list[str]) -> list[Any]:
+    """``_sweep_point(*run)`` for each of ``runs`` in ``jobs`` worker processes; the results in
+    the order of ``runs``. ``progress`` gets a line as each point finishes."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    out: list[Any] = [None] * len(runs)
+    try:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(_sweep_point, *run): i for i, run in enumerate(runs)}
+            progress(0, len(runs))
+            for n, fut in enumerate(as_completed(futures), 1):
+                i = futures[fut]
+                out[i] = fut.result()
+                progress(n, len(runs), labels[i])
+    finally:
+        progress.close()
+    return out
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
@@ -392,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_run_options(sweep)
     sweep.add_argument("--vary", default=None, metavar="KEY=V1,V2,...",
                        help="the knob and its values (default: the scenario's own sweep)")
+    sweep.add_argument("--jobs", "-j", type=_positive_int, default=1, metavar="N",
+                       help="sim backend: run up to N points at once, each in its own process "
+                            "(default 1; the results are those of a serial sweep)")
     sub.add_parser("scenarios", help="list the built-in scenarios")
     from nodes.notifier import SEMANTICS
 

@@ -420,10 +420,11 @@ def _fmt(v: Any) -> str:
 # -- re-rendering --------------------------------------------------------------------------
 
 
-def render(directory: str | os.PathLike[str]) -> str:
+def render(directory: str | os.PathLike[str], *, runs: bool = True) -> str:
     """Regenerate the PNGs of the finished run or sweep in ``directory`` from its JSON and CSV
-    files and return its summary text. A sweep re-renders sweep.png and each run's hang.png and
-    returns one compact table per value. Raises ``ReportError`` (one line naming the directory
+    files and return its summary text. A sweep re-renders sweep.png and (unless ``runs`` is
+    False: ``mmusim sweep`` has just drawn them) each run's hang.png, and returns one compact
+    table per value. Raises ``ReportError`` (one line naming the directory
     and the file) when the directory is not a finished run or sweep or a file is corrupt."""
     d = Path(directory)
     if not d.exists():
@@ -431,7 +432,7 @@ def render(directory: str | os.PathLike[str]) -> str:
     if not d.is_dir():
         raise ReportError(f"{d}: not a directory")
     if (d / "sweep.json").exists():
-        return _render_sweep(d)
+        return _render_sweep(d, runs)
     if not (d / "results.json").exists():
         raise ReportError(f"{d}: not a finished run or sweep: no results.json (nor sweep.json)")
     result, values = load_run(d)
@@ -503,12 +504,13 @@ def _sweep_problem(sweep: Any) -> str | None:
     return None
 
 
-def _render_sweep(d: Path) -> str:
+def _render_sweep(d: Path, runs: bool = True) -> str:
     sweep = load_sweep(d)
     # each run first: a missing or broken run directory stops before anything is rewritten
     loaded = [load_run(d / run["dir"]) for run in sweep["runs"]]
     for run, (result, values) in zip(sweep["runs"], loaded):
-        _plot_hang(d / run["dir"] / "hang.png", result, values)
+        if runs:
+            _plot_hang(d / run["dir"] / "hang.png", result, values)
     _plot_sweep(d / "sweep.png", sweep)
     head = f"sweep of {sweep['key']} over {len(sweep['runs'])} values"
     if sweep.get("scenario"):

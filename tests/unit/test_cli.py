@@ -45,6 +45,25 @@ def test_sweep_runs_each_value_and_writes_the_sweep(tmp_path, capsys):
     assert "srcu.scope=per_mm" in capsys.readouterr().out
 
 
+def test_a_parallel_sweep_writes_what_a_serial_one_does_with_a_line_per_point(tmp_path, capsys):
+    argv = ["sweep", "quickstart", "--vary", "srcu.scope=global,per_mm", "--set", "measure.unregisters=3",
+            "--set", "measure.exits=1"]
+    assert main(argv + ["--out", str(tmp_path / "serial")]) == 0
+    capsys.readouterr()
+    assert main(argv + ["--out", str(tmp_path / "par"), "--jobs", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "2/2 points" in err and "srcu.scope=per_mm" in err
+    for value in ("global", "per_mm"):
+        runs = [json.loads((tmp_path / d / f"srcu.scope={value}" / "results.json").read_text()) for d in ("serial", "par")]
+        for r in runs:
+            r.pop("wall_time_s")
+        assert runs[0] == runs[1] and runs[0]["trace_digest"]
+        assert (tmp_path / "par" / f"srcu.scope={value}" / "hang.png").exists()
+    assert (tmp_path / "par" / "sweep.json").read_text() == (tmp_path / "serial" / "sweep.json").read_text()
+    assert main(argv + ["--jobs", "2", "--backend", "ray"]) == 2
+    assert "--jobs" in capsys.readouterr().err
+
+
 def test_scenarios_lists_every_built_in_on_one_line_each(capsys):
     assert main(["scenarios"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from typing import Any
 
 import pytest
 
@@ -378,3 +379,126 @@ def test_a_bad_yield_is_refused_with_a_clear_error():
 
     with pytest.raises(RuntimeError, match="bad yield: 'not a future'"):
         run_virtual(main())
+
+
+# -- wait_until and start_task: the interconnect's deadline and handler start ------------------
+
+
+@pytest.mark.parametrize("scheduler", ["fifo", "random", "pct"])
+def test_wait_until_gives_the_future_or_the_deadline_whichever_is_first(scheduler):
+    from cluster.vtime import wait_until
+
+    async def main() -> list[tuple[str, float, bool]]:
+        loop = asyncio.get_running_loop()
+        clock = VirtualClock()
+        seen = []
+
+        async def complete_at(fut: asyncio.Future, at: float) -> None:
+            await clock.sleep(at - loop.time())
+            fut.set_result(at)
+
+        for finish, deadline in ((5.0, 10.0), (20.0, 15.0)):
+            t0 = loop.time()
+            fut = loop.create_future()
+            setter = loop.create_task(complete_at(fut, t0 + finish))
+            done = await wait_until(fut, t0 + deadline)
+            seen.append(("done" if done else "deadline", loop.time() - t0, fut.done()))
+            await setter  # a future done after its deadline wakes no one
+            assert fut._waiter is None
+        seen.append(("past", 0.0, await wait_until(loop.create_future(), loop.time())))
+        await clock.sleep(2_000_000.0)  # the dead deadline entries never wake anyone
+        return seen
+
+    loop = VirtualTimeLoop(policy=make_policy(scheduler, 3))
+    assert run_virtual(main(), loop=loop) == [("done", 5.0, True), ("deadline", 15.0, False), ("past", 0.0, False)]
+
+
+def test_cancelling_a_wait_until_leaves_the_future_alone_and_wakes_the_waiter_once():
+    from cluster.vtime import wait_until
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        steps = []
+
+        async def waiter() -> None:
+            try:
+                await wait_until(fut, 100.0)
+            except asyncio.CancelledError:
+                steps.append(loop.time())
+                await VirtualClock().sleep(50.0)  # a later wake of fut must not step it again
+                steps.append(loop.time())
+                raise
+
+        w = loop.create_task(waiter())
+        await VirtualClock().sleep(1.0)
+        w.cancel()
+        await asyncio.sleep(0)
+        fut.set_result("late")
+        with pytest.raises(asyncio.CancelledError):
+            await w
+        assert steps == [1.0, 51.0] and fut.result() == "late" and not fut.cancelled()
+
+    run_virtual(main())
+
+
+def test_wait_until_sweeps_dead_deadlines_so_memory_stays_flat():
+    from cluster.vtime import _COMPACT_MIN, wait_until
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        most = 0
+        for _ in range(3 * _COMPACT_MIN):
+            fut = loop.create_future()
+            loop.call_soon(fut.set_result, None)
+            assert await wait_until(fut, loop.time() + 1e9)
+            most = max(most, len(loop._sleepers))
+        return most
+
+    assert run_virtual(main()) <= _COMPACT_MIN * 2 + 2
+
+
+@pytest.mark.parametrize("scheduler", ["fifo", "random"])
+def test_start_task_runs_its_first_step_at_once_under_fifo_only_as_its_own_task(scheduler):
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        order: list[Any] = []
+        me = asyncio.current_task()
+
+        async def handler() -> str:
+            order.append(("handler", asyncio.current_task() is not me))
+            await VirtualClock().sleep(1.0)
+            return "answer"
+
+        t = loop.start_task(handler(), name="handle x")
+        order.append(("caller", asyncio.current_task() is me))
+        assert t.get_name() == "handle x"
+        order.append(await t)
+        return order
+
+    loop = VirtualTimeLoop(policy=make_policy(scheduler, 1), trace=Trace("full"))
+    order = run_virtual(main(), loop=loop)
+    if scheduler == "fifo":
+        assert order == [("handler", True), ("caller", True), "answer"]
+        assert any(line.endswith("run handle x\n") for line in loop.trace.entries)
+    else:  # queued like any new task: when it starts is the policy's choice
+        assert order == [("caller", True), ("handler", True), "answer"]
+
+
+def test_a_trace_digest_does_not_depend_on_where_batches_end_and_times_and_events_count():
+    def fill(t: Trace) -> Trace:
+        t.step(0.0, "a")
+        t.step(1.5, "b")
+        t.event(1.5, "crash", "p1")
+        t.step(2.0, "c")
+        t.step(2.0, "d")
+        return t
+
+    one, small = fill(Trace("full")), Trace("full")
+    small.BATCH = 2
+    fill(small)
+    assert one.digest() == small.digest() and one.steps == small.steps == 4
+    assert one.entries == small.entries == ["0.0 run a\n", "1.5 run b\n", "1.5 crash p1\n", "2.0 run c\n", "2.0 run d\n"]
+    later = Trace("hash")  # the same steps, but one of them at another time
+    later.step(0.0, "a"), later.step(1.5, "b"), later.event(1.5, "crash", "p1"), later.step(2.5, "c"), later.step(2.5, "d")
+    assert later.digest() != one.digest()
