@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
+from nodes.notifier import MmuNotifier
 from nodes.remote import PROBE_NOTIFIER
 from nodes.rpc import codec
 from nodes.rpc.pb import interconnect_pb2 as pb
@@ -31,9 +32,22 @@ def raw_exchange(channel: grpc.aio.Channel, src: str, dst: str) -> Any:
     return call(metadata=((SRC_KEY, src), (DST_KEY, dst)))
 
 
-def null_callouts(first_id: int, n: int) -> bytes:
-    """One ExchangeRequest of ``n`` probe callouts to the null notifier, ids from ``first_id``."""
-    m, request = codec.encode_callout(PROBE_NOTIFIER, "invalidate_range_start", 0, "probe", (0, 4096), 0)
+class HeldNotifier(MmuNotifier):
+    """A notifier whose ``invalidate_range_start`` waits until ``release`` is set: callouts to
+    it stay in flight on the server for as long as a test needs."""
+
+    def __init__(self) -> None:
+        super().__init__("held")
+        self.release = asyncio.Event()
+
+    async def invalidate_range_start(self, mm: Any, start: int, end: int) -> None:
+        await self.release.wait()
+
+
+def null_callouts(first_id: int, n: int, notifier: str = PROBE_NOTIFIER) -> bytes:
+    """One ExchangeRequest of ``n`` probe callouts to ``notifier`` (by default the null one),
+    ids from ``first_id``."""
+    m, request = codec.encode_callout(notifier, "invalidate_range_start", 0, "probe", (0, 4096), 0)
     body = request.SerializeToString()
     return pb.ExchangeRequest(calls=[pb.StreamCall(id=first_id + k, method=f"/{SECONDARY_SERVICE_NAME}/{m.rpc}",
                                                    request=body, timeout_us=30e6, probe=True)
@@ -89,12 +103,14 @@ def test_an_oversized_frame_is_refused_and_the_server_serves_on():
 
 
 def test_a_peer_that_floods_a_stream_and_never_reads_holds_a_bounded_share_of_the_server():
-    """10,000 requests written as fast as the stream takes them, no answer read: the server
-    takes at most STREAM_IN_FLIGHT of them (then stops reading: HTTP/2 flow control holds the
-    rest at the peer), serves other callers meanwhile, and frees them all when the peer goes."""
+    """10,000 requests written as fast as the stream takes them, each held in flight on the
+    server (a notifier that does not answer until released), no answer read: the server takes
+    exactly STREAM_IN_FLIGHT of them (then stops reading: HTTP/2 flow control holds the rest
+    at the peer), serves other callers meanwhile, and frees them all when the peer goes."""
 
     async def body(p0, p1):
         servicer = p0.server.stream_servicer
+        held = p0.secondary_service.notifiers["held"] = HeldNotifier()
         channel = grpc.aio.insecure_channel(p0.address)
         peak = 0
         try:
@@ -102,7 +118,7 @@ def test_a_peer_that_floods_a_stream_and_never_reads_holds_a_bounded_share_of_th
 
             async def flood() -> None:
                 for first in range(1, 10_000, 100):
-                    await call.write(null_callouts(first, 100))
+                    await call.write(null_callouts(first, 100, "held"))
 
             writer = asyncio.ensure_future(flood())
             for _ in range(5000):  # bounded: until the server holds its cap
@@ -113,11 +129,12 @@ def test_a_peer_that_floods_a_stream_and_never_reads_holds_a_bounded_share_of_th
                 await asyncio.sleep(0.001)
             assert peak == STREAM_IN_FLIGHT  # the peer wrote more than the server took
             await still_serving(p0, p1)  # on its own stream, meanwhile
-            assert servicer.in_flight() <= STREAM_IN_FLIGHT
+            assert servicer.in_flight() == STREAM_IN_FLIGHT  # held: no more taken, none let go
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
         finally:
             await channel.close()
+            held.release.set()
         for _ in range(5000):  # the peer is gone: what it held is freed
             if servicer.in_flight() == 0 and len(servicer.open) <= 1:
                 break
