@@ -163,20 +163,28 @@ def _out_dir(args: argparse.Namespace, s: Any, suffix: str = "") -> Path:
     return args.out if args.out is not None else Path("results") / f"{s.name}{suffix}"
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _run_shown(label: str | None, scenario: Any, backend: str, **kw: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``run_scenario`` with a progress line named ``label`` (None: no line), closed however
+    the run ends."""
     from workloads.harness import run_scenario
+
+    progress = Progress(label) if label is not None else None
+    try:
+        return run_scenario(scenario, backend, progress=progress, **kw)
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     from workloads.report import summary_table, write_run
 
     s = _scenario(args)
     cal = _calibration(args)
     out = _out_dir(args, s)
     ray_extra = _ray_extra(args)
-    progress = Progress(f"{s.name} ({args.backend}{', calibrated' if cal is not None else ''})")
-    try:
-        result, events = run_scenario(s, args.backend, address=args.address, progress=progress,
-                                      sim_extra=_sim_extra(cal), ray_extra=ray_extra)
-    finally:
-        progress.close()
+    result, events = _run_shown(f"{s.name} ({args.backend}{', calibrated' if cal is not None else ''})", s,
+                                args.backend, address=args.address, sim_extra=_sim_extra(cal), ray_extra=ray_extra)
     if cal is not None:
         result["calibration"] = cal.results_entry(args.calibration)
         print(f"calibrated: {cal.describe()}")
@@ -232,16 +240,9 @@ def _sweep_point(point: Any, out_dir: Path, backend: str, address: str | None, s
     a progress bar of its measurements when ``label`` is given (a serial sweep's). A parallel
     sweep runs this in a worker process: a sim run is a function of its scenario, seed and
     config alone, so a point gives there what it gives in a serial sweep."""
-    from workloads.harness import run_scenario
     from workloads.report import write_run
 
-    progress = Progress(label) if label is not None else None
-    try:
-        result, events = run_scenario(point, backend, address=address, progress=progress, sim_extra=sim_extra,
-                                      ray_extra=ray_extra)
-    finally:
-        if progress is not None:
-            progress.close()
+    result, events = _run_shown(label, point, backend, address=address, sim_extra=sim_extra, ray_extra=ray_extra)
     if calibration is not None:
         result["calibration"] = calibration
     write_run(out_dir, result, events)
@@ -274,7 +275,6 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     import json
 
     from workloads.calibration import Calibration, agreement, agreement_table
-    from workloads.harness import run_scenario
     from workloads.predict import scenario_of_run
     from workloads.report import ReportError, load_run, summary_table, write_run
 
@@ -294,22 +294,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         s = _scenario(args)
     out = _out_dir(args, s, "-calibrate")
     if args.source is None:
-        progress = Progress(f"{s.name} (ray)")
-        try:
-            ray_result, events = run_scenario(s, "ray", address=args.address, progress=progress,
-                                              ray_extra=_ray_extra(args))
-        finally:
-            progress.close()
+        ray_result, events = _run_shown(f"{s.name} (ray)", s, "ray", address=args.address, ray_extra=_ray_extra(args))
         write_run(out / "ray", ray_result, events)
         print(summary_table(ray_result))
     cal = Calibration.from_results(ray_result, args.method, probe=args.probe)
     cal_path = cal.save_into(out)
     print(f"calibrated: {cal.describe()}")
-    progress = Progress(f"{s.name} (sim, calibrated)")
-    try:
-        sim_result, events = run_scenario(s, "sim", progress=progress, sim_extra=_sim_extra(cal))
-    finally:
-        progress.close()
+    sim_result, events = _run_shown(f"{s.name} (sim, calibrated)", s, "sim", sim_extra=_sim_extra(cal))
     sim_result["calibration"] = cal.results_entry(cal_path)
     write_run(out / "sim", sim_result, events)
     rows = agreement(ray_result, sim_result)

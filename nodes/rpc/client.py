@@ -52,10 +52,16 @@ from nodes.runtime import Runtime
 DEFAULT_DEADLINE_US = 5_000_000.0  # five seconds: a Python RPC on a loaded 2-core machine can take 100 ms
 
 
+def error_of_status(code: grpc.StatusCode, details: str | None, trailing: Any, what: str) -> Exception:
+    """The model error an ended call (or stream) carries: its status code and details, and the
+    error's class name in its trailing metadata (``mmusim-error``), if it has one."""
+    name = dict(trailing or ()).get(ERROR_KEY)
+    return error_from(code, details or "", name if isinstance(name, str) else None, what)
+
+
 def error_of_rpc(e: grpc.aio.AioRpcError, what: str) -> Exception:
     """The model error a failed call (or stream) carries."""
-    name = dict(e.trailing_metadata() or ()).get(ERROR_KEY)
-    return error_from(e.code(), e.details() or "", name if isinstance(name, str) else None, what)
+    return error_of_status(e.code(), e.details(), e.trailing_metadata(), what)
 
 
 def raise_from_rpc_error(e: grpc.aio.AioRpcError, what: str) -> None:
@@ -66,10 +72,6 @@ def raise_from_rpc_error(e: grpc.aio.AioRpcError, what: str) -> None:
 class _Broken(Exception):
     """What a request in flight on a stream that broke is failed with; ``_Stream.request``
     raises the model error of the break in its place, naming the request."""
-
-
-def _error_of_break(e: grpc.aio.AioRpcError, what: str) -> Exception:
-    return error_of_rpc(e, what)
 
 
 def _unreachable(why: str, what: str) -> Exception:
@@ -144,8 +146,7 @@ class _Stream:
                 details, trailing = await self.call.details(), await self.call.trailing_metadata()
             except (asyncio.TimeoutError, grpc.aio.AioRpcError):
                 code, details, trailing = grpc.StatusCode.UNAVAILABLE, "the stream could not be written", None
-            name = dict(trailing or ()).get(ERROR_KEY)
-            self._break(functools.partial(error_from, code, details or "", name if isinstance(name, str) else None))
+            self._break(functools.partial(error_of_status, code, details, trailing))
 
     async def _read(self) -> None:
         try:
@@ -155,7 +156,7 @@ class _Stream:
                     if future is not None and not future.done():
                         future.set_result(reply)
         except grpc.aio.AioRpcError as e:
-            self._break(functools.partial(_error_of_break, e))
+            self._break(functools.partial(error_of_rpc, e))
         except asyncio.CancelledError:
             self._break(functools.partial(_unreachable, f"the stream from {self.src} was closed"))
             raise
