@@ -129,7 +129,7 @@ class SimInterconnect:
         runtime = self.runtime
         t_deadline = runtime.now() + self.deadline_us
         what = f"{service}.{method} {src}->{dst}"
-        if self.loss > 0.0 and self.rng.random() < self.loss:
+        if self._lost():
             await self._give_up(t_deadline, f"{what}: request lost, deadline of {self.deadline_us:.0f} us exceeded", kind)
         await runtime.sleep(self._one_way(src, dst, kind, nbytes))
         if dst in down:
