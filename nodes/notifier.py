@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 from nodes.errors import InvalidArgument, NullPointerDereference, SleepingInAtomicContext
 from nodes.mm import Mm, mm_drop_all_locks, mm_take_all_locks
 from nodes.runtime import Runtime, SpinLock, TaskSignals, call_maybe_async, current_cpu, run_atomic, wait_all
-from nodes.srcu import Srcu
+from nodes.srcu_base import SrcuBase
 
 if TYPE_CHECKING:
     from nodes.oracle import Oracle
@@ -325,7 +325,7 @@ class NotifierCore:
     def __init__(
         self,
         runtime: Runtime,
-        srcu_for: Callable[[Mm], Srcu],
+        srcu_for: Callable[[Mm], SrcuBase],
         oracle: "Oracle",
         *,
         fanout: str = "sequential",
@@ -380,7 +380,7 @@ class NotifierCore:
         if self.trace_callouts:
             self.runtime.trace("notifier", what)
 
-    async def _synchronize(self, srcu: Srcu) -> None:
+    async def _synchronize(self, srcu: SrcuBase) -> None:
         if self.rcu:
             return  # synchronize_rcu(): no reader that sleeps is waited for (the rcu modes' bug)
         await (srcu.synchronize_expedited() if self.expedited else srcu.synchronize())
