@@ -539,3 +539,10 @@ def test_scenario_knobs_reach_the_config_and_the_results_config():
     default = load_scenario("quickstart").sim_config()
     assert default.srcu == SrcuOptions() and default.srcu.algorithm == "classic"
     assert isinstance(PartitionConfig().srcu, SrcuOptions)
+
+
+def test_predict_refuses_tree_srcu_naming_the_knob():
+    from workloads.predict import NotModelled, predict
+
+    with pytest.raises(NotModelled, match=r"srcu\.algorithm: the SRCU-hang model does not cover this: .*classic SRCU, got 'tree'"):
+        predict(load_scenario("quickstart").with_overrides(["srcu.algorithm=tree"]))
