@@ -546,3 +546,16 @@ def test_predict_refuses_tree_srcu_naming_the_knob():
 
     with pytest.raises(NotModelled, match=r"srcu\.algorithm: the SRCU-hang model does not cover this: .*classic SRCU, got 'tree'"):
         predict(load_scenario("quickstart").with_overrides(["srcu.algorithm=tree"]))
+
+
+def test_a_tree_srcu_run_is_a_function_of_its_seed():
+    from workloads.harness import run_scenario
+
+    s = load_scenario("global-vs-per-mm-srcu").with_overrides(
+        ["srcu.algorithm=tree", "measure.exits=3", "measure.unregisters=4", "duration=30ms"])
+    a, _ = run_scenario(s)
+    b, _ = run_scenario(s)
+    c, _ = run_scenario(s.with_value("srcu.algorithm", "classic"))
+    assert a["trace_digest"] == b["trace_digest"] and a["metrics"] == b["metrics"]
+    assert c["trace_digest"] != a["trace_digest"]
+    assert a["invariants"]["violations"] == 0 and a["config"]["srcu"]["algorithm"] == "tree"
