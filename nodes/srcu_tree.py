@@ -61,12 +61,14 @@ filing does not sleep here, so no grace period could see that reader: not modell
 
 v6.6 (not modelled): ``srcu_get_delay()`` adds the grace period's age in jiffies to the base
 (capped at SRCU_MAX_INTERVAL, 10 jiffies) and allows only ``srcu_max_nodelay_phase``
-consecutive zero delays per phase (SRCU_DEFAULT_MAX_NODELAY_PHASE); ``process_srcu`` stops
-rescheduling with no delay after ``srcu_max_nodelay`` runs in one jiffy (expedited grace
-periods no longer spin while a reader sleeps); the 5 us check interval becomes the parameter
-``srcu_retry_check_delay``; ``srcu_gp_end`` waits ``!!srcu_get_delay()``; an ``srcu_struct``
-starts small (``srcu_size_state`` SRCU_SIZE_SMALL: every callback on CPU 0's ``srcu_data``, no
-``srcu_node`` tree) and becomes big on contention; ``__call_srcu`` became
+consecutive zero delays per phase (SRCU_DEFAULT_MAX_NODELAY_PHASE: 2 * 1e6 / HZ / 5, clamped to
+3..1000, i.e. about a jiffy of 5 us polls), and ``process_srcu`` stops rescheduling with no
+delay after ``srcu_max_nodelay`` (100) runs in one jiffy: an expedited grace period no longer
+polls without end while a reader sleeps. The 5 us check interval is the parameter
+``srcu_retry_check_delay``, and ``try_check_zero()`` reads the delay once; ``srcu_gp_end``'s
+callback delay is 0 while an expedited grace period is needed, else one jiffy. An
+``srcu_struct`` starts small (``srcu_size_state`` SRCU_SIZE_SMALL: every callback on CPU 0's
+``srcu_data``, no ``srcu_node`` tree) and becomes big on contention; ``__call_srcu`` became
 ``srcu_gp_start_if_needed`` with the polled grace-period API.
 """
 
