@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 from nodes.notifier import FANOUTS, SEMANTICS
-from nodes.partition import SRCU_SCOPES
+from nodes.partition import SRCU_ALGORITHMS, SRCU_SCOPES, SrcuOptions
 from nodes.srcu import DEFAULT_JIFFY_US
+from nodes.srcu_tree import CONFIG_RCU_FANOUT, CONFIG_RCU_FANOUT_LEAF, DEFAULT_SRCU_EXP_HOLDOFF_US, RCU_FANOUT_RANGE
 from nodes.secondary.gru import GRU_DROPINS
 
 
@@ -27,6 +28,10 @@ class PartitionConfig:
     cpus: int = 4  # per partition: simulated CPUs (SRCU's per-CPU counters)
     srcu_scope: str = "global"  # global (the kernel's) | per_mm
     srcu_expedited: bool = False  # unregister and exit wait with synchronize_srcu_expedited()
+    srcu_algorithm: str = "classic"  # classic (v3.10 kernel/srcu.c) | tree (v5.10 kernel/rcu/srcutree.c)
+    srcu_fanout_leaf: int = CONFIG_RCU_FANOUT_LEAF  # tree: CPUs per srcu_node leaf, at most
+    srcu_fanout: int = CONFIG_RCU_FANOUT  # tree: children per inner srcu_node, at most
+    srcu_exp_holdoff_us: float = DEFAULT_SRCU_EXP_HOLDOFF_US  # tree: no auto-expedite this soon after a grace period
     jiffy_us: float = DEFAULT_JIFFY_US  # 1e6 / HZ; SRCU's worker polls once a jiffy (a scenario's kernel.hz)
     fanout: str = "sequential"  # sequential (the kernel's) | parallel
     hops: int = 1  # between any two partitions, for the uniform topology
@@ -36,12 +41,24 @@ class PartitionConfig:
     def __post_init__(self) -> None:
         self.check_positive_int("partitions", "nframes", "cpus", "hops")
         self.check_choice("srcu_scope", SRCU_SCOPES)
+        self.check_choice("srcu_algorithm", tuple(SRCU_ALGORITHMS))
+        lo, hi = RCU_FANOUT_RANGE
+        for key in ("srcu_fanout_leaf", "srcu_fanout"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise self.bad(key, f"an integer in {lo}..{hi}", v)
+        self.check_number("srcu_exp_holdoff_us", positive=False)
         self.check_choice("fanout", FANOUTS)
         self.check_choice("semantics", tuple(SEMANTICS))
         self.check_choice("gru_dropin", tuple(GRU_DROPINS))
         self.check_number("jiffy_us", positive=True)
         if not isinstance(self.srcu_expedited, bool):
             raise self.bad("srcu_expedited", "true or false", self.srcu_expedited)
+
+    @property
+    def srcu(self) -> SrcuOptions:
+        """How the partitions build their SRCU domains."""
+        return SrcuOptions(self.srcu_algorithm, self.srcu_fanout_leaf, self.srcu_fanout, self.srcu_exp_holdoff_us)
 
     @property
     def names(self) -> list[str]:

@@ -24,7 +24,7 @@ from cluster.context import SecondaryFactory
 from cluster.wallclock import WallClock
 from nodes.owner import LocalOwner, OwnerPort
 from nodes.errors import ModelError
-from nodes.partition import Partition
+from nodes.partition import Partition, SrcuOptions
 from nodes.remote import OwnerService, RemoteOwner, SecondaryService
 from nodes.rpc import DEFAULT_TRANSPORT
 from nodes.rpc.client import DEFAULT_DEADLINE_US, GrpcInterconnect, ReportSink
@@ -52,13 +52,14 @@ class LivePartition(SecondaryFactory):
         callout_latency_us: float = 0.0,
         gru_dropin: str = "guarded",
         transport: str = DEFAULT_TRANSPORT,
+        srcu: SrcuOptions = SrcuOptions(),
     ):
         self.name = name
         self.identity = identity  # for mutual TLS; None: plaintext, on loopback only
         self.gru_dropin = gru_dropin  # how GRUs made here check a dropin (cluster/context.py)
         self.runtime = Runtime(WallClock())
         self.partition = Partition(self.runtime, name=name, nframes=nframes, ncpus=cpus, srcu_scope=srcu_scope,
-                                   jiffy_us=jiffy_us, fanout=fanout, expedited=expedited)
+                                   jiffy_us=jiffy_us, fanout=fanout, expedited=expedited, srcu=srcu)
         self.directory: dict[str, str] = {}
         self.interconnect = GrpcInterconnect(self.directory, identity=identity, deadline_us=deadline_us,
                                              transport=transport)  # unary | stream (nodes/rpc/client.py)

@@ -214,7 +214,7 @@ class PartitionHost:
         self.live = LivePartition(
             self.name, identity=identity, nframes=c.nframes, cpus=c.cpus, srcu_scope=c.srcu_scope, jiffy_us=c.jiffy_us,
             fanout=c.fanout, expedited=c.srcu_expedited, deadline_us=c.deadline_us, latency_us=latency,
-            callout_latency_us=c.callout_latency_us, gru_dropin=c.gru_dropin, transport=c.transport,
+            callout_latency_us=c.callout_latency_us, gru_dropin=c.gru_dropin, transport=c.transport, srcu=c.srcu,
         )
         if bind_host is None:
             import ray

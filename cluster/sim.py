@@ -155,7 +155,7 @@ class SimCluster:
             p = Partition(
                 runtime, name=name, nframes=config.nframes, ncpus=config.cpus, srcu_scope=config.srcu_scope,
                 jiffy_us=config.jiffy_us, fanout=config.fanout, expedited=config.srcu_expedited,
-                semantics=config.semantics, reclaim_watermark=config.reclaim_watermark,
+                semantics=config.semantics, reclaim_watermark=config.reclaim_watermark, srcu=config.srcu,
             )
             self.partitions[name] = p
             self.owner_services[name] = OwnerService(p, self.interconnect)

@@ -26,13 +26,14 @@ synchronize even when it did not call ->release itself):
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
 from nodes.errors import InvalidArgument, NullPointerDereference, SleepingInAtomicContext
 from nodes.mm import Mm, mm_drop_all_locks, mm_take_all_locks
 from nodes.runtime import Runtime, SpinLock, TaskSignals, call_maybe_async, current_cpu, run_atomic, wait_all
-from nodes.srcu import Srcu
+from nodes.srcu_base import SrcuBase
 
 if TYPE_CHECKING:
     from nodes.oracle import Oracle
@@ -134,6 +135,55 @@ SEMANTICS = {
                   "mm_take_all_locks(): the allocation can enter reclaim, which takes an anon_vma "
                   "lock already held",
 }
+
+
+# The two modern kernels, as modes beside the history (REFERENCE section 7). Each differs from
+# v3.10 only where a commit changed the core; the commit is named where the mode's behaviour is.
+MODERN = ("v5.10", "v6.6")
+SEMANTICS["v5.10"] = ("Linux 5.10: struct mmu_notifier_range with event and flags, non-blocking "
+                      "invalidate_range_start (the OOM reaper), mmu_interval_notifier, "
+                      "mmu_notifier_get/put, ->invalidate_range; no ->invalidate_page")
+SEMANTICS["v6.6"] = ("Linux 6.6: as v5.10, with MMU_NOTIFY_EXCLUSIVE and ->invalidate_range "
+                     "renamed ->arch_invalidate_secondary_tlbs (1af5a8109904)")
+
+
+class MmuNotifierEvent(enum.IntEnum):
+    """enum mmu_notifier_event (include/linux/mmu_notifier.h, 6f4f13e8d9e2, Linux 5.0): why a
+    range is being invalidated, so that a secondary can skip what does not concern it.
+    ``EXCLUSIVE`` is 5.14's (device-exclusive access); the rest are in 5.10."""
+
+    UNMAP = 0  # the range is unmapped (munmap, exit): its pages may be freed
+    CLEAR = 1  # the ptes are cleared, the pages stay (reclaim, madvise(DONTNEED), ...)
+    PROTECTION_VMA = 2  # the VMA's protection changes (mprotect)
+    PROTECTION_PAGE = 3  # one page's protection changes (write-protect for KSM, COW)
+    SOFT_DIRTY = 4  # soft-dirty tracking clears the dirty bits
+    RELEASE = 5  # the mm is going away (exit_mmap, the OOM reaper)
+    MIGRATE = 6  # the pages move (migrate_vma to and from device memory)
+    EXCLUSIVE = 7  # a device takes exclusive access (make_device_exclusive_range; 5.14)
+
+
+#: mmu_notifier_range.flags: the invalidation may sleep (the only flag; 93065ac753e4 made it a
+#: bool, 27560ee92aae a flag). The OOM reaper clears it (mmu_notifier_range_init_nonblock).
+MMU_NOTIFIER_RANGE_BLOCKABLE = 1 << 0
+
+
+@dataclass(slots=True)
+class MmuNotifierRange:
+    """struct mmu_notifier_range (ac46d4f3c432, Linux 5.0): what the modern core hands every
+    invalidate_range_start/end instead of (mm, start, end). ``owner`` is the pgmap owner of a
+    MIGRATE event (a device skips invalidations that its own migration caused). Invariant:
+    ``start < end``, both page-aligned."""
+
+    mm: Mm
+    start: int
+    end: int
+    event: MmuNotifierEvent = MmuNotifierEvent.UNMAP
+    flags: int = MMU_NOTIFIER_RANGE_BLOCKABLE
+    owner: Any = None
+
+    def blockable(self) -> bool:
+        """mmu_notifier_range_blockable(): may the callout sleep?"""
+        return bool(self.flags & MMU_NOTIFIER_RANGE_BLOCKABLE)
 
 
 def _fmt_args(args: tuple[Any, ...]) -> str:
@@ -275,7 +325,7 @@ class NotifierCore:
     def __init__(
         self,
         runtime: Runtime,
-        srcu_for: Callable[[Mm], Srcu],
+        srcu_for: Callable[[Mm], SrcuBase],
         oracle: "Oracle",
         *,
         fanout: str = "sequential",
@@ -287,6 +337,7 @@ class NotifierCore:
         if semantics not in SEMANTICS:
             raise ValueError(f"semantics must be one of {tuple(SEMANTICS)}, got {semantics!r}")
         self.semantics = semantics
+        self.modern = semantics in MODERN  # the v5.10 and v6.6 modes, not a step of the history
         # rcu: the read side is rcu_read_lock(), which a sleeping callout does not hold across its
         # sleep, and synchronize_rcu() waits only for readers that do not sleep
         self.rcu = semantics in ("rcu", "rcu+sleep")
@@ -329,7 +380,7 @@ class NotifierCore:
         if self.trace_callouts:
             self.runtime.trace("notifier", what)
 
-    async def _synchronize(self, srcu: Srcu) -> None:
+    async def _synchronize(self, srcu: SrcuBase) -> None:
         if self.rcu:
             return  # synchronize_rcu(): no reader that sleeps is waited for (the rcu modes' bug)
         await (srcu.synchronize_expedited() if self.expedited else srcu.synchronize())

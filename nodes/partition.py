@@ -4,10 +4,14 @@ XPMEM's source side for its mms.
 A plain class (Ray wraps it at the edge, in ``cluster/``). The SRCU scope is a parameter:
 ``global`` (one domain for every mm of the partition, as the kernel does: the source of the
 exit/unregister hang) or ``per_mm`` (one domain per mm, the alternative the kernel did not take,
-for comparison).
+for comparison). So is the SRCU algorithm (``SrcuOptions.algorithm``): ``classic``, the v3.10
+two-index SRCU (``nodes/srcu.py``), or ``tree``, Tree SRCU of v5.10 (``nodes/srcu_tree.py``);
+the algorithm is orthogonal to the notifier core's semantics.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from nodes.errors import NotFound
 from nodes.memory import FrameTable
@@ -17,8 +21,36 @@ from nodes.oracle import Oracle, Violation
 from nodes.runtime import Runtime
 from nodes.secondary.xpmem import XpmemSegments
 from nodes.srcu import DEFAULT_JIFFY_US, Srcu
+from nodes.srcu_base import SrcuBase
+from nodes.srcu_tree import CONFIG_RCU_FANOUT, CONFIG_RCU_FANOUT_LEAF, DEFAULT_SRCU_EXP_HOLDOFF_US, TreeSrcu
 
 SRCU_SCOPES = ("global", "per_mm")
+#: srcu.algorithm: the SRCU a partition builds its domains with
+SRCU_ALGORITHMS: dict[str, type[SrcuBase]] = {"classic": Srcu, "tree": TreeSrcu}
+
+
+@dataclass(frozen=True)
+class SrcuOptions:
+    """How a partition builds its SRCU domains: the algorithm, and Tree SRCU's shape and
+    holdoff (the kernel's defaults; ``classic`` has no use for them)."""
+
+    algorithm: str = "classic"
+    fanout_leaf: int = CONFIG_RCU_FANOUT_LEAF  # CPUs per srcu_node leaf, at most
+    fanout: int = CONFIG_RCU_FANOUT  # children per inner srcu_node, at most
+    exp_holdoff_us: float = DEFAULT_SRCU_EXP_HOLDOFF_US  # srcu_might_be_idle()'s exp_holdoff
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in SRCU_ALGORITHMS:
+            raise ValueError(f"srcu algorithm must be one of {tuple(SRCU_ALGORITHMS)}, got {self.algorithm!r}")
+
+
+def make_srcu(runtime: Runtime, ncpus: int, options: SrcuOptions, *, name: str,
+              jiffy_us: float = DEFAULT_JIFFY_US) -> SrcuBase:
+    """One SRCU domain of the algorithm ``options`` name."""
+    if options.algorithm == "tree":
+        return TreeSrcu(runtime, ncpus, name=name, jiffy_us=jiffy_us, exp_holdoff_us=options.exp_holdoff_us,
+                        fanout_leaf=options.fanout_leaf, fanout=options.fanout)
+    return Srcu(runtime, ncpus, name=name, jiffy_us=jiffy_us)
 
 
 class Partition:
@@ -37,6 +69,7 @@ class Partition:
         expedited: bool = False,
         semantics: str = "v3.10",
         reclaim_watermark: float = 0.0,
+        srcu: SrcuOptions = SrcuOptions(),
     ):
         if srcu_scope not in SRCU_SCOPES:
             raise ValueError(f"srcu_scope must be one of {SRCU_SCOPES}, got {srcu_scope!r}")
@@ -45,10 +78,11 @@ class Partition:
         self.ncpus = ncpus
         self.srcu_scope = srcu_scope
         self.jiffy_us = jiffy_us
+        self.srcu_options = srcu
         self.frames = FrameTable(nframes)
         self.oracle = Oracle(self.frames, runtime.now, name)
-        self.srcu = Srcu(runtime, ncpus, name=f"{name}.srcu", jiffy_us=jiffy_us)
-        self._mm_srcu: dict[int, Srcu] = {}
+        self.srcu = make_srcu(runtime, ncpus, srcu, name=f"{name}.srcu", jiffy_us=jiffy_us)
+        self._mm_srcu: dict[int, SrcuBase] = {}
         self.core = NotifierCore(runtime, self.srcu_for, self.oracle, fanout=fanout, expedited=expedited,
                                  semantics=semantics)
         # kmalloc's direct reclaim: below this fraction of free frames an allocation reclaims
@@ -61,13 +95,14 @@ class Partition:
     def __repr__(self) -> str:
         return f"Partition({self.name}, {len(self.mms)} mms, {self.frames.nfree}/{self.frames.nframes} frames free)"
 
-    def srcu_for(self, mm: Mm) -> Srcu:
+    def srcu_for(self, mm: Mm) -> SrcuBase:
         """The SRCU domain protecting ``mm``'s notifier list."""
         if self.srcu_scope == "global":
             return self.srcu
         srcu = self._mm_srcu.get(mm.id)
         if srcu is None:
-            srcu = Srcu(self.runtime, self.ncpus, name=f"{mm.name}.srcu", jiffy_us=self.jiffy_us)
+            srcu = make_srcu(self.runtime, self.ncpus, self.srcu_options, name=f"{mm.name}.srcu",
+                             jiffy_us=self.jiffy_us)
             self._mm_srcu[mm.id] = srcu
         return srcu
 

@@ -24,64 +24,34 @@ Readers that start after the flip use the other index, so they never delay the g
 (no starvation). Concurrent synchronize callers queued while a grace period runs share the next
 one. ``synchronize()`` from inside a read section of the same domain would never return; like
 the kernel's lockdep check it raises ``SrcuDeadlock`` instead.
+
+The interface, its statistics and the read-section bookkeeping are shared with Tree SRCU
+(``nodes/srcu_base.py``, ``nodes/srcu_tree.py``); a partition's ``srcu.algorithm`` picks one.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Callable
 
-from nodes.errors import InternalError, SrcuDeadlock
-from nodes.runtime import Runtime, might_sleep, run_atomic
+from nodes.errors import InternalError
+from nodes.runtime import Runtime, might_sleep
+from nodes.srcu_base import (  # noqa: F401  (re-exported: the timing constants' historical home)
+    DEFAULT_HZ,
+    DEFAULT_JIFFY_US,
+    HZ_CHOICES,
+    SYNCHRONIZE_SRCU_READER_DELAY_US,
+    SrcuBase,
+    SrcuCallback as _Callback,
+    SrcuStatistics,
+    jiffy_us,
+)
 
 SYNCHRONIZE_SRCU_TRYCOUNT = 2
 SYNCHRONIZE_SRCU_EXP_TRYCOUNT = 12
-SYNCHRONIZE_SRCU_READER_DELAY_US = 5.0
 SRCU_CALLBACK_BATCH = 10
-#: the kernel's CONFIG_HZ choices (kernel/Kconfig.hz: HZ_100, HZ_250, HZ_300, HZ_1000)
-HZ_CHOICES = (100, 250, 300, 1000)
-DEFAULT_HZ = 1000
-
-
-def jiffy_us(hz: int) -> float:
-    """One jiffy at ``hz`` ticks a second, in microseconds: the interval SRCU's worker polls at
-    (v3.10 ``SRCU_INTERVAL`` is one jiffy). ``hz`` must be one of ``HZ_CHOICES``."""
-    if isinstance(hz, bool) or hz not in HZ_CHOICES:
-        raise ValueError(f"HZ must be one of {', '.join(map(str, HZ_CHOICES))} (CONFIG_HZ), got {hz!r}")
-    return 1_000_000.0 / hz
-
-
-DEFAULT_JIFFY_US = jiffy_us(DEFAULT_HZ)  # SRCU_INTERVAL is one jiffy
-
-
-@dataclass
-class SrcuStatistics:
-    """Counters of one SRCU domain, for reports and tests."""
-
-    name: str
-    completed: int  # the flip counter: one flip per grace period
-    grace_periods: int  # batches moved to done (each a grace period that ended with waiters)
-    synchronize_calls: int
-    expedited_calls: int
-    fast_path_completions: int  # synchronize calls finished inline, without the worker
-    worker_runs: int  # process_srcu invocations (one per jiffy while work remains)
-    reader_checks: int  # srcu_readers_active_idx_check calls
-    call_srcu_calls: int
-    callbacks_invoked: int
-    waits: int  # completed synchronize calls
-    wait_total_us: float
-    wait_max_us: float
-    readers_active: int  # read sections currently open
-
-
-@dataclass(eq=False)
-class _Callback:
-    func: Callable[[], Any]
-    what: str
-    queued_at: float = 0.0
 
 
 @dataclass
@@ -96,8 +66,10 @@ class _Batch:
         other.items.clear()
 
 
-class Srcu:
-    """One SRCU domain (struct srcu_struct). See the module docstring for the algorithm."""
+class Srcu(SrcuBase):
+    """One SRCU domain (struct srcu_struct) of the classic algorithm. See the module docstring."""
+
+    ALGORITHM = "classic"
 
     def __init__(
         self,
@@ -110,18 +82,9 @@ class Srcu:
         trycount: int = SYNCHRONIZE_SRCU_TRYCOUNT,
         expedited_trycount: int = SYNCHRONIZE_SRCU_EXP_TRYCOUNT,
     ):
-        if ncpus <= 0:
-            raise ValueError(f"an SRCU domain needs at least one CPU, got ncpus={ncpus}")
-        if jiffy_us <= 0 or reader_delay_us < 0 or trycount < 1 or expedited_trycount < 1:
-            raise ValueError(
-                f"bad SRCU timing: jiffy_us={jiffy_us}, reader_delay_us={reader_delay_us}, "
-                f"trycount={trycount}, expedited_trycount={expedited_trycount}"
-            )
-        self.runtime = runtime
-        self.ncpus = ncpus
-        self.name = name
-        self.jiffy_us = jiffy_us
-        self.reader_delay_us = reader_delay_us
+        super().__init__(runtime, ncpus, name=name, jiffy_us=jiffy_us, reader_delay_us=reader_delay_us)
+        if trycount < 1 or expedited_trycount < 1:
+            raise ValueError(f"bad SRCU trycount: trycount={trycount}, expedited_trycount={expedited_trycount}")
         self.trycount = trycount
         self.expedited_trycount = expedited_trycount
         # per-CPU counters; a reader may lock on one CPU and unlock on another, so a single
@@ -135,22 +98,14 @@ class Srcu:
         self.batch_check0 = _Batch()
         self.batch_check1 = _Batch()
         self.batch_done = _Batch()
-        self._holders: dict[object, int] = {}  # task -> open read sections (for SrcuDeadlock)
-        self._stats = dict(
-            grace_periods=0, synchronize_calls=0, expedited_calls=0, fast_path_completions=0,
-            worker_runs=0, reader_checks=0, call_srcu_calls=0, callbacks_invoked=0, waits=0,
-            wait_total_us=0.0, wait_max_us=0.0,
-        )
 
     def __repr__(self) -> str:
         return f"Srcu({self.name}, completed={self.completed}, readers={self.readers_active()})"
 
-    # -- readers ----------------------------------------------------------------------------
+    def _statistics_state(self) -> dict[str, Any]:
+        return {"completed": self.completed}
 
-    def _cpu(self, cpu: int) -> int:
-        if not 0 <= cpu < self.ncpus:
-            raise ValueError(f"cpu {cpu} outside 0..{self.ncpus - 1} of SRCU domain {self.name}")
-        return cpu
+    # -- readers ----------------------------------------------------------------------------
 
     def read_lock(self, cpu: int = 0) -> int:
         """srcu_read_lock(): enter a read section on ``cpu``; returns the index to unlock."""
@@ -159,34 +114,18 @@ class Srcu:
         self.c[cpu][idx] += 1
         self._readers[idx] += 1
         self.seq[cpu][idx] += 1  # after the smp_mb() in the kernel
-        task = asyncio.current_task()
-        if task is not None:
-            self._holders[task] = self._holders.get(task, 0) + 1
+        self._note_lock()
         return idx
 
     def read_unlock(self, idx: int, cpu: int = 0) -> None:
         """srcu_read_unlock(): leave a read section, possibly on another CPU than it began."""
         cpu = self._cpu(cpu)
-        if idx not in (0, 1):
-            raise ValueError(f"srcu index must be 0 or 1, got {idx!r}")
+        self._check_idx(idx)
         if self._readers[idx] <= 0:
             raise InternalError(f"srcu_read_unlock({idx}) on {self.name} with no reader on that index")
         self.c[cpu][idx] -= 1
         self._readers[idx] -= 1
-        task = asyncio.current_task()
-        if task is not None and self._holders.get(task):
-            self._holders[task] -= 1
-            if not self._holders[task]:
-                del self._holders[task]
-
-    @asynccontextmanager
-    async def read_section(self, cpu: int = 0, unlock_cpu: int | None = None) -> AsyncIterator[int]:
-        """``async with srcu.read_section(cpu) as idx:`` a read section that may sleep."""
-        idx = self.read_lock(cpu)
-        try:
-            yield idx
-        finally:
-            self.read_unlock(idx, cpu if unlock_cpu is None else unlock_cpu)
+        self._note_unlock()
 
     def readers_active(self) -> int:
         return sum(c[0] + c[1] for c in self.c)
@@ -241,9 +180,7 @@ class Srcu:
         for _ in range(SRCU_CALLBACK_BATCH):
             if not self.batch_done:
                 return
-            cb = self.batch_done.items.popleft()
-            self._stats["callbacks_invoked"] += 1
-            run_atomic(f"srcu callback {cb.what} on {self.name}", cb.func)
+            self._invoke(self.batch_done.items.popleft())
 
     def _reschedule(self) -> None:
         """srcu_reschedule(): hand the processing to the worker, or stop running."""
@@ -267,12 +204,7 @@ class Srcu:
     async def _synchronize(self, trycount: int) -> None:
         """__synchronize_srcu()."""
         might_sleep(f"synchronize_srcu({self.name})")
-        task = asyncio.current_task()
-        if task is not None and self._holders.get(task):
-            raise SrcuDeadlock(
-                f"Illegal synchronize_srcu() on {self.name} inside its own read-side critical "
-                f"section (task {task.get_name()}): this would never return"
-            )
+        self._check_not_reader("synchronize_srcu")
         self._stats["synchronize_calls"] += 1
         t0 = self.runtime.now()
         done_fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -293,14 +225,11 @@ class Srcu:
             self.batch_queue.items.append(head)
         if not done_inline:
             await done_fut
-        wait = self.runtime.now() - t0
-        self._stats["waits"] += 1
-        self._stats["wait_total_us"] += wait
-        self._stats["wait_max_us"] = max(self._stats["wait_max_us"], wait)
+        self._waited(t0)
 
     async def synchronize(self) -> None:
         """synchronize_srcu(): return after every read section that began before the call has
-        ended."""
+        ended (2 fast-path tries)."""
         await self._synchronize(self.trycount)
 
     async def synchronize_expedited(self) -> None:
@@ -316,9 +245,3 @@ class Srcu:
         if not self.running:
             self.running = True
             self._queue_work(0.0)
-
-    def statistics(self) -> SrcuStatistics:
-        return SrcuStatistics(
-            name=self.name, completed=self.completed, readers_active=self.readers_active(),
-            **self._stats,  # type: ignore[arg-type]
-        )

@@ -477,6 +477,9 @@ def predict(scenario: Scenario, points: Sequence[MeasurementPoint] | None = None
     s = scenario
     if s.get("semantics") != "v3.10":
         raise _refuse(s, "semantics", f"it is derived for v3.10's notifier core and SRCU, got {s.get('semantics')!r}")
+    if s.get("srcu.algorithm") != "classic":
+        raise _refuse(s, "srcu.algorithm", f"it is derived for v3.10's classic SRCU, got {s.get('srcu.algorithm')!r} "
+                                           f"(Tree SRCU auto-expedites and polls differently)")
     if s.get("secondary.kind") != "gru":
         raise _refuse(s, "secondary.kind", f"only GRU secondaries (constant TLB-flush handling times) are modelled, "
                                            f"got {s.get('secondary.kind')!r}, whose callouts depend on its state "

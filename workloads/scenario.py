@@ -49,6 +49,14 @@ Schema (``KNOBS`` holds it; defaults in brackets; times in microseconds)::
                                                   The sim backend's interconnect has no transport.
     srcu.scope           global | per_mm    [global]
     srcu.expedited       bool               [false]
+    srcu.algorithm       classic | tree     [classic]  classic: the two-index SRCU of v3.10
+                                                  kernel/srcu.c (nodes/srcu.py); tree: Tree SRCU
+                                                  of v5.10 kernel/rcu/srcutree.c (nodes/srcu_tree.py).
+                                                  Independent of semantics.
+    srcu.fanout_leaf     int in 2..64       [16]  tree: CPUs per srcu_node leaf (CONFIG_RCU_FANOUT_LEAF)
+    srcu.fanout          int in 2..64       [64]  tree: children per inner srcu_node (CONFIG_RCU_FANOUT)
+    srcu.exp_holdoff     number >= 0 (us)   [25]  tree: a synchronize_srcu() this soon after a grace
+                                                  period is not auto-expedited (exp_holdoff; 0: never)
     kernel.hz            100 | 250 | 300 | 1000 [1000]  CONFIG_HZ: SRCU's worker polls once a
                                                   jiffy (1e6 / hz us; v3.10 SRCU_INTERVAL)
     fanout               sequential | parallel [sequential]
@@ -94,8 +102,9 @@ from cluster.topology import parse_latency
 from nodes.notifier import SEMANTICS
 from nodes.rpc import DEFAULT_TRANSPORT, TRANSPORTS
 from nodes.notifier import FANOUTS
-from nodes.partition import SRCU_SCOPES
+from nodes.partition import SRCU_ALGORITHMS, SRCU_SCOPES
 from nodes.srcu import DEFAULT_HZ, HZ_CHOICES, jiffy_us
+from nodes.srcu_tree import CONFIG_RCU_FANOUT, CONFIG_RCU_FANOUT_LEAF, DEFAULT_SRCU_EXP_HOLDOFF_US, RCU_FANOUT_RANGE
 from nodes.secondary.gru import GRU_DROPINS
 
 if TYPE_CHECKING:
@@ -206,6 +215,20 @@ def _any_int(v: Any, path: str) -> int:
 def _positive_number(v: Any, path: str) -> int | float:
     if not _is_number(v) or v <= 0:
         raise _bad(path, "a positive number", v)
+    return v
+
+
+def _number(v: Any, path: str) -> int | float:
+    if not _is_number(v) or v < 0:
+        raise _bad(path, "a number >= 0", v)
+    return v
+
+
+def _fanout(v: Any, path: str) -> int:
+    """An srcu_node fanout: CONFIG_RCU_FANOUT(_LEAF)'s range on 64-bit kernels."""
+    lo, hi = RCU_FANOUT_RANGE
+    if not _is_int(v) or not lo <= v <= hi:
+        raise _bad(path, f"an integer in {lo}..{hi}", v)
     return v
 
 
@@ -444,6 +467,10 @@ KNOBS: dict[str, Knob] = {
     "stall.length": Knob(60_000_000.0, _duration, "a positive number of us or '50min'"),
     "srcu.scope": Knob("global", _choice(SRCU_SCOPES), " | ".join(SRCU_SCOPES)),
     "srcu.expedited": Knob(False, _boolean, "true or false"),
+    "srcu.algorithm": Knob("classic", _choice(tuple(SRCU_ALGORITHMS)), " | ".join(SRCU_ALGORITHMS)),
+    "srcu.fanout_leaf": Knob(CONFIG_RCU_FANOUT_LEAF, _fanout, "an integer in 2..64"),
+    "srcu.fanout": Knob(CONFIG_RCU_FANOUT, _fanout, "an integer in 2..64"),
+    "srcu.exp_holdoff": Knob(DEFAULT_SRCU_EXP_HOLDOFF_US, _number, "a number >= 0 (us)"),
     "kernel.hz": Knob(DEFAULT_HZ, _hz, " | ".join(map(str, HZ_CHOICES))),
     "semantics": Knob("v3.10", _choice(tuple(SEMANTICS)), " | ".join(SEMANTICS)),
     "fanout": Knob("sequential", _choice(FANOUTS), " | ".join(FANOUTS)),
@@ -754,6 +781,10 @@ class Scenario:
             nframes=self.nframes,
             srcu_scope=v["srcu"]["scope"],
             srcu_expedited=v["srcu"]["expedited"],
+            srcu_algorithm=v["srcu"]["algorithm"],
+            srcu_fanout_leaf=v["srcu"]["fanout_leaf"],
+            srcu_fanout=v["srcu"]["fanout"],
+            srcu_exp_holdoff_us=v["srcu"]["exp_holdoff"],
             jiffy_us=jiffy_us(v["kernel"]["hz"]),
             fanout=v["fanout"],
             hops=v["topology"]["hops"],

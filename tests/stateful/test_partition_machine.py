@@ -87,7 +87,7 @@ from nodes.errors import BadAddress, Busy, Released
 from nodes.mm import PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, PTE_MIGRATION, PTE_PRESENT, PTE_WRITE, Mm
 from nodes.notifier import OPS, MmuNotifier, NotifierCore, has_op
 from nodes.owner import LocalOwner
-from nodes.partition import Partition
+from nodes.partition import SRCU_ALGORITHMS, Partition, SrcuOptions
 from nodes.runtime import Runtime
 from nodes.secondary import XPMEM_RDWR, GruMmu, KvmMmu, XpmemCred, XpmemDriver
 
@@ -129,12 +129,13 @@ class PartitionMachine(RuleBasedStateMachine):
     mms = Bundle("mms")
     secondaries = Bundle("secondaries")
     gru_dropin = "guarded"  # every GRU's dropin (GruMmu's default; a test plants "v3.10")
+    srcu_algorithm = "classic"  # the partition's SRCU (nodes.partition.SRCU_ALGORITHMS)
 
     def __init__(self) -> None:
         super().__init__()
         self.loop = VirtualTimeLoop()
         self.rt: Runtime = self.run(self._make_runtime())
-        self.p = Partition(self.rt, nframes=2048, ncpus=2, jiffy_us=100.0)
+        self.p = Partition(self.rt, nframes=2048, ncpus=2, jiffy_us=100.0, srcu=SrcuOptions(self.srcu_algorithm))
         self.owner = LocalOwner(self.p)
         self.gru_owner = DelayedOwner(self.p, GRU_ONE_WAY_US)  # every GRU is across the network
         self.attacher = XpmemCred(tgid=900, uid=1000, gid=1000)
@@ -491,13 +492,16 @@ MACHINE_SETTINGS = settings(
 PLANTED_SETTINGS = settings(MACHINE_SETTINGS, max_examples=3, phases=[Phase.generate])
 
 
-def run_machine(n: int, machine_settings: settings) -> None:
-    """The machine as a test, on the stream of seed ``n``."""
-    run_state_machine_as_test(seed(n)(lambda: PartitionMachine()), settings=machine_settings)
+def run_machine(n: int, machine_settings: settings, srcu_algorithm: str = "classic") -> None:
+    """The machine as a test, on the stream of seed ``n``, its partition's SRCU domains of
+    ``srcu_algorithm``."""
+    machine = type(f"PartitionMachine_{srcu_algorithm}", (PartitionMachine,), {"srcu_algorithm": srcu_algorithm})
+    run_state_machine_as_test(seed(n)(lambda: machine()), settings=machine_settings)
 
 
-def test_partition_machine() -> None:
-    run_machine(0, MACHINE_SETTINGS)
+@pytest.mark.parametrize("srcu_algorithm", tuple(SRCU_ALGORITHMS))
+def test_partition_machine(srcu_algorithm: str) -> None:
+    run_machine(0, MACHINE_SETTINGS, srcu_algorithm)
 
 
 async def unmap_region_freeing_early(p, mm, start, end):  # type: ignore[no-untyped-def]
@@ -524,11 +528,13 @@ def test_machine_catches_a_page_freed_before_the_invalidate(monkeypatch: pytest.
         run_machine(n, PLANTED_SETTINGS)
 
 
+@pytest.mark.parametrize("srcu_algorithm", tuple(SRCU_ALGORITHMS))
 @pytest.mark.parametrize("n", SEEDS)
-def test_machine_catches_an_unregister_that_does_not_synchronize(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+def test_machine_catches_an_unregister_that_does_not_synchronize(monkeypatch: pytest.MonkeyPatch, n: int,
+                                                                 srcu_algorithm: str) -> None:
     """mmu_notifier_unregister() without its synchronize_srcu(): it returns while a callout to
     the notifier is still running (what d34883d4e3's "no method of mn runs after this returns"
-    rules out). Only unregister's synchronize is skipped; exit's still waits."""
+    rules out). Only unregister's synchronize is skipped; exit's still waits. With either SRCU."""
     in_unregister = contextvars.ContextVar("in_unregister", default=False)  # per task
     unregister, synchronize = NotifierCore.unregister, NotifierCore._synchronize
 
@@ -547,7 +553,7 @@ def test_machine_catches_an_unregister_that_does_not_synchronize(monkeypatch: py
     monkeypatch.setattr(NotifierCore, "unregister", unregister_marked)
     monkeypatch.setattr(NotifierCore, "_synchronize", synchronize_but_not_in_unregister)
     with pytest.raises(AssertionError, match=r"inv 4: notifier method ran after unregister returned"):
-        run_machine(n, PLANTED_SETTINGS)
+        run_machine(n, PLANTED_SETTINGS, srcu_algorithm)
 
 
 @pytest.mark.parametrize("n", SEEDS)

@@ -95,3 +95,26 @@ def test_the_same_seed_gives_the_same_run():
     assert a["metrics"] == b["metrics"]  # the bootstrap intervals too
     c, _ = study("quickstart", seed=4, **FEW)
     assert c["trace_digest"] != a["trace_digest"]
+
+
+@pytest.mark.parametrize("semantics", ["v3.10", "v6.6"])
+def test_tree_srcu_expedites_the_teardown_wait_under_any_semantics(semantics):
+    """srcu.algorithm is orthogonal to the notifier core's semantics. With callouts in flight,
+    classic's synchronize_srcu() polls the old index once a jiffy; Tree SRCU's finds the domain
+    idle-looking (no grace period within exp_holdoff) and expedites it, polling every 5 us, so
+    the same activity makes teardown wait far less."""
+    classic, _ = study("global-vs-per-mm-srcu", semantics=semantics, **FEW)
+    tree, _ = study("global-vs-per-mm-srcu", semantics=semantics, srcu__algorithm="tree", **FEW)
+    assert (classic["config"]["srcu"]["algorithm"], tree["config"]["srcu"]["algorithm"]) == ("classic", "tree")
+    assert tree["config"]["semantics"] == semantics
+    assert mean(classic, "unregister_srcu_wait") > 3 * mean(tree, "unregister_srcu_wait")
+    assert mean(classic, "exit_srcu_wait") > mean(tree, "exit_srcu_wait")
+
+
+def test_tree_srcu_without_auto_expedite_waits_more_than_a_jiffy_every_time():
+    """exp_holdoff 0: every synchronize_srcu() is a normal grace period, whose callbacks run a
+    jiffy (1 ms at HZ=1000) after it ends, so no teardown waits a jiffy or less, readers or
+    not."""
+    _, events = study("global-vs-per-mm-srcu", srcu__algorithm="tree", srcu__exp_holdoff=0, **FEW)
+    waits = [e["value_us"] for e in events if e["metric"] in ("unregister_srcu_wait", "exit_srcu_wait")]
+    assert len(waits) == 15 and min(waits) > 1000.0

@@ -49,7 +49,8 @@ DEFAULTS: dict[str, Any] = {
     "topology": {"hop_latency": 1.0, "hops": 1},
     "interconnect": {"transport": "unary", "deadline": "auto"},
     "stall": {"partition": None, "start": 0.0, "length": 60_000_000.0},
-    "srcu": {"scope": "global", "expedited": False},
+    "srcu": {"scope": "global", "expedited": False, "algorithm": "classic", "fanout_leaf": 16, "fanout": 64,
+             "exp_holdoff": 25.0},
     "kernel": {"hz": 1000},
     "semantics": "v3.10",
     "fanout": "sequential",
@@ -284,7 +285,7 @@ BAD_FILES = [
     ("activity:\n  strems: 3\n",
      "activity.strems: unknown key; did you mean activity.streams? (expected one of: streams, mix, rate, pages)"),
     ("streams: 3\n", "streams: unknown key; did you mean activity.streams? (expected one of: name, "),
-    ("srcu: {scopes: global}\n", "srcu.scopes: unknown key; did you mean srcu.scope? (expected one of: scope, expedited)"),
+    ("srcu: {scopes: global}\n", "srcu.scopes: unknown key; did you mean srcu.scope? (expected one of: scope, expedited, algorithm, fanout_leaf, fanout, exp_holdoff)"),
     ("srcu:\n  on: true\n", "srcu.True: expected a key name (a string), got True (YAML reads unquoted"),
     # wrong types
     ("partitions: true\n", "partitions: expected a positive integer, got True"),

@@ -1,4 +1,6 @@
-"""The SRCU of nodes/srcu.py (Linux v3.10 kernel/srcu.c), on virtual time.
+"""The SRCU of nodes/srcu.py (Linux v3.10 kernel/srcu.c), on virtual time; the properties any
+SRCU must have are parametrized over both algorithms (``ALGORITHMS``: classic, and Tree SRCU of
+nodes/srcu_tree.py, whose own tests are in test_srcu_tree.py).
 
 Timing facts of the algorithm the exact-time assertions below rely on (reader delay 5 us):
 - the fast path checks an index ``trycount`` times, ``reader_delay_us`` apart, so a normal
@@ -18,8 +20,12 @@ from dataclasses import dataclass
 import pytest
 
 from nodes.errors import InternalError, SleepingInAtomicContext, SrcuDeadlock
-from nodes.runtime import Runtime, SpinLock
+from nodes.runtime import Runtime, SpinLock, current_cpu
+from nodes.partition import SRCU_ALGORITHMS
 from nodes.srcu import SRCU_CALLBACK_BATCH, Srcu
+from nodes.srcu_tree import SRCU_STATE_IDLE, TreeSrcu
+
+ALGORITHMS = tuple(SRCU_ALGORITHMS)
 
 DELAY = 5.0  # SYNCHRONIZE_SRCU_READER_DELAY_US
 OWN = 2 * 11 * DELAY  # longest fast path: two expedited polls of 12 tries, 5 us apart
@@ -35,6 +41,23 @@ async def hold_reader(rt: Runtime, srcu: Srcu, us: float, cpu: int = 0, unlock_c
     if log is not None:
         log.append((start, rt.now()))
     return idx
+
+
+def net_count(s, cpu: int, idx: int) -> int:
+    """Read sections counted on ``cpu`` for index ``idx``: classic's c[cpu][idx], Tree SRCU's
+    lock - unlock counts (negative where readers unlocked on this CPU what they locked
+    elsewhere)."""
+    if isinstance(s, TreeSrcu):
+        sdp = s.sda[cpu]
+        return sdp.srcu_lock_count[idx] - sdp.srcu_unlock_count[idx]
+    return s.c[cpu][idx]
+
+
+def idle(s) -> bool:
+    """No grace period running or wanted, nothing queued."""
+    if isinstance(s, TreeSrcu):
+        return s.gp_state() == SRCU_STATE_IDLE and not s.work.pending and s.srcu_gp_seq == s.srcu_gp_seq_needed
+    return not s.running
 
 
 def first_tick_after(first: float, period: float, t: float) -> float:
@@ -159,9 +182,12 @@ def test_reader_may_unlock_on_another_cpu(vrun, settle):
     vrun(body)
 
 
-def test_reader_api_misuse_is_named(vrun):
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_reader_api_misuse_is_named(vrun, algorithm):
+    kind = SRCU_ALGORITHMS[algorithm]
+
     async def body(rt: Runtime):
-        s = Srcu(rt, 2, name="dom")
+        s = kind(rt, 2, name="dom")
         with pytest.raises(ValueError, match=r"cpu 2 outside 0\.\.1 of SRCU domain dom"):
             s.read_lock(2)
         with pytest.raises(ValueError, match="index must be 0 or 1, got 7"):
@@ -176,20 +202,21 @@ def test_reader_api_misuse_is_named(vrun):
 
     vrun(body)
     with pytest.raises(ValueError, match="at least one CPU"):
-        Srcu(Runtime(None), 0)  # type: ignore[arg-type]
+        kind(Runtime(None), 0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="jiffy_us=0"):
-        Srcu(Runtime(None), 1, jiffy_us=0)  # type: ignore[arg-type]
+        kind(Runtime(None), 1, jiffy_us=0)  # type: ignore[arg-type]
 
 
-def test_read_section_context_manager_unlocks_on_error(vrun):
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_read_section_context_manager_unlocks_on_error(vrun, algorithm):
     async def body(rt: Runtime):
-        s = Srcu(rt, 2, name="s")
+        s = SRCU_ALGORITHMS[algorithm](rt, 2, name="s")
         with pytest.raises(KeyError):
             async with s.read_section(cpu=1, unlock_cpu=0) as idx:
                 assert idx == 0 and s.readers_active() == 1
                 raise KeyError("inside")
         assert s.readers_active() == 0
-        assert s.c[1][0] == 1 and s.c[0][0] == -1
+        assert net_count(s, 1, 0) == 1 and net_count(s, 0, 0) == -1
 
     vrun(body)
 
@@ -291,9 +318,12 @@ def test_call_srcu_runs_after_the_grace_period(vrun, settle):
     vrun(body)
 
 
-def test_call_srcu_non_suspending_async_callback_is_fine(vrun):
+@pytest.mark.parametrize("algorithm, at", [("classic", 0.0), ("tree", 2000.0)])
+def test_call_srcu_non_suspending_async_callback_is_fine(vrun, algorithm, at):
+    """Classic: the worker starts at once and finds no reader. Tree: a normal grace period,
+    process_srcu one jiffy later, the callbacks one more jiffy after its end."""
     async def body(rt: Runtime):
-        s = Srcu(rt, 1, name="s")
+        s = SRCU_ALGORITHMS[algorithm](rt, 1, name="s")
         ran: list[float] = []
 
         async def cb() -> int:
@@ -302,7 +332,7 @@ def test_call_srcu_non_suspending_async_callback_is_fine(vrun):
 
         s.call_srcu(cb, "async-cb")
         await rt.join()
-        assert ran == [0.0]
+        assert ran == [at]
 
     vrun(body)
 
@@ -314,9 +344,10 @@ def test_call_srcu_non_suspending_async_callback_is_fine(vrun):
         ("clock.sleep", r"scheduling while atomic: srcu callback bad-cb on dom suspended"),
     ],
 )
-def test_call_srcu_callback_that_sleeps_is_a_bug(vrun, how, message):
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_call_srcu_callback_that_sleeps_is_a_bug(vrun, how, message, algorithm):
     async def body(rt: Runtime):
-        s = Srcu(rt, 1, name="dom")
+        s = SRCU_ALGORITHMS[algorithm](rt, 1, name="dom")
         reached: list[str] = []
 
         async def cb() -> None:
@@ -340,10 +371,12 @@ def test_call_srcu_callback_that_sleeps_is_a_bug(vrun, how, message):
 # -- synchronize inside a read section ---------------------------------------------------------
 
 
-def test_synchronize_inside_own_read_section_is_srcu_deadlock(vrun):
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_synchronize_inside_own_read_section_is_srcu_deadlock(vrun, algorithm):
     async def body(rt: Runtime):
-        s = Srcu(rt, 2, name="dom")
-        other = Srcu(rt, 2, name="other")
+        s = SRCU_ALGORITHMS[algorithm](rt, 2, name="dom")
+        other = SRCU_ALGORITHMS[algorithm](rt, 2, name="other")
+        await rt.sleep(100)  # past Tree SRCU's exp_holdoff: an idle domain is expedited
         idx = s.read_lock(1)
         with pytest.raises(SrcuDeadlock, match="Illegal synchronize_srcu.. on dom inside its own read-side"):
             await s.synchronize()
@@ -351,7 +384,7 @@ def test_synchronize_inside_own_read_section_is_srcu_deadlock(vrun):
             await s.synchronize_expedited()
         assert s.statistics().synchronize_calls == 0
         await other.synchronize()  # another domain: fine, and instantaneous
-        assert rt.now() == 0.0 and other.completed == 1
+        assert rt.now() == 100.0 and other.completed == 1
         s.read_unlock(idx, 1)
         await s.synchronize()
         assert s.completed == 1
@@ -359,9 +392,10 @@ def test_synchronize_inside_own_read_section_is_srcu_deadlock(vrun):
     vrun(body)
 
 
-def test_synchronize_inside_read_section_context_manager_is_srcu_deadlock(vrun):
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_synchronize_inside_read_section_context_manager_is_srcu_deadlock(vrun, algorithm):
     async def body(rt: Runtime):
-        s = Srcu(rt, 1, name="dom")
+        s = SRCU_ALGORITHMS[algorithm](rt, 1, name="dom")
         async with s.read_section():
             async with s.read_section():
                 pass
@@ -372,9 +406,10 @@ def test_synchronize_inside_read_section_context_manager_is_srcu_deadlock(vrun):
     vrun(body)
 
 
-def test_synchronize_from_another_task_waits_for_the_reader(vrun, settle):
+@pytest.mark.parametrize("algorithm, at", [("classic", 2005.0), ("tree", 3005.0)])
+def test_synchronize_from_another_task_waits_for_the_reader(vrun, settle, algorithm, at):
     async def body(rt: Runtime):
-        s = Srcu(rt, 1, name="dom")
+        s = SRCU_ALGORITHMS[algorithm](rt, 1, name="dom")
         done: list[float] = []
 
         async def other() -> None:
@@ -387,14 +422,18 @@ def test_synchronize_from_another_task_waits_for_the_reader(vrun, settle):
         assert done == []
         s.read_unlock(idx)
         await rt.join()
-        assert done == [2005.0]  # tries at 0 and 5; worker at 1005, 2005
+        # classic: tries at 0 and 5; worker at 1005, 2005. Tree (a normal grace period: the
+        # domain is new): process_srcu at 1000 (checks 1000, 1005), 2005 finds the reader
+        # gone; the waiter's callback runs a jiffy later
+        assert done == [at]
 
     vrun(body)
 
 
-def test_synchronize_under_a_spinlock_is_sleeping_in_atomic(vrun):
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_synchronize_under_a_spinlock_is_sleeping_in_atomic(vrun, algorithm):
     async def body(rt: Runtime):
-        s = Srcu(rt, 1, name="dom")
+        s = SRCU_ALGORITHMS[algorithm](rt, 1, name="dom")
         with SpinLock("ptl"):
             with pytest.raises(SleepingInAtomicContext, match=r"synchronize_srcu\(dom\).*inside spinlock ptl"):
                 await s.synchronize()
@@ -405,14 +444,15 @@ def test_synchronize_under_a_spinlock_is_sleeping_in_atomic(vrun):
 # -- the overlapping-readers bound --------------------------------------------------------------
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("T", [3000, 7000, 20_000])
-def test_synchronize_completes_under_continuous_overlapping_readers(vrun, T):
+def test_synchronize_completes_under_continuous_overlapping_readers(vrun, T, algorithm):
     """Readers each lasting T, a new one every T/4 forever: the partition never has zero
     readers, yet a grace period ends, because readers after the flip use the other index."""
     J = 1000.0
 
     async def body(rt: Runtime):
-        s = Srcu(rt, 4, name="s", jiffy_us=J)
+        s = SRCU_ALGORITHMS[algorithm](rt, 4, name="s", jiffy_us=J)
         starts: list[float] = []
         stop = [False]
 
@@ -452,11 +492,16 @@ def test_synchronize_completes_under_continuous_overlapping_readers(vrun, T):
         b0, b1, b_readers = results["b"]
         assert a0 == t_a and b0 == t_a + T / 2
         assert a_readers > 0 and b_readers > 0  # never a moment without readers
-        for t0, t1 in ((a0, a1), (b0, b1)):
-            assert t1 - t0 <= 2 * T + 2 * J
 
         def last_end_before(t: float) -> float:
             return max(x for x in starts if x < t) + T
+
+        for t0, t1 in ((a0, a1), (b0, b1)):
+            assert t1 - t0 <= 2 * T + 2 * J
+            assert last_end_before(t0) <= t1  # every reader begun before the call had ended
+        if algorithm == "tree":  # its own timing is in test_srcu_tree.py
+            assert s.completed >= 2 and s.statistics().grace_periods >= 2
+            return
 
         # a flips at t_a; its old index drains at the end of the last reader before t_a; the
         # worker polls at t_a + 5 + k*J. The run that finds it drained has already collected
@@ -521,11 +566,27 @@ class _TracingSrcu(Srcu):
         self._completed = value
 
 
+class _TracingTreeSrcu(TreeSrcu):
+    """A TreeSrcu that records every flip (srcu_flip()) as (seq, time, srcu_idx after it)."""
+
+    def __init__(self, *args, seq: itertools.count, **kw):
+        self._seq = seq
+        self.flips: list[tuple[int, float, int]] = []
+        super().__init__(*args, **kw)
+
+    def _flip(self) -> None:
+        super()._flip()
+        self.flips.append((next(self._seq), self.runtime.now(), self.srcu_idx))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_torture(vrun, seed):
+def test_torture(vrun, seed, algorithm):
     """rcutorture-style: sleeping readers on random CPUs (unlocking on random CPUs), several
-    concurrent synchronizers (some expedited) and a call_srcu stream, for 4000 virtual ms;
-    readers pause for 40 ms in every 100 ms.
+    concurrent synchronizers (some expedited) on their own CPUs and a call_srcu stream, for
+    4000 virtual ms; readers pause for 40 ms in every 100 ms. Tree SRCU runs with two CPUs per
+    leaf, so requests funnel through two srcu_nodes. The flip-timing bounds (2. below) are
+    classic's; the rest holds for both.
     Events are ordered by a global sequence number, so same-instant ties are exact."""
     NCPUS, J = 4, 1000.0
     DURATION = 4_000_000.0
@@ -534,7 +595,10 @@ def test_torture(vrun, seed):
     async def body(rt: Runtime):
         rng = random.Random(seed)
         seq = itertools.count()
-        s = _TracingSrcu(rt, NCPUS, name="torture", jiffy_us=J, seq=seq)
+        if algorithm == "tree":
+            s = _TracingTreeSrcu(rt, NCPUS, name="torture", jiffy_us=J, seq=seq, fanout_leaf=2)
+        else:
+            s = _TracingSrcu(rt, NCPUS, name="torture", jiffy_us=J, seq=seq)
         readers: list[_Reader] = []
         syncs: list[_Sync] = []
         cbs: list[_Cb] = []
@@ -564,11 +628,12 @@ def test_torture(vrun, seed):
                 await rt.sleep(reader_len())
                 s.read_unlock(idx, rng.randrange(NCPUS))
                 rec.end_seq, rec.end = next(seq), rt.now()
-                assert all(sum(c[i] for c in s.c) >= 0 for i in (0, 1))
-                if any(c[i] < 0 for c in s.c for i in (0, 1)):
+                assert all(sum(net_count(s, c, i) for c in range(NCPUS)) >= 0 for i in (0, 1))
+                if any(net_count(s, c, i) < 0 for c in range(NCPUS) for i in (0, 1)):
                     negative_cpu_counter[0] = True
 
         async def sync_stream(i: int) -> None:
+            current_cpu.set(i % NCPUS)  # Tree SRCU files each request on this CPU's srcu_data
             while rt.now() < DURATION:
                 await rt.sleep(rng.uniform(0, 3 * J))
                 rec = _Sync(next(seq), rt.now(), rng.random() < 0.3)
@@ -579,6 +644,7 @@ def test_torture(vrun, seed):
                 rec.readers_at_ret = s.readers_active()
 
         async def callback_stream() -> None:
+            current_cpu.set(NCPUS - 1)
             while rt.now() < DURATION:
                 await rt.sleep(rng.uniform(0, 2 * J))
                 rec = _Cb(next(seq))
@@ -606,10 +672,14 @@ def test_torture(vrun, seed):
     assert len(readers) > 10_000 and len(syncs) > 300 and len(cbs) > 100
     assert all(r.end_seq >= 0 for r in readers) and all(x.ret_seq >= 0 for x in syncs)
     assert all(c.run_seq >= 0 for c in cbs)
-    assert s.readers_active() == 0 and not s.running
+    assert s.readers_active() == 0 and idle(s)
     assert negative_cpu_counter
     st = s.statistics()
-    assert st.fast_path_completions > 0 and st.worker_runs > 0 and st.expedited_calls > 0
+    assert st.worker_runs > 0 and st.expedited_calls > 0
+    if algorithm == "classic":
+        assert st.fast_path_completions > 0
+    else:  # idle domains expedited, and requests shared at an srcu_node
+        assert st.auto_expedited > 0 and st.funnel_shared > 0
     assert st.grace_periods < len(syncs) + len(cbs)  # batching happened
     assert st.completed == len(s.flips)
 
@@ -650,18 +720,22 @@ def test_torture(vrun, seed):
         #   return      <= max(serving flip, end of readers that began before it) + slack
         # A grace period that waited for a reader beginning after its flip, or a flip that
         # waited for readers of the active index, overshoots these once the readers are long.
-        slack = J + 2 * DELAY
+        # Tree SRCU: no fast path (own = 0); the serving flip is the first after the call, or
+        # the second when the call came while a grace period was in SCAN1 (that one flips
+        # first); a run checks the index at most J + DELAY after the previous one, and the
+        # callbacks run at most a jiffy after the grace period ends: slack = 2J + 2*DELAY.
+        own, slack = (OWN, J + 2 * DELAY) if algorithm == "classic" else (0.0, 2 * J + 2 * DELAY)
         _, end_before_call = latest_end_of_readers_before(x.call_seq)
         first = after[0]
-        assert first[1] <= max(x.call + OWN, end_before_call) + slack, f"{x}: first flip {first} late"
+        assert first[1] <= max(x.call + own, end_before_call) + slack, f"{x}: first flip {first} late"
         if len(after) > 1:
             _, end_before_first = latest_end_of_readers_before(first[0])
             second = after[1]
-            bound = max(first[1], x.call + OWN, end_before_first) + slack
+            bound = max(first[1], x.call + own, end_before_first) + slack
             assert second[1] <= bound, f"{x}: second flip {second} later than {bound}"
         serving = after[min(1, len(after) - 1)]
         _, last_end = latest_end_of_readers_before(serving[0])
-        bound = max(serving[1], last_end, x.call + OWN) + slack
+        bound = max(serving[1], last_end, x.call + own) + slack
         assert x.ret <= bound, f"{x}: delayed past {bound} by readers that began after its flip"
         if x.readers_at_ret > 0:
             overlapped += 1
