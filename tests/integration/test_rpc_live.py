@@ -3,6 +3,8 @@ unregister cross real sockets; errors come back as the model errors they were.""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from nodes import vmops
@@ -140,3 +142,19 @@ def test_dropin_overtaken_by_an_invalidation_over_grpc_is_retried_unless_v3_10(l
             assert {v.invariant for v in p0.partition.oracle.violations} >= {1}
 
     live(body, "p0", "p1", gru_dropin=dropin)
+
+
+def test_a_ray_partition_host_builds_its_partition_with_every_field_of_the_config():
+    # the ray backend's actor body, without Ray: semantics and the SRCU algorithm reach the core
+    from cluster.ray_backend import PartitionHost, RayConfig
+
+    async def body() -> tuple[str, str]:
+        host = PartitionHost("p0", RayConfig(partitions=2, semantics="unregister-race", srcu_algorithm="tree",
+                                             tls=False, nframes=4096))
+        await host.start("127.0.0.1", None)
+        try:
+            return host.live.partition.core.semantics, host.live.partition.srcu_for(None).statistics().algorithm
+        finally:
+            await host.live.stop()
+
+    assert asyncio.run(body()) == ("unregister-race", "tree")
