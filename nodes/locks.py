@@ -41,6 +41,14 @@ class RwSemaphore:
             return
         await self._wait(False)
 
+    def try_down_read(self) -> bool:
+        """down_read_trylock() (mmap_read_trylock()): take it for read if that needs no wait
+        (no writer, no one queued); never sleeps."""
+        if self.writer or self._waiters:
+            return False
+        self.readers += 1
+        return True
+
     async def down_write(self) -> None:
         might_sleep(f"down_write({self.name})")
         if not self.writer and self.readers == 0 and not self._waiters:

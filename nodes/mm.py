@@ -143,6 +143,8 @@ class Mm:
         self.exited = False  # exit_mmap has finished: no VMA, no page left
         self.all_locks_taken: list[Mutex] = []  # held between mm_take/drop_all_locks
         self.migration_wq = WaitQueue(f"{self.name}.migration")  # woken when migration ptes go
+        self.oom_victim = False  # MMF_OOM_VICTIM: the OOM killer chose it (vmops.oom_reap_task)
+        self.oom_skip = False  # MMF_OOM_SKIP: the OOM reaper is done with it, or exit_mmap is
 
     @property
     def invalidate_seq(self) -> int:

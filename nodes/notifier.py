@@ -10,6 +10,13 @@ in release at exit waits for every callout in flight on the partition, for any m
 (21a92735f6). The ``parallel`` fan-out (all notifiers called at once) is an mmusim option, off
 by default; the kernel only walks sequentially.
 
+The modes ``v5.10`` and ``v6.6`` (``MODERN``) are the modern core beside that history: each range
+is a ``MmuNotifierRange`` with its event and flags; a range that may not block (the OOM reaper's,
+``nodes.vmops.oom_reap_task``) has its callouts run as in non_block_start() and a notifier may
+refuse it with -EAGAIN; ->invalidate_range (v6.6: ->arch_invalidate_secondary_tlbs) and
+->clear_young are called, ->invalidate_page is not; mmu_notifier_get/put count users. Each
+difference names its commit where it is made.
+
 Unregister racing exit (the reason ->release may run twice, and why unregister must
 synchronize even when it did not call ->release itself):
 
@@ -26,7 +33,9 @@ synchronize even when it did not call ->release itself):
 
 from __future__ import annotations
 
+import contextvars
 import enum
+import errno
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
@@ -50,10 +59,17 @@ class MmuNotifier:
     ``SleepingInAtomicContext`` naming the op and this notifier.
     """
 
+    #: A driver written against the modern ops: under the v5.10 and v6.6 cores its
+    #: invalidate_range_start/end get the ``MmuNotifierRange`` alone (5d6527a784f7). Others get
+    #: (mm, start, end) there too: the 5.10 GRU, XPMEM and KVM drivers read only range->mm,
+    #: ->start and ->end, so their v3.10 ops stand for them unchanged.
+    takes_range = False
+
     def __init__(self, name: str):
         self.name = name
         self.hlist = HlistNode(self)
         self.mm: Mm | None = None  # the mm it was registered on
+        self.users = 0  # subscription->users (2c7933f53f6b): gets not yet put; 1 from register
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name})"
@@ -103,6 +119,41 @@ class MmuNotifier:
         between). Pages of the range may be freed right after it returns."""
         raise NotImplementedError
 
+    # -- the modern kernels' ops (MODERN_OPS): called only by the v5.10 and v6.6 cores --------
+
+    def invalidate_range(self, mm: Mm, start: int, end: int) -> Any:
+        """v5.10 (0f0a327fa12c, Linux 3.19; for a secondary sharing the CPU page tables, an
+        IOMMU): flush the secondary TLB for [start, end). Called under the page-table lock
+        from ptep_clear_flush_notify() / mmu_notifier_invalidate_range(), and again from
+        invalidate_range_end() unless the caller used the only_end variant (0f10851ea475):
+        must not sleep. Gone in v6.6, where it is ``arch_invalidate_secondary_tlbs``."""
+        raise NotImplementedError
+
+    def arch_invalidate_secondary_tlbs(self, mm: Mm, start: int, end: int) -> Any:
+        """v6.6 (1af5a8109904, renaming ->invalidate_range): called from the architecture's
+        TLB flush of [start, end), in whatever context that flush runs (under the page-table
+        lock at a ptep_clear_flush()): must not sleep. invalidate_range_end no longer calls
+        it (ec8832d007cb)."""
+        raise NotImplementedError
+
+    def clear_young(self, mm: Mm, start: int, end: int) -> Any:
+        """Since 632116f64463 (Linux 4.3): like clear_flush_young but the secondary need not
+        flush its TLB (idle page tracking). Under the page-table lock: must not sleep. The
+        core ORs the results."""
+        raise NotImplementedError
+
+    # mmu_notifier_get/put (2c7933f53f6b, Linux 5.4): ops->alloc_notifier(mm) builds the one
+    # notifier of a (mm, ops) pair, ops->free_notifier(mn) frees it from call_srcu() after the
+    # last put. Methods of the driver, not callouts: the core calls them through ``get``/``put``.
+
+    @classmethod
+    def alloc_notifier(cls, mm: Mm) -> "MmuNotifier":
+        """ops->alloc_notifier(): a new notifier for ``mm`` (``mmu_notifier_get``)."""
+        raise InvalidArgument(f"{cls.__name__} has no alloc_notifier: it cannot be got with mmu_notifier_get")
+
+    def free_notifier(self) -> None:
+        """ops->free_notifier(): the last ``put``'s SRCU callback frees the notifier."""
+
 
 OPS = (
     "release",
@@ -113,7 +164,12 @@ OPS = (
     "invalidate_range_start",
     "invalidate_range_end",
 )
-ATOMIC_OPS = ("clear_flush_young", "test_young", "change_pte")
+#: The ops the modern cores add (the v5.10 and v6.6 modes only). Each runs under a spinlock, so
+#: none is carried over the wire to a secondary on another partition (``OPS`` are, all of them).
+MODERN_OPS = ("invalidate_range", "arch_invalidate_secondary_tlbs", "clear_young")
+ATOMIC_OPS = ("clear_flush_young", "test_young", "change_pte") + MODERN_OPS
+#: The ops a modern core hands the range to (5d6527a784f7, Linux 5.0), if the notifier takes it.
+RANGE_OPS = ("invalidate_range_start", "invalidate_range_end")
 
 # The core's semantics, one per step of the seed history (REFERENCE section 3); each changes only
 # what its commit changed. v3.10 (d34883d4e3) is the default; the others reproduce their bug.
@@ -142,37 +198,51 @@ SEMANTICS = {
 MODERN = ("v5.10", "v6.6")
 SEMANTICS["v5.10"] = ("Linux 5.10: struct mmu_notifier_range with event and flags, non-blocking "
                       "invalidate_range_start (the OOM reaper), mmu_interval_notifier, "
-                      "mmu_notifier_get/put, ->invalidate_range; no ->invalidate_page")
-SEMANTICS["v6.6"] = ("Linux 6.6: as v5.10, with MMU_NOTIFY_EXCLUSIVE and ->invalidate_range "
-                     "renamed ->arch_invalidate_secondary_tlbs (1af5a8109904)")
+                      "mmu_notifier_get/put, ->invalidate_range, ->clear_young; no ->invalidate_page")
+SEMANTICS["v6.6"] = ("Linux 6.6: as v5.10, with MMU_NOTIFY_EXCLUSIVE, a failed non-blocking start "
+                     "unwound by calling every ->invalidate_range_end (c2655835fd8c, 5.12), and "
+                     "->invalidate_range renamed ->arch_invalidate_secondary_tlbs, called from the "
+                     "arch TLB flush (1af5a8109904)")
+# The OOM reaper's own history (not the core's): the mode lets the race finder show the bug
+# that 4d4bbd8526a8 closed, with the v3.10 core otherwise (nothing else of the core changed it).
+SEMANTICS["oom-reap-unnotified"] = ("aac453635549..4d4bbd8526a8: the OOM reaper (Linux 4.6) unmaps a "
+                                    "victim's memory without calling the notifiers: a secondary "
+                                    "still maps the pages it frees")
+#: The modes with an OOM reaper (``vmops.oom_reap_task``); v3.10 and its history had none.
+OOM_REAPER_MODES = MODERN + ("oom-reap-unnotified",)
 
 
 class MmuNotifierEvent(enum.IntEnum):
-    """enum mmu_notifier_event (include/linux/mmu_notifier.h, 6f4f13e8d9e2, Linux 5.0): why a
+    """enum mmu_notifier_event (include/linux/mmu_notifier.h, 6f4f13e8d9e2, Linux 5.2): why a
     range is being invalidated, so that a secondary can skip what does not concern it.
-    ``EXCLUSIVE`` is 5.14's (device-exclusive access); the rest are in 5.10."""
+    ``EXCLUSIVE`` is 5.14's (device-exclusive access); the rest are in 5.10. Which call site
+    passes which (v5.10's, as in ``nodes.vmops``): munmap's and exit's unmap_vmas() and the OOM
+    reaper UNMAP; mprotect's change_protection() PROTECTION_VMA; fork's copy_page_range()
+    PROTECTION_PAGE; try_to_unmap_one() (reclaim and page migration), KSM's
+    write_protect_page()/replace_page(), the COW fault and khugepaged CLEAR."""
 
     UNMAP = 0  # the range is unmapped (munmap, exit): its pages may be freed
     CLEAR = 1  # the ptes are cleared, the pages stay (reclaim, madvise(DONTNEED), ...)
     PROTECTION_VMA = 2  # the VMA's protection changes (mprotect)
     PROTECTION_PAGE = 3  # one page's protection changes (write-protect for KSM, COW)
     SOFT_DIRTY = 4  # soft-dirty tracking clears the dirty bits
-    RELEASE = 5  # the mm is going away (exit_mmap, the OOM reaper)
-    MIGRATE = 6  # the pages move (migrate_vma to and from device memory)
+    RELEASE = 5  # the mm is going away: the interval notifiers' range at __mmu_notifier_release
+    MIGRATE = 6  # migrate_vma() to or from device memory (998427b3ad2c, 5.10), with the pgmap owner
     EXCLUSIVE = 7  # a device takes exclusive access (make_device_exclusive_range; 5.14)
 
 
 #: mmu_notifier_range.flags: the invalidation may sleep (the only flag; 93065ac753e4 made it a
-#: bool, 27560ee92aae a flag). The OOM reaper clears it (mmu_notifier_range_init_nonblock).
+#: bool, 27560ee96f40 a flag). The OOM reaper's mmu_notifier_invalidate_range_start_nonblock() clears it.
 MMU_NOTIFIER_RANGE_BLOCKABLE = 1 << 0
 
 
 @dataclass(slots=True)
 class MmuNotifierRange:
-    """struct mmu_notifier_range (ac46d4f3c432, Linux 5.0): what the modern core hands every
-    invalidate_range_start/end instead of (mm, start, end). ``owner`` is the pgmap owner of a
-    MIGRATE event (a device skips invalidations that its own migration caused). Invariant:
-    ``start < end``, both page-aligned."""
+    """struct mmu_notifier_range (ac46d4f3c432, Linux 5.0; the ops take it since 5d6527a784f7):
+    what the modern core hands invalidate_range_start/end instead of (mm, start, end).
+    ``owner`` is the pgmap owner of a MIGRATE event (a device skips invalidations its own
+    migration caused): 5.10's ``migrate_pgmap_owner`` (998427b3ad2c), renamed ``owner`` in
+    5.14; both names read it here. Invariant: ``start < end`` (the core checks it)."""
 
     mm: Mm
     start: int
@@ -184,6 +254,23 @@ class MmuNotifierRange:
     def blockable(self) -> bool:
         """mmu_notifier_range_blockable(): may the callout sleep?"""
         return bool(self.flags & MMU_NOTIFIER_RANGE_BLOCKABLE)
+
+    @property
+    def migrate_pgmap_owner(self) -> Any:
+        """The v5.10 name of ``owner``."""
+        return self.owner
+
+
+#: The range of the range callout in progress on this task (None outside one, and under the
+#: v3.10 core): how a driver that keeps the (mm, start, end) shape reads range->flags, as 5.10's
+#: KVM passes them down to kvm_unmap_hva_range().
+current_range: contextvars.ContextVar[MmuNotifierRange | None] = contextvars.ContextVar("current_range", default=None)
+
+
+def mmu_notifier_range_blockable() -> bool:
+    """mmu_notifier_range_blockable() of the range callout in progress (True outside one)."""
+    rng = current_range.get()
+    return rng is None or rng.blockable()
 
 
 def _fmt_args(args: tuple[Any, ...]) -> str:
@@ -353,6 +440,14 @@ class NotifierCore:
         self.expedited = expedited
         self.timings = CoreTimings()
         self.trace_callouts = False  # report every callout to the run's trace (mmusim check)
+        # v6.6: ->invalidate_range is ->arch_invalidate_secondary_tlbs (1af5a8109904), called from
+        # the arch TLB flush only (ec8832d007cb: not from range_end); v5.10 calls
+        # ->invalidate_range from range_end as well
+        self.tlb_op = "arch_invalidate_secondary_tlbs" if semantics == "v6.6" else "invalidate_range"
+        # c2655835fd8c (5.12): a failed non-blocking start calls every ->invalidate_range_end
+        self.unwind_failed_start = semantics == "v6.6"
+        self.oom_reaper = semantics in OOM_REAPER_MODES
+        self.warnings: list[str] = []  # the kernel's WARN_ON()s that fired (it goes on)
         # lazy-alloc's kmalloc under mm_take_all_locks may enter direct reclaim (set by Partition)
         self.direct_reclaim: Callable[[], Awaitable[None]] | None = None
 
@@ -363,16 +458,31 @@ class NotifierCore:
         """mm_has_notifiers(): the inline wrappers return at once when this is False."""
         return mm.notifier_mm is not None and not mm.notifier_mm.list.empty()
 
-    async def _call(self, mn: MmuNotifier, mm: Mm, op: str, *args: Any) -> Any:
+    async def _call(self, mn: MmuNotifier, mm: Mm, op: str, *args: Any, range: MmuNotifierRange | None = None) -> Any:
+        """One callout. With a modern core's ``range`` a notifier that ``takes_range`` gets it
+        alone; and a range that is not blockable is called as the kernel brackets it,
+        non_block_start()/non_block_end() (312364f3534c): a callout that sleeps there is
+        ``SleepingInAtomicContext``."""
         self.oracle.callout(mn, mm, op, args)
         if self.trace_callouts:
             self.runtime.trace("callout", f"{op}{_fmt_args(args)} -> {mn.name} on {mm.name}")
         t0 = self.runtime.now() if self.timings.enabled else 0.0
         try:
+            if range is not None:
+                call = (range,) if mn.takes_range else (mm, *args)
+                token = current_range.set(range)
+                try:
+                    if not range.blockable():
+                        return run_atomic(f"{op} of notifier {mn.name} in a non-blocking range "
+                                          f"(non_block_start())", getattr(mn, op), *call)
+                    return await call_maybe_async(getattr(mn, op), *call)
+                finally:
+                    current_range.reset(token)
             return await call_maybe_async(getattr(mn, op), mm, *args)
         finally:
             self.oracle.callout_done(mn, mm, op)
-            if self.timings.enabled:
+            # an op a proxy answers itself (``local``: nodes.remote) is no round trip to time
+            if self.timings.enabled and not getattr(getattr(mn, op), "local", False):
                 self.timings.callout(self.runtime.now(), self.runtime.now() - t0, mm, op)
 
     def _note(self, what: str) -> None:
@@ -385,10 +495,25 @@ class NotifierCore:
             return  # synchronize_rcu(): no reader that sleeps is waited for (the rcu modes' bug)
         await (srcu.synchronize_expedited() if self.expedited else srcu.synchronize())
 
-    async def _walk(self, mm: Mm, op: str, *args: Any, after: Callable[[MmuNotifier], None] | None = None) -> None:
-        """Call ``op`` on every notifier of ``mm`` that has it, under the SRCU read lock."""
+    async def _walk(self, mm: Mm, op: str, *args: Any, after: Callable[[MmuNotifier], None] | None = None,
+                    range: MmuNotifierRange | None = None,
+                    failed: Callable[[MmuNotifier, int], None] | None = None) -> int:
+        """Call ``op`` on every notifier of ``mm`` that has it, under the SRCU read lock. A
+        callout answering a non-zero int (a modern start's -EAGAIN) is reported to ``failed``
+        and does not get ``after``; the walk goes on, and returns the last such answer, as
+        mn_hlist_invalidate_range_start() does (``ret = _ret``)."""
         if not self.has_notifiers(mm):
-            return
+            return 0
+        ret = 0
+
+        async def one(mn: MmuNotifier) -> None:
+            nonlocal ret
+            r = await self._call(mn, mm, op, *args, range=range)
+            if isinstance(r, int) and r and failed is not None:
+                ret = r
+                failed(mn, r)
+            elif after is not None:
+                after(mn)
         assert mm.notifier_mm is not None
         srcu = self.srcu_for(mm)
         cpu = current_cpu.get()
@@ -396,20 +521,14 @@ class NotifierCore:
         try:
             if self.fanout == "parallel":
                 # mmusim option, not kernel behaviour: every notifier at once, wait for all.
-                async def one(mn: MmuNotifier) -> None:
-                    await self._call(mn, mm, op, *args)
-                    if after is not None:
-                        after(mn)
-
                 await wait_all([one(mn) for mn in mm.notifier_mm.list.walk() if has_op(mn, op)])
             else:
                 for mn in mm.notifier_mm.list.walk():  # lazily: the list may change as we sleep
                     if has_op(mn, op):
-                        await self._call(mn, mm, op, *args)
-                        if after is not None:
-                            after(mn)
+                        await one(mn)
         finally:
             srcu.read_unlock(idx, cpu)
+        return ret
 
     def _walk_atomic(self, mm: Mm, op: str, *args: Any, stop_at_first: bool = False,
                      fallback: str | None = None) -> int:
@@ -450,35 +569,124 @@ class NotifierCore:
         if mm.notifier_mm is not None:
             mm.notifier_mm.invalidate_seq += 1
 
+    def _warn(self, what: str) -> None:
+        """A WARN_ON() of the kernel fired: recorded (and traced); the kernel goes on."""
+        self.warnings.append(what)
+        self.runtime.trace("warning", what)
+
     async def invalidate_page(self, mm: Mm, address: int) -> None:
-        """mmu_notifier_invalidate_page()."""
+        """mmu_notifier_invalidate_page(). Not in the modern cores: 369ea8242c0f (Linux 4.13)
+        replaced its calls by range_start/end around the pte change, and the series' last
+        patch ("mm/mmu_notifier: kill invalidate_page") removed the op."""
+        if self.modern:
+            raise InvalidArgument(f"mmu_notifier_invalidate_page({address:#x}) on {mm.name}: there is none under "
+                                  f"{self.semantics} (its callers use range_start/end since 369ea8242c0f, Linux 4.13)")
         self._bump_invalidate_seq(mm)
         await self._walk(mm, "invalidate_page", address)
 
-    async def invalidate_range_start(self, mm: Mm, start: int, end: int) -> None:
+    def _range(self, mm: Mm, start: int, end: int, event: MmuNotifierEvent, flags: int,
+               owner: Any) -> MmuNotifierRange | None:
+        """mmu_notifier_range_init(): the range a modern core hands its notifiers; None (the
+        v3.10 calls) otherwise. The v3.10 core knows no flags: a non-blocking range is refused."""
+        if self.modern:
+            return MmuNotifierRange(mm, start, end, MmuNotifierEvent(event), flags, owner)
+        if not flags & MMU_NOTIFIER_RANGE_BLOCKABLE:
+            raise InvalidArgument(f"a non-blocking invalidate of {mm.name} under {self.semantics}: only the modern "
+                                  f"cores have MMU_NOTIFIER_RANGE_BLOCKABLE (93065ac753e4, Linux 4.19)")
+        return None
+
+    async def invalidate_range_start(self, mm: Mm, start: int, end: int, *,
+                                     event: MmuNotifierEvent = MmuNotifierEvent.UNMAP,
+                                     flags: int = MMU_NOTIFIER_RANGE_BLOCKABLE, owner: Any = None) -> int:
         """mmu_notifier_invalidate_range_start(). Exported (fa794199e3): a driver may call it
         for a range no VMA describes (SGI's extended vma), so the range is not checked against
-        the VMAs, only for sanity."""
+        the VMAs, only for sanity. The modern cores take the range's ``event``, ``flags`` and
+        ``owner`` (``MmuNotifierRange``) and answer 0 or, for a range that is not blockable, a
+        notifier's -EAGAIN (``_start_failed``); v3.10 answers 0."""
         if start >= end:
             raise InvalidArgument(f"invalidate_range_start: empty range [{start:#x}, {end:#x})")
+        rng = self._range(mm, start, end, event, flags, owner)
         self.oracle.mm_range_start(mm, start, end)
-        if self.timings.enabled and self.has_notifiers(mm):  # a span that calls no one is not timed
+        # a span that calls no one is not timed, nor the OOM reaper's (not the study's subject)
+        if self.timings.enabled and self.has_notifiers(mm) and flags & MMU_NOTIFIER_RANGE_BLOCKABLE:
             self.timings.range_started(mm, start, end, self.runtime.now())
         self._bump_invalidate_seq(mm)
-        await self._walk(
+        ret = await self._walk(
             mm, "invalidate_range_start", start, end,
             after=lambda mn: self.oracle.range_started(mn, mm, start, end),
+            range=rng, failed=None if rng is None else lambda mn, r: self._start_failed(mn, rng, r),
         )
+        if ret:
+            await self._unwind_failed_start(rng)
+        return ret
 
-    async def invalidate_range_end(self, mm: Mm, start: int, end: int) -> None:
-        """mmu_notifier_invalidate_range_end(). Exported, like the start."""
+    def _start_failed(self, mn: MmuNotifier, rng: MmuNotifierRange, ret: int) -> None:
+        """mn_hlist_invalidate_range_start() of v5.10 when one start answers ``ret``: the walk
+        goes on (every notifier is called), the error is returned; WARN_ON(blockable ||
+        ret != -EAGAIN). v6.6 (c2655835fd8c) also WARNs if that notifier has an
+        invalidate_range_end: the core cannot tell it that its own start failed."""
+        self._note(f"invalidate_range_start of {mn.name} failed with {ret} in a "
+                   f"{'' if rng.blockable() else 'non-'}blockable range")
+        if rng.blockable() or ret != -errno.EAGAIN:
+            self._warn(f"WARNING: invalidate_range_start of {mn.name} on {rng.mm.name} failed with {ret} in a "
+                       f"{'' if rng.blockable() else 'non-'}blockable range (only -EAGAIN, only when not blockable)")
+        if self.unwind_failed_start and has_op(mn, "invalidate_range_end"):
+            self._warn(f"WARNING: {mn.name} failed invalidate_range_start on {rng.mm.name} and has "
+                       f"invalidate_range_end: a start that does -EAGAIN can't also do end (c2655835fd8c)")
+
+    async def _unwind_failed_start(self, rng: MmuNotifierRange | None) -> None:
+        """A start failed. In a non-blockable range the caller will not call end (oom_reap:
+        ``continue``); a blockable caller ignores the answer (the kernel's wrapper is void, the
+        failure was WARNed) and calls end. v5.10 leaves it there, so a notifier whose start
+        succeeded beside a non-blockable failure never gets its end (the pairing c2655835fd8c
+        restored); v6.6 calls every notifier's end now, whatever the range, those that failed
+        included (here in a read section of its own, in the range's context)."""
+        assert rng is not None
+        mm, start, end = rng.mm, rng.start, rng.end
+        if not rng.blockable():
+            self.oracle.mm_range_abandoned(mm, start, end)
+        if self.unwind_failed_start:
+            self._bump_invalidate_seq(mm)
+            await self._walk(mm, "invalidate_range_end", start, end, range=rng)
+
+    async def invalidate_range_start_nonblock(self, mm: Mm, start: int, end: int, *,
+                                              event: MmuNotifierEvent = MmuNotifierEvent.UNMAP) -> int:
+        """mmu_notifier_invalidate_range_start_nonblock() (93065ac753e4): the start with
+        MMU_NOTIFIER_RANGE_BLOCKABLE cleared, for the OOM reaper. 0, or -EAGAIN: then the
+        caller must not call invalidate_range_end."""
+        return await self.invalidate_range_start(mm, start, end, event=event, flags=0)
+
+    async def invalidate_range_end(self, mm: Mm, start: int, end: int, *,
+                                   event: MmuNotifierEvent = MmuNotifierEvent.UNMAP,
+                                   flags: int = MMU_NOTIFIER_RANGE_BLOCKABLE, owner: Any = None,
+                                   only_end: bool = False) -> None:
+        """mmu_notifier_invalidate_range_end(). Exported, like the start. v5.10 calls
+        ->invalidate_range first unless ``only_end`` (0f10851ea475: the caller already did,
+        under the page-table lock); here every notifier's before any ->invalidate_range_end
+        (the kernel does both per notifier; an earlier flush of a secondary TLB is harmless)."""
         if start >= end:
             raise InvalidArgument(f"invalidate_range_end: empty range [{start:#x}, {end:#x})")
+        rng = self._range(mm, start, end, event, flags, owner)
         self.oracle.mm_range_end(mm, start, end)
         self._bump_invalidate_seq(mm)
-        await self._walk(mm, "invalidate_range_end", start, end)
+        if rng is not None and not only_end and self.tlb_op == "invalidate_range":
+            self._walk_atomic(mm, "invalidate_range", start, end)
+        await self._walk(mm, "invalidate_range_end", start, end, range=rng)
         if self.timings.enabled:
             self.timings.range_ended(mm, start, end, self.runtime.now())
+
+    def invalidate_range(self, mm: Mm, start: int, end: int) -> None:
+        """v5.10's mmu_notifier_invalidate_range() (ptep_clear_flush_notify(), and callers
+        that cleared a pte under the page-table lock), v6.6's
+        mmu_notifier_arch_invalidate_secondary_tlbs() (the arch TLB flush): each notifier's
+        ``tlb_op``. Caller holds the page-table lock. Nothing in v3.10 and its history."""
+        if self.modern:
+            self._walk_atomic(mm, self.tlb_op, start, end)
+
+    def clear_young(self, mm: Mm, start: int, end: int) -> int:
+        """mmu_notifier_clear_young() (632116f64463): OR of every notifier's answer. Caller
+        holds the page-table lock. A modern op: 0 elsewhere."""
+        return self._walk_atomic(mm, "clear_young", start, end) if self.modern else 0
 
     def clear_flush_young(self, mm: Mm, address: int) -> int:
         """mmu_notifier_clear_flush_young(): OR of every notifier's answer. Caller holds the
@@ -540,6 +748,7 @@ class NotifierCore:
                 with mm.notifier_mm.lock:
                     mm.notifier_mm.list.add_head_rcu(mn.hlist)
                 mn.mm = mm
+                mn.users = 1
                 self.oracle.registered(mn, mm)
             finally:
                 mm_drop_all_locks(mm)
@@ -636,10 +845,17 @@ class NotifierCore:
         call_srcu() once every reader has left. No ->release callout and no synchronize_srcu():
         the caller does not wait for callouts in flight on other mms. The notifier counts as
         unregistered only when the callback runs, so a callout still in flight is not a
-        method running after unregister."""
+        method running after unregister. Refcounted as 5.4's is: each ``get`` of the notifier
+        takes a user, the last put unhashes it, and the callback ends with ops->free_notifier."""
         if mn.mm is not mm:
             raise InvalidArgument(f"put of {mn.name} on {mm.name}, where it is not registered")
         t0 = self.runtime.now()
+        if mn.users <= 0:
+            self._warn(f"WARNING: mmu_notifier_put of {mn.name} on {mm.name} with no user left")
+            return TeardownTiming(0.0, 0.0, 0.0)
+        mn.users -= 1
+        if mn.users:  # another get still holds it (mmu_notifier_get of the same ops)
+            return TeardownTiming(self.runtime.now() - t0, 0.0, 0.0)
         if not mn.hlist.unhashed():
             self.oracle.released(mn, mm, "put")
             assert mm.notifier_mm is not None
@@ -650,9 +866,32 @@ class NotifierCore:
             mm.count -= 1
             mn.mm = None
             self.oracle.unregistered(mn, mm)
+            mn.free_notifier()
 
         self.srcu_for(mm).call_srcu(free_notifier, what=f"free_notifier({mn.name})")
         return TeardownTiming(self.runtime.now() - t0, 0.0, 0.0)
+
+    async def get(self, cls: type[MmuNotifier], mm: Mm) -> MmuNotifier:
+        """mmu_notifier_get() (2c7933f53f6b, Linux 5.4): the one notifier of ``cls`` (the ops
+        table) on ``mm``, taking a user; built by ``cls.alloc_notifier(mm)`` and registered if
+        there is none, freed by ``cls.free_notifier`` if the registration fails. Takes
+        mmap_sem for write, as mmu_notifier_get() does around mmu_notifier_get_locked()."""
+        if not self.modern:
+            raise InvalidArgument(f"mmu_notifier_get under {self.semantics}: there is none before Linux 5.4")
+        async with mm.mmap_sem.write():
+            if mm.notifier_mm is not None:
+                with mm.notifier_mm.lock:  # find_get_mmu_notifier()
+                    for mn in mm.notifier_mm.list.walk():
+                        if type(mn) is cls:
+                            mn.users += 1
+                            return mn
+            mn = cls.alloc_notifier(mm)
+            try:
+                await self.register_locked(mn, mm)
+            except BaseException:
+                mn.free_notifier()
+                raise
+            return mn
 
     # -- set_pte_at_notify ------------------------------------------------------------------
 

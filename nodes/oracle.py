@@ -129,6 +129,14 @@ class Oracle:
     def mm_range_start(self, mm: Mm, start: int, end: int) -> None:
         self._mm_ranges[mm.id][(start, end)] += 1
 
+    def mm_range_abandoned(self, mm: Mm, start: int, end: int) -> None:
+        """A non-blocking range_start failed (-EAGAIN): its caller may not call range_end
+        (mmu_notifier_invalidate_range_start_nonblock()), so the range is no longer open."""
+        open_ranges = self._mm_ranges[mm.id]
+        open_ranges[(start, end)] -= 1
+        if not open_ranges[(start, end)]:
+            del open_ranges[(start, end)]
+
     def mm_range_end(self, mm: Mm, start: int, end: int) -> None:
         self.checked["range_end"] += 1
         open_ranges = self._mm_ranges[mm.id]

@@ -36,6 +36,7 @@ a global view, not part of the machine.
 
 from __future__ import annotations
 
+import errno
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
@@ -44,7 +45,7 @@ import numpy as np
 
 from nodes.errors import InvalidArgument, NotFound, PermissionDenied, Unreachable
 from nodes.mm import Mm
-from nodes.notifier import OPS, MmuNotifier, TeardownTiming, has_op
+from nodes.notifier import OPS, RANGE_OPS, MmuNotifier, TeardownTiming, has_op
 from nodes.owner import LocalOwner, MmRef, PageRef
 from nodes.partition import Partition
 from nodes.runtime import call_maybe_async
@@ -71,6 +72,9 @@ class Interconnect(Protocol):
 
 
 def _forwarding_op(op: str) -> Any:
+    if op in RANGE_OPS:
+        return _forwarding_range_op(op)
+
     def forward(self: "RemoteNotifier", mm: Mm, *args: Any) -> Awaitable[Any]:
         # returns OwnerService.forward's coroutine, so the core awaits it with no frame between
         return self.service.forward(self, op, mm, args)
@@ -80,9 +84,31 @@ def _forwarding_op(op: str) -> Any:
     return forward
 
 
+def _forwarding_range_op(op: str) -> Any:
+    def forward(self: "RemoteNotifier", *args: Any) -> Any:
+        if len(args) == 3:  # the v3.10 core: (mm, start, end)
+            return self.service.forward(self, op, args[0], args[1:])
+        (rng,) = args  # a modern core's MmuNotifierRange
+        if not rng.blockable():
+            # The callout would wait for the network: a start in a non-blocking range (the OOM
+            # reaper's) answers -EAGAIN at once and the secondary never hears of the range, so
+            # an end in one (v6.6's unwind of that failure) has nothing to end either.
+            return -errno.EAGAIN if op == "invalidate_range_start" else 0
+        return self.service.forward(self, op, rng.mm, (rng.start, rng.end))
+
+    forward.__name__ = op
+    forward.__doc__ = (f"Forward {op} to the secondary's partition (see MmuNotifier.{op}); under a modern core, "
+                       f"-EAGAIN for a range that may not block (the network would).")
+    return forward
+
+
 class RemoteNotifier(MmuNotifier):
     """The owner-side stand-in of a secondary that lives on another partition. Built per set
-    of ops (``remote_notifier_class``) so the core sees exactly the ops the secondary has."""
+    of ops (``remote_notifier_class``) so the core sees exactly the ops the secondary has.
+    Under a modern core it takes the range (``takes_range``): the wire still carries (start,
+    end), the secondary's 5.10 driver reading nothing else, but blockability is read here."""
+
+    takes_range = True
 
     def __init__(self, service: "OwnerService", host: str, notifier_id: str, name: str):
         super().__init__(f"{host}:{name}")
@@ -93,20 +119,37 @@ class RemoteNotifier(MmuNotifier):
         self.sleeps = True  # every op waits for the network
 
 
-_proxy_classes: dict[frozenset[str], type[RemoteNotifier]] = {}
+_proxy_classes: dict[tuple[frozenset[str], bool], type[RemoteNotifier]] = {}
 
 
-def remote_notifier_class(ops: frozenset[str]) -> type[RemoteNotifier]:
-    """The ``RemoteNotifier`` subclass implementing exactly ``ops``."""
+def remote_notifier_class(ops: frozenset[str], *, modern: bool = False) -> type[RemoteNotifier]:
+    """The ``RemoteNotifier`` subclass implementing exactly ``ops``; for a ``modern`` core, a
+    secondary with an invalidate_range_end but no start gets a start of the proxy's own
+    (``_refusing_start``), since its end would have to cross the network in a range that may
+    not block."""
     unknown = ops - set(OPS)
     if unknown:
         raise InvalidArgument(f"unknown notifier ops {sorted(unknown)}; known: {list(OPS)}")
-    cls = _proxy_classes.get(ops)
+    guard = modern and "invalidate_range_end" in ops and "invalidate_range_start" not in ops
+    cls = _proxy_classes.get((ops, guard))
     if cls is None:
         body = {op: _forwarding_op(op) for op in sorted(ops)}
-        cls = type(f"RemoteNotifier[{','.join(sorted(ops))}]", (RemoteNotifier,), body)
-        _proxy_classes[ops] = cls
+        if guard:
+            body["invalidate_range_start"] = _refusing_start
+        cls = type(f"RemoteNotifier[{','.join(sorted(ops))}{',guard' if guard else ''}]", (RemoteNotifier,), body)
+        _proxy_classes[(ops, guard)] = cls
     return cls
+
+
+def _refusing_start(self: "RemoteNotifier", rng: Any) -> int:
+    """The proxy's own invalidate_range_start, for a secondary without one (XPMEM hooks only
+    the end): nothing to forward in a blockable range; -EAGAIN in one that may not block, so
+    that the core's caller skips the range and no end is owed to the secondary (5.10's rule: a
+    notifier that would sleep fails its non-blocking start; its end cannot fail)."""
+    return 0 if rng.blockable() else -errno.EAGAIN
+
+
+_refusing_start.local = True  # type: ignore[attr-defined]  # answered here: not timed as a round trip
 
 
 @dataclass
@@ -156,7 +199,7 @@ class OwnerService:
         self._check_host(host)
         if (host, notifier_id) in self.notifiers:
             raise NotFound(f"notifier {notifier_id!r} of partition {host} is already registered on {self.name}")
-        mn = remote_notifier_class(frozenset(ops))(self, host, notifier_id, name)
+        mn = remote_notifier_class(frozenset(ops), modern=self.part.core.modern)(self, host, notifier_id, name)
         self.notifiers[(host, notifier_id)] = mn
         try:
             await self.part.core.register(mn, self.part.mm(mm_id))

@@ -1,5 +1,6 @@
-"""VM operations of a partition, each firing notifier callouts where its v3.10 caller does and
-freeing frames where the kernel frees them.
+"""VM operations of a partition, each firing notifier callouts where its v3.10 caller does (or,
+under the modern semantics, its 5.10 / 6.6 caller: see below the table) and freeing frames where
+the kernel frees them.
 
 | operation        | kernel path (v3.10)                                  | callouts                         |
 |------------------|------------------------------------------------------|----------------------------------|
@@ -21,6 +22,16 @@ freeing frames where the kernel frees them.
 |                  |                                                       | freed after range_end            |
 | exit_mmap        | mmput -> exit_mmap -> mmu_notifier_release, unmap_vmas| release first, then the unmap    |
 |                  |   -> tlb_finish_mmu                                   | (no notifier left to call)       |
+| oom_reap_task    | oom_reaper -> oom_reap_task -> oom_reap_task_mm       | a non-blocking range_start per   |
+|                  |   -> __oom_reap_task_mm (Linux 4.6+; modern modes)    | VMA; refused: skipped, retried   |
+
+Under the modern semantics (v5.10, v6.6) each range carries its event, as 5.10's
+mmu_notifier_range_init() calls give it (``nodes.notifier.MmuNotifierEvent``): munmap, exit and
+the OOM reaper UNMAP, mprotect PROTECTION_VMA, fork PROTECTION_PAGE, and CLEAR for the COW
+fault, KSM, try_to_unmap_one() (migration and reclaim) and khugepaged; migration and reclaim
+bracket each page with range_start/end instead of calling invalidate_page (369ea8242c0f), and
+the secondary TLBs are flushed with the CPU's (``_flush_tlb``: ->invalidate_range in v5.10 where
+the kernel notifies, ->arch_invalidate_secondary_tlbs at every flush in v6.6).
 
 Simplifications, each deliberate: there is no rmap, so migration and reclaim act on the pages of
 one mm (a page also mapped by another mm is skipped by migration, and reclaim unmaps only this
@@ -34,6 +45,7 @@ exit (mm_users 0) when they next take mmap_sem, and meanwhile see the ptes exit 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -58,7 +70,7 @@ from nodes.mm import (
     Vma,
     check_range,
 )
-from nodes.notifier import TeardownTiming
+from nodes.notifier import OOM_REAPER_MODES, MmuNotifierEvent, TeardownTiming
 from nodes.owner import PageRef
 
 if TYPE_CHECKING:
@@ -72,6 +84,19 @@ def _page(address: int) -> int:
 def _check_live(mm: Mm) -> None:
     if mm.exited or mm.users <= 0:
         raise Released(f"{mm.name} is exiting or gone (mm_users={mm.users})")
+
+
+UNMAP, CLEAR = MmuNotifierEvent.UNMAP, MmuNotifierEvent.CLEAR
+
+
+def _flush_tlb(p: "Partition", mm: Mm, start: int, end: int, *, notify: bool = False) -> None:
+    """The TLB flush after a pte change of [start, end) (ptep_clear_flush(), flush_tlb_range(),
+    tlb_finish_mmu()), and the secondary TLBs with it: v6.6 calls ->arch_invalidate_secondary_tlbs
+    from every arch TLB flush (1af5a8109904); v5.10 calls ->invalidate_range only where the
+    caller notifies (``notify``: ptep_clear_flush_notify(), or mmu_notifier_invalidate_range()
+    after clearing a pte); v3.10 and its history neither."""
+    if notify or p.core.tlb_op == "arch_invalidate_secondary_tlbs":
+        p.core.invalidate_range(mm, start, end)
 
 
 # -- faults ---------------------------------------------------------------------------------
@@ -113,11 +138,16 @@ async def handle_mm_fault(p: "Partition", mm: Mm, address: int, *, write: bool) 
     return int(vma.pfn[i])
 
 
-async def _set_pte_range(p: "Partition", start_: bool, mm: Mm, start: int, end: int) -> None:
+async def _set_pte_range(p: "Partition", start_: bool, mm: Mm, start: int, end: int, *, only_end: bool = False) -> None:
     """invalidate_range_start (``start_``) or _end around a set_pte_at_notify: every caller has
-    bracketed it since 6bdb913f0a; before, in the ``change-pte-unwrapped`` semantics, none did."""
+    bracketed it since 6bdb913f0a; before, in the ``change-pte-unwrapped`` semantics, none did.
+    The modern callers (the COW fault, KSM) say MMU_NOTIFY_CLEAR; ``only_end``: the caller
+    already notified ->invalidate_range (ptep_clear_flush_notify())."""
     if p.core.wraps_set_pte:
-        await (p.core.invalidate_range_start if start_ else p.core.invalidate_range_end)(mm, start, end)
+        if start_:
+            await p.core.invalidate_range_start(mm, start, end, event=CLEAR)
+        else:
+            await p.core.invalidate_range_end(mm, start, end, event=CLEAR, only_end=only_end)
 
 
 async def do_wp_page(p: "Partition", mm: Mm, vma: Vma, address: int) -> int:
@@ -144,10 +174,11 @@ async def do_wp_page(p: "Partition", mm: Mm, vma: Vma, address: int) -> int:
             def set_pte() -> None:
                 vma.pfn[i], vma.flags[i] = pte
 
-            vma.flags[i] = 0  # ptep_clear_flush()
+            vma.flags[i] = 0  # ptep_clear_flush_notify() (wp_page_copy())
+            _flush_tlb(p, mm, start, end, notify=True)
             p.core.set_pte_at_notify(mm, address, pte, set_pte)
             put = old  # "Free the old page.."
-    await _set_pte_range(p, False, mm, start, end)
+    await _set_pte_range(p, False, mm, start, end, only_end=True)
     frames.put(put)
     return int(vma.pfn[i])
 
@@ -231,7 +262,18 @@ async def unmap_region(p: "Partition", mm: Mm, start: int, end: int) -> None:
     and migration entries are cleared too, as zap_pte_range() clears them; they hold no page
     reference (try_to_unmap_one() dropped the pte's), so nothing is put for them, and a
     migration in flight then finds no entry to remove (see ``_unmap_and_move``)."""
-    await p.core.invalidate_range_start(mm, start, end)
+    await p.core.invalidate_range_start(mm, start, end, event=UNMAP)  # unmap_vmas()
+    gathered = _zap(mm, start, end)
+    await p.core.invalidate_range_end(mm, start, end, event=UNMAP)
+    _flush_tlb(p, mm, start, end)  # tlb_finish_mmu(): the flush, then the pages
+    if gathered:
+        p.frames.put(np.concatenate(gathered))
+
+
+def _zap(mm: Mm, start: int, end: int) -> list[np.ndarray]:
+    """zap_pte_range() of every VMA piece of [start, end): clear the ptes under the PT lock
+    and gather the frames the present ones held (the caller puts them once the TLB is
+    flushed)."""
     gathered = []
     for vma, sl, present in mm.iter_present(start, end):
         with mm.page_table_lock:
@@ -239,9 +281,7 @@ async def unmap_region(p: "Partition", mm: Mm, start: int, end: int) -> None:
             gathered.append(pfns[present].copy())
             pfns[:] = -1
             vma.flags[sl] = 0
-    await p.core.invalidate_range_end(mm, start, end)
-    if gathered:
-        p.frames.put(np.concatenate(gathered))
+    return gathered
 
 
 async def mmap(p: "Partition", mm: Mm, start: int, length: int, prot: int = PROT_READ | PROT_WRITE) -> Vma:
@@ -304,11 +344,13 @@ async def _mprotect_fixup(p: "Partition", mm: Mm, vma: Vma, start: int, end: int
     if piece is None or (piece.start, piece.end) != (start, end):
         raise InternalError(f"mprotect_fixup: split of {mm.name} at {start:#x}, {end:#x} gave {piece}")
     piece.prot = prot
-    await p.core.invalidate_range_start(mm, start, end)  # change_protection()
+    protection = MmuNotifierEvent.PROTECTION_VMA
+    await p.core.invalidate_range_start(mm, start, end, event=protection)  # change_protection()
     with mm.page_table_lock:
         if not prot & PROT_WRITE:  # PROT_NONE ptes stay; faults and GUP refuse the VMA
             piece.flags &= ~np.uint8(PTE_WRITE)
-    await p.core.invalidate_range_end(mm, start, end)
+        _flush_tlb(p, mm, start, end)  # flush_tlb_range()
+    await p.core.invalidate_range_end(mm, start, end, event=protection)
 
 
 async def fork(p: "Partition", mm: Mm) -> Mm:
@@ -324,8 +366,8 @@ async def fork(p: "Partition", mm: Mm) -> Mm:
                 await mm.migration_wq.wait()
             cvma = child.add_vma(vma.start, vma.end - vma.start, vma.prot)
             is_cow = vma.writable
-            if is_cow:
-                await p.core.invalidate_range_start(mm, vma.start, vma.end)
+            if is_cow:  # copy_page_range(): MMU_NOTIFY_PROTECTION_PAGE (5.10)
+                await p.core.invalidate_range_start(mm, vma.start, vma.end, event=MmuNotifierEvent.PROTECTION_PAGE)
             with mm.page_table_lock:
                 present = (vma.flags & PTE_PRESENT) != 0
                 if is_cow:
@@ -336,19 +378,28 @@ async def fork(p: "Partition", mm: Mm) -> Mm:
                 cvma.flags[swapped] = PTE_SWAP
                 p.frames.get(vma.pfn[present])
             if is_cow:
-                await p.core.invalidate_range_end(mm, vma.start, vma.end)
+                _flush_tlb(p, mm, vma.start, vma.end)  # dup_mmap()'s flush_tlb_mm(oldmm), per VMA here
+                await p.core.invalidate_range_end(mm, vma.start, vma.end, event=MmuNotifierEvent.PROTECTION_PAGE)
     return child
 
 
 async def exit_mmap(p: "Partition", mm: Mm) -> TeardownTiming:
     """mmput() of the last user -> exit_mmap(): mmu_notifier_release() first (every secondary
     drops its mappings; then the list is emptied and synchronize_srcu() waits), then unmap
-    everything and free the pages. Returns the timing of the release part and the total."""
+    everything and free the pages. Returns the timing of the release part and the total.
+    Under the modern cores an OOM victim reaps itself first, as 5.10's exit_mmap() does
+    (212925802454): __oom_reap_task_mm() (no notifier is left to refuse it), MMF_OOM_SKIP, then
+    mmap_sem taken and dropped for write, so that a reaper still at work is waited out."""
     _check_live(mm)
     t0 = p.runtime.now()
     mm.users = 0
     timing = await p.core.release(mm)
     p.oracle.exit_freeing(mm)
+    if mm.oom_victim and p.core.modern:
+        await _oom_reap_mm(p, mm)
+        mm.oom_skip = True
+        await mm.mmap_sem.down_write()
+        mm.mmap_sem.up_write()
     if mm.vmas:
         await unmap_region(p, mm, 0, TASK_SIZE)  # no notifier is hashed any more: no callouts
     mm.vmas = []
@@ -367,6 +418,111 @@ async def mmput(p: "Partition", mm: Mm) -> TeardownTiming | None:
     if mm.users == 1:
         return await exit_mmap(p, mm)
     return None
+
+
+# -- the OOM reaper ---------------------------------------------------------------------------
+
+MAX_OOM_REAP_RETRIES = 10  # mm/oom_kill.c
+
+
+@dataclass(frozen=True)
+class OomReap:
+    """What one ``oom_reap_task`` did."""
+
+    reaped: bool  # False: "oom_reaper: unable to reap" (every attempt was refused)
+    attempts: int  # calls of oom_reap_task_mm(), 1..MAX_OOM_REAP_RETRIES
+    unmapped: int  # pages the reaper unmapped (their frames are freed unless pinned)
+
+
+async def oom_reap_task(p: "Partition", mm: Mm) -> OomReap:
+    """The OOM reaper on a victim ``mm`` (the OOM killer chose it: mark_oom_victim(), which
+    mmgrab()s it, and wake_oom_reaper()), as 5.10's oom_reap_task() does: try
+    oom_reap_task_mm() up to MAX_OOM_REAP_RETRIES times, sleeping HZ/10 after each failure
+    (schedule_timeout_idle()), then set MMF_OOM_SKIP whether it reaped or gave up.
+
+    oom_reap_task_mm(): mmap_sem for read, by trylock only (a failure is an attempt); done at
+    once if MMF_OOM_SKIP is set (exit_mmap is on it); else __oom_reap_task_mm() (``_oom_reap_mm``),
+    which fails if any VMA was skipped. The reaper can therefore never reap an mm that a
+    secondary on another partition maps: its callout would wait for the network, so its
+    non-blocking start answers -EAGAIN (``nodes.remote``), every attempt.
+
+    Only the modes with an OOM reaper (``OOM_REAPER_MODES``: it came in Linux 4.6) have it;
+    in ``oom-reap-unnotified`` it is 4.6's (aac453635549): it pins mm_users
+    (mmget_not_zero(), then mmput()) and unmaps without calling any notifier, the bug
+    4d4bbd8526a8 closed by skipping every mm with notifiers (and 93065ac753e4 with the
+    non-blocking start)."""
+    if not p.core.oom_reaper:
+        raise InvalidArgument(f"oom_reap_task of {mm.name}: there is no OOM reaper under {p.core.semantics} "
+                              f"(Linux 4.6, aac453635549; modes {', '.join(OOM_REAPER_MODES)})")
+    mm.oom_victim = True  # mark_oom_victim()
+    mm.count += 1  # mmgrab(): the reaper keeps the struct, not the address space
+    hz = max(1, round(1e6 / p.jiffy_us))
+    attempts = unmapped = 0
+    reaped = False
+    try:
+        while attempts < MAX_OOM_REAP_RETRIES:
+            attempts += 1
+            ok, n = await _oom_reap_task_mm(p, mm)
+            unmapped += n
+            if ok:
+                reaped = True
+                break
+            p.runtime.trace("oom", f"oom_reaper: {mm.name} not reaped (attempt {attempts}), retrying in HZ/10")
+            await p.runtime.sleep(hz // 10 * p.jiffy_us)  # schedule_timeout_idle(HZ/10)
+        if not reaped:
+            p.runtime.trace("oom", f"oom_reaper: unable to reap {mm.name}")
+    finally:
+        mm.oom_skip = True  # "Hide this mm from OOM killer"
+        mm.count -= 1
+    return OomReap(reaped, attempts, unmapped)
+
+
+async def _oom_reap_task_mm(p: "Partition", mm: Mm) -> tuple[bool, int]:
+    """oom_reap_task_mm(): (done, pages unmapped)."""
+    if not p.core.modern:  # 4.6's __oom_reap_task(): mmget_not_zero() under the trylock
+        if mm.users <= 0 or mm.exited:
+            return True, 0
+        if not mm.mmap_sem.try_down_read():
+            return False, 0
+        mm.users += 1
+        try:
+            return await _oom_reap_mm(p, mm)
+        finally:
+            mm.mmap_sem.up_read()
+            await mmput(p, mm)
+    if not mm.mmap_sem.try_down_read():  # mmap_read_trylock()
+        return False, 0
+    try:
+        if mm.oom_skip or mm.exited:  # exit_mmap() reaps it (MMF_OOM_SKIP)
+            return True, 0
+        return await _oom_reap_mm(p, mm)
+    finally:
+        mm.mmap_sem.up_read()
+
+
+async def _oom_reap_mm(p: "Partition", mm: Mm) -> tuple[bool, int]:
+    """__oom_reap_task_mm(): each VMA (every VMA here is anonymous and private) gets a
+    non-blocking range_start (MMU_NOTIFY_UNMAP); a refused one is skipped (the reap fails,
+    to be retried), the others are zapped, range_end, TLB flush, pages put. (done, pages
+    unmapped)."""
+    ok, unmapped = True, 0
+    for vma in list(mm.vmas):
+        start, end = vma.start, vma.end
+        notify = p.core.modern
+        if notify and await p.core.invalidate_range_start_nonblock(mm, start, end, event=UNMAP):
+            ok = False
+            continue
+        gathered = _zap(mm, start, end)
+        if notify:
+            await p.core.invalidate_range_end(mm, start, end, event=UNMAP, flags=0)
+        _flush_tlb(p, mm, start, end)
+        if gathered:
+            pfns = np.concatenate(gathered)
+            unmapped += len(pfns)
+            p.runtime.trace("oom", f"oom_reaper: unmapped [{start:#x}, {end:#x}) of {mm.name}, {len(pfns)} pages put"
+                                   f"{'' if notify else ', without calling the notifiers'}")
+            p.frames.put(pfns)
+    return ok, unmapped
 
 
 # -- rmap-driven operations: migration, reclaim, KSM, THP -------------------------------------
@@ -476,15 +632,16 @@ async def _unmap_and_move(p: "Partition", mm: Mm, address: int) -> bool:
     new = int(frames.alloc(mm.id, [address >> PAGE_SHIFT])[0])  # get_new_page()
     bits = 0  # the pte's dirty and young bits, kept with the page (PageDirty, PageReferenced)
     async with anon_vma:  # try_to_unmap() walks the anon_vma
+        await _unmap_one_start(p, mm, address)
         with mm.page_table_lock:
             pte = _page_check_address(mm, address, old)
             if pte is not None:
                 vma, i = pte
                 bits = int(vma.flags[i])
                 vma.flags[i] = PTE_MIGRATION | (bits & PTE_WRITE)  # make_migration_entry()
+                _flush_tlb(p, mm, address, address + PAGE_SIZE)  # no notify: the migration entry
                 frames.put(old)  # page_remove_rmap(); page_cache_release()
-        if pte is not None:
-            await p.core.invalidate_page(mm, address)
+        await _unmap_one_end(p, mm, address, unmapped=pte is not None)
     async with anon_vma:  # remove_migration_ptes() -> rmap_walk()
         with mm.page_table_lock:
             moved = bool(frames.refcount[old] == 1)  # migrate_page_move_mapping(): else -EAGAIN
@@ -539,20 +696,38 @@ async def _reclaim(p: "Partition", mm: Mm, start: int, length: int) -> int:
         if not referenced:
             async with anon_vma:  # try_to_unmap()
                 unmapped = False
+                await _unmap_one_start(p, mm, address)
                 with mm.page_table_lock:
                     pte = _page_check_address(mm, address, pfn)
                     if pte is not None and not _clear_flush_young_notify(p, mm, *pte, address):
                         vma, i = pte
                         vma.pfn[i] = -1
                         vma.flags[i] = PTE_SWAP  # swap entry; pageout() wrote the contents
+                        # 5.10: "Invalidate as we cleared the pte": mmu_notifier_invalidate_range()
+                        _flush_tlb(p, mm, address, address + PAGE_SIZE, notify=True)
                         frames.put(pfn)
                         unmapped = True
-                if unmapped:
-                    await p.core.invalidate_page(mm, address)
+                await _unmap_one_end(p, mm, address, unmapped=unmapped)
             if frames.refcount[pfn] == 1:
                 freed += 1  # __remove_mapping(): only our isolation reference is left
         frames.put(pfn)  # free, or putback_lru_page()
     return freed
+
+
+async def _unmap_one_start(p: "Partition", mm: Mm, address: int) -> None:
+    """try_to_unmap_one() of the modern kernels (369ea8242c0f, Linux 4.13): range_start
+    (MMU_NOTIFY_CLEAR) of the page before its pte is looked up; v3.10 has nothing here."""
+    if p.core.modern:
+        await p.core.invalidate_range_start(mm, address, address + PAGE_SIZE, event=CLEAR)
+
+
+async def _unmap_one_end(p: "Partition", mm: Mm, address: int, *, unmapped: bool) -> None:
+    """The end of try_to_unmap_one(): range_end (modern), or v3.10's invalidate_page after a
+    pte was cleared (``unmapped``)."""
+    if p.core.modern:
+        await p.core.invalidate_range_end(mm, address, address + PAGE_SIZE, event=CLEAR)
+    elif unmapped:
+        await p.core.invalidate_page(mm, address)
 
 
 def _clear_flush_young_notify(p: "Partition", mm: Mm, vma: Vma, i: int, address: int) -> int:
@@ -581,6 +756,7 @@ async def _write_protect_page(p: "Partition", mm: Mm, vma: Vma, address: int) ->
                         vma.flags[i] = pte[1]
 
                     vma.flags[i] = 0  # ptep_clear_flush()
+                    _flush_tlb(p, mm, address, address + PAGE_SIZE)
                     p.core.set_pte_at_notify(mm, address, pte, set_pte)
                     result = pte
             else:
@@ -604,6 +780,7 @@ async def _replace_page(p: "Partition", mm: Mm, vma: Vma, address: int, kpfn: in
                 vma.pfn[i], vma.flags[i] = pte
 
             vma.flags[i] = 0  # ptep_clear_flush()
+            _flush_tlb(p, mm, address, address + PAGE_SIZE)
             p.core.set_pte_at_notify(mm, address, pte, set_pte)
             p.frames.put(orig[0])  # put_page(page); ksmd still holds its own reference
             done = True
@@ -740,12 +917,13 @@ async def thp_collapse(p: "Partition", mm: Mm, address: int) -> bool:
             raise
         sl = vma.pages(start, end)
         async with vma.anon_vma_lock:
-            await p.core.invalidate_range_start(mm, start, end)
+            await p.core.invalidate_range_start(mm, start, end, event=CLEAR)
             with mm.page_table_lock:  # pmdp_clear_flush(): the pte table is detached
                 old_pfns, old_flags = vma.pfn[sl].copy(), vma.flags[sl].copy()
                 vma.pfn[sl] = -1
                 vma.flags[sl] = 0
-            await p.core.invalidate_range_end(mm, start, end)
+                _flush_tlb(p, mm, start, end)
+            await p.core.invalidate_range_end(mm, start, end, event=CLEAR)
             with mm.page_table_lock:  # __collapse_huge_page_isolate()
                 error = not_present(old_flags)
                 ok = (error is None and bool((old_flags & PTE_WRITE).all())

@@ -17,7 +17,15 @@ reclaim      reclaim the range (invalidate_page per page), then fault it back in
 thp          khugepaged collapses the 2 MiB block holding the range (range callouts)
 cow          fork (write-protects the parent: range callouts), a write fault breaks COW in
              the parent, the child exits
+oom_reap     the OOM reaper reaps the mm (non-blocking range callouts, refused by every
+             secondary on another partition: then it retries 10 times, HZ/10 apart, and
+             gives up), then the region is faulted back in; the modes with an OOM reaper only.
+             The model's process survives the reaping and may be chosen again (MMF_OOM_SKIP
+             cleared, as for a new victim; the kernel's victim dies)
 ============ ============================================================================
+
+Under the modern semantics (v5.10, v6.6) migrate and reclaim bracket each page with
+range_start/end (MMU_NOTIFY_CLEAR) instead of invalidate_page.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from nodes.secondary.gru import GruMmu
 from nodes.secondary.xpmem import XPMEM_RDWR, XpmemCred
 
 BASE = 0x10000000  # 2 MiB aligned: THP collapses find whole blocks
-OPS = ("munmap", "mprotect", "migrate", "ksm", "reclaim", "thp", "cow")
+OPS = ("munmap", "mprotect", "migrate", "ksm", "reclaim", "thp", "cow", "oom_reap")
 KINDS = ("gru", "xpmem", "kvm")
 SOURCE = XpmemCred(tgid=1, uid=1000, gid=1000)  # XPMEM's source process of every mm
 ATTACHER = XpmemCred(tgid=2, uid=1000, gid=1000)
@@ -111,6 +119,11 @@ async def vm_op(ctx: PartitionContext, op: str, mm_id: int, first: int, pages: i
         child = await vmops.fork(p, mm)
         await step(vmops.touch(p, mm, start, write=True))  # do_wp_page in the parent
         await vmops.exit_mmap(p, child)
+    elif op == "oom_reap":
+        mm.oom_skip = False  # chosen again (see the module table)
+        await step(vmops.oom_reap_task(p, mm))
+        for vma in list(mm.vmas):  # the region is faulted back in, as after reclaim
+            await step(vmops.populate(p, mm, vma.start, vma.end - vma.start))
     else:
         raise ValueError(f"unknown VM operation {op!r}; known: {OPS}")
     return refused

@@ -140,11 +140,12 @@ def _sim_extra(calibration: Any) -> dict[str, Any] | None:
 def _scenario(args: argparse.Namespace) -> Any:
     from workloads.scenario import load_scenario
 
-    s = load_scenario(args.scenario).with_overrides(args.overrides)
+    # --semantics is applied with the --set pairs (last, so it wins), so that the checks across
+    # knobs (an oom_reap weight needs a semantics with an OOM reaper) see both
+    semantics = [] if args.semantics is None else [f"semantics={args.semantics}"]
+    s = load_scenario(args.scenario).with_overrides(list(args.overrides) + semantics)
     if args.seed is not None:
         s = s.with_value("seed", args.seed)
-    if args.semantics is not None:
-        s = s.with_value("semantics", args.semantics)
     return s
 
 

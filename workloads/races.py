@@ -18,7 +18,12 @@ random moments, concurrently:
   translation (the unguarded dropin; ``mmusim check --gru-dropin v3.10``);
 - ``register``: a late GRU registers (under memory pressure: the allocation may reclaim);
 - ``mprotect``: the second half of the pages becomes read-only, which splits the VMA under a
-  migration that may be asleep in a callout (the stale-VMA class of issue 16).
+  migration that may be asleep in a callout (the stale-VMA class of issue 16);
+- ``oom_reap``: the OOM killer chose the mm and the OOM reaper reaps it (``vmops.oom_reap_task``),
+  only under the modes that have one (``OOM_REAPER_MODES``; elsewhere the task is not started,
+  so the other modes' runs are what they were). The modern reaper's non-blocking start is
+  refused by every GRU (their callouts cross the network), so it reaps only once they are
+  gone; the 4.6 reaper (``oom-reap-unnotified``) frees pages the GRUs still map.
 
 Then the process touches what it still maps (a migration entry left behind would make it wait
 forever, in migration_entry_wait()) and exits, and the partition's final sweep checks that every
@@ -40,13 +45,13 @@ from cluster.vtime import Deadlock
 from nodes import lockdep, vmops
 from nodes.errors import InternalError, KernelBug, ModelError
 from nodes.mm import PAGE_SIZE, PROT_READ
-from nodes.notifier import SEMANTICS
+from nodes.notifier import OOM_REAPER_MODES, SEMANTICS
 from nodes.runtime import wait_all
 
 BASE = 0x10000000
 FAULTER_TLB_ENTRIES = 2  # the faulting GRU's TLB: small, so that its accesses keep missing
 FAULT_WORKERS = 3  # GRU instructions the faulting GRU has in flight at once
-TASKS = ("unregister", "exit", "migrate", "ksm", "faults", "register", "mprotect")
+TASKS = ("unregister", "exit", "migrate", "ksm", "faults", "register", "mprotect", "oom_reap")
 
 
 @dataclass(frozen=True)
@@ -152,8 +157,10 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
         "register": register_late,
         "mprotect": lambda: vmops.mprotect(a, mm, BASE + race.pages // 2 * PAGE_SIZE,
                                            (race.pages - race.pages // 2) * PAGE_SIZE, PROT_READ),
+        "oom_reap": lambda: vmops.oom_reap_task(a, mm),
     }
-    tasks = [c.runtime.spawn(attempt(t, work[t]), name=t) for t in race.tasks]
+    tasks = [c.runtime.spawn(attempt(t, work[t]), name=t) for t in race.tasks
+             if t != "oom_reap" or a.core.oom_reaper]
     for t in tasks:
         await t
     if not mm.exited and mm.users > 0:  # the process touches what it still maps, then exits
@@ -165,7 +172,10 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
 
 
 def run_once(semantics: str, scheduler: str, seed: int, race: RaceConfig) -> Finding | None:
-    """One seeded run; the finding, if the model broke."""
+    """One seeded run; the finding, if the model broke. A mode without an OOM reaper runs
+    (and reports) the workload without the ``oom_reap`` task."""
+    if semantics not in OOM_REAPER_MODES and "oom_reap" in race.tasks:
+        race = replace(race, tasks=tuple(t for t in race.tasks if t != "oom_reap"))
     config = sim_config(semantics, scheduler, seed, race)
 
     async def workload(c: SimCluster) -> None:

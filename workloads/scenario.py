@@ -34,8 +34,9 @@ Schema (``KNOBS`` holds it; defaults in brackets; times in microseconds)::
                                                   (nodes/secondary/gru.py, GRU_DROPINS)
     activity.streams     int >= 0           [2]   concurrent background streams of VM operations
     activity.mix         {op: weight >= 0}  [{munmap: 1}]  ops: munmap mprotect migrate ksm
-                                                  reclaim thp cow; missing ops weigh 0; some
-                                                  weight > 0 when streams > 0
+                                                  reclaim thp cow oom_reap; missing ops weigh 0;
+                                                  some weight > 0 when streams > 0; oom_reap
+                                                  only under a semantics with an OOM reaper
     activity.rate        positive number    [1000]  operations per second per stream
     activity.pages       positive int       [64]  pages per operation
     callout.latency      latency            [20]  extra one-way latency of each callout
@@ -99,7 +100,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import yaml
 
 from cluster.topology import parse_latency
-from nodes.notifier import SEMANTICS
+from nodes.notifier import OOM_REAPER_MODES, SEMANTICS
 from nodes.rpc import DEFAULT_TRANSPORT, TRANSPORTS
 from nodes.notifier import FANOUTS
 from nodes.partition import SRCU_ALGORITHMS, SRCU_SCOPES
@@ -123,7 +124,7 @@ __all__ = [
     "TEARDOWNS",
 ]
 
-OPS = ("munmap", "mprotect", "migrate", "ksm", "reclaim", "thp", "cow")
+OPS = ("munmap", "mprotect", "migrate", "ksm", "reclaim", "thp", "cow", "oom_reap")  # workloads.activity's
 SECONDARY_KINDS = ("gru", "xpmem", "kvm")
 TEARDOWNS = ("unregister", "put")  # put: mmu_notifier_put, the free deferred with call_srcu
 LATENCY_PARAMS = ("value", "low", "high", "median", "sigma", "scale", "alpha")  # every dist's
@@ -566,6 +567,10 @@ def _check_cross(values: dict[str, Any]) -> None:
     streams, mix = values["activity"]["streams"], values["activity"]["mix"]
     if streams > 0 and not any(w > 0 for w in mix.values()):
         raise _Invalid("activity.mix", f"expected at least one weight > 0 while activity.streams is {streams}, got all weights 0")
+    if mix.get("oom_reap", 0) > 0 and values["semantics"] not in OOM_REAPER_MODES:
+        raise _Invalid("activity.mix.oom_reap", f"expected weight 0 under semantics {values['semantics']!r}, which has "
+                                                f"no OOM reaper (modes with one: {', '.join(OOM_REAPER_MODES)}), "
+                                                f"got {mix['oom_reap']}")
     m = values["measure"]
     if m["exits"] == 0 and m["unregisters"] == 0:
         raise _Invalid("measure", "expected measure.exits or measure.unregisters > 0, got both 0 (nothing to measure)")

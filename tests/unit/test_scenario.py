@@ -41,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "gru": {"dropin": "guarded"},
     "activity": {
         "streams": 2,
-        "mix": {"munmap": 1, "mprotect": 0, "migrate": 0, "ksm": 0, "reclaim": 0, "thp": 0, "cow": 0},
+        "mix": {"munmap": 1, "mprotect": 0, "migrate": 0, "ksm": 0, "reclaim": 0, "thp": 0, "cow": 0, "oom_reap": 0},
         "rate": 1000,
         "pages": 64,
     },
@@ -316,12 +316,12 @@ BAD_FILES = [
     # the mix
     ("activity: {mix: {migrat: 1}}\n",
      "activity.mix.migrat: unknown operation; did you mean activity.mix.migrate? "
-     "(expected one of: munmap, mprotect, migrate, ksm, reclaim, thp, cow)"),
+     "(expected one of: munmap, mprotect, migrate, ksm, reclaim, thp, cow, oom_reap)"),
     ("activity: {mix: {munmap: -1}}\n", "activity.mix.munmap: expected a weight: a number >= 0, got -1"),
     ("activity: {mix: {munmap: 0}}\n",
      "activity.mix: expected at least one weight > 0 while activity.streams is 2, got all weights 0"),
     ("activity: {mix: munmap}\n",
-     "activity.mix: expected a mapping of operation weights over munmap, mprotect, migrate, ksm, reclaim, thp, cow, got 'munmap'"),
+     "activity.mix: expected a mapping of operation weights over munmap, mprotect, migrate, ksm, reclaim, thp, cow, oom_reap, got 'munmap'"),
     # latencies
     ("callout: {latency: {dist: pareto, scale: 20}}\n",
      "callout.latency.alpha: expected a number (required for dist 'pareto'), got none in {'dist': 'pareto', 'scale': 20}"),
