@@ -1,4 +1,5 @@
-"""Sleepable RCU, Tree SRCU of Linux 4.12+ ``kernel/rcu/srcutree.c``, as of v5.10.
+"""Sleepable RCU, Tree SRCU of Linux 4.12+ ``kernel/rcu/srcutree.c``, as of v5.10, with the
+delay policy of v5.10, v5.19-rc1 or v6.6 (``tree_version``).
 
 History: dad81a2026841b (2017-03-25) started ``kernel/rcu/srcutree.c``; da915ad5cf25 ("srcu:
 Parallelize callback handling", 4.12) gave it the ``srcu_node`` combining tree, the per-CPU
@@ -6,7 +7,8 @@ Parallelize callback handling", 4.12) gave it the ``srcu_node`` combining tree, 
 2da4b2a7fd8d ("srcu: Expedite first synchronize_srcu() when idle", 4.12) made a
 ``synchronize_srcu()`` on an idle domain expedited, holding off for ``exp_holdoff`` (25 us) after
 a grace period. This module models v5.10 (the LTS kernel the modern notifier modes use); what
-v6.6 changed is listed at the end.
+later kernels changed in the delay policy is modelled as ``tree_version`` (below), the rest of
+what v6.6 changed is listed at the end.
 
 Readers, per CPU (struct srcu_data), on the index ``srcu_idx & 1``::
 
@@ -51,6 +53,35 @@ the first process_srcu, one more to the callback invocation); a reader sleeping 
 normal one to the first jiffy poll after T plus a jiffy, and an expedited one to about T
 (v5.10 re-runs process_srcu at once, checking every 5 us, for as long as readers remain).
 
+The delay policy by version (``tree_version``; ``jiffies`` is the tick count, now // jiffy)::
+
+    v5.10 (4.12 to 5.18): as above.
+    v5.19-rc1, 282d8998e997 "srcu: Prevent expedited GPs and blocking readers from consuming
+    CPU" (an expedited grace period waiting for a reader that sleeps re-ran process_srcu
+    without end, and kept kernel live patching from getting its CPU):
+        srcu_gp_start: srcu_gp_start = jiffies; srcu_n_exp_nodelay = 0 (also after the flip
+            and before srcu_gp_end: a new phase)
+        srcu_get_delay: jbase = 0 if expedited else SRCU_INTERVAL; while a grace period is in
+            progress jbase += jiffies - srcu_gp_start; a 0 is a no-delay instance, and past
+            SRCU_MAX_NODELAY_PHASE (1) of them in the phase it is 1; at most SRCU_MAX_INTERVAL (10)
+        srcu_gp_end, srcu_funnel_gp_start: !!srcu_get_delay(): one jiffy, or none
+        process_srcu: past SRCU_MAX_NODELAY (100) no-delay runs in one jiffy, delay one jiffy
+    So an expedited grace period whose second check finds a reader sleeps a jiffy, and being a
+    jiffy old by then, delays its callbacks one more: a reader of microseconds costs two
+    jiffies (8 ms at HZ 250; the qemu boot of the report, workloads/scenarios/
+    srcu-expedited-regression.yaml).
+    v6.6, the two fixes in v5.19 (unchanged in the delay policy to v6.6):
+        8f870e6eb8c0 "srcu: Block less aggressively for expedited grace periods": the age is
+            counted from the jiffy before this one (time_after(jiffies - 1, srcu_gp_start)),
+            no-delay instances only while a grace period is in progress, SRCU_MAX_NODELAY_PHASE 3;
+        4f2bfd9494a0 "srcu: Make expedited RCU grace periods block even less frequently": the
+            limits are the parameters srcu_max_nodelay_phase (default 2 * USEC_PER_SEC / HZ /
+            5, clamped to 3..1000: about a jiffy of 5 us polls, counting process_srcu's own
+            reading) and srcu_max_nodelay (that or 100 if larger; srcu_nodelay_limits());
+            srcu_retry_check_delay (5 us) is try_check_zero()'s udelay; try_check_zero() reads
+            the delay once, before its first check; srcu_gp_end's callback delay is 0 after
+            an expedited grace period, else one jiffy.
+
 Workqueues: ``process_srcu`` and each CPU's ``srcu_invoke_callbacks`` are work items: queueing
 one that is already pending does nothing, and one execution runs at a time. A delay of n
 jiffies is n * ``jiffy_us`` from now (as in ``nodes/srcu.py``; the kernel's timer fires at the
@@ -59,17 +90,13 @@ parameter) is not modelled: false. Python integers do not wrap, so ``counter_wra
 modelled either. v5.10's ``__call_srcu`` holds ``srcu_read_lock()`` while it files the request;
 filing does not sleep here, so no grace period could see that reader: not modelled.
 
-v6.6 (not modelled): ``srcu_get_delay()`` adds the grace period's age in jiffies to the base
-(capped at SRCU_MAX_INTERVAL, 10 jiffies) and allows only ``srcu_max_nodelay_phase``
-consecutive zero delays per phase (SRCU_DEFAULT_MAX_NODELAY_PHASE: 2 * 1e6 / HZ / 5, clamped to
-3..1000, i.e. about a jiffy of 5 us polls), and ``process_srcu`` stops rescheduling with no
-delay after ``srcu_max_nodelay`` (100) runs in one jiffy: an expedited grace period no longer
-polls without end while a reader sleeps. The 5 us check interval is the parameter
-``srcu_retry_check_delay``, and ``try_check_zero()`` reads the delay once; ``srcu_gp_end``'s
-callback delay is 0 while an expedited grace period is needed, else one jiffy. An
-``srcu_struct`` starts small (``srcu_size_state`` SRCU_SIZE_SMALL: every callback on CPU 0's
-``srcu_data``, no ``srcu_node`` tree) and becomes big on contention; ``__call_srcu`` became
-``srcu_gp_start_if_needed`` with the polled grace-period API.
+Not modelled from v5.19-rc1 on, whatever ``tree_version``: an ``srcu_struct`` starts small
+(``srcu_size_state`` SRCU_SIZE_SMALL, also 5.19-rc1: every callback on CPU 0's ``srcu_data``, no
+``srcu_node`` tree) and becomes big on contention; ``__call_srcu`` became
+``srcu_gp_start_if_needed`` with the polled grace-period API; the srcu_max_nodelay_phase,
+srcu_max_nodelay and srcu_retry_check_delay boot parameters keep their defaults (attributes of a
+domain, ``reader_delay_us`` for the last). The delays stay n * jiffy from now where the kernel's
+timer fires at the n-th tick, while the age counts ticks.
 """
 
 from __future__ import annotations
