@@ -13,7 +13,14 @@ from typing import Any, ClassVar, Sequence
 from nodes.notifier import FANOUTS, SEMANTICS
 from nodes.partition import SRCU_ALGORITHMS, SRCU_SCOPES, SrcuOptions
 from nodes.srcu import DEFAULT_JIFFY_US
-from nodes.srcu_tree import CONFIG_RCU_FANOUT, CONFIG_RCU_FANOUT_LEAF, DEFAULT_SRCU_EXP_HOLDOFF_US, RCU_FANOUT_RANGE
+from nodes.srcu_tree import (
+    CONFIG_RCU_FANOUT,
+    CONFIG_RCU_FANOUT_LEAF,
+    DEFAULT_SRCU_EXP_HOLDOFF_US,
+    DEFAULT_TREE_VERSION,
+    RCU_FANOUT_RANGE,
+    TREE_VERSIONS,
+)
 from nodes.secondary.gru import GRU_DROPINS
 
 
@@ -32,6 +39,7 @@ class PartitionConfig:
     srcu_fanout_leaf: int = CONFIG_RCU_FANOUT_LEAF  # tree: CPUs per srcu_node leaf, at most
     srcu_fanout: int = CONFIG_RCU_FANOUT  # tree: children per inner srcu_node, at most
     srcu_exp_holdoff_us: float = DEFAULT_SRCU_EXP_HOLDOFF_US  # tree: no auto-expedite this soon after a grace period
+    srcu_tree_version: str = DEFAULT_TREE_VERSION  # tree: srcu_get_delay()'s policy, v5.10 | v5.19-rc1 | v6.6
     jiffy_us: float = DEFAULT_JIFFY_US  # 1e6 / HZ; SRCU's worker polls once a jiffy (a scenario's kernel.hz)
     fanout: str = "sequential"  # sequential (the kernel's) | parallel
     hops: int = 1  # between any two partitions, for the uniform topology
@@ -48,6 +56,7 @@ class PartitionConfig:
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
                 raise self.bad(key, f"an integer in {lo}..{hi}", v)
         self.check_number("srcu_exp_holdoff_us", positive=False)
+        self.check_choice("srcu_tree_version", TREE_VERSIONS)
         self.check_choice("fanout", FANOUTS)
         self.check_choice("semantics", tuple(SEMANTICS))
         self.check_choice("gru_dropin", tuple(GRU_DROPINS))
@@ -58,7 +67,8 @@ class PartitionConfig:
     @property
     def srcu(self) -> SrcuOptions:
         """How the partitions build their SRCU domains."""
-        return SrcuOptions(self.srcu_algorithm, self.srcu_fanout_leaf, self.srcu_fanout, self.srcu_exp_holdoff_us)
+        return SrcuOptions(self.srcu_algorithm, self.srcu_fanout_leaf, self.srcu_fanout, self.srcu_exp_holdoff_us,
+                           self.srcu_tree_version)
 
     @property
     def names(self) -> list[str]:

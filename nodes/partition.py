@@ -5,8 +5,9 @@ A plain class (Ray wraps it at the edge, in ``cluster/``). The SRCU scope is a p
 ``global`` (one domain for every mm of the partition, as the kernel does: the source of the
 exit/unregister hang) or ``per_mm`` (one domain per mm, the alternative the kernel did not take,
 for comparison). So is the SRCU algorithm (``SrcuOptions.algorithm``): ``classic``, the v3.10
-two-index SRCU (``nodes/srcu.py``), or ``tree``, Tree SRCU of v5.10 (``nodes/srcu_tree.py``);
-the algorithm is orthogonal to the notifier core's semantics.
+two-index SRCU (``nodes/srcu.py``), or ``tree``, Tree SRCU of v5.10 (``nodes/srcu_tree.py``),
+with the delay policy of v5.10, v5.19-rc1 or v6.6 (``SrcuOptions.tree_version``); the algorithm
+is orthogonal to the notifier core's semantics.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from nodes.runtime import Runtime
 from nodes.secondary.xpmem import XpmemSegments
 from nodes.srcu import DEFAULT_JIFFY_US, Srcu
 from nodes.srcu_base import SrcuBase
-from nodes.srcu_tree import CONFIG_RCU_FANOUT, CONFIG_RCU_FANOUT_LEAF, DEFAULT_SRCU_EXP_HOLDOFF_US, TreeSrcu
+from nodes.srcu_tree import (
+    CONFIG_RCU_FANOUT,
+    CONFIG_RCU_FANOUT_LEAF,
+    DEFAULT_SRCU_EXP_HOLDOFF_US,
+    DEFAULT_TREE_VERSION,
+    TreeSrcu,
+    check_tree_version,
+)
 
 SRCU_SCOPES = ("global", "per_mm")
 #: srcu.algorithm: the SRCU a partition builds its domains with
@@ -31,17 +39,20 @@ SRCU_ALGORITHMS: dict[str, type[SrcuBase]] = {"classic": Srcu, "tree": TreeSrcu}
 
 @dataclass(frozen=True)
 class SrcuOptions:
-    """How a partition builds its SRCU domains: the algorithm, and Tree SRCU's shape and
-    holdoff (the kernel's defaults; ``classic`` has no use for them)."""
+    """How a partition builds its SRCU domains: the algorithm, and Tree SRCU's shape, holdoff
+    and the kernel version of its delay policy (the kernel's defaults; ``classic`` has no use
+    for them)."""
 
     algorithm: str = "classic"
     fanout_leaf: int = CONFIG_RCU_FANOUT_LEAF  # CPUs per srcu_node leaf, at most
     fanout: int = CONFIG_RCU_FANOUT  # children per inner srcu_node, at most
     exp_holdoff_us: float = DEFAULT_SRCU_EXP_HOLDOFF_US  # srcu_might_be_idle()'s exp_holdoff
+    tree_version: str = DEFAULT_TREE_VERSION  # srcu_get_delay()'s policy (nodes.srcu_tree.TREE_VERSIONS)
 
     def __post_init__(self) -> None:
         if self.algorithm not in SRCU_ALGORITHMS:
             raise ValueError(f"srcu algorithm must be one of {tuple(SRCU_ALGORITHMS)}, got {self.algorithm!r}")
+        check_tree_version(self.tree_version)
 
 
 def make_srcu(runtime: Runtime, ncpus: int, options: SrcuOptions, *, name: str,
@@ -49,7 +60,7 @@ def make_srcu(runtime: Runtime, ncpus: int, options: SrcuOptions, *, name: str,
     """One SRCU domain of the algorithm ``options`` name."""
     if options.algorithm == "tree":
         return TreeSrcu(runtime, ncpus, name=name, jiffy_us=jiffy_us, exp_holdoff_us=options.exp_holdoff_us,
-                        fanout_leaf=options.fanout_leaf, fanout=options.fanout)
+                        fanout_leaf=options.fanout_leaf, fanout=options.fanout, tree_version=options.tree_version)
     return Srcu(runtime, ncpus, name=name, jiffy_us=jiffy_us)
 
 

@@ -1,4 +1,5 @@
-"""Sleepable RCU, Tree SRCU of Linux 4.12+ ``kernel/rcu/srcutree.c``, as of v5.10.
+"""Sleepable RCU, Tree SRCU of Linux 4.12+ ``kernel/rcu/srcutree.c``, as of v5.10, with the
+delay policy of v5.10, v5.19-rc1 or v6.6 (``tree_version``).
 
 History: dad81a2026841b (2017-03-25) started ``kernel/rcu/srcutree.c``; da915ad5cf25 ("srcu:
 Parallelize callback handling", 4.12) gave it the ``srcu_node`` combining tree, the per-CPU
@@ -6,7 +7,8 @@ Parallelize callback handling", 4.12) gave it the ``srcu_node`` combining tree, 
 2da4b2a7fd8d ("srcu: Expedite first synchronize_srcu() when idle", 4.12) made a
 ``synchronize_srcu()`` on an idle domain expedited, holding off for ``exp_holdoff`` (25 us) after
 a grace period. This module models v5.10 (the LTS kernel the modern notifier modes use); what
-v6.6 changed is listed at the end.
+later kernels changed in the delay policy is modelled as ``tree_version`` (below), the rest of
+what v6.6 changed is listed at the end.
 
 Readers, per CPU (struct srcu_data), on the index ``srcu_idx & 1``::
 
@@ -51,6 +53,35 @@ the first process_srcu, one more to the callback invocation); a reader sleeping 
 normal one to the first jiffy poll after T plus a jiffy, and an expedited one to about T
 (v5.10 re-runs process_srcu at once, checking every 5 us, for as long as readers remain).
 
+The delay policy by version (``tree_version``; ``jiffies`` is the tick count, now // jiffy)::
+
+    v5.10 (4.12 to 5.18): as above.
+    v5.19-rc1, 282d8998e997 "srcu: Prevent expedited GPs and blocking readers from consuming
+    CPU" (an expedited grace period waiting for a reader that sleeps re-ran process_srcu
+    without end, and kept kernel live patching from getting its CPU):
+        srcu_gp_start: srcu_gp_start = jiffies; srcu_n_exp_nodelay = 0 (also after the flip
+            and before srcu_gp_end: a new phase)
+        srcu_get_delay: jbase = 0 if expedited else SRCU_INTERVAL; while a grace period is in
+            progress jbase += jiffies - srcu_gp_start; a 0 is a no-delay instance, and past
+            SRCU_MAX_NODELAY_PHASE (1) of them in the phase it is 1; at most SRCU_MAX_INTERVAL (10)
+        srcu_gp_end, srcu_funnel_gp_start: !!srcu_get_delay(): one jiffy, or none
+        process_srcu: past SRCU_MAX_NODELAY (100) no-delay runs in one jiffy, delay one jiffy
+    So an expedited grace period whose second check finds a reader sleeps a jiffy, and being a
+    jiffy old by then, delays its callbacks one more: a reader of microseconds costs two
+    jiffies (8 ms at HZ 250; the qemu boot of the report, workloads/scenarios/
+    srcu-expedited-regression.yaml).
+    v6.6, the two fixes in v5.19 (unchanged in the delay policy to v6.6):
+        8f870e6eb8c0 "srcu: Block less aggressively for expedited grace periods": the age is
+            counted from the jiffy before this one (time_after(jiffies - 1, srcu_gp_start)),
+            no-delay instances only while a grace period is in progress, SRCU_MAX_NODELAY_PHASE 3;
+        4f2bfd9494a0 "srcu: Make expedited RCU grace periods block even less frequently": the
+            limits are the parameters srcu_max_nodelay_phase (default 2 * USEC_PER_SEC / HZ /
+            5, clamped to 3..1000: about a jiffy of 5 us polls, counting process_srcu's own
+            reading) and srcu_max_nodelay (that or 100 if larger; srcu_nodelay_limits());
+            srcu_retry_check_delay (5 us) is try_check_zero()'s udelay; try_check_zero() reads
+            the delay once, before its first check; srcu_gp_end's callback delay is 0 after
+            an expedited grace period, else one jiffy.
+
 Workqueues: ``process_srcu`` and each CPU's ``srcu_invoke_callbacks`` are work items: queueing
 one that is already pending does nothing, and one execution runs at a time. A delay of n
 jiffies is n * ``jiffy_us`` from now (as in ``nodes/srcu.py``; the kernel's timer fires at the
@@ -59,17 +90,13 @@ parameter) is not modelled: false. Python integers do not wrap, so ``counter_wra
 modelled either. v5.10's ``__call_srcu`` holds ``srcu_read_lock()`` while it files the request;
 filing does not sleep here, so no grace period could see that reader: not modelled.
 
-v6.6 (not modelled): ``srcu_get_delay()`` adds the grace period's age in jiffies to the base
-(capped at SRCU_MAX_INTERVAL, 10 jiffies) and allows only ``srcu_max_nodelay_phase``
-consecutive zero delays per phase (SRCU_DEFAULT_MAX_NODELAY_PHASE: 2 * 1e6 / HZ / 5, clamped to
-3..1000, i.e. about a jiffy of 5 us polls), and ``process_srcu`` stops rescheduling with no
-delay after ``srcu_max_nodelay`` (100) runs in one jiffy: an expedited grace period no longer
-polls without end while a reader sleeps. The 5 us check interval is the parameter
-``srcu_retry_check_delay``, and ``try_check_zero()`` reads the delay once; ``srcu_gp_end``'s
-callback delay is 0 while an expedited grace period is needed, else one jiffy. An
-``srcu_struct`` starts small (``srcu_size_state`` SRCU_SIZE_SMALL: every callback on CPU 0's
-``srcu_data``, no ``srcu_node`` tree) and becomes big on contention; ``__call_srcu`` became
-``srcu_gp_start_if_needed`` with the polled grace-period API.
+Not modelled from v5.19-rc1 on, whatever ``tree_version``: an ``srcu_struct`` starts small
+(``srcu_size_state`` SRCU_SIZE_SMALL, also 5.19-rc1: every callback on CPU 0's ``srcu_data``, no
+``srcu_node`` tree) and becomes big on contention; ``__call_srcu`` became
+``srcu_gp_start_if_needed`` with the polled grace-period API; the srcu_max_nodelay_phase,
+srcu_max_nodelay and srcu_retry_check_delay boot parameters keep their defaults (attributes of a
+domain, ``reader_delay_us`` for the last). The delays stay n * jiffy from now where the kernel's
+timer fires at the n-th tick, while the age counts ticks.
 """
 
 from __future__ import annotations
@@ -100,6 +127,21 @@ SRCU_STATE_SCAN1 = 1
 SRCU_STATE_SCAN2 = 2
 SRCU_HAVE_CBS = 4  # ARRAY_SIZE(srcu_node->srcu_have_cbs)
 SRCU_INTERVAL = 1  # jiffies: the base delay when no expedited grace period is pending
+# The delay policy (srcu_get_delay() and its callers) by kernel version, the srcu.tree_version
+# knob; the rest of the algorithm is v5.10's in all three (see the module docstring):
+#   v5.10      srcu_get_delay() is 0 or SRCU_INTERVAL (as from 4.12 to 5.18)
+#   v5.19-rc1  282d8998e997 "srcu: Prevent expedited GPs and blocking readers from consuming CPU"
+#   v6.6       v5.19's two fixes of it, unchanged to v6.6: 8f870e6eb8c0 "srcu: Block less
+#              aggressively for expedited grace periods" and 4f2bfd9494a0 "srcu: Make expedited
+#              RCU grace periods block even less frequently"
+TREE_VERSIONS = ("v5.10", "v5.19-rc1", "v6.6")
+DEFAULT_TREE_VERSION = "v5.10"
+SRCU_MAX_INTERVAL = 10  # 282d8998e997: the most a slow reader's grace period adds, in jiffies
+SRCU_MAX_NODELAY_PHASE = 1  # 282d8998e997: no-delay instances allowed per grace-period phase
+SRCU_MAX_NODELAY = 100  # 282d8998e997: process_srcu runs with no delay allowed in one jiffy
+# 4f2bfd9494a0: the defaults of the srcu_max_nodelay_phase and srcu_max_nodelay parameters
+SRCU_DEFAULT_MAX_NODELAY_PHASE_LO = 3
+SRCU_DEFAULT_MAX_NODELAY_PHASE_HI = 1000
 DEFAULT_SRCU_EXP_HOLDOFF_US = 25.0  # DEFAULT_SRCU_EXP_HOLDOFF, 25 * 1000 ns: the exp_holdoff parameter
 # kernel/rcu/Kconfig (64-bit): the srcu_node tree's shape, shared with Tree RCU
 CONFIG_RCU_FANOUT = 64
@@ -144,6 +186,31 @@ def rcu_seq_snap(s: int) -> int:
 
 def rcu_seq_done(s: int, snap: int) -> bool:
     return s >= snap
+
+
+def srcu_nodelay_limits(version: str, hz: int) -> tuple[int, int]:
+    """The no-delay limits of Tree SRCU ``version`` at CONFIG_HZ ``hz``: (per grace-period phase,
+    per jiffy of process_srcu runs). v5.19-rc1: SRCU_MAX_NODELAY_PHASE (1) and SRCU_MAX_NODELAY
+    (100). v6.6 (4f2bfd9494a0): the parameter defaults, SRCU_DEFAULT_MAX_NODELAY_PHASE =
+    2 * USEC_PER_SEC / HZ / SRCU_DEFAULT_RETRY_CHECK_DELAY (5 us) clamped to 3..1000, "to allow
+    non-sleeping poll upto one jiffies time duration" (twice: process_srcu reads the delay
+    too), and SRCU_DEFAULT_MAX_NODELAY, that or 100 if larger. v5.10 has no limit: (0, 0)."""
+    check_tree_version(version)
+    if version == "v5.10":
+        return 0, 0
+    if version == "v5.19-rc1":
+        return SRCU_MAX_NODELAY_PHASE, SRCU_MAX_NODELAY
+    phase = 2 * 1_000_000 // hz // 5  # C's unsigned long arithmetic, left to right
+    phase = min(max(phase, SRCU_DEFAULT_MAX_NODELAY_PHASE_LO), SRCU_DEFAULT_MAX_NODELAY_PHASE_HI)
+    return phase, max(phase, 100)
+
+
+def check_tree_version(version: Any) -> str:
+    """``version`` if it is one of ``TREE_VERSIONS``, else a ValueError naming it."""
+    if not isinstance(version, str) or version not in TREE_VERSIONS:
+        raise ValueError(f"srcu tree_version must be one of {', '.join(TREE_VERSIONS)} (the delay policy of "
+                         f"that kernel's srcutree.c), got {version!r}")
+    return version
 
 
 def srcu_node_geometry(ncpus: int, fanout_leaf: int = CONFIG_RCU_FANOUT_LEAF,
@@ -381,8 +448,13 @@ class TreeSrcu(SrcuBase):
         exp_holdoff_us: float = DEFAULT_SRCU_EXP_HOLDOFF_US,
         fanout_leaf: int = CONFIG_RCU_FANOUT_LEAF,
         fanout: int = CONFIG_RCU_FANOUT,
+        tree_version: str = DEFAULT_TREE_VERSION,
     ):
         super().__init__(runtime, ncpus, name=name, jiffy_us=jiffy_us, reader_delay_us=reader_delay_us)
+        # the delay policy of that kernel (TREE_VERSIONS); _since() orders them
+        self.tree_version = check_tree_version(tree_version)
+        self.hz = round(1_000_000 / jiffy_us)  # CONFIG_HZ, for v6.6's default no-delay limits
+        self.srcu_max_nodelay_phase, self.srcu_max_nodelay = srcu_nodelay_limits(tree_version, self.hz)
         if not exp_holdoff_us >= 0:
             raise ValueError(f"srcu exp_holdoff must be >= 0 us (0: never auto-expedite), got {exp_holdoff_us!r}")
         self.exp_holdoff_us = exp_holdoff_us
@@ -414,6 +486,11 @@ class TreeSrcu(SrcuBase):
         self.srcu_gp_seq_needed = 0  # the latest grace period anyone asked for
         self.srcu_gp_seq_needed_exp = 0  # ... and the latest one asked for expedited
         self.srcu_last_gp_end = runtime.now()  # init_srcu_struct_fields() reads the clock
+        # from v5.19-rc1 (282d8998e997), read by srcu_get_delay() and process_srcu only:
+        self.srcu_gp_start = 0  # jiffies when the grace period in progress started
+        self.srcu_n_exp_nodelay = 0  # no-delay instances in this grace-period phase
+        self.reschedule_jiffies = 0  # the jiffy of process_srcu's last no-delay run ...
+        self.reschedule_count = 0  # ... and how many there were in it (0 after a delay)
         self.srcu_barrier_seq = 0
         self._barrier_mutex = asyncio.Lock()
         self.work = _Work(runtime, f"process_srcu[{name}]", self._process_srcu)
@@ -469,13 +546,20 @@ class TreeSrcu(SrcuBase):
         return sum(sdp.srcu_lock_count[idx] for sdp in self.sda) == unlocks
 
     async def _try_check_zero(self, idx: int, trycount: int) -> bool:
-        """try_check_zero(): ``trycount`` checks (one more while an expedited grace period is
-        pending), ``reader_delay_us`` apart (udelay)."""
+        """try_check_zero(): ``trycount`` checks (one more while srcu_get_delay() is 0: an
+        expedited grace period is pending and, from v5.19-rc1, not yet delayed),
+        ``reader_delay_us`` apart (udelay; v6.6's srcu_retry_check_delay). Up to v5.19-rc1 the
+        delay is read after each failed check, v6.6 reads it once, before the first
+        (4f2bfd9494a0)."""
+        read_once = self._since("v6.6")
+        curdelay = (0 if self._get_delay() else 1) if read_once else 0
         while True:
             if self._readers_active_idx_check(idx):
                 return True
             trycount -= 1
-            if trycount + (0 if self._get_delay() else 1) <= 0:
+            if not read_once:
+                curdelay = 0 if self._get_delay() else 1
+            if trycount + curdelay <= 0:
                 return False
             await self.runtime.sleep(self.reader_delay_us)
 
@@ -485,9 +569,39 @@ class TreeSrcu(SrcuBase):
 
     # -- grace periods ----------------------------------------------------------------------
 
+    def _since(self, version: str) -> bool:
+        """Whether the modelled kernel is ``version`` (of TREE_VERSIONS) or later."""
+        return TREE_VERSIONS.index(self.tree_version) >= TREE_VERSIONS.index(version)
+
+    def _jiffies(self) -> int:
+        """The jiffies counter: the ticks since time 0 (one every ``jiffy_us``)."""
+        return int(self.runtime.now() // self.jiffy_us)
+
     def _get_delay(self) -> int:
-        """srcu_get_delay(), in jiffies: 0 while an expedited grace period is pending."""
-        return 0 if self.srcu_gp_seq < self.srcu_gp_seq_needed_exp else SRCU_INTERVAL
+        """srcu_get_delay(), in jiffies. v5.10: 0 while an expedited grace period is pending,
+        else SRCU_INTERVAL. From v5.19-rc1 (282d8998e997) the grace period's age in jiffies
+        is added while one is in progress, at most SRCU_MAX_INTERVAL in all, and a 0 counts
+        as a no-delay instance of the phase: past ``srcu_max_nodelay_phase`` of them it is 1.
+        v6.6 (8f870e6eb8c0) counts the age from the jiffy before this one (a grace period
+        that started just before a tick is not one jiffy old at once) and counts no-delay
+        instances only while a grace period is in progress."""
+        jbase = 0 if self.srcu_gp_seq < self.srcu_gp_seq_needed_exp else SRCU_INTERVAL
+        if not self._since("v5.19-rc1"):
+            return jbase
+        in_progress = self.gp_state() != SRCU_STATE_IDLE
+        if self._since("v6.6"):
+            if not in_progress:
+                return jbase
+            j = self._jiffies() - 1
+            if j > self.srcu_gp_start:  # time_after(j, gpstart)
+                jbase += j - self.srcu_gp_start
+        elif in_progress:
+            jbase += self._jiffies() - self.srcu_gp_start
+        if not jbase:
+            self.srcu_n_exp_nodelay += 1
+            if self.srcu_n_exp_nodelay > self.srcu_max_nodelay_phase:
+                jbase = 1
+        return min(jbase, SRCU_MAX_INTERVAL)
 
     def _gp_start(self, cpu: int) -> None:
         """srcu_gp_start(), on ``cpu``: file that CPU's new callbacks for the grace period
@@ -498,6 +612,8 @@ class TreeSrcu(SrcuBase):
         cbl = self.sda[cpu].srcu_cblist
         cbl.advance(self.srcu_gp_seq)
         cbl.accelerate(rcu_seq_snap(self.srcu_gp_seq))
+        self.srcu_gp_start = self._jiffies()
+        self.srcu_n_exp_nodelay = 0
         self.srcu_gp_seq = rcu_seq_start(self.srcu_gp_seq)
         if self.gp_state() != SRCU_STATE_SCAN1:
             raise InternalError(f"{self.name}: grace period started in state {self.gp_state()}")
@@ -521,7 +637,14 @@ class TreeSrcu(SrcuBase):
         waited for it, and start the next grace period if one is needed."""
         if self.gp_state() != SRCU_STATE_SCAN2:
             raise InternalError(f"{self.name}: srcu_gp_end() in state {self.gp_state()}")
-        cbdelay = self._get_delay()
+        # the callbacks' delay: v5.10 srcu_get_delay(); v5.19-rc1 !!srcu_get_delay(), the age
+        # included; v6.6 (4f2bfd9494a0) none after an expedited grace period, else one jiffy
+        if self._since("v6.6"):
+            cbdelay = 0 if self.srcu_gp_seq < self.srcu_gp_seq_needed_exp else 1
+        else:
+            cbdelay = self._get_delay()
+            if self._since("v5.19-rc1"):
+                cbdelay = min(cbdelay, 1)
         self.srcu_last_gp_end = self.runtime.now()
         self.srcu_gp_seq = rcu_seq_end(self.srcu_gp_seq)
         gpseq = self.srcu_gp_seq
@@ -586,7 +709,9 @@ class TreeSrcu(SrcuBase):
             self.srcu_gp_seq_needed_exp = max(self.srcu_gp_seq_needed_exp, s)
         if not rcu_seq_done(self.srcu_gp_seq, s) and self.gp_state() == SRCU_STATE_IDLE:
             self._gp_start(sdp.cpu)
-            self.work.queue(self._get_delay() * self.jiffy_us)
+            # v5.10 srcu_get_delay(); from v5.19-rc1 !!srcu_get_delay(): one jiffy at most
+            delay = self._get_delay()
+            self.work.queue((min(delay, 1) if self._since("v5.19-rc1") else delay) * self.jiffy_us)
 
     async def _advance_state(self) -> None:
         """srcu_advance_state(): push the state to SCAN2 and end the grace period once both
@@ -604,10 +729,12 @@ class TreeSrcu(SrcuBase):
                     return  # readers present, retry later
                 self._flip()
                 self.srcu_gp_seq = rcu_seq_set_state(self.srcu_gp_seq, SRCU_STATE_SCAN2)
+                self.srcu_n_exp_nodelay = 0  # a new phase (read from v5.19-rc1)
             if self.gp_state() == SRCU_STATE_SCAN2:
                 # read sections are normally short: check at least twice after the flip
                 if not await self._try_check_zero(1 ^ (self.srcu_idx & 1), 2):
                     return
+                self.srcu_n_exp_nodelay = 0
                 self._gp_end()
         finally:
             self._advancing = False
@@ -624,10 +751,25 @@ class TreeSrcu(SrcuBase):
         self.work.queue(delay * self.jiffy_us)
 
     async def _process_srcu(self) -> None:
-        """process_srcu(), the workqueue function driving grace periods."""
+        """process_srcu(), the workqueue function driving grace periods. From v5.19-rc1
+        (282d8998e997) at most ``srcu_max_nodelay`` runs in one jiffy reschedule with no
+        delay; the next is delayed one jiffy."""
         self._stats["worker_runs"] += 1
         await self._advance_state()
-        self._reschedule(self._get_delay())
+        curdelay = self._get_delay()
+        if self._since("v5.19-rc1"):
+            if curdelay:
+                self.reschedule_count = 0
+            else:
+                j = self._jiffies()
+                if self.reschedule_jiffies == j:
+                    self.reschedule_count += 1
+                    if self.reschedule_count > self.srcu_max_nodelay:
+                        curdelay = 1
+                else:
+                    self.reschedule_count = 1
+                    self.reschedule_jiffies = j
+        self._reschedule(curdelay)
 
     def _callbacks_work(self, cpu: int) -> Callable[[], None]:
         def run() -> None:

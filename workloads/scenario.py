@@ -58,6 +58,10 @@ Schema (``KNOBS`` holds it; defaults in brackets; times in microseconds)::
     srcu.fanout          int in 2..64       [64]  tree: children per inner srcu_node (CONFIG_RCU_FANOUT)
     srcu.exp_holdoff     number >= 0 (us)   [25]  tree: a synchronize_srcu() this soon after a grace
                                                   period is not auto-expedited (exp_holdoff; 0: never)
+    srcu.tree_version    v5.10 | v5.19-rc1 | v6.6 [v5.10]  tree: the delay policy of that kernel's
+                                                  srcu_get_delay() and its callers (v5.19-rc1:
+                                                  282d8998e997; v6.6: its fixes 8f870e6eb8c0 and
+                                                  4f2bfd9494a0); nodes/srcu_tree.py
     kernel.hz            100 | 250 | 300 | 1000 [1000]  CONFIG_HZ: SRCU's worker polls once a
                                                   jiffy (1e6 / hz us; v3.10 SRCU_INTERVAL)
     fanout               sequential | parallel [sequential]
@@ -105,7 +109,14 @@ from nodes.rpc import DEFAULT_TRANSPORT, TRANSPORTS
 from nodes.notifier import FANOUTS
 from nodes.partition import SRCU_ALGORITHMS, SRCU_SCOPES
 from nodes.srcu import DEFAULT_HZ, HZ_CHOICES, jiffy_us
-from nodes.srcu_tree import CONFIG_RCU_FANOUT, CONFIG_RCU_FANOUT_LEAF, DEFAULT_SRCU_EXP_HOLDOFF_US, RCU_FANOUT_RANGE
+from nodes.srcu_tree import (
+    CONFIG_RCU_FANOUT,
+    CONFIG_RCU_FANOUT_LEAF,
+    DEFAULT_SRCU_EXP_HOLDOFF_US,
+    DEFAULT_TREE_VERSION,
+    RCU_FANOUT_RANGE,
+    TREE_VERSIONS,
+)
 from nodes.secondary.gru import GRU_DROPINS
 
 if TYPE_CHECKING:
@@ -472,6 +483,7 @@ KNOBS: dict[str, Knob] = {
     "srcu.fanout_leaf": Knob(CONFIG_RCU_FANOUT_LEAF, _fanout, "an integer in 2..64"),
     "srcu.fanout": Knob(CONFIG_RCU_FANOUT, _fanout, "an integer in 2..64"),
     "srcu.exp_holdoff": Knob(DEFAULT_SRCU_EXP_HOLDOFF_US, _number, "a number >= 0 (us)"),
+    "srcu.tree_version": Knob(DEFAULT_TREE_VERSION, _choice(TREE_VERSIONS), " | ".join(TREE_VERSIONS)),
     "kernel.hz": Knob(DEFAULT_HZ, _hz, " | ".join(map(str, HZ_CHOICES))),
     "semantics": Knob("v3.10", _choice(tuple(SEMANTICS)), " | ".join(SEMANTICS)),
     "fanout": Knob("sequential", _choice(FANOUTS), " | ".join(FANOUTS)),
@@ -790,6 +802,7 @@ class Scenario:
             srcu_fanout_leaf=v["srcu"]["fanout_leaf"],
             srcu_fanout=v["srcu"]["fanout"],
             srcu_exp_holdoff_us=v["srcu"]["exp_holdoff"],
+            srcu_tree_version=v["srcu"]["tree_version"],
             jiffy_us=jiffy_us(v["kernel"]["hz"]),
             fanout=v["fanout"],
             hops=v["topology"]["hops"],

@@ -117,3 +117,30 @@ def test_the_ray_backend_refuses_what_only_the_sim_injects() -> None:
     with pytest.raises(ScenarioError, match="interconnect.deadline: expected a duration on the ray backend"):
         s.ray_config()
     assert s.with_value("interconnect.deadline", "2s").ray_config().deadline_us == 2e6
+
+
+# -- srcu-expedited-regression: 282d8998e997 and the QEMU boot ------------------------------------
+
+
+def test_v5_19_rc1s_delay_policy_turns_short_expedited_waits_into_jiffies() -> None:
+    """The QEMU boot of the report: on a v5.19-rc1 host each synchronize_srcu_expedited() took
+    about 16 ms, under v5.18's policy well under one. Here the expedited teardown waits, which
+    short readers hold for microseconds under v5.10's policy (v5.18's) and v6.6's, take jiffies
+    under v5.19-rc1's."""
+    s = load_scenario("srcu-expedited-regression")
+    s = s.with_value("measure.unregisters", 8).with_value("duration", "60ms")
+    jiffy = 1e6 / s.get("kernel.hz")
+    p50 = {}
+    for version, point in s.sweep_points():
+        result, _ = run_scenario(point)
+        assert result["invariants"]["violations"] == 0, result["invariants"]["details"][:3]
+        assert result["metrics"]["unregister_srcu_wait"]["n"] == 8
+        p50[version] = _p50(result, "unregister_srcu_wait")
+        if version == "v5.19-rc1":
+            lines = field_report_lines(result)
+            assert lines[0].startswith("field report: v5.19-rc1 host, QEMU with edk2")
+            assert "model: unregister_srcu_wait p50 " in lines[2]
+    assert list(p50) == ["v5.10", "v5.19-rc1", "v6.6"]
+    assert p50["v5.19-rc1"] >= jiffy  # slept at least a jiffy
+    assert p50["v5.19-rc1"] >= 10 * max(p50["v5.10"], p50["v6.6"], 1.0)
+    assert max(p50["v5.10"], p50["v6.6"]) < jiffy / 4  # polled: a fraction of a jiffy

@@ -22,12 +22,13 @@ BUILTINS = [
     "heavy-tail",
     "quickstart",
     "sequential-vs-parallel-fanout",
+    "srcu-expedited-regression",
     "stuck-secondary",
     "unregister-vs-put",
 ]
 # the field reports: scenarios sized as the incident they reproduce, on the sim only when they
 # inject what the ray backend cannot (a stall)
-FIELD_REPORTS = ["stuck-secondary"]
+FIELD_REPORTS = ["srcu-expedited-regression", "stuck-secondary"]
 
 DEFAULTS: dict[str, Any] = {
     "description": "",
@@ -50,7 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "interconnect": {"transport": "unary", "deadline": "auto"},
     "stall": {"partition": None, "start": 0.0, "length": 60_000_000.0},
     "srcu": {"scope": "global", "expedited": False, "algorithm": "classic", "fanout_leaf": 16, "fanout": 64,
-             "exp_holdoff": 25.0},
+             "exp_holdoff": 25.0, "tree_version": "v5.10"},
     "kernel": {"hz": 1000},
     "semantics": "v3.10",
     "fanout": "sequential",
@@ -285,7 +286,7 @@ BAD_FILES = [
     ("activity:\n  strems: 3\n",
      "activity.strems: unknown key; did you mean activity.streams? (expected one of: streams, mix, rate, pages)"),
     ("streams: 3\n", "streams: unknown key; did you mean activity.streams? (expected one of: name, "),
-    ("srcu: {scopes: global}\n", "srcu.scopes: unknown key; did you mean srcu.scope? (expected one of: scope, expedited, algorithm, fanout_leaf, fanout, exp_holdoff)"),
+    ("srcu: {scopes: global}\n", "srcu.scopes: unknown key; did you mean srcu.scope? (expected one of: scope, expedited, algorithm, fanout_leaf, fanout, exp_holdoff, tree_version)"),
     ("srcu:\n  on: true\n", "srcu.True: expected a key name (a string), got True (YAML reads unquoted"),
     # wrong types
     ("partitions: true\n", "partitions: expected a positive integer, got True"),

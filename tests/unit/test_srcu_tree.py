@@ -28,6 +28,8 @@ from nodes.runtime import Runtime, current_cpu
 from nodes.srcu import Srcu
 from nodes.srcu_base import SrcuCallback
 from nodes.srcu_tree import (
+    SRCU_MAX_INTERVAL,
+    TREE_VERSIONS,
     RCU_DONE_TAIL,
     RCU_NEXT_READY_TAIL,
     RCU_NEXT_TAIL,
@@ -43,6 +45,7 @@ from nodes.srcu_tree import (
     rcu_seq_start,
     rcu_seq_state,
     srcu_node_geometry,
+    srcu_nodelay_limits,
 )
 from workloads.scenario import ScenarioError, load_scenario
 
@@ -559,3 +562,165 @@ def test_a_tree_srcu_run_is_a_function_of_its_seed():
     assert a["trace_digest"] == b["trace_digest"] and a["metrics"] == b["metrics"]
     assert c["trace_digest"] != a["trace_digest"]
     assert a["invariants"]["violations"] == 0 and a["config"]["srcu"]["algorithm"] == "tree"
+
+
+# -- the delay policy by kernel version (srcu.tree_version) --------------------------------------
+#
+# srcu_get_delay() of each version, in jiffies (J = 1000 us, HZ 1000 in these tests):
+# - v5.10: 0 while an expedited grace period is pending, else SRCU_INTERVAL (1);
+# - v5.19-rc1 (282d8998e997): that base plus the grace period's age in jiffies while one is in
+#   progress, at most SRCU_MAX_INTERVAL (10); a 0 is a no-delay instance, and past
+#   SRCU_MAX_NODELAY_PHASE (1) of them in a phase it is 1;
+# - v6.6 (8f870e6eb8c0, 4f2bfd9494a0): the age counts from the jiffy before this one, and the
+#   no-delay instances allowed per phase are about a jiffy of 5 us polls (400 at HZ 1000).
+
+
+def _gp_in_progress(s: TreeSrcu, *, expedited: bool, age: int) -> None:
+    """Put ``s`` in SCAN1 of a grace period that started ``age`` jiffies ago (white box: the
+    fields srcu_gp_start() sets)."""
+    s.srcu_gp_seq = rcu_seq_start(0)
+    s.srcu_gp_seq_needed = 4
+    s.srcu_gp_seq_needed_exp = 4 if expedited else 0
+    s.srcu_gp_start = s._jiffies() - age
+    s.srcu_n_exp_nodelay = 0
+
+
+@pytest.mark.parametrize("version, expedited, age, delays", [
+    # v5.10: the age does not count, and a zero delay has no limit
+    ("v5.10", True, 0, [0, 0, 0, 0]), ("v5.10", True, 30, [0, 0]), ("v5.10", False, 3, [1, 1]),
+    # v5.19-rc1: one no-delay instance a phase, then a jiffy; the age counts from this jiffy
+    ("v5.19-rc1", True, 0, [0, 1, 1]), ("v5.19-rc1", True, 1, [1, 1]), ("v5.19-rc1", True, 2, [2]),
+    ("v5.19-rc1", True, 30, [10]), ("v5.19-rc1", False, 3, [4]),
+    # v6.6: a grace period one jiffy old is not delayed yet; two jiffies: one
+    ("v6.6", True, 0, [0, 0, 0]), ("v6.6", True, 1, [0, 0]), ("v6.6", True, 2, [1]),
+    ("v6.6", True, 30, [10]), ("v6.6", False, 3, [3]),
+])
+def test_srcu_get_delay_of_each_version(vrun, version, expedited, age, delays):
+    async def body(rt: Runtime):
+        await rt.sleep(40_500)  # mid-jiffy 40
+        s = TreeSrcu(rt, 2, name="t", jiffy_us=1000.0, tree_version=version)
+        assert s._get_delay() == 1  # idle, nothing expedited: SRCU_INTERVAL in every version
+        _gp_in_progress(s, expedited=expedited, age=age)
+        assert [s._get_delay() for _ in delays] == delays
+
+    vrun(body)
+
+
+def test_v6_6_allows_about_a_jiffy_of_no_delay_polls_per_phase(vrun):
+    async def body(rt: Runtime):
+        s = TreeSrcu(rt, 2, name="t", jiffy_us=1000.0, tree_version="v6.6")
+        assert (s.srcu_max_nodelay_phase, s.srcu_max_nodelay) == (400, 400)  # 2 * 1e6 / 1000 / 5
+        _gp_in_progress(s, expedited=True, age=0)
+        got = [s._get_delay() for _ in range(401)]
+        assert got[:400] == [0] * 400 and got[400] == 1
+
+    vrun(body)
+
+
+@pytest.mark.parametrize("version, hz, limits", [
+    ("v5.10", 1000, (0, 0)),  # no limit
+    ("v5.19-rc1", 250, (1, 100)),  # SRCU_MAX_NODELAY_PHASE, SRCU_MAX_NODELAY
+    ("v6.6", 1000, (400, 400)),
+    ("v6.6", 250, (1000, 1000)),  # 1600, clamped to SRCU_DEFAULT_MAX_NODELAY_PHASE_HI
+    ("v6.6", 10_000, (40, 100)),  # SRCU_DEFAULT_MAX_NODELAY is at least 100
+    ("v6.6", 1_000_000, (3, 100)),  # clamped to SRCU_DEFAULT_MAX_NODELAY_PHASE_LO
+])
+def test_no_delay_limits_of_each_version(version, hz, limits):
+    assert srcu_nodelay_limits(version, hz) == limits
+
+
+async def _expedited_wait(rt: Runtime, s: TreeSrcu, reader_us: float) -> float:
+    """The wait of one synchronize_srcu_expedited() that a reader, in since just before it,
+    holds up for ``reader_us``."""
+    rt.spawn(hold_reader(rt, s, reader_us), name="reader")
+    await rt.sleep(1)
+    t0 = rt.now()
+    await s.synchronize_expedited()
+    return rt.now() - t0
+
+
+@pytest.mark.parametrize("version", TREE_VERSIONS)
+def test_an_expedited_grace_period_with_no_reader_takes_no_time_in_every_version(vrun, version):
+    async def body(rt: Runtime):
+        s = TreeSrcu(rt, 2, name="t", jiffy_us=4000.0, tree_version=version)
+        for _ in range(5):
+            t0 = rt.now()
+            await s.synchronize_expedited()
+            assert rt.now() == t0
+
+    vrun(body)
+
+
+def test_v5_19_rc1_turns_a_short_readers_expedited_wait_into_two_jiffies(vrun):
+    J = 4000.0  # HZ 250
+
+    def wait(version: str) -> float:
+        async def body(rt: Runtime):
+            await rt.sleep(100)
+            return await _expedited_wait(rt, TreeSrcu(rt, 2, name="t", jiffy_us=J, tree_version=version), 300)
+
+        return vrun(body)
+
+    # v5.10 and v6.6 poll every 5 us until the reader is gone (299 us after the request); v5.19-rc1
+    # polls once more (its one no-delay instance of SCAN2), sleeps a jiffy, finds the reader gone
+    # and, the grace period now a jiffy old, invokes the callback one more jiffy later
+    assert wait("v5.10") == wait("v6.6") == 300.0
+    assert wait("v5.19-rc1") == 5 + 2 * J
+
+
+def test_from_v5_19_rc1_a_blocking_reader_no_longer_keeps_the_worker_polling(vrun):
+    """282d8998e997's purpose: an expedited grace period waiting for a reader that sleeps
+    (20 jiffies here) re-ran process_srcu without delay for as long as the reader slept."""
+    J = 1000.0
+
+    def run(version: str) -> tuple[float, int]:
+        async def body(rt: Runtime):
+            s = TreeSrcu(rt, 2, name="t", jiffy_us=J, tree_version=version)
+            waited = await _expedited_wait(rt, s, 20 * J)
+            return waited, s.statistics().reader_checks
+
+        return vrun(body)
+
+    (w510, c510), (w519, c519), (w66, c66) = run("v5.10"), run("v5.19-rc1"), run("v6.6")
+    assert min(w510, w519, w66) >= 20 * J - 1  # each still waits for the reader
+    assert w510 < 20 * J + 10 and max(w519, w66) <= 20 * J + 2 * SRCU_MAX_INTERVAL * J
+    assert c510 > 20 * J / DELAY  # a check every 5 us throughout
+    assert c519 < 40 and c66 < 2 * 400 + 40  # a jiffy of polls at most (v6.6), then sleeps
+
+
+def test_v6_6_process_srcu_runs_without_delay_at_most_srcu_max_nodelay_times_a_jiffy(vrun):
+    """With srcutree.srcu_max_nodelay_phase set very large (the thread's experiment), the
+    per-jiffy limit of process_srcu's no-delay runs still delays the worker a jiffy."""
+    J = 10_000.0  # HZ 100: a reader of half a jiffy needs ~250 runs of 2 checks 5 us apart
+
+    def wait(max_nodelay: int) -> float:
+        async def body(rt: Runtime):
+            s = TreeSrcu(rt, 2, name="t", jiffy_us=J, tree_version="v6.6")
+            s.srcu_max_nodelay_phase = 10**6  # the boot parameters
+            s.srcu_max_nodelay = max_nodelay
+            return await _expedited_wait(rt, s, J / 2)
+
+        return vrun(body)
+
+    assert wait(10**6) <= J / 2 + 2 * DELAY  # polled throughout
+    assert wait(100) > J  # the 101st run of the jiffy waited a jiffy
+
+
+def test_tree_version_reaches_the_domain_and_bad_versions_are_named(vrun):
+    async def body(rt: Runtime):
+        s = make_srcu(rt, 2, SrcuOptions("tree", tree_version="v5.19-rc1"), name="x")
+        assert isinstance(s, TreeSrcu) and s.tree_version == "v5.19-rc1"
+        assert TreeSrcu(rt, 2, name="y").tree_version == "v5.10"  # the default
+
+    vrun(body)
+    message = r"srcu tree_version must be one of v5\.10, v5\.19-rc1, v6\.6 .*got 'v5\.19'"
+    with pytest.raises(ValueError, match=message):
+        SrcuOptions("tree", tree_version="v5.19")
+    with pytest.raises(ValueError, match=message):
+        TreeSrcu(Runtime(None), 2, tree_version="v5.19")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"sim config srcu_tree_version: expected one of \('v5\.10', 'v5\.19-rc1', 'v6\.6'\), got '6\.6'"):
+        SimConfig(srcu_tree_version="6.6")
+    with pytest.raises(ScenarioError, match=r"srcu\.tree_version: expected one of v5\.10, v5\.19-rc1, v6\.6, got 'v5\.19'"):
+        load_scenario("quickstart").with_overrides(["srcu.tree_version=v5.19"])
+    s = load_scenario("quickstart").with_overrides(["srcu.algorithm=tree", "srcu.tree_version=v6.6"])
+    assert s.sim_config().srcu == SrcuOptions("tree", tree_version="v6.6")
