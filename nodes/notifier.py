@@ -30,12 +30,13 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
-from nodes.errors import InvalidArgument, NullPointerDereference, SleepingInAtomicContext
+from nodes.errors import InvalidArgument, NullPointerDereference, SleepingInAtomicContext, TryAgain
 from nodes.mm import Mm, mm_drop_all_locks, mm_take_all_locks
 from nodes.runtime import Runtime, SpinLock, TaskSignals, call_maybe_async, current_cpu, run_atomic, wait_all
 from nodes.srcu import Srcu
 
 if TYPE_CHECKING:
+    from nodes.interval import MmuItree
     from nodes.oracle import Oracle
 
 FANOUTS = ("sequential", "parallel")
@@ -283,6 +284,9 @@ class MmuNotifierMm:
         self.list = Hlist()
         self.lock = SpinLock(f"{mm.name}.mmu_notifier_mm.lock")
         self.invalidate_seq = 0  # invariant: never decreases
+        # the interval-notifier half (nodes/interval.py; its own, odd/even, invalidate_seq): set
+        # by the first register with no notifier, the modern modes' subscriptions->has_itree
+        self.itree: "MmuItree | None" = None
 
 
 class CoreTimings:
@@ -303,6 +307,12 @@ class CoreTimings:
 
     def range_started(self, mm: Mm, start: int, end: int, now: float) -> None:
         self._open.setdefault((mm.id, start, end), []).append(now)
+
+    def range_abandoned(self, mm: Mm, start: int, end: int) -> None:
+        """A start that failed (EAGAIN): its span, if timed, will not end."""
+        begun = self._open.get((mm.id, start, end))
+        if begun:
+            begun.pop()
 
     def range_ended(self, mm: Mm, start: int, end: int, now: float) -> None:
         begun = self._open.get((mm.id, start, end))
@@ -455,16 +465,22 @@ class NotifierCore:
         self._bump_invalidate_seq(mm)
         await self._walk(mm, "invalidate_page", address)
 
-    async def invalidate_range_start(self, mm: Mm, start: int, end: int) -> None:
+    async def invalidate_range_start(self, mm: Mm, start: int, end: int, *,
+                                     event: MmuNotifierEvent = MmuNotifierEvent.UNMAP,
+                                     flags: int = MMU_NOTIFIER_RANGE_BLOCKABLE) -> None:
         """mmu_notifier_invalidate_range_start(). Exported (fa794199e3): a driver may call it
         for a range no VMA describes (SGI's extended vma), so the range is not checked against
-        the VMAs, only for sanity."""
+        the VMAs, only for sanity. ``event`` and ``flags`` are the modern struct
+        mmu_notifier_range's (only the interval notifiers see them here); without
+        MMU_NOTIFIER_RANGE_BLOCKABLE a notifier that would sleep makes it raise ``TryAgain``
+        (EAGAIN), and then no invalidate_range_end may follow."""
         if start >= end:
             raise InvalidArgument(f"invalidate_range_start: empty range [{start:#x}, {end:#x})")
         self.oracle.mm_range_start(mm, start, end)
         if self.timings.enabled and self.has_notifiers(mm):  # a span that calls no one is not timed
             self.timings.range_started(mm, start, end, self.runtime.now())
         self._bump_invalidate_seq(mm)
+        await self._itree_invalidate(mm, start, end, event, flags)
         await self._walk(
             mm, "invalidate_range_start", start, end,
             after=lambda mn: self.oracle.range_started(mn, mm, start, end),
@@ -476,9 +492,33 @@ class NotifierCore:
             raise InvalidArgument(f"invalidate_range_end: empty range [{start:#x}, {end:#x})")
         self.oracle.mm_range_end(mm, start, end)
         self._bump_invalidate_seq(mm)
+        self._itree_inv_end(mm, start, end)
         await self._walk(mm, "invalidate_range_end", start, end)
         if self.timings.enabled:
             self.timings.range_ended(mm, start, end, self.runtime.now())
+
+    # -- the interval notifiers' hooks (nodes/interval.py): v5.10's __mmu_notifier_invalidate_range_
+    #    start/end and __mmu_notifier_release call the tree first, then walk the hlist ----------
+
+    async def _itree_invalidate(self, mm: Mm, start: int, end: int, event: MmuNotifierEvent, flags: int) -> None:
+        """mn_itree_invalidate() if the mm has interval notifiers (subscriptions->has_itree).
+        On EAGAIN the tree's range is already ended; the start is undone for the oracle and the
+        timings too, since its caller will not call the end."""
+        itree = mm.notifier_mm.itree if mm.notifier_mm is not None else None
+        if itree is None:
+            return
+        try:
+            await itree.invalidate(MmuNotifierRange(mm, start, end, event, flags))
+        except TryAgain:
+            self.oracle.mm_range_abandoned(mm, start, end)
+            self.timings.range_abandoned(mm, start, end)
+            raise
+
+    def _itree_inv_end(self, mm: Mm, start: int, end: int) -> None:
+        """mn_itree_inv_end() if the mm has interval notifiers."""
+        itree = mm.notifier_mm.itree if mm.notifier_mm is not None else None
+        if itree is not None:
+            itree.inv_end(start, end)
 
     def clear_flush_young(self, mm: Mm, address: int) -> int:
         """mmu_notifier_clear_flush_young(): OR of every notifier's answer. Caller holds the
@@ -499,18 +539,23 @@ class NotifierCore:
 
     # -- registration -----------------------------------------------------------------------
 
-    async def register(self, mn: MmuNotifier, mm: Mm, *, current: TaskSignals | None = None) -> None:
-        """mmu_notifier_register(): takes mmap_sem for write itself."""
+    async def register(self, mn: MmuNotifier | None, mm: Mm, *, current: TaskSignals | None = None) -> None:
+        """mmu_notifier_register(): takes mmap_sem for write itself. ``mn`` None (the modern
+        modes only) registers the mm for interval notifiers (``nodes.interval``), as
+        mmu_interval_notifier_insert() does with mmu_notifier_register(NULL, mm)."""
         await self._do_register(mn, mm, take_mmap_sem=True, current=current)
 
-    async def register_locked(self, mn: MmuNotifier, mm: Mm, *, current: TaskSignals | None = None) -> None:
+    async def register_locked(self, mn: MmuNotifier | None, mm: Mm, *, current: TaskSignals | None = None) -> None:
         """__mmu_notifier_register(): the caller already holds mmap_sem for write."""
         if not mm.mmap_sem.writer:
             raise InvalidArgument(f"__mmu_notifier_register on {mm.name} without mmap_sem held for write")
         await self._do_register(mn, mm, take_mmap_sem=False, current=current)
 
-    async def _do_register(self, mn: MmuNotifier, mm: Mm, *, take_mmap_sem: bool, current: TaskSignals | None) -> None:
+    async def _do_register(self, mn: MmuNotifier | None, mm: Mm, *, take_mmap_sem: bool,
+                           current: TaskSignals | None) -> None:
         """do_mmu_notifier_register() of v3.10 (35cfa2b0b4: allocate before taking locks)."""
+        if mn is None:
+            return await self._register_itree(mm, take_mmap_sem=take_mmap_sem, current=current)
         if mm.users <= 0:
             raise InvalidArgument(f"register of {mn.name} on {mm.name}, whose mm_users is 0 (exiting)")
         if not mn.hlist.unhashed():
@@ -541,6 +586,35 @@ class NotifierCore:
                     mm.notifier_mm.list.add_head_rcu(mn.hlist)
                 mn.mm = mm
                 self.oracle.registered(mn, mm)
+            finally:
+                mm_drop_all_locks(mm)
+        finally:
+            if take_mmap_sem:
+                mm.mmap_sem.up_write()
+
+    async def _register_itree(self, mm: Mm, *, take_mmap_sem: bool, current: TaskSignals | None) -> None:
+        """__mmu_notifier_register(NULL, mm) of v5.10: the bookkeeping allocated first, then under
+        mmap_sem (write) and mm_take_all_locks() installed and marked has_itree. Pins nothing:
+        each interval notifier's insert takes its own mmgrab()."""
+        if not self.modern:
+            raise InvalidArgument(f"register with no notifier (interval notifiers) on {mm.name}: the "
+                                  f"{self.semantics!r} core has none; semantics {MODERN} have them")
+        if mm.users <= 0:
+            raise InvalidArgument(f"register of interval notifiers on {mm.name}, whose mm_users is 0 (exiting)")
+        from nodes.interval import MmuItree
+
+        prealloc = MmuNotifierMm(mm) if mm.notifier_mm is None else None
+        if take_mmap_sem:
+            await mm.mmap_sem.down_write()
+        try:
+            await mm_take_all_locks(mm, current)
+            try:
+                if mm.notifier_mm is None:
+                    mm.notifier_mm = prealloc
+                nmm = mm.notifier_mm
+                assert nmm is not None
+                if nmm.itree is None:
+                    nmm.itree = MmuItree(nmm, mm, self)
             finally:
                 mm_drop_all_locks(mm)
         finally:
@@ -593,6 +667,8 @@ class NotifierCore:
         t0 = self.runtime.now()
         if mm.notifier_mm is None:
             return TeardownTiming(0.0, 0.0, 0.0)
+        if mm.notifier_mm.itree is not None:
+            await mm.notifier_mm.itree.release()  # mn_itree_release(), before the hlist's
         srcu = self.srcu_for(mm)
         nmm = mm.notifier_mm
         if self.unhash_before_release:
