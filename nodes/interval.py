@@ -270,6 +270,14 @@ class MmuItree:
         range ending, for the oracle only (the kernel's takes none)."""
         self.oracle.interval_range_ended(self.mm, start, end)
         with self.lock:
+            if not self.active_invalidate_ranges:
+                # a range that began before the mm had interval notifiers, which the tree never
+                # counted: the register's mm_take_all_locks() excludes every VM operation's range,
+                # but not an exported invalidate by a driver holding none of those locks (the
+                # kernel's unsigned count would wrap here)
+                self._warn(f"invalidate_range_end [{start:#x}, {end:#x}) of {self.mm.name} began before "
+                           f"its interval notifiers were registered")
+                return
             self.active_invalidate_ranges -= 1
             if self.active_invalidate_ranges or not self.is_invalidating():
                 self._check()

@@ -584,3 +584,19 @@ def test_remote_interval_notifier_is_not_an_hlist_notifier_and_a_repeated_insert
         return held, a.check_invariants()
 
     assert run_sim(_remote_config(), wl).result == (1, [])
+
+
+def test_a_range_begun_before_the_first_insert_is_not_counted_by_the_tree(vrun):
+    """The tree counts only the ranges that began once the mm had interval notifiers
+    (__mmu_notifier_invalidate_range_start skips the tree without has_itree). mm_take_all_locks()
+    in the register excludes the VM operations' ranges, not an exported invalidate holding no
+    lock: its end is a WARN here, not a count below zero."""
+    async def body(rt):
+        p, mm, owner = await setup(rt)
+        await p.core.invalidate_range_start(mm, BASE, BASE + P)  # exported: no lock held
+        dev = await mirror(owner, mm, "dev", BASE, 4)
+        await p.core.invalidate_range_end(mm, BASE, BASE + P)
+        t = itree(mm)
+        return t.active_invalidate_ranges, t.invalidate_seq, dev.mni.in_tree, len(t.warnings), dev.calls
+
+    assert vrun(body) == (0, 2, True, 1, [])
