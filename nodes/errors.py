@@ -86,6 +86,13 @@ class Busy(ModelError):
     errno = _errno.EAGAIN
 
 
+class Overflow(InvalidArgument):
+    """EOVERFLOW: a range whose last byte is past the end of the address type (an interval
+    notifier of length 0, or start + length - 1 beyond ULONG_MAX)."""
+
+    errno = _errno.EOVERFLOW
+
+
 class Unreachable(ModelError):
     """A message to or from another partition got no answer in time: the partition is dead,
     cut off, or the message was lost (gRPC's UNAVAILABLE / DEADLINE_EXCEEDED)."""

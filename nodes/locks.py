@@ -141,6 +141,22 @@ class Mutex:
         if dep is not None:
             dep.acquired(task, self.lock_class, self)
 
+    def trylock(self) -> bool:
+        """mutex_trylock(): take the mutex if that needs no sleep (it is free and no one waits
+        for it), else return False at once. Never sleeps, so it may be called where sleeping is
+        not allowed (a non-blockable invalidate). As in the kernel, lockdep records the lock as
+        held but a trylock adds no ordering dependency (it cannot wait, so cannot deadlock)."""
+        acquire = self._lock.acquire()
+        try:
+            acquire.send(None)  # asyncio.Lock.acquire() returns without suspending when it can
+        except StopIteration:
+            dep = lockdep.checker()
+            if dep is not None:
+                dep.acquired(asyncio.current_task(), self.lock_class, self)
+            return True
+        acquire.close()  # it would have waited: withdraw from the queue
+        return False
+
     def unlock(self) -> None:
         dep = lockdep.checker()
         if dep is not None:

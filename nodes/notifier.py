@@ -45,6 +45,7 @@ from nodes.runtime import Runtime, SpinLock, TaskSignals, call_maybe_async, curr
 from nodes.srcu_base import SrcuBase
 
 if TYPE_CHECKING:
+    from nodes.interval import MmuItree
     from nodes.oracle import Oracle
 
 FANOUTS = ("sequential", "parallel")
@@ -370,6 +371,9 @@ class MmuNotifierMm:
         self.list = Hlist()
         self.lock = SpinLock(f"{mm.name}.mmu_notifier_mm.lock")
         self.invalidate_seq = 0  # invariant: never decreases
+        # the interval-notifier half (nodes/interval.py; its own, odd/even, invalidate_seq): set
+        # by the first register with no notifier, the modern modes' subscriptions->has_itree
+        self.itree: "MmuItree | None" = None
 
 
 class CoreTimings:
@@ -611,6 +615,9 @@ class NotifierCore:
         if self.timings.enabled and self.has_notifiers(mm) and flags & MMU_NOTIFIER_RANGE_BLOCKABLE:
             self.timings.range_started(mm, start, end, self.runtime.now())
         self._bump_invalidate_seq(mm)
+        ret = await self._itree_invalidate(mm, rng)
+        if ret:
+            return ret
         ret = await self._walk(
             mm, "invalidate_range_start", start, end,
             after=lambda mn: self.oracle.range_started(mn, mm, start, end),
@@ -669,6 +676,7 @@ class NotifierCore:
         rng = self._range(mm, start, end, event, flags, owner)
         self.oracle.mm_range_end(mm, start, end)
         self._bump_invalidate_seq(mm)
+        self._itree_inv_end(mm, start, end)
         if rng is not None and not only_end and self.tlb_op == "invalidate_range":
             self._walk_atomic(mm, "invalidate_range", start, end)
         await self._walk(mm, "invalidate_range_end", start, end, range=rng)
@@ -687,6 +695,30 @@ class NotifierCore:
         """mmu_notifier_clear_young() (632116f64463): OR of every notifier's answer. Caller
         holds the page-table lock. A modern op: 0 elsewhere."""
         return self._walk_atomic(mm, "clear_young", start, end) if self.modern else 0
+
+    # -- the interval notifiers' hooks (nodes/interval.py): v5.10's __mmu_notifier_invalidate_range_
+    #    start/end and __mmu_notifier_release call the tree first, then walk the hlist ----------
+
+    async def _itree_invalidate(self, mm: Mm, rng: MmuNotifierRange | None) -> int:
+        """mn_itree_invalidate() if the mm has interval notifiers (subscriptions->has_itree): 0,
+        or -EAGAIN, which the start returns at once (the hlist is not walked). The tree's range
+        is then already ended; the start is undone for the oracle, since its caller will not
+        call the end (only a non-blockable range fails, and those are not timed). Only the
+        modern cores have interval notifiers, so ``rng`` is their range."""
+        itree = mm.notifier_mm.itree if mm.notifier_mm is not None else None
+        if itree is None:
+            return 0
+        assert rng is not None
+        ret = await itree.invalidate(rng)
+        if ret:
+            self.oracle.mm_range_abandoned(mm, rng.start, rng.end)
+        return ret
+
+    def _itree_inv_end(self, mm: Mm, start: int, end: int) -> None:
+        """mn_itree_inv_end() if the mm has interval notifiers."""
+        itree = mm.notifier_mm.itree if mm.notifier_mm is not None else None
+        if itree is not None:
+            itree.inv_end(start, end)
 
     def clear_flush_young(self, mm: Mm, address: int) -> int:
         """mmu_notifier_clear_flush_young(): OR of every notifier's answer. Caller holds the
@@ -707,18 +739,23 @@ class NotifierCore:
 
     # -- registration -----------------------------------------------------------------------
 
-    async def register(self, mn: MmuNotifier, mm: Mm, *, current: TaskSignals | None = None) -> None:
-        """mmu_notifier_register(): takes mmap_sem for write itself."""
+    async def register(self, mn: MmuNotifier | None, mm: Mm, *, current: TaskSignals | None = None) -> None:
+        """mmu_notifier_register(): takes mmap_sem for write itself. ``mn`` None (the modern
+        modes only) registers the mm for interval notifiers (``nodes.interval``), as
+        mmu_interval_notifier_insert() does with mmu_notifier_register(NULL, mm)."""
         await self._do_register(mn, mm, take_mmap_sem=True, current=current)
 
-    async def register_locked(self, mn: MmuNotifier, mm: Mm, *, current: TaskSignals | None = None) -> None:
+    async def register_locked(self, mn: MmuNotifier | None, mm: Mm, *, current: TaskSignals | None = None) -> None:
         """__mmu_notifier_register(): the caller already holds mmap_sem for write."""
         if not mm.mmap_sem.writer:
             raise InvalidArgument(f"__mmu_notifier_register on {mm.name} without mmap_sem held for write")
         await self._do_register(mn, mm, take_mmap_sem=False, current=current)
 
-    async def _do_register(self, mn: MmuNotifier, mm: Mm, *, take_mmap_sem: bool, current: TaskSignals | None) -> None:
+    async def _do_register(self, mn: MmuNotifier | None, mm: Mm, *, take_mmap_sem: bool,
+                           current: TaskSignals | None) -> None:
         """do_mmu_notifier_register() of v3.10 (35cfa2b0b4: allocate before taking locks)."""
+        if mn is None:
+            return await self._register_itree(mm, take_mmap_sem=take_mmap_sem, current=current)
         if mm.users <= 0:
             raise InvalidArgument(f"register of {mn.name} on {mm.name}, whose mm_users is 0 (exiting)")
         if not mn.hlist.unhashed():
@@ -750,6 +787,35 @@ class NotifierCore:
                 mn.mm = mm
                 mn.users = 1
                 self.oracle.registered(mn, mm)
+            finally:
+                mm_drop_all_locks(mm)
+        finally:
+            if take_mmap_sem:
+                mm.mmap_sem.up_write()
+
+    async def _register_itree(self, mm: Mm, *, take_mmap_sem: bool, current: TaskSignals | None) -> None:
+        """__mmu_notifier_register(NULL, mm) of v5.10: the bookkeeping allocated first, then under
+        mmap_sem (write) and mm_take_all_locks() installed and marked has_itree. Pins nothing:
+        each interval notifier's insert takes its own mmgrab()."""
+        if not self.modern:
+            raise InvalidArgument(f"register with no notifier (interval notifiers) on {mm.name}: the "
+                                  f"{self.semantics!r} core has none; semantics {MODERN} have them")
+        if mm.users <= 0:
+            raise InvalidArgument(f"register of interval notifiers on {mm.name}, whose mm_users is 0 (exiting)")
+        from nodes.interval import MmuItree
+
+        prealloc = MmuNotifierMm(mm) if mm.notifier_mm is None else None
+        if take_mmap_sem:
+            await mm.mmap_sem.down_write()
+        try:
+            await mm_take_all_locks(mm, current)
+            try:
+                if mm.notifier_mm is None:
+                    mm.notifier_mm = prealloc
+                nmm = mm.notifier_mm
+                assert nmm is not None
+                if nmm.itree is None:
+                    nmm.itree = MmuItree(nmm, mm, self)
             finally:
                 mm_drop_all_locks(mm)
         finally:
@@ -802,6 +868,8 @@ class NotifierCore:
         t0 = self.runtime.now()
         if mm.notifier_mm is None:
             return TeardownTiming(0.0, 0.0, 0.0)
+        if mm.notifier_mm.itree is not None:
+            await mm.notifier_mm.itree.release()  # mn_itree_release(), before the hlist's
         srcu = self.srcu_for(mm)
         nmm = mm.notifier_mm
         if self.unhash_before_release:

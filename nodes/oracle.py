@@ -9,9 +9,12 @@ whole-partition sweep (frame accounting) for quiescent points and the end of a r
 1. A frame never returns to the allocator while any secondary maps or pins it.
 2. No secondary translation is established inside an active range_start..range_end window
    that covers it (for notifiers that implement range_start; XPMEM, which does not, relies on
-   its pins, which invariant 1 watches).
+   its pins, which invariant 1 watches). For an interval notifier (``nodes.interval``) the
+   window opens when its ``invalidate`` of the range returns True and closes when that range
+   ends (or fails with EAGAIN, or is exit's RELEASE pass).
 3. Every range_start is paired with one range_end.
-4. After unregister returns, no method of that notifier runs.
+4. After unregister returns, no method of that notifier runs; after an interval notifier's
+   remove returns, no ``invalidate`` of it runs.
 5. release runs before exit frees pages; a notifier gets release at most twice, and twice only
    when unregister and exit raced (one from each).
 6. A read through a secondary translation returns the stamp the translation was made for.
@@ -79,6 +82,7 @@ class Oracle:
         self._releases: dict[MmuNotifier, list[str]] = defaultdict(list)
         self._registered: dict[int, set[MmuNotifier]] = defaultdict(set)
         self._unregistered: set[MmuNotifier] = set()
+        self._interval: set[Any] = set()  # interval notifiers inserted (and not yet removed)
         # invariant: sum over notifiers of _translations[mn][p] == smap[p]
         self._translations: dict[MmuNotifier, Counter[int]] = defaultdict(Counter)
 
@@ -129,14 +133,6 @@ class Oracle:
     def mm_range_start(self, mm: Mm, start: int, end: int) -> None:
         self._mm_ranges[mm.id][(start, end)] += 1
 
-    def mm_range_abandoned(self, mm: Mm, start: int, end: int) -> None:
-        """A non-blocking range_start failed (-EAGAIN): its caller may not call range_end
-        (mmu_notifier_invalidate_range_start_nonblock()), so the range is no longer open."""
-        open_ranges = self._mm_ranges[mm.id]
-        open_ranges[(start, end)] -= 1
-        if not open_ranges[(start, end)]:
-            del open_ranges[(start, end)]
-
     def mm_range_end(self, mm: Mm, start: int, end: int) -> None:
         self.checked["range_end"] += 1
         open_ranges = self._mm_ranges[mm.id]
@@ -146,6 +142,44 @@ class Oracle:
         open_ranges[(start, end)] -= 1
         if not open_ranges[(start, end)]:
             del open_ranges[(start, end)]
+
+    def mm_range_abandoned(self, mm: Mm, start: int, end: int) -> None:
+        """A non-blocking range_start of ``mm`` failed (-EAGAIN): its caller may not call
+        range_end (mmu_notifier_invalidate_range_start_nonblock()), so no range_end will pair
+        with it and the range is no longer open."""
+        open_ranges = self._mm_ranges[mm.id]
+        if open_ranges[(start, end)] <= 0:
+            raise InternalError(f"range_start [{start:#x}, {end:#x}) of {mm.name} abandoned but never started")
+        open_ranges[(start, end)] -= 1
+        if not open_ranges[(start, end)]:
+            del open_ranges[(start, end)]
+
+    # -- interval notifier events (nodes/interval.py) -----------------------------------------
+    # Their ``invalidate`` calls are reported through ``callout``/``callout_done`` (op
+    # "invalidate"), which check invariant 4 for them as for any notifier.
+
+    def interval_inserted(self, mni: Any, mm: Mm) -> None:
+        self._interval.add(mni)
+        self._unregistered.discard(mni)
+
+    def interval_invalidated(self, mni: Any, mm: Mm, start: int, end: int) -> None:
+        """``mni``'s invalidate of [start, end) returned True: its window is open until the
+        range ends (``interval_range_ended``)."""
+        self._windows[mni].append((mm.id, start, end))
+
+    def interval_range_ended(self, mm: Mm, start: int, end: int) -> None:
+        """The range [start, end) of ``mm`` ended for the interval tree (mn_itree_inv_end): close
+        the window it opened on each interval notifier (one per range in progress)."""
+        for mni in self._interval:
+            w = self._windows.get(mni)
+            if w and (mm.id, start, end) in w:
+                w.remove((mm.id, start, end))
+
+    def interval_removed(self, mni: Any, mm: Mm) -> None:
+        """mmu_interval_notifier_remove(mni) returned: no invalidate of it may run from now on."""
+        self._interval.discard(mni)
+        self._unregistered.add(mni)
+        self._windows.pop(mni, None)
 
     def released(self, mn: MmuNotifier, mm: Mm, by: str) -> None:
         self.checked["release"] += 1

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from nodes.errors import InvalidArgument, NotFound
+from nodes.interval import (MmuIntervalNotifier, MmuIntervalNotifierOps, mmu_interval_notifier_insert,
+                            mmu_interval_notifier_remove, mmu_interval_read_begin)
 from nodes.mm import Mm, check_user_address
 from nodes.notifier import MmuNotifier, TeardownTiming
 
@@ -82,6 +84,21 @@ class OwnerPort(Protocol):
         """A remote read of ``pfn`` through ``mn``'s translation of ``address``; returns the
         frame's stamp (the oracle checks it against ``expected``)."""
 
+    # Interval notifiers (the modern modes; ``nodes.interval``): ``mni`` is the secondary's
+    # own, which its ``ops.invalidate`` is called with and its fault path reads with
+    # ``mmu_interval_read_retry``; the tree is the owner's.
+
+    async def interval_notifier_insert(self, mni: MmuIntervalNotifier, mm_id: int, start: int, length: int,
+                                       ops: MmuIntervalNotifierOps) -> None:
+        """mmu_interval_notifier_insert(mni, mm, start, length, ops)."""
+
+    async def interval_notifier_remove(self, mni: MmuIntervalNotifier) -> None:
+        """mmu_interval_notifier_remove(mni): once it returns no ``ops.invalidate`` of mni runs."""
+
+    async def interval_read_begin(self, mni: MmuIntervalNotifier) -> int:
+        """mmu_interval_read_begin(mni), on the owner (it may wait there for an invalidation to
+        end); the secondary then checks ``mmu_interval_read_retry(mni, seq)`` under its lock."""
+
     def translation_established(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int) -> None:
         """``mn`` now translates ``address`` to ``pfn`` (reported at the moment of install)."""
 
@@ -142,6 +159,16 @@ class LocalOwner:
         if mm is None:
             raise NotFound(f"put of {mn.name}: no mm {mm_id} on partition {self.part.name}")
         return await self.part.core.put(mn, mm)
+
+    async def interval_notifier_insert(self, mni: MmuIntervalNotifier, mm_id: int, start: int, length: int,
+                                       ops: MmuIntervalNotifierOps) -> None:
+        await mmu_interval_notifier_insert(self.part.core, mni, self.part.mm(mm_id), start, length, ops)
+
+    async def interval_notifier_remove(self, mni: MmuIntervalNotifier) -> None:
+        await mmu_interval_notifier_remove(mni)
+
+    async def interval_read_begin(self, mni: MmuIntervalNotifier) -> int:
+        return await mmu_interval_read_begin(mni)
 
     async def dma_read(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
         mm = self._checked(mn, mm_id, address, [pfn], "dma_read")

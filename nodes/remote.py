@@ -21,6 +21,15 @@ two proxies carry that across the interconnect:
   another partition cannot honour an op the kernel calls under a spinlock.
 - A pinning get_user_pages whose answer is lost is undone by the secondary's side
   (``abort_pins``), so a pin is never held for a request no one saw answered.
+- Interval notifiers (the modern modes, ``nodes.interval``): a secondary on B inserts its
+  ``MmuIntervalNotifier`` through ``RemoteOwner``; A's ``OwnerService`` puts a
+  ``RemoteIntervalNotifier`` in the mm's tree, whose ``invalidate`` is a request to B
+  (``SecondaryService.interval_invalidate``: the range, its event and flags, and ``cur_seq``),
+  answered with B's verdict and the notifier's sequence after it, which A mirrors for
+  ``mmu_interval_read_begin``. The secondary's read_begin is a request to A (it may wait there
+  for an invalidation to end, within the request's deadline); its read_retry and set_seq are
+  local, on its own notifier. A range that may not block is refused at once (False: a callout
+  sleeps), so a non-blocking start answers -EAGAIN.
 - Fencing: when a callout to B gets no answer (``Unreachable``: B died, or its link did), A
   fences B: every notifier B registered is treated as released (no more callouts), every page
   B pinned is unpinned, the oracle forgets B's translations, and the fault is recorded in
@@ -44,8 +53,10 @@ from typing import Any, Awaitable, Callable, Protocol
 import numpy as np
 
 from nodes.errors import InvalidArgument, NotFound, PermissionDenied, Unreachable
+from nodes.interval import (MmuIntervalNotifier, MmuIntervalNotifierOps, mmu_interval_notifier_insert,
+                            mmu_interval_notifier_remove, mmu_interval_read_begin)
 from nodes.mm import Mm
-from nodes.notifier import OPS, RANGE_OPS, MmuNotifier, TeardownTiming, has_op
+from nodes.notifier import OPS, RANGE_OPS, MmuNotifier, MmuNotifierEvent, MmuNotifierRange, TeardownTiming, has_op
 from nodes.owner import LocalOwner, MmRef, PageRef
 from nodes.partition import Partition
 from nodes.runtime import call_maybe_async
@@ -152,6 +163,35 @@ def _refusing_start(self: "RemoteNotifier", rng: Any) -> int:
 _refusing_start.local = True  # type: ignore[attr-defined]  # answered here: not timed as a round trip
 
 
+class RemoteIntervalNotifier(MmuIntervalNotifier):
+    """The owner-side stand-in of an interval notifier that a secondary on another partition
+    holds: in the owner's tree, with ``REMOTE_INTERVAL_OPS``. Its ``invalidate_seq`` mirrors the
+    secondary's notifier's, as each invalidate's answer carries it (between a callout and its
+    answer it may lag: then read_begin here returns the older sequence, and the secondary's
+    read_retry, against its own, says retry: the kernel's race of read_begin with set_seq)."""
+
+    def __init__(self, service: "OwnerService", host: str, notifier_id: str, name: str):
+        super().__init__(f"{host}:{name}")
+        self.service = service
+        self.host = host
+        self.notifier_id = notifier_id
+        self.fenced = False  # the host stopped answering, or lost the notifier: no more callouts
+
+
+class RemoteIntervalOps(MmuIntervalNotifierOps):
+    """The ops of every ``RemoteIntervalNotifier``: its invalidate is a request to the
+    secondary's partition, which sleeps, so a range that may not block gets False at once."""
+
+    def invalidate(self, mni: MmuIntervalNotifier, range: MmuNotifierRange, cur_seq: int) -> Any:
+        if not range.blockable():
+            return False
+        assert isinstance(mni, RemoteIntervalNotifier)
+        return mni.service.forward_interval(mni, range, cur_seq)
+
+
+REMOTE_INTERVAL_OPS = RemoteIntervalOps()
+
+
 @dataclass
 class Fault:
     """A secondary's partition that stopped answering, as the owner saw it."""
@@ -173,6 +213,7 @@ class OwnerService:
         self.interconnect = interconnect
         self.local = LocalOwner(partition)
         self.notifiers: dict[tuple[str, str], RemoteNotifier] = {}
+        self.interval_notifiers: dict[tuple[str, str], RemoteIntervalNotifier] = {}
         # invariant: pins[host][pfn] == pins held by secondaries on host (their references)
         self.pins: dict[str, Counter[int]] = {}
         self.fenced_hosts: set[str] = set()
@@ -190,6 +231,20 @@ class OwnerService:
         if mn is None:
             raise NotFound(f"no notifier {notifier_id!r} of partition {host} on {self.name}")
         return mn
+
+    def _reader(self, host: str, notifier_id: str) -> RemoteNotifier | RemoteIntervalNotifier:
+        """The stand-in of ``host``'s notifier ``notifier_id``, of either kind: what the reads
+        and oracle reports of a secondary name."""
+        mn = self.notifiers.get((host, notifier_id)) or self.interval_notifiers.get((host, notifier_id))
+        if mn is None:
+            raise NotFound(f"no notifier {notifier_id!r} of partition {host} on {self.name}")
+        return mn
+
+    def _interval(self, host: str, notifier_id: str) -> RemoteIntervalNotifier:
+        mni = self.interval_notifiers.get((host, notifier_id))
+        if mni is None:
+            raise NotFound(f"no interval notifier {notifier_id!r} of partition {host} on {self.name}")
+        return mni
 
     def _check_host(self, host: str) -> None:
         if host in self.fenced_hosts:
@@ -233,6 +288,41 @@ class OwnerService:
         del self.notifiers[(host, notifier_id)]
         return (t.total_us, t.release_us, t.srcu_wait_us)
 
+    async def interval_insert(self, host: str, notifier_id: str, name: str, mm_id: int, start: int, length: int) -> int:
+        """mmu_interval_notifier_insert() of ``host``'s notifier on mm ``mm_id``; returns the
+        notifier's first sequence, for the secondary's own copy."""
+        self._check_host(host)
+        key = (host, notifier_id)
+        if key in self.notifiers or key in self.interval_notifiers:
+            raise InvalidArgument(f"notifier {notifier_id!r} of partition {host} is already registered on {self.name}")
+        mni = RemoteIntervalNotifier(self, host, notifier_id, name)
+        self.interval_notifiers[key] = mni
+        try:
+            await mmu_interval_notifier_insert(self.part.core, mni, self.part.mm(mm_id), start, length,
+                                               REMOTE_INTERVAL_OPS)
+        except BaseException:
+            del self.interval_notifiers[key]
+            raise
+        return mni.invalidate_seq
+
+    async def interval_remove(self, host: str, notifier_id: str) -> None:
+        """mmu_interval_notifier_remove(): returns once no invalidate of it runs here."""
+        mni = self._interval(host, notifier_id)
+        key = (host, notifier_id)
+        if key in self._unregistering:  # a retry racing the first try: one remove runs
+            raise NotFound(f"interval notifier {notifier_id!r} of partition {host} is being removed from {self.name}")
+        self._unregistering.add(key)
+        try:
+            await mmu_interval_notifier_remove(mni)
+        finally:
+            self._unregistering.discard(key)
+        del self.interval_notifiers[key]
+
+    async def interval_read_begin(self, host: str, notifier_id: str) -> int:
+        """mmu_interval_read_begin() of ``host``'s notifier, here where the tree is."""
+        self._check_host(host)
+        return await mmu_interval_read_begin(self._interval(host, notifier_id))
+
     async def get_user_pages(
         self, host: str, mm_id: int, address: int, npages: int, write: bool, pin: bool, request_id: int = 0
     ) -> list[PageRef]:
@@ -270,7 +360,7 @@ class OwnerService:
 
     async def dma_read(self, host: str, notifier_id: str, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
         self._check_host(host)
-        return await self.local.dma_read(self._notifier(host, notifier_id), mm_id, address, pfn, expected)
+        return await self.local.dma_read(self._reader(host, notifier_id), mm_id, address, pfn, expected)
 
     async def exit(self, mm_id: int) -> tuple[float, float, float]:
         """The owning process of mm ``mm_id`` exits (mmput -> exit_mmap): (total, release,
@@ -318,7 +408,7 @@ class OwnerService:
         dropped."""
         if host in self.fenced_hosts:
             return
-        mn = self._notifier(host, notifier_id)
+        mn = self._reader(host, notifier_id)
         nframes = self.part.frames.nframes
         bad = [p for p in pfns if not 0 <= p < nframes]
         if bad:
@@ -335,12 +425,12 @@ class OwnerService:
     def translation_established(self, host: str, notifier_id: str, mm_id: int, address: int, pfn: int) -> None:
         if host in self.fenced_hosts:
             return  # a fenced partition can no longer reach this partition's memory
-        self.local.translation_established(self._notifier(host, notifier_id), mm_id, address, pfn)
+        self.local.translation_established(self._reader(host, notifier_id), mm_id, address, pfn)
 
     def translations_dropped(self, host: str, notifier_id: str, mm_id: int, pfns: list[int] | np.ndarray) -> None:
         if host in self.fenced_hosts:
             return  # the fence already forgot every translation of this host
-        self.local.translations_dropped(self._notifier(host, notifier_id), mm_id, pfns)
+        self.local.translations_dropped(self._reader(host, notifier_id), mm_id, pfns)
 
     # -- callouts to secondaries ------------------------------------------------------------
 
@@ -366,13 +456,38 @@ class OwnerService:
             self.faults.append(Fault(mn.host, self.part.runtime.now(), f"{op} of {mn.name}", str(e), 0, [mn.name]))
             return 0
 
+    async def forward_interval(self, mni: RemoteIntervalNotifier, range: MmuNotifierRange, cur_seq: int) -> bool:
+        """An invalidate of ``mni``: a request to its host, whose answer is the secondary's
+        verdict and its notifier's sequence after it (mirrored here). A fenced or unreachable
+        host counts as done (True), as ``forward`` treats an hlist callout."""
+        if mni.fenced:
+            return True
+        try:
+            ok, seq = await self.interconnect.call(
+                self.name, mni.host, SECONDARY_SERVICE, "interval_invalidate", mni.notifier_id, range.mm.id,
+                range.mm.name, range.start, range.end, int(range.event), range.flags, cur_seq, kind="callout",
+            )
+        except Unreachable as e:
+            self.fence(mni.host, during=f"invalidate of {mni.name}", error=str(e))
+            return True
+        except NotFound as e:
+            mni.fenced = True
+            self.part.oracle.forget_notifier(mni)
+            self.faults.append(Fault(mni.host, self.part.runtime.now(), f"invalidate of {mni.name}", str(e), 0, [mni.name]))
+            return True
+        if seq not in (mni.invalidate_seq, cur_seq):
+            raise InvalidArgument(f"invalidate of {mni.name} answered sequence {seq!r}: neither its last "
+                                  f"({mni.invalidate_seq}) nor this invalidation's ({cur_seq})")
+        mni.invalidate_seq = max(mni.invalidate_seq, seq)
+        return ok
+
     def fence(self, host: str, *, during: str, error: str) -> None:
         """Treat every secondary of ``host`` as released and drop its pins (see module doc)."""
         if host in self.fenced_hosts:
             return
         self.fenced_hosts.add(host)
         names = []
-        for (h, _), mn in self.notifiers.items():
+        for (h, _), mn in [*self.notifiers.items(), *self.interval_notifiers.items()]:
             if h == host:
                 mn.fenced = True
                 names.append(mn.name)
@@ -437,14 +552,14 @@ class SecondaryService:
 
     def __init__(self, name: str):
         self.name = name
-        self.notifiers: dict[str, MmuNotifier] = {PROBE_NOTIFIER: NullNotifier()}
+        self.notifiers: dict[str, MmuNotifier | MmuIntervalNotifier] = {PROBE_NOTIFIER: NullNotifier()}
         self._next_id = 0
         # set when oracle reports travel asynchronously (to an owner in another process): the
         # reports a callout makes then reach their owner before the callout returns, as they
         # do in-process
         self.flush_reports: Callable[[], Awaitable[None]] | None = None
 
-    def add(self, mn: MmuNotifier) -> str:
+    def add(self, mn: MmuNotifier | MmuIntervalNotifier) -> str:
         self._next_id += 1
         nid = f"{mn.name}#{self._next_id}"
         self.notifiers[nid] = mn
@@ -458,7 +573,7 @@ class SecondaryService:
         mn = self.notifiers.get(notifier_id)
         if mn is None:
             raise NotFound(f"no notifier {notifier_id!r} on partition {self.name}")
-        if op not in OPS or not has_op(mn, op):
+        if not isinstance(mn, MmuNotifier) or op not in OPS or not has_op(mn, op):
             raise NotFound(f"notifier {notifier_id!r} on partition {self.name} has no op {op!r}")
         if not isinstance(invalidate_seq, int) or invalidate_seq < 0:
             raise InvalidArgument(f"callout {op} to {notifier_id!r} on partition {self.name}: invalidate_seq "
@@ -468,6 +583,28 @@ class SecondaryService:
             await self.flush_reports()
         return result
 
+
+    async def interval_invalidate(self, notifier_id: str, mm_id: int, mm_name: str, start: int, end: int, event: int,
+                                  flags: int, cur_seq: int) -> tuple[bool, int]:
+        """The owner's tree calls ``ops.invalidate`` of interval notifier ``notifier_id`` here:
+        returns its verdict and the notifier's sequence after it."""
+        mni = self.notifiers.get(notifier_id)
+        if not isinstance(mni, MmuIntervalNotifier) or mni.ops is None:
+            raise NotFound(f"no interval notifier {notifier_id!r} on partition {self.name}")
+        what = f"invalidate of {notifier_id!r} on partition {self.name}"
+        if not isinstance(cur_seq, int) or cur_seq < 0 or not cur_seq & 1:
+            raise InvalidArgument(f"{what}: cur_seq {cur_seq!r} is not an invalidation's (odd) sequence")
+        if not isinstance(start, int) or not isinstance(end, int) or not 0 <= start < end:
+            raise InvalidArgument(f"{what}: range [{start!r}, {end!r}) is empty or negative")
+        if event not in MmuNotifierEvent.__members__.values():
+            raise InvalidArgument(f"{what}: event {event!r} is not an mmu_notifier_event")
+        rng = MmuNotifierRange(MmRef(mm_id, mm_name), start, end, MmuNotifierEvent(event), flags)  # type: ignore[arg-type]
+        ok = await call_maybe_async(mni.ops.invalidate, mni, rng, cur_seq)
+        if self.flush_reports is not None:
+            await self.flush_reports()
+        if not isinstance(ok, bool):
+            raise InvalidArgument(f"{what}: the driver answered {ok!r}, not a bool")
+        return ok, mni.invalidate_seq
 
     async def xpmem_detach(self, notifier_id: str, attachment_ids: list[int]) -> None:
         """The source side of an XPMEM driver here tears these attachments down."""
@@ -490,10 +627,10 @@ class RemoteOwner:
         self.host = host
         self.partition = owner
         self.oracle_sink = oracle_sink
-        self._ids: dict[MmuNotifier, str] = {}
+        self._ids: dict[MmuNotifier | MmuIntervalNotifier, str] = {}
         self._requests = 0  # ids of pinning get_user_pages requests
 
-    def _id(self, mn: MmuNotifier) -> str:
+    def _id(self, mn: MmuNotifier | MmuIntervalNotifier) -> str:
         nid = self._ids.get(mn)
         if nid is None:
             raise NotFound(f"notifier {mn.name} was never registered through partition {self.host.name}")
@@ -553,6 +690,35 @@ class RemoteOwner:
         del self._ids[mn]
         self.host.notifiers.pop(nid, None)
         return TeardownTiming(total, release, wait)
+
+    async def interval_notifier_insert(self, mni: MmuIntervalNotifier, mm_id: int, start: int, length: int,
+                                       ops: MmuIntervalNotifierOps) -> None:
+        """The notifier is ready here before the request leaves (an invalidate may reach it
+        before the answer does); its first sequence comes with the answer, unless an invalidate
+        was faster (sequences only grow)."""
+        if mni in self._ids:
+            raise InvalidArgument(f"interval notifier {mni.name} is already inserted through partition {self.host.name}")
+        nid = self.host.add(mni)
+        self._ids[mni] = nid
+        mni.mm, mni.ops, mni.start, mni.last = MmRef(mm_id, f"{self.partition}/mm{mm_id}"), ops, start, start + length - 1
+        mni.invalidate_seq = 0
+        try:
+            seq = await self._call("interval_insert", self.host.name, nid, mni.name, mm_id, start, length)
+        except BaseException:
+            del self._ids[mni]
+            self.host.notifiers.pop(nid, None)
+            mni.ops = None
+            raise
+        mni.invalidate_seq = max(mni.invalidate_seq, seq)
+
+    async def interval_notifier_remove(self, mni: MmuIntervalNotifier) -> None:
+        nid = self._id(mni)
+        await self._call("interval_remove", self.host.name, nid)
+        del self._ids[mni]
+        self.host.notifiers.pop(nid, None)
+
+    async def interval_read_begin(self, mni: MmuIntervalNotifier) -> int:
+        return await self._call("interval_read_begin", self.host.name, self._id(mni), kind="fault")
 
     async def dma_read(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
         return await self._call("dma_read", self.host.name, self._id(mn), mm_id, address, pfn, expected, kind="read")

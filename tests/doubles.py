@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 
 from nodes import vmops
+from nodes.interval import MmuIntervalNotifier, MmuIntervalNotifierOps, mmu_interval_read_retry, mmu_interval_set_seq
+from nodes.locks import Mutex
 from nodes.mm import PAGE_SHIFT, PTE_DIRTY, PTE_MIGRATION, PTE_PRESENT, PTE_SWAP, PTE_WRITE, PTE_YOUNG, Mm, Vma, check_range
-from nodes.owner import LocalOwner
+from nodes.notifier import MmuNotifierRange
+from nodes.owner import LocalOwner, OwnerPort
 from nodes.partition import Partition
 
 
@@ -40,6 +43,76 @@ class DelayedOwner(LocalOwner):
         await self.part.runtime.sleep(self.one_way_us)
         await super().put_user_pages(mm_id, pfns)
         await self.part.runtime.sleep(self.one_way_us)
+
+
+class IntervalMirror(MmuIntervalNotifierOps):
+    """A device mirroring part of an owner's mm through an interval notifier: the fault pattern
+    of ``nodes.interval`` as lib/test_hmm.c's dmirror shows it, as small as it can be, for any
+    ``OwnerPort`` (the owner's own partition, or another one across the interconnect).
+
+    ``ptes`` (address -> pfn) is the device's page table, under ``lock``, the "driver lock"
+    that both ``invalidate`` and the install in ``fault`` hold. ``fault``: read_begin, look the
+    page up (it may sleep), take the lock, read_retry (start again if an invalidation began
+    meanwhile), install. ``invalidate``: take the lock (only ``trylock`` when the range may
+    not block, returning False if it is held), ``mmu_interval_set_seq``, zap the range.
+
+    Test hooks, never sleeps: ``looked_up`` is set when a fault's lookup has answered; a fault
+    then waits for ``gate`` (if set to an Event) before it takes the lock, so a test can start an
+    invalidation between the lookup and the install. ``calls`` logs (cur_seq, start, end, event)
+    of each invalidate; ``retries`` counts faults started again; ``hold`` (an Event) makes each
+    blockable invalidate wait inside the lock until it is set."""
+
+    def __init__(self, owner: OwnerPort, mm_id: int, name: str):
+        self.owner = owner
+        self.mm_id = mm_id
+        self.mni = MmuIntervalNotifier(name)
+        self.lock = Mutex(f"{name}.lock")
+        self.ptes: dict[int, int] = {}
+        self.calls: list[tuple[int, int, int, str]] = []
+        self.retries = 0
+        self.looked_up = asyncio.Event()
+        self.gate: asyncio.Event | None = None
+        self.hold: asyncio.Event | None = None
+        self.check_retry = True  # False plants the bug: install without mmu_interval_read_retry
+
+    async def insert(self, start: int, length: int) -> None:
+        await self.owner.interval_notifier_insert(self.mni, self.mm_id, start, length, self)
+
+    async def remove(self) -> None:
+        await self.owner.interval_notifier_remove(self.mni)
+
+    async def invalidate(self, mni: MmuIntervalNotifier, range: MmuNotifierRange, cur_seq: int) -> bool:
+        if range.blockable():
+            await self.lock.lock()
+        elif not self.lock.trylock():
+            return False
+        try:
+            mmu_interval_set_seq(mni, cur_seq)
+            self.calls.append((cur_seq, range.start, range.end, range.event.name))
+            gone = [a for a in self.ptes if range.start <= a < range.end]
+            if gone:
+                self.owner.translations_dropped(mni, self.mm_id, [self.ptes.pop(a) for a in gone])
+            if self.hold is not None and range.blockable():
+                await self.hold.wait()
+        finally:
+            self.lock.unlock()
+        return True
+
+    async def fault(self, address: int) -> int:
+        """Map ``address`` on the device; returns its pfn."""
+        while True:
+            seq = await self.owner.interval_read_begin(self.mni)
+            [ref] = await self.owner.get_user_pages(self.mm_id, address, 1, write=False, pin=False)
+            self.looked_up.set()
+            if self.gate is not None:
+                await self.gate.wait()
+            async with self.lock:
+                if self.check_retry and mmu_interval_read_retry(self.mni, seq):
+                    self.retries += 1
+                    continue
+                self.ptes[address] = ref.pfn
+                self.owner.translation_established(self.mni, self.mm_id, address, ref.pfn)
+                return ref.pfn
 
 
 # -- planted bugs -------------------------------------------------------------------------------
