@@ -498,7 +498,12 @@ def run_machine(n: int, machine_settings: settings, srcu_algorithm: str = "class
     """The machine as a test, on the stream of seed ``n``, its partition's SRCU domains of
     ``srcu_algorithm``."""
     machine = type(f"PartitionMachine_{srcu_algorithm}", (PartitionMachine,), {"srcu_algorithm": srcu_algorithm})
-    run_state_machine_as_test(seed(n)(lambda: machine()), settings=machine_settings)
+    # a named factory, not a lambda: hypothesis describes a lambda by parsing its source, which
+    # CPython 3.11.7 can fail deep in a stack ("AST constructor recursion depth mismatch")
+    def partition_machine() -> PartitionMachine:
+        return machine()
+
+    run_state_machine_as_test(seed(n)(partition_machine), settings=machine_settings)
 
 
 @pytest.mark.parametrize("srcu_algorithm", tuple(SRCU_ALGORITHMS))
