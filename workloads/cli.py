@@ -25,12 +25,15 @@ Ray address that does not answer, a bad calibration file), with one line saying 
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
 EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + 13  # as the shell reports a filter that SIGPIPE ended
 
 
 def _positive_int(text: str) -> int:
@@ -420,6 +423,16 @@ def _cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return EXIT_VIOLATION if any(r.violations for r in results) else EXIT_OK
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush at exit does not raise
+    the broken pipe again (the recipe of the signal module's documentation)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # no real stdout (a test's capture)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmusim", description="Simulate cross-partition MMU-notifier invalidation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -520,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return commands[args.command](args)
+    except BrokenPipeError:  # the reader went away (`mmusim run ... | head`): stop quietly, as a filter does
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
     except (ScenarioError, ReportError, CalibrationError, ConnectionError, IdentityError) as e:  # bad input: one clear line
         print(f"mmusim: {e}", file=sys.stderr)
         return EXIT_USAGE

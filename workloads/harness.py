@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from cluster.context import Cluster
+from nodes.errors import Unreachable
 from workloads import activity
 from workloads.metrics import HdrHistogram, metric_result
 
@@ -258,14 +259,25 @@ async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None,
         for when, us, mm_id, what in got["ranges"]:
             events.append({"metric": "invalidate_range", "t_us": when - t0, "value_us": us, "partition": name,
                            "mm": mm_id, "detail": what})
+    # A partition that is down or stalled past the deadline cannot answer the clean-up's calls:
+    # each such call is skipped and reported, the rest of the clean-up goes on.
+    skipped: list[str] = []
+
+    async def clean(host: str, fn: Any, *args: Any) -> None:
+        try:
+            await c.on(host, fn, *args)
+        except Unreachable as e:
+            skipped.append(f"clean-up {fn.__name__}{args} on {host} skipped: {e}")
+
     for owner, mm_id, secs in background:
         for host, sname in secs:
-            await c.on(host, activity.teardown, sname, "unregister")
-        await c.on(owner, activity.exit_mm, mm_id)
+            await clean(host, activity.teardown, sname, "unregister")
+        await clean(owner, activity.exit_mm, mm_id)
     for owner, mm_id in measured.items():
-        await c.on(owner, activity.exit_mm, mm_id)
+        await clean(owner, activity.exit_mm, mm_id)
     events.sort(key=lambda e: e["t_us"])
-    return {"events": events, "checked": checked, "activity": counts, "gru": grus, "loaded_probe": loaded}
+    return {"events": events, "checked": checked, "activity": counts, "gru": grus, "loaded_probe": loaded,
+            "skipped": skipped}
 
 
 def count_op(count: dict[str, Any], refused: list[str]) -> None:
@@ -350,7 +362,7 @@ def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = N
         "metrics": {m: metric_result(h, seed=spec.seed, metric=m) for m, h in hists.items()},
         "invariants": {"checked": out["checked"], "violations": len(violations), "details": [str(v) for v in violations]},
         "activity": out["activity"],
-        "faults": [f"{f.host} fenced during {f.during}: {f.error}" for f in faults],
+        "faults": [f"{f.host} fenced during {f.during}: {f.error}" for f in faults] + out["skipped"],
         "gru": gru_summary(scenario.get("gru.dropin"), out["gru"]),
         "wall_time_s": time.monotonic() - wall,
         "virtual_time_us": virtual,
