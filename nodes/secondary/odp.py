@@ -217,6 +217,11 @@ class OdpMr(MmuIntervalNotifierOps):
         self.mtt: dict[int, OdpPage] = {}
         self.live = False  # registered and not deregistered: a fault on a dead mkey fails
         self.inflight = InflightAccesses(name)  # DMA issued through the MTT and not complete, by index
+        # what the driver saw, (end time, us) each: a page fault from pagefault_mr's entry to its
+        # unlock (retries included), a blockable invalidate from its entry to its return
+        # (umem_mutex wait and zapping UMRs included)
+        self.fault_times: list[tuple[float, float]] = []
+        self.invalidate_times: list[tuple[float, float]] = []
 
     def __repr__(self) -> str:
         return (f"OdpMr({self.name}, mm {self.mm_id} [{self.umem.start:#x}, {self.umem.end:#x}), "
@@ -267,6 +272,14 @@ class OdpMr(MmuIntervalNotifierOps):
         if not range.blockable():
             self.stats.refused_invalidations += 1
             return False
+        t0 = self.runtime.now()
+        try:
+            await self._invalidate(mni, range, cur_seq)
+        finally:
+            self.invalidate_times.append((self.runtime.now(), self.runtime.now() - t0))
+        return True
+
+    async def _invalidate(self, mni: MmuIntervalNotifier, range: MmuNotifierRange, cur_seq: int) -> None:
         async with self.umem.umem_mutex:
             mmu_interval_set_seq(mni, cur_seq)
             self.stats.invalidations += 1
@@ -275,7 +288,6 @@ class OdpMr(MmuIntervalNotifierOps):
                 end = min(self.umem.end, range.end)
                 if start < end:
                     await self._zap(self.umem.index(start), self.umem.index(end - 1))
-        return True
 
     async def _zap(self, first: int, last: int) -> None:
         """Zap MTT entries [first, last] and unmap their DMA pages; caller holds umem_mutex. As
@@ -350,6 +362,7 @@ class OdpMr(MmuIntervalNotifierOps):
         if user_va < self.umem.start or user_va + npages * PAGE_SIZE > self.umem.end:
             raise BadAddress(f"ODP MR {self.name}: fault [{user_va:#x}, +{npages} pages) outside the MR")
         self.stats.faults += 1
+        t0 = self.runtime.now()
         first, refs = await self.umem.map_dma_and_lock(user_va, npages, write, self.runtime.now)
         try:
             if not self.live:  # dereg won the mutex first: the mkey is dead, nothing is written
@@ -368,6 +381,7 @@ class OdpMr(MmuIntervalNotifierOps):
             self.stats.faulted_pages += len(refs)
         finally:
             self.umem.umem_mutex.unlock()
+        self.fault_times.append((self.runtime.now(), self.runtime.now() - t0))
         return len(refs)
 
     def translation(self, address: int) -> OdpPage | None:
