@@ -35,6 +35,7 @@ from nodes.remote import OWNER_SERVICE, SECONDARY_SERVICE, Fault, OwnerService, 
 from nodes.runtime import Runtime
 from nodes.secondary.gru import GruMmu
 from nodes.secondary.kvm import KvmMmu
+from nodes.secondary.odp import OdpMr
 from nodes.secondary.xpmem import XpmemDriver
 
 from cluster.config import PartitionConfig
@@ -190,6 +191,10 @@ class SimCluster:
     async def kvm(self, host: str, owner: str, mm: Mm, name: str | None = None, **config: Any) -> KvmMmu:
         """A KVM-style shadow MMU on ``host`` for ``mm`` of ``owner``, registered."""
         return await self.context(host).kvm(owner, mm.id, name, **config)
+
+    async def odp(self, host: str, owner: str, mm: Mm, name: str | None = None, **config: Any) -> OdpMr:
+        """An ODP MR registered by a NIC on ``host`` over ``start``, ``length`` of ``mm`` of ``owner``."""
+        return await self.context(host).odp(owner, mm.id, name, **config)
 
     async def xpmem(self, host: str, owner: str, mm: Mm, name: str | None = None, **config: Any) -> XpmemDriver:
         """An XPMEM driver on ``host`` for source ``mm`` of ``owner``, its notifier registered."""

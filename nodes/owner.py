@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from nodes.errors import InvalidArgument, NotFound
-from nodes.interval import (MmuIntervalNotifier, MmuIntervalNotifierOps, mmu_interval_notifier_insert,
-                            mmu_interval_notifier_remove, mmu_interval_read_begin)
+from nodes.errors import Busy, InvalidArgument, NotFound
+from nodes.interval import (MmuIntervalNotifier, MmuIntervalNotifierOps, mmu_interval_check_retry,
+                            mmu_interval_notifier_insert, mmu_interval_notifier_remove, mmu_interval_read_begin)
 from nodes.mm import Mm, check_user_address
 from nodes.notifier import MmuNotifier, TeardownTiming
 
@@ -99,6 +99,17 @@ class OwnerPort(Protocol):
         """mmu_interval_read_begin(mni), on the owner (it may wait there for an invalidation to
         end); the secondary then checks ``mmu_interval_read_retry(mni, seq)`` under its lock."""
 
+    async def hmm_range_fault(self, mni: MmuIntervalNotifier, mm_id: int, address: int, npages: int, *,
+                              write: bool, notifier_seq: int) -> list[PageRef]:
+        """hmm_range_fault() (mm/hmm.c, v5.10 and v6.6) with HMM_PFN_REQ_FAULT (and
+        HMM_PFN_REQ_WRITE if ``write``), under the mm's mmap_sem (read), as the caller of
+        ib_umem_odp_map_dma_and_lock() takes it: fault in the missing pages of [address,
+        address + npages pages) and return a snapshot of their pfns, **without** a reference or a
+        pin (the driver's safety is ``mmu_interval_read_retry`` under its own lock, not the
+        page). ``Busy`` (-EBUSY) if an invalidation of ``mni`` began since ``notifier_seq``
+        (``mmu_interval_check_retry(range->notifier, range->notifier_seq)``, which the walk
+        checks): the caller starts again from ``interval_read_begin``."""
+
     def translation_established(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int) -> None:
         """``mn`` now translates ``address`` to ``pfn`` (reported at the moment of install)."""
 
@@ -169,6 +180,25 @@ class LocalOwner:
 
     async def interval_read_begin(self, mni: MmuIntervalNotifier) -> int:
         return await mmu_interval_read_begin(mni)
+
+    async def hmm_range_fault(self, mni: MmuIntervalNotifier, mm_id: int, address: int, npages: int, *,
+                              write: bool, notifier_seq: int) -> list[PageRef]:
+        """hmm_range_fault(): the walk is vmops.get_user_pages without a pin (mmap_sem read,
+        handle_mm_fault() for each missing page, the reference it takes dropped at once: the
+        same pages and the same net refcount as hmm's walk, which takes none). hmm_range_fault
+        tests the notifier at each step of its walk; here the walk's sleeps are the faults, and
+        the test is made once they are done, which is where a change can first be seen. The
+        answer's ``invalidate_seq`` is ``notifier_seq``."""
+        from nodes import vmops
+
+        mm = self._mm(mm_id, f"hmm_range_fault of {mni.name}")
+        if mni.mm is not None and mni.mm is not mm:
+            raise InvalidArgument(f"hmm_range_fault of {mni.name}: the notifier is on {mni.mm.name}, not on {mm.name}")
+        refs = await vmops.get_user_pages(self.part, mm, address, npages, write=write, pin=False)
+        if mmu_interval_check_retry(mni, notifier_seq):
+            raise Busy(f"hmm_range_fault of {mni.name} [{address:#x}, +{npages} pages) on {mm.name}: -EBUSY, "
+                       f"an invalidation began since sequence {notifier_seq} (now {mni.invalidate_seq})")
+        return [replace(r, invalidate_seq=notifier_seq) for r in refs]
 
     async def dma_read(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
         mm = self._checked(mn, mm_id, address, [pfn], "dma_read")

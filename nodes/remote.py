@@ -323,6 +323,16 @@ class OwnerService:
         self._check_host(host)
         return await mmu_interval_read_begin(self._interval(host, notifier_id))
 
+    async def hmm_range_fault(self, host: str, notifier_id: str, mm_id: int, address: int, npages: int, write: bool,
+                              notifier_seq: int) -> list[PageRef]:
+        """hmm_range_fault() for ``host``'s interval notifier ``notifier_id`` (an ODP MR's): the
+        walk here, where the mm is, against the stand-in's mirrored sequence (a lagging mirror
+        only lets a stale answer through to the secondary's read_retry, which has the last
+        word). Nothing is pinned, so nothing is kept for an abort."""
+        self._check_host(host)
+        return await self.local.hmm_range_fault(self._interval(host, notifier_id), mm_id, address, npages,
+                                                write=write, notifier_seq=notifier_seq)
+
     async def get_user_pages(
         self, host: str, mm_id: int, address: int, npages: int, write: bool, pin: bool, request_id: int = 0
     ) -> list[PageRef]:
@@ -719,6 +729,12 @@ class RemoteOwner:
 
     async def interval_read_begin(self, mni: MmuIntervalNotifier) -> int:
         return await self._call("interval_read_begin", self.host.name, self._id(mni), kind="fault")
+
+    async def hmm_range_fault(self, mni: MmuIntervalNotifier, mm_id: int, address: int, npages: int, *,
+                              write: bool, notifier_seq: int) -> list[PageRef]:
+        """A request to the owner (no pin is taken there, so a lost answer leaves nothing to undo)."""
+        return await self._call("hmm_range_fault", self.host.name, self._id(mni), mm_id, address, npages, write,
+                                notifier_seq, kind="fault")
 
     async def dma_read(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
         return await self._call("dma_read", self.host.name, self._id(mn), mm_id, address, pfn, expected, kind="read")

@@ -6,6 +6,7 @@
     mmusim scenarios
     mmusim report DIR
     mmusim check [SCENARIO] --semantics MODE [--seeds N] [--scheduler random|pct] [--gru-dropin guarded|v3.10]
+                 [--secondary gru|odp]
     mmusim predict SCENARIO [--set k=v ...] [--sweep] [--compare DIR] [--calibration FILE]
     mmusim calibrate SCENARIO [--address ADDR | --from RAY_RUN_DIR] [--method lognormal|empirical]
                               [--probe loaded|idle] [--seed N] [--set k=v ...] [--out DIR]
@@ -317,6 +318,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from nodes.notifier import MODERN
     from workloads import races
 
     tasks = races.TASKS if args.tasks is None else tuple(t for t in args.tasks.split(",") if t)
@@ -326,7 +328,10 @@ def _cmd_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if args.choices is not None and args.choices < 0:
         parser.error(f"--choices: expected an integer >= 0, got {args.choices}")
     race = races.RaceConfig(pages=args.pages, grus=args.grus, tasks=tasks, choices=args.choices,
-                            gru_dropin=args.gru_dropin or "guarded")
+                            gru_dropin=args.gru_dropin or "guarded", secondary=args.secondary)
+    if args.secondary == "odp" and args.semantics not in MODERN:
+        parser.error(f"--secondary odp: expected --semantics {' or '.join(MODERN)} (an ODP MR needs an interval "
+                     f"notifier), got --semantics {args.semantics}")
     if args.scenario != "race":
         from workloads.scenario import load_scenario
 
@@ -471,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--gru-dropin", choices=tuple(GRU_DROPINS), default=None,
                        help="how the GRUs check a dropin: guarded (default) or v3.10 (unguarded: races "
                             "invalidations that overtake the lookup)")
+    check.add_argument("--secondary", choices=("gru", "odp"), default="gru",
+                       help="race workload: what maps the mm from p1, GRUs (default) or RDMA ODP MRs (--semantics "
+                            "v5.10 or v6.6 only); --grus counts them")
     check.add_argument("--no-shrink", action="store_true", help="report the first finding as found")
     predict = sub.add_parser("predict", help="predict the unregister and exit synchronize_srcu() wait from the "
                                              "scenario's activity (an analytic model, docs/srcu-hang-model.md)")

@@ -13,6 +13,11 @@ What a run measures (microseconds; one event each, and an HDR histogram per metr
   notifiers (exit_mmap's unmapping after ->release calls no one and is not counted).
 - ``callout_rtt``: every sleepable callout as the owner's core saw it: for a secondary on
   another partition, the round trip.
+- ``device_fault``, ``device_invalidate`` (ODP secondaries only, on the secondary's partition):
+  each device page fault from pagefault_mr's entry to its unlock (retries included), and each
+  blockable invalidate from mlx5_ib_invalidate_range's entry to its return (its wait for
+  umem_mutex and its zapping UMRs), as the driver saw them. An interval notifier's callouts and
+  spans are not in ``callout_rtt`` and ``invalidate_range``: the core times only an mm's hlist.
 
 The setup: each partition owns ``mms`` background mms; each is mapped by ``secondaries_per_mm``
 secondaries of ``secondary.kind`` on the next partitions (round robin; a KVM shadow MMU on the
@@ -47,7 +52,7 @@ from workloads.metrics import HdrHistogram, metric_result
 METRICS = (
     "exit_hang", "exit_release", "exit_srcu_wait",
     "unregister_hang", "unregister_release", "unregister_srcu_wait",
-    "invalidate_range", "callout_rtt",
+    "invalidate_range", "callout_rtt", "device_fault", "device_invalidate",
 )
 EXIT_PAGES = 16  # pages of a measured exit's mm
 TOUCHED_PER_OP = 2  # pages each secondary faults back after a stream's operation
@@ -256,6 +261,9 @@ async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None,
         for when, us, mm_id, op in got["callouts"]:
             events.append({"metric": "callout_rtt", "t_us": when - t0, "value_us": us, "partition": name, "mm": mm_id,
                            "detail": op})
+        for when, us, mm_id, what in got["device"]:
+            events.append({"metric": f"device_{what}", "t_us": when - t0, "value_us": us, "partition": name,
+                           "mm": mm_id, "detail": f"ODP MR on {name}"})
         for when, us, mm_id, what in got["ranges"]:
             events.append({"metric": "invalidate_range", "t_us": when - t0, "value_us": us, "partition": name,
                            "mm": mm_id, "detail": what})
@@ -417,12 +425,15 @@ def floor_calls(spec: StudySpec, fanout: str) -> dict[str, int]:
     after another (``sequential``, the kernel's list walk), or all at once (``parallel``: one);
     an unregister calls its own ->release. A synchronize_srcu() wait has none on its path: it
     waits for other callouts, whose floors are theirs. A KVM shadow MMU, or a single partition,
-    has none at all (its callouts are local)."""
+    has none at all (its callouts are local); an ODP MR's unregister_release (its dereg's zap)
+    is local too."""
     remote = 0 if spec.kind == "kvm" or spec.partitions == 1 else spec.secondaries_per_mm
     walk = min(remote, 1) if fanout == "parallel" else remote
     one = min(remote, 1)
+    # an ODP MR's dereg zaps its own MTT (no round trip) before its notifier's remove (one)
+    release = 0 if spec.kind == "odp" else one
     return {"exit_hang": walk, "exit_release": walk, "exit_srcu_wait": 0, "unregister_hang": one,
-            "unregister_release": one, "unregister_srcu_wait": 0, "invalidate_range": 2 * walk, "callout_rtt": one}
+            "unregister_release": release, "unregister_srcu_wait": 0, "invalidate_range": 2 * walk, "callout_rtt": one}
 
 
 def floor_summary(overhead: dict[str, dict[str, Any]], calls: dict[str, int],

@@ -4,7 +4,9 @@ seeded scheduler (random or PCT), until the model breaks; then shrink the worklo
 what happened, readably, with the command that replays it exactly.
 
 The race workload: partition p0 owns an mm of ``pages`` pages; GRUs on p1 map it (their
-callouts cross the interconnect and sleep, with a seeded random latency). Then, at seeded
+callouts cross the interconnect and sleep, with a seeded random latency), or with
+``secondary="odp"`` (``mmusim check --secondary odp``, the modern modes only) RDMA ODP MRs on
+p1 over the whole mm, each with its interval notifier (``nodes/secondary/odp.py``). Then, at seeded
 random moments, concurrently:
 
 - ``unregister``: one GRU is unregistered;
@@ -13,7 +15,7 @@ random moments, concurrently:
   rmap-driven, so it holds neither mmap_sem nor the mm and races the exit);
 - ``ksm``: ksmd merges two pages (write-protect and replace: set_pte_at_notify);
 - ``faults``: the other GRU keeps faulting pages in, three instructions at a time, through a
-  two-entry TLB, so that most accesses are dropins whose lookup crosses the network (each way
+  two-entry TLB (an ODP MR: three DMAs at a time, faulting wherever its MTT was zapped), so that most accesses are dropins whose lookup crosses the network (each way
   2-200 us): with ``gru_dropin="v3.10"`` one that an invalidation overtakes installs a stale
   translation (the unguarded dropin; ``mmusim check --gru-dropin v3.10``);
 - ``register``: a late GRU registers (under memory pressure: the allocation may reclaim);
@@ -45,13 +47,14 @@ from cluster.vtime import Deadlock
 from nodes import lockdep, vmops
 from nodes.errors import InternalError, KernelBug, ModelError
 from nodes.mm import PAGE_SIZE, PROT_READ
-from nodes.notifier import OOM_REAPER_MODES, SEMANTICS
+from nodes.notifier import MODERN, OOM_REAPER_MODES, SEMANTICS
 from nodes.runtime import wait_all
 
 BASE = 0x10000000
 FAULTER_TLB_ENTRIES = 2  # the faulting GRU's TLB: small, so that its accesses keep missing
 FAULT_WORKERS = 3  # GRU instructions the faulting GRU has in flight at once
 TASKS = ("unregister", "exit", "migrate", "ksm", "faults", "register", "mprotect", "oom_reap")
+RACE_SECONDARIES = ("gru", "odp")  # what maps the mm from p1
 
 
 @dataclass(frozen=True)
@@ -63,11 +66,17 @@ class RaceConfig:
     tasks: tuple[str, ...] = TASKS
     choices: int | None = None  # only the first N scheduling choices are the seed's; then FIFO
     gru_dropin: str = "guarded"  # how the GRUs check a dropin (nodes.secondary.gru.GRU_DROPINS); not shrunk
+    secondary: str = "gru"  # RACE_SECONDARIES: GRUs, or ODP MRs (``grus`` of them); not shrunk
+
+    def __post_init__(self) -> None:
+        if self.secondary not in RACE_SECONDARIES:
+            raise ValueError(f"secondary must be one of {RACE_SECONDARIES}, got {self.secondary!r}")
 
     def describe(self) -> str:
         steps = "" if self.choices is None else f", {self.choices} seeded scheduling choices then FIFO"
         dropin = "" if self.gru_dropin == "guarded" else f", {self.gru_dropin} GRU dropin"
-        return f"{self.pages} pages, {self.grus} GRUs, tasks {', '.join(self.tasks)}{dropin}{steps}"
+        what = "GRUs" if self.secondary == "gru" else "ODP MRs"
+        return f"{self.pages} pages, {self.grus} {what}, tasks {', '.join(self.tasks)}{dropin}{steps}"
 
 
 @dataclass
@@ -89,6 +98,7 @@ class Finding:
         return (f"mmusim check --semantics {self.semantics} --scheduler {self.scheduler} --replay {self.seed} "
                 f"--pages {r.pages} --grus {r.grus} --tasks {','.join(r.tasks)}"
                 + ("" if r.gru_dropin == "guarded" else f" --gru-dropin {r.gru_dropin}")
+                + ("" if r.secondary == "gru" else f" --secondary {r.secondary}")
                 + ("" if r.choices is None else f" --choices {r.choices}"))
 
 
@@ -109,8 +119,12 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
     mm = a.create_mm()
     await vmops.mmap(a, mm, BASE, race.pages * PAGE_SIZE)
     await vmops.populate(a, mm, BASE, race.pages * PAGE_SIZE)
-    grus = [await c.gru("p1", "p0", mm, name=f"gru{i}") for i in range(race.grus - 1)]
-    grus.append(await c.gru("p1", "p0", mm, name=f"gru{race.grus - 1}", tlb_entries=FAULTER_TLB_ENTRIES))
+    if race.secondary == "odp":
+        grus: list[Any] = [await c.odp("p1", "p0", mm, name=f"odp{i}", start=BASE, length=race.pages * PAGE_SIZE)
+                           for i in range(race.grus)]
+    else:
+        grus = [await c.gru("p1", "p0", mm, name=f"gru{i}") for i in range(race.grus - 1)]
+        grus.append(await c.gru("p1", "p0", mm, name=f"gru{race.grus - 1}", tlb_entries=FAULTER_TLB_ENTRIES))
     for g in grus:
         for k in range(race.pages):
             await g.access(BASE + k * PAGE_SIZE)
@@ -143,7 +157,8 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
             return
         mm.users += 1
         try:
-            late = await c.gru("p1", "p0", mm, name="late")
+            late = (await c.odp("p1", "p0", mm, name="late", start=BASE, length=race.pages * PAGE_SIZE)
+                    if race.secondary == "odp" else await c.gru("p1", "p0", mm, name="late"))
             await late.access(BASE)
         finally:
             await vmops.mmput(a, mm)
@@ -224,6 +239,8 @@ def search(semantics: str, scheduler: str, seeds: int, race: RaceConfig, first_s
     """The first finding among ``seeds`` seeds, or None."""
     if semantics not in SEMANTICS:
         raise ValueError(f"semantics must be one of {tuple(SEMANTICS)}, got {semantics!r}")
+    if race.secondary == "odp" and semantics not in MODERN:
+        raise ValueError(f"secondary 'odp' needs semantics {' or '.join(MODERN)} (an interval notifier), got {semantics!r}")
     for seed in range(first_seed, first_seed + seeds):
         f = run_once(semantics, scheduler, seed, race)
         if f is not None:

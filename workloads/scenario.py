@@ -28,7 +28,9 @@ Schema (``KNOBS`` holds it; defaults in brackets; times in microseconds)::
     mms                  positive int       [2]   owned by each partition, carrying activity
     secondaries_per_mm   positive int       [1]
     nframes              auto | positive int [auto]  frames per partition, see Scenario.nframes
-    secondary.kind       gru | xpmem | kvm  [gru]
+    secondary.kind       gru | xpmem | kvm | odp  [gru]  odp: an RDMA ODP MR (nodes/secondary/odp.py),
+                                                  only with semantics v5.10 or v6.6 (its interval
+                                                  notifier) and teardown unregister (dereg)
     gru.dropin           guarded | v3.10    [guarded]  how a GRU on another partition checks a
                                                   dropin whose lookup crossed the network
                                                   (nodes/secondary/gru.py, GRU_DROPINS)
@@ -104,7 +106,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import yaml
 
 from cluster.topology import parse_latency
-from nodes.notifier import OOM_REAPER_MODES, SEMANTICS
+from nodes.notifier import MODERN, OOM_REAPER_MODES, SEMANTICS
 from nodes.rpc import DEFAULT_TRANSPORT, TRANSPORTS
 from nodes.notifier import FANOUTS
 from nodes.partition import SRCU_ALGORITHMS, SRCU_SCOPES
@@ -136,7 +138,7 @@ __all__ = [
 ]
 
 OPS = ("munmap", "mprotect", "migrate", "ksm", "reclaim", "thp", "cow", "oom_reap")  # workloads.activity's
-SECONDARY_KINDS = ("gru", "xpmem", "kvm")
+SECONDARY_KINDS = ("gru", "xpmem", "kvm", "odp")
 TEARDOWNS = ("unregister", "put")  # put: mmu_notifier_put, the free deferred with call_srcu
 LATENCY_PARAMS = ("value", "low", "high", "median", "sigma", "scale", "alpha")  # every dist's
 DURATION_UNITS = {"us": 1.0, "ms": 1_000.0, "s": 1_000_000.0, "min": 60_000_000.0}
@@ -583,6 +585,13 @@ def _check_cross(values: dict[str, Any]) -> None:
         raise _Invalid("activity.mix.oom_reap", f"expected weight 0 under semantics {values['semantics']!r}, which has "
                                                 f"no OOM reaper (modes with one: {', '.join(OOM_REAPER_MODES)}), "
                                                 f"got {mix['oom_reap']}")
+    kind = values["secondary"]["kind"]
+    if kind == "odp" and values["semantics"] not in MODERN:
+        raise _Invalid("secondary.kind", f"expected semantics {' or '.join(MODERN)} with secondary.kind odp (an ODP MR "
+                                         f"needs an interval notifier, Linux 5.5), got semantics {values['semantics']!r}")
+    if kind == "odp" and values["teardown"] != "unregister":
+        raise _Invalid("teardown", f"expected unregister with secondary.kind odp (an ODP MR is torn down by dereg: "
+                                   f"an interval notifier has no mmu_notifier_put), got {values['teardown']!r}")
     m = values["measure"]
     if m["exits"] == 0 and m["unregisters"] == 0:
         raise _Invalid("measure", "expected measure.exits or measure.unregisters > 0, got both 0 (nothing to measure)")

@@ -20,6 +20,7 @@ BUILTINS = [
     "global-vs-per-mm-srcu",
     "hang-vs-activity",
     "heavy-tail",
+    "odp-fault-rate",
     "quickstart",
     "sequential-vs-parallel-fanout",
     "srcu-expedited-regression",
@@ -28,7 +29,7 @@ BUILTINS = [
 ]
 # the field reports: scenarios sized as the incident they reproduce, on the sim only when they
 # inject what the ray backend cannot (a stall)
-FIELD_REPORTS = ["srcu-expedited-regression", "stuck-secondary"]
+FIELD_REPORTS = ["odp-fault-rate", "srcu-expedited-regression", "stuck-secondary"]
 
 DEFAULTS: dict[str, Any] = {
     "description": "",
@@ -140,6 +141,8 @@ def test_builtin_sweeps_vary_the_knobs_the_issue_names() -> None:
     assert heavy.get("callout.latency") == {"dist": "pareto", "scale": 20, "alpha": 1.5}
     assert [p.get("callout.latency") for _, p in heavy.sweep_points()] == [
         {"dist": "pareto", "scale": 20, "alpha": a} for a in (3.0, 2.0, 1.5, 1.2)]
+    odp = load_scenario("odp-fault-rate")  # the device's fault rate follows the operations' rate
+    assert sweeps["odp-fault-rate"]["key"] == "activity.rate" and odp.get("secondary.kind") == "odp"
 
 
 def test_quickstart_is_small_but_measures_enough_for_its_p90() -> None:
@@ -304,7 +307,7 @@ BAD_FILES = [
     ("activity: {rate: 0}\n", "activity.rate: expected a positive number, got 0"),
     ("measure: {exits: 0, unregisters: 0}\n",
      "measure: expected measure.exits or measure.unregisters > 0, got both 0 (nothing to measure)"),
-    ("secondary: {kind: KVM}\n", "secondary.kind: expected one of gru, xpmem, kvm, got 'KVM'; did you mean 'kvm'?"),
+    ("secondary: {kind: KVM}\n", "secondary.kind: expected one of gru, xpmem, kvm, odp, got 'KVM'; did you mean 'kvm'?"),
     ("srcu: {scope: per-mm}\n", "srcu.scope: expected one of global, per_mm, got 'per-mm'; did you mean 'per_mm'?"),
     ("teardown: free\n", "teardown: expected one of unregister, put, got 'free'"),
     ("kernel: {hz: 500}\n", "kernel.hz: expected one of 100, 250, 300, 1000 (CONFIG_HZ, ticks per second), got 500"),
