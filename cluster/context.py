@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from nodes.secondary.gru import GruMmu
+from nodes.secondary.hmm import HmmMirror
 from nodes.secondary.kvm import KvmMmu
 from nodes.secondary.xpmem import XpmemCred, XpmemDriver
 
@@ -47,6 +48,10 @@ class PartitionContext(Protocol):
         """An XPMEM driver on this partition for source mm ``mm_id`` of ``owner``, its notifier
         registered; kept in ``objects`` under its name."""
 
+    async def hmm(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> "HmmMirror":
+        """An HMM device mirror (a GPU) on this partition of mm ``mm_id`` of ``owner``, its
+        interval notifier inserted there (the modern modes only); kept in ``objects``."""
+
     async def flush_reports(self) -> None:
         """Wait until the oracle reports of secondaries here have reached their owners."""
 
@@ -55,7 +60,7 @@ PartitionFn = Callable[..., Awaitable[Any]]  # fn(ctx, *args)
 
 
 class SecondaryFactory:
-    """The ``gru``/``kvm``/``xpmem`` of a ``PartitionContext``, for any class that has ``name``,
+    """The ``gru``/``kvm``/``xpmem``/``hmm`` of a ``PartitionContext``, for any class that has ``name``,
     ``runtime``, ``objects`` and ``owner_port(owner)`` (the sim backend's context and the live
     partition): each secondary is made with this partition's port to ``owner``, registered, and
     kept in ``objects`` under its name (by default ``KIND@HOST:OWNER/mmID``)."""
@@ -96,6 +101,14 @@ class SecondaryFactory:
         await drv.register()
         self.objects[drv.name] = drv
         return drv
+
+    async def hmm(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> "HmmMirror":
+        """An HMM device mirror here of mm ``mm_id`` of ``owner``, its notifier inserted there."""
+        dev = HmmMirror(self.runtime, self.owner_port(owner), mm_id, name or self._default_name("hmm", owner, mm_id),
+                        **config)
+        await dev.register()
+        self.objects[dev.name] = dev
+        return dev
 
 
 class Cluster(Protocol):

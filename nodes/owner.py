@@ -26,6 +26,7 @@ from nodes.mm import Mm, check_user_address
 from nodes.notifier import MmuNotifier, TeardownTiming
 
 if TYPE_CHECKING:
+    from nodes.hmm import HmmPfn
     from nodes.partition import Partition
     from nodes.runtime import TaskSignals
     from nodes.secondary.xpmem import XpmemCred, XpmemGrant
@@ -99,6 +100,13 @@ class OwnerPort(Protocol):
         """mmu_interval_read_begin(mni), on the owner (it may wait there for an invalidation to
         end); the secondary then checks ``mmu_interval_read_retry(mni, seq)`` under its lock."""
 
+    async def hmm_range_fault(self, mni: MmuIntervalNotifier, mm_id: int, notifier_seq: int, start: int,
+                              npages: int, *, write: bool) -> list["HmmPfn"]:
+        """hmm_range_fault() of ``npages`` pages from ``start``, faulting them in (``nodes.hmm``):
+        ``Busy`` (-EBUSY) if ``mni`` was invalidated since the read_begin that gave
+        ``notifier_seq``. Takes no page reference: the driver checks
+        ``mmu_interval_read_retry`` under its lock before it installs what came back."""
+
     def translation_established(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int) -> None:
         """``mn`` now translates ``address`` to ``pfn`` (reported at the moment of install)."""
 
@@ -169,6 +177,16 @@ class LocalOwner:
 
     async def interval_read_begin(self, mni: MmuIntervalNotifier) -> int:
         return await mmu_interval_read_begin(mni)
+
+    async def hmm_range_fault(self, mni: MmuIntervalNotifier, mm_id: int, notifier_seq: int, start: int,
+                              npages: int, *, write: bool) -> list["HmmPfn"]:
+        from nodes.hmm import hmm_range_fault
+
+        mm = self.part.mm(mm_id)
+        if mni.mm is not mm:
+            raise InvalidArgument(f"hmm_range_fault of {mni.name} on {mm.name}: the notifier is inserted on "
+                                  f"{getattr(mni.mm, 'name', None)!r}")
+        return await hmm_range_fault(self.part, mm, mni, notifier_seq, start, npages, write=write)
 
     async def dma_read(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
         mm = self._checked(mn, mm_id, address, [pfn], "dma_read")

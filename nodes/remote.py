@@ -52,6 +52,7 @@ from typing import Any, Awaitable, Callable, Protocol
 import numpy as np
 
 from nodes.errors import InvalidArgument, NotFound, PermissionDenied, Unreachable
+from nodes.hmm import HmmPfn
 from nodes.interval import (MmuIntervalNotifier, MmuIntervalNotifierOps, mmu_interval_notifier_insert,
                             mmu_interval_notifier_remove, mmu_interval_read_begin)
 from nodes.mm import Mm
@@ -274,6 +275,14 @@ class OwnerService:
         self._check_host(host)
         return await mmu_interval_read_begin(self._interval(host, notifier_id))
 
+    async def hmm_range_fault(self, host: str, notifier_id: str, mm_id: int, notifier_seq: int, start: int,
+                              npages: int, write: bool) -> list[HmmPfn]:
+        """hmm_range_fault() for ``host``'s interval notifier, checked against its stand-in here
+        (whose sequence mirrors the driver's as each invalidate is answered)."""
+        self._check_host(host)
+        return await self.local.hmm_range_fault(self._interval(host, notifier_id), mm_id, notifier_seq, start,
+                                                npages, write=write)
+
     async def get_user_pages(
         self, host: str, mm_id: int, address: int, npages: int, write: bool, pin: bool, request_id: int = 0
     ) -> list[PageRef]:
@@ -416,7 +425,8 @@ class OwnerService:
         try:
             ok, seq = await self.interconnect.call(
                 self.name, mni.host, SECONDARY_SERVICE, "interval_invalidate", mni.notifier_id, range.mm.id,
-                range.mm.name, range.start, range.end, int(range.event), range.flags, cur_seq, kind="callout",
+                range.mm.name, range.start, range.end, int(range.event), range.flags, cur_seq, range.owner,
+                kind="callout",
             )
         except Unreachable as e:
             self.fence(mni.host, during=f"invalidate of {mni.name}", error=str(e))
@@ -536,9 +546,10 @@ class SecondaryService:
 
 
     async def interval_invalidate(self, notifier_id: str, mm_id: int, mm_name: str, start: int, end: int, event: int,
-                                  flags: int, cur_seq: int) -> tuple[bool, int]:
+                                  flags: int, cur_seq: int, owner: str | None = None) -> tuple[bool, int]:
         """The owner's tree calls ``ops.invalidate`` of interval notifier ``notifier_id`` here:
-        returns its verdict and the notifier's sequence after it."""
+        returns its verdict and the notifier's sequence after it. ``owner`` is a MIGRATE
+        range's pgmap owner (``MmuNotifierRange.owner``), named by a string on the wire."""
         mni = self.notifiers.get(notifier_id)
         if not isinstance(mni, MmuIntervalNotifier) or mni.ops is None:
             raise NotFound(f"no interval notifier {notifier_id!r} on partition {self.name}")
@@ -549,7 +560,9 @@ class SecondaryService:
             raise InvalidArgument(f"{what}: range [{start!r}, {end!r}) is empty or negative")
         if event not in MmuNotifierEvent.__members__.values():
             raise InvalidArgument(f"{what}: event {event!r} is not an mmu_notifier_event")
-        rng = MmuNotifierRange(MmRef(mm_id, mm_name), start, end, MmuNotifierEvent(event), flags)  # type: ignore[arg-type]
+        if owner is not None and not isinstance(owner, str):
+            raise InvalidArgument(f"{what}: pgmap owner {owner!r} is not a name (a string)")
+        rng = MmuNotifierRange(MmRef(mm_id, mm_name), start, end, MmuNotifierEvent(event), flags, owner)  # type: ignore[arg-type]
         ok = await call_maybe_async(mni.ops.invalidate, mni, rng, cur_seq)
         if self.flush_reports is not None:
             await self.flush_reports()
@@ -670,6 +683,11 @@ class RemoteOwner:
 
     async def interval_read_begin(self, mni: MmuIntervalNotifier) -> int:
         return await self._call("interval_read_begin", self.host.name, self._id(mni), kind="fault")
+
+    async def hmm_range_fault(self, mni: MmuIntervalNotifier, mm_id: int, notifier_seq: int, start: int,
+                              npages: int, *, write: bool) -> list[HmmPfn]:
+        return await self._call("hmm_range_fault", self.host.name, self._id(mni), mm_id, notifier_seq, start,
+                                npages, write, kind="fault")
 
     async def dma_read(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
         return await self._call("dma_read", self.host.name, self._id(mn), mm_id, address, pfn, expected, kind="read")

@@ -1,0 +1,266 @@
+"""A GPU sharing a process's virtual memory through HMM: a device page table mirroring an mm of
+another partition, kept coherent by an interval notifier (the modern modes only).
+
+Modelled on ``lib/test_hmm.c`` (the dmirror driver, v5.10 and v6.6), the kernel's own reference
+device for HMM (Documentation/mm/hmm.rst), with the GPU drivers' shape where they differ
+(``drivers/gpu/drm/nouveau/nouveau_svm.c``, ``drivers/gpu/drm/amd/amdgpu/amdgpu_hmm.c``). The
+device lives on its own partition; every call into the owner's mm is a request through its
+``OwnerPort`` (``nodes.owner``: read_begin, ``hmm_range_fault``, the notifier's insert and remove).
+
+- The device page table (``pt``, dmirror->pt): one ``DevPte`` per page, under ``mutex``
+  (dmirror->mutex), holding no page reference: coherence comes from the notifier alone.
+- ``invalidate`` (dmirror_interval_invalidate(); the interval notifier's only op): a MIGRATE
+  range whose owner is this device is skipped (the migration handles it); otherwise the mutex is
+  taken (only tried when the range may not block: then False if it is held), the notifier's
+  sequence set (``mmu_interval_set_seq``), the range's ptes zapped, and, if any was, the device
+  TLB invalidated: ``tlb_invalidate_us`` until the invalidation's completion, and every device
+  access already issued through a zapped pte completed (``InflightAccesses``), all before the
+  mutex is dropped and the op returns, as nouveau's svm invalidate waits for the GPU under
+  svmm->mutex. A non-blockable range that would have to wait for that completion answers False
+  (amdgpu_hmm_invalidate_gfx() answers False to every non-blockable range).
+- A device access (``access``; dmirror_read()/dmirror_write()): a pte hit reads at once through
+  the owner's memory (a remote DMA read, ``owner.dma_read``); a miss runs the fault loop of
+  dmirror_range_fault()::
+
+      while True:
+          past HMM_RANGE_DEFAULT_TIMEOUT: Busy (-EBUSY)
+          seq = mmu_interval_read_begin(mni)           request to the owner
+          pfns = hmm_range_fault(range)                request to the owner; -EBUSY: again
+          mutex_lock
+          if mmu_interval_read_retry(mni, seq): unlock; again
+          program the device ptes (dmirror_do_fault); mutex_unlock
+
+  The retry under the mutex is what makes the install safe: an invalidation that began after
+  the read_begin either set the sequence before the mutex was taken here (retry) or takes the
+  mutex after the install and zaps it.
+- Teardown (dmirror_fops_release()): the ptes dropped and the notifier removed
+  (``mmu_interval_notifier_remove``); an interval notifier has no put. At exit the owner's
+  ``mn_itree_release`` invalidates everything (event RELEASE) and later faults find no mm.
+
+Oracle reports go to the owner with the device's notifier as the secondary, as every secondary
+does: each pte installed (``translation_established``) and dropped, and each read checked
+against the stamp its pte was made for (invariant 6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from nodes.errors import Busy, InvalidArgument, Released
+from nodes.hmm import HMM_RANGE_DEFAULT_TIMEOUT_US, HMM_RANGE_MAX_PAGES
+from nodes.interval import (ULONG_MAX, MmuIntervalNotifier, MmuIntervalNotifierOps, mmu_interval_read_retry,
+                            mmu_interval_set_seq)
+from nodes.locks import Mutex
+from nodes.mm import PAGE_SHIFT, PAGE_SIZE, check_user_address
+from nodes.notifier import MmuNotifierEvent, MmuNotifierRange, TeardownTiming
+from nodes.secondary.base import InflightAccesses, keys_in_span, vpn_span
+
+if TYPE_CHECKING:
+    from nodes.owner import OwnerPort
+    from nodes.runtime import Runtime
+
+DEFAULT_TLB_INVALIDATE_US = 5.0  # a GPU TLB invalidate and its completion ("a few us", REFERENCE 8)
+PAGE_MASK = ~(PAGE_SIZE - 1)
+DMIRROR_SPAN = ULONG_MAX & PAGE_MASK  # dmirror_fops_open(): the notifier covers [0, ULONG_MAX & PAGE_MASK)
+
+
+@dataclass
+class DevPte:
+    """One entry of the device page table: the owner's frame it maps, whether the device may
+    write it, and what a read through it must return (the stamp the fault saw)."""
+
+    pfn: int
+    writable: bool
+    stamp: tuple[int, int, int]
+
+
+@dataclass
+class HmmStats:
+    """Counters of one HMM device mirror."""
+
+    accesses: int = 0
+    pte_hits: int = 0
+    faults: int = 0  # dmirror_range_fault() calls that programmed the device ptes
+    read_retries: int = 0  # installs refused by mmu_interval_read_retry()
+    busy: int = 0  # hmm_range_fault() answers -EBUSY (check_retry on the owner)
+    invalidates: int = 0  # invalidate callbacks that set the sequence
+    zapped: int = 0  # device ptes dropped by invalidations
+    tlb_invalidates: int = 0  # device TLB invalidations waited for
+    own_migrate_skipped: int = 0  # MIGRATE ranges of this device's own migrations, skipped
+    nonblock_refused: int = 0  # non-blockable ranges answered False
+    invalidate_us: list[float] = field(default_factory=list)  # each invalidate's duration on the device
+
+
+class HmmMirror(MmuIntervalNotifierOps):
+    """One process's mirror on a GPU (struct dmirror): its interval notifier over the whole
+    address space of mm ``mm_id`` of the owner, its page table and its mutex."""
+
+    def __init__(self, runtime: "Runtime", owner: "OwnerPort", mm_id: int, name: str, *,
+                 tlb_invalidate_us: float = DEFAULT_TLB_INVALIDATE_US,
+                 fault_timeout_us: float = HMM_RANGE_DEFAULT_TIMEOUT_US):
+        if not tlb_invalidate_us >= 0:
+            raise InvalidArgument(f"HMM device {name}: tlb_invalidate_us must be >= 0, got {tlb_invalidate_us!r}")
+        if not fault_timeout_us > 0:
+            raise InvalidArgument(f"HMM device {name}: fault_timeout_us must be positive, got {fault_timeout_us!r}")
+        self.runtime = runtime
+        self.owner = owner
+        self.mm_id = mm_id
+        self.name = name
+        self.tlb_invalidate_us = float(tlb_invalidate_us)
+        self.fault_timeout_us = float(fault_timeout_us)
+        self.mni = MmuIntervalNotifier(name)  # dmirror->notifier
+        self.mutex = Mutex(f"{name}.mutex")  # dmirror->mutex: the driver lock of the read_retry pattern
+        self.pt: dict[int, DevPte] = {}  # dmirror->pt, by virtual page number; under mutex
+        self.inflight = InflightAccesses(name)  # device accesses issued and not complete, by vpn
+        self.closing = False  # teardown began: no pte is installed any more (under mutex)
+        self.inserted = False
+        self.stats = HmmStats()
+
+    def __repr__(self) -> str:
+        return f"HmmMirror({self.name}, mm {self.mm_id}, {len(self.pt)} ptes)"
+
+    # -- the notifier ---------------------------------------------------------------------------
+
+    async def register(self) -> None:
+        """dmirror_fops_open(): mmu_interval_notifier_insert() over the whole address space. The
+        owner refuses it under a core without interval notifiers (v3.10 and its history)."""
+        await self.owner.interval_notifier_insert(self.mni, self.mm_id, 0, DMIRROR_SPAN, self)
+        self.inserted = True
+
+    async def invalidate(self, mni: MmuIntervalNotifier, range: MmuNotifierRange, cur_seq: int) -> bool:
+        """dmirror_interval_invalidate() (see the module docstring)."""
+        if range.event == MmuNotifierEvent.MIGRATE and range.owner is not None and range.owner == self.pgmap_owner:
+            self.stats.own_migrate_skipped += 1
+            return True
+        first, last = vpn_span(range.start, range.end)
+        t0 = self.runtime.now()
+        if range.blockable():
+            await self.mutex.lock()
+        elif not self.mutex.trylock():
+            self.stats.nonblock_refused += 1
+            return False
+        try:
+            gone = keys_in_span(self.pt, first, last)
+            if not range.blockable() and gone and (self.tlb_invalidate_us > 0 or len(self.inflight)):
+                self.stats.nonblock_refused += 1  # the completion would have to be waited for
+                return False
+            mmu_interval_set_seq(mni, cur_seq)
+            self.stats.invalidates += 1
+            if gone:
+                self._zap(gone)
+                await self._tlb_invalidate(first, last)
+        finally:
+            self.mutex.unlock()
+        self.stats.invalidate_us.append(self.runtime.now() - t0)
+        return True
+
+    @property
+    def pgmap_owner(self) -> str:
+        """dev_pagemap.owner of this device's memory, as a MIGRATE range names it."""
+        return f"hmm:{self.name}"
+
+    def _zap(self, vpns: list[int]) -> None:
+        """dmirror_do_update(): drop these ptes and report them. Caller holds the mutex."""
+        ptes = [self.pt.pop(v) for v in vpns]
+        self.stats.zapped += len(ptes)
+        self.owner.translations_dropped(self.mni, self.mm_id, [e.pfn for e in ptes])
+
+    async def _tlb_invalidate(self, first: int, last: int) -> None:
+        """The device TLB invalidate of pages [first, last] and its completion: the modelled
+        latency, then every access already issued through them done."""
+        self.stats.tlb_invalidates += 1
+        if self.tlb_invalidate_us:
+            await self.runtime.sleep(self.tlb_invalidate_us)
+        await self.inflight.fence(first, last)
+
+    # -- the fault path -------------------------------------------------------------------------
+
+    async def fault(self, start: int, npages: int = 1, *, write: bool = False) -> None:
+        """dmirror_fault(): make [start, start + npages pages) valid in the device page table,
+        in ranges of at most HMM_RANGE_MAX_PAGES pages, each by dmirror_range_fault()."""
+        addr = start
+        end = start + npages * PAGE_SIZE
+        while addr < end:
+            n = min(HMM_RANGE_MAX_PAGES, (end - addr) >> PAGE_SHIFT)
+            await self._range_fault(addr, n, write=write)
+            addr += n * PAGE_SIZE
+
+    async def _range_fault(self, start: int, npages: int, *, write: bool) -> None:
+        """dmirror_range_fault(): the read_begin / hmm_range_fault / read_retry loop."""
+        timeout = self.runtime.now() + self.fault_timeout_us
+        while True:
+            if self.runtime.now() > timeout:
+                raise Busy(f"HMM device {self.name}: fault of [{start:#x}, +{npages} pages) still racing "
+                           f"invalidations after HMM_RANGE_DEFAULT_TIMEOUT ({self.fault_timeout_us:.0f} us)")
+            seq = await self.owner.interval_read_begin(self.mni)
+            try:
+                pfns = await self.owner.hmm_range_fault(self.mni, self.mm_id, seq, start, npages, write=write)
+            except Busy:
+                self.stats.busy += 1
+                continue
+            async with self.mutex:
+                if self.closing:
+                    raise Released(f"HMM device {self.name}: fault of {start:#x} while the mirror is torn down")
+                if mmu_interval_read_retry(self.mni, seq):
+                    self.stats.read_retries += 1
+                    continue
+                self._do_fault(pfns, write)
+                return
+
+    def _do_fault(self, pfns: list, write: bool) -> None:
+        """dmirror_do_fault(): store each page in the device page table (writable if the answer
+        says HMM_PFN_WRITE). Caller holds the mutex, after read_retry said no."""
+        for ref in pfns:
+            vpn = ref.address >> PAGE_SHIFT
+            old = self.pt.get(vpn)
+            if old is not None:
+                self._zap([vpn])
+            self.pt[vpn] = DevPte(ref.pfn, ref.writable, ref.stamp)
+            self.owner.translation_established(self.mni, self.mm_id, ref.address, ref.pfn)
+        self.stats.faults += 1
+
+    async def access(self, address: int, *, write: bool = False) -> tuple[int, int, int]:
+        """A device access to ``address`` (dmirror_read()/dmirror_write() of one page): read the
+        page through its device pte, faulting it in first on a miss (or a write through a
+        read-only pte). Returns the stamp read. ``Released`` once the mirror is torn down;
+        whatever the fault raises otherwise (``BadAddress``: no VMA allows it; ``NotFound``:
+        the mm is gone)."""
+        check_user_address(address, f"HMM device {self.name}: access")
+        vpn = address >> PAGE_SHIFT
+        page = vpn << PAGE_SHIFT
+        self.stats.accesses += 1
+        while True:
+            if self.closing:
+                raise Released(f"HMM device {self.name}: access to {address:#x} after teardown")
+            pte = self.pt.get(vpn)
+            if pte is not None and (pte.writable or not write):
+                self.stats.pte_hits += 1
+                return await self.inflight.access(vpn, self.owner.dma_read(self.mni, self.mm_id, page, pte.pfn, pte.stamp))
+            await self.fault(page, 1, write=write)
+
+    # -- teardown -------------------------------------------------------------------------------
+
+    async def unregister(self) -> TeardownTiming:
+        """dmirror_fops_release(): no pte is installed from now on and every one is dropped
+        (under the mutex, so no fault's install is half done), then the notifier is removed,
+        which returns once no invalidate of it runs. (total, 0, 0): there is no ->release and
+        no SRCU grace period; the remove may wait for an invalidation in progress."""
+        t0 = self.runtime.now()
+        async with self.mutex:
+            self.closing = True
+            if self.pt:
+                self._zap(list(self.pt))
+        if self.inserted:
+            await self.owner.interval_notifier_remove(self.mni)
+            self.inserted = False
+        return TeardownTiming(self.runtime.now() - t0, 0.0, 0.0)
+
+    async def put(self) -> TeardownTiming:
+        """There is no mmu_notifier_put() for an interval notifier: refused."""
+        raise InvalidArgument(f"HMM device {self.name}: teardown 'put' (mmu_notifier_put) does not apply to an "
+                              f"interval notifier; it is removed (teardown 'unregister')")
+
+    def pte(self, address: int) -> DevPte | None:
+        """The device pte of ``address``, if any."""
+        return self.pt.get(address >> PAGE_SHIFT)
