@@ -52,13 +52,15 @@ class LivePartition(SecondaryFactory):
         callout_latency_us: float = 0.0,
         gru_dropin: str = "guarded",
         transport: str = DEFAULT_TRANSPORT,
+        semantics: str = "v3.10",
     ):
         self.name = name
         self.identity = identity  # for mutual TLS; None: plaintext, on loopback only
         self.gru_dropin = gru_dropin  # how GRUs made here check a dropin (cluster/context.py)
         self.runtime = Runtime(WallClock())
         self.partition = Partition(self.runtime, name=name, nframes=nframes, ncpus=cpus, srcu_scope=srcu_scope,
-                                   jiffy_us=jiffy_us, fanout=fanout, expedited=expedited)
+                                   jiffy_us=jiffy_us, fanout=fanout, expedited=expedited,
+                                   semantics=semantics)
         self.directory: dict[str, str] = {}
         self.interconnect = GrpcInterconnect(self.directory, identity=identity, deadline_us=deadline_us,
                                              transport=transport)  # unary | stream (nodes/rpc/client.py)

@@ -36,6 +36,13 @@ The read side is a collision-retry scheme like a seqcount, with many writers at 
      every invalidation of it that had begun: an invalidation that sets the sequence first zaps
      it; one that set it before the lock is caught by read_retry]
 
+For a device secondary (ODP, HMM, SVA), wherever it lives, the surface is: subclass
+``MmuIntervalNotifierOps`` (``invalidate``), hold an ``MmuIntervalNotifier``, and through its
+``OwnerPort`` call ``interval_notifier_insert(mni, mm_id, start, length, ops)``,
+``interval_read_begin(mni)`` and ``interval_notifier_remove(mni)``; ``mmu_interval_set_seq``,
+``mmu_interval_read_retry`` and ``mmu_interval_check_retry`` are local to its notifier.
+``tests/doubles.py`` ``IntervalMirror`` is the whole pattern in forty lines.
+
 The tree. The kernel keeps an augmented rb-tree (``rb_root_cached itree``) of intervals
 [start, last] with ``last`` inclusive; this model keeps a list sorted by ``(start, insertion
 order)`` and scans it. That gives the same notifiers in the same order as
@@ -263,6 +270,14 @@ class MmuItree:
         range ending, for the oracle only (the kernel's takes none)."""
         self.oracle.interval_range_ended(self.mm, start, end)
         with self.lock:
+            if not self.active_invalidate_ranges:
+                # a range that began before the mm had interval notifiers, which the tree never
+                # counted: the register's mm_take_all_locks() excludes every VM operation's range,
+                # but not an exported invalidate by a driver holding none of those locks (the
+                # kernel's unsigned count would wrap here)
+                self._warn(f"invalidate_range_end [{start:#x}, {end:#x}) of {self.mm.name} began before "
+                           f"its interval notifiers were registered")
+                return
             self.active_invalidate_ranges -= 1
             if self.active_invalidate_ranges or not self.is_invalidating():
                 self._check()

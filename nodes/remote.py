@@ -184,9 +184,15 @@ class OwnerService:
 
     # -- requests from secondaries ----------------------------------------------------------
 
-    def _notifier(self, host: str, notifier_id: str) -> Any:
-        """The stand-in (a ``RemoteNotifier`` or a ``RemoteIntervalNotifier``) of ``host``'s
-        notifier ``notifier_id``: what its reports and reads name."""
+    def _notifier(self, host: str, notifier_id: str) -> RemoteNotifier:
+        mn = self.notifiers.get((host, notifier_id))
+        if mn is None:
+            raise NotFound(f"no notifier {notifier_id!r} of partition {host} on {self.name}")
+        return mn
+
+    def _reader(self, host: str, notifier_id: str) -> RemoteNotifier | RemoteIntervalNotifier:
+        """The stand-in of ``host``'s notifier ``notifier_id``, of either kind: what the reads
+        and oracle reports of a secondary name."""
         mn = self.notifiers.get((host, notifier_id)) or self.interval_notifiers.get((host, notifier_id))
         if mn is None:
             raise NotFound(f"no notifier {notifier_id!r} of partition {host} on {self.name}")
@@ -320,7 +326,7 @@ class OwnerService:
 
     async def dma_read(self, host: str, notifier_id: str, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
         self._check_host(host)
-        return await self.local.dma_read(self._notifier(host, notifier_id), mm_id, address, pfn, expected)
+        return await self.local.dma_read(self._reader(host, notifier_id), mm_id, address, pfn, expected)
 
     async def exit(self, mm_id: int) -> tuple[float, float, float]:
         """The owning process of mm ``mm_id`` exits (mmput -> exit_mmap): (total, release,
@@ -368,7 +374,7 @@ class OwnerService:
         dropped."""
         if host in self.fenced_hosts:
             return
-        mn = self._notifier(host, notifier_id)
+        mn = self._reader(host, notifier_id)
         nframes = self.part.frames.nframes
         bad = [p for p in pfns if not 0 <= p < nframes]
         if bad:
@@ -385,12 +391,12 @@ class OwnerService:
     def translation_established(self, host: str, notifier_id: str, mm_id: int, address: int, pfn: int) -> None:
         if host in self.fenced_hosts:
             return  # a fenced partition can no longer reach this partition's memory
-        self.local.translation_established(self._notifier(host, notifier_id), mm_id, address, pfn)
+        self.local.translation_established(self._reader(host, notifier_id), mm_id, address, pfn)
 
     def translations_dropped(self, host: str, notifier_id: str, mm_id: int, pfns: list[int] | np.ndarray) -> None:
         if host in self.fenced_hosts:
             return  # the fence already forgot every translation of this host
-        self.local.translations_dropped(self._notifier(host, notifier_id), mm_id, pfns)
+        self.local.translations_dropped(self._reader(host, notifier_id), mm_id, pfns)
 
     # -- callouts to secondaries ------------------------------------------------------------
 

@@ -208,6 +208,35 @@ OWNER.update({
 })
 
 
+OWNER.update({
+    m.call: m
+    for m in (
+        Method(
+            "IntervalNotifierInsert", "interval_insert", pb.IntervalNotifierInsertRequest,
+            pb.IntervalNotifierInsertResponse,
+            lambda host, nid, name, mm_id, start, length: build(
+                pb.IntervalNotifierInsertRequest, host=host, notifier_id=nid, name=name, mm_id=mm_id, start=start,
+                length=length),
+            lambda r: (r.host, r.notifier_id, r.name, r.mm_id, r.start, r.length),
+            lambda seq: pb.IntervalNotifierInsertResponse(invalidate_seq=seq), lambda m: m.invalidate_seq,
+        ),
+        Method(
+            "IntervalNotifierRemove", "interval_remove", pb.IntervalNotifierRemoveRequest,
+            pb.IntervalNotifierRemoveResponse,
+            lambda host, nid: build(pb.IntervalNotifierRemoveRequest, host=host, notifier_id=nid),
+            lambda r: (r.host, r.notifier_id),
+            _nothing(pb.IntervalNotifierRemoveResponse), _none,
+        ),
+        Method(
+            "IntervalReadBegin", "interval_read_begin", pb.IntervalReadBeginRequest, pb.IntervalReadBeginResponse,
+            lambda host, nid: build(pb.IntervalReadBeginRequest, host=host, notifier_id=nid),
+            lambda r: (r.host, r.notifier_id),
+            lambda seq: pb.IntervalReadBeginResponse(seq=seq), lambda m: m.seq,
+        ),
+    )
+})
+
+
 def _target(nid: str, mm_id: int, mm_name: str, invalidate_seq: int = 0) -> Any:
     return build(pb.CalloutTarget, notifier_id=nid, mm_id=mm_id, mm_name=mm_name, invalidate_seq=invalidate_seq)
 
@@ -280,6 +309,16 @@ SECONDARY_METHODS: dict[str, Method] = {
                 pb.XpmemDetachAttachmentsRequest, target=_target(nid, 0, ""), attachment_ids=list(ids)),
             lambda r: (r.target.notifier_id, list(r.attachment_ids)),
             _nothing(pb.XpmemDetachAttachmentsResponse), _none,
+        ),
+        Method(
+            "IntervalInvalidate", "interval_invalidate", pb.IntervalInvalidateRequest, pb.IntervalInvalidateResponse,
+            lambda nid, mm_id, mm_name, start, end, event, flags, cur_seq: build(
+                pb.IntervalInvalidateRequest, target=_target(nid, mm_id, mm_name), start=start, end=end, event=event,
+                flags=flags, cur_seq=cur_seq),
+            lambda r: (r.target.notifier_id, r.target.mm_id, r.target.mm_name, r.start, r.end, r.event, r.flags,
+                       r.cur_seq),
+            lambda res: build(pb.IntervalInvalidateResponse, ok=res[0], invalidate_seq=res[1]),
+            lambda m: (m.ok, m.invalidate_seq),
         ),
     )
 }

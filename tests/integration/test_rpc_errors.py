@@ -52,6 +52,7 @@ SOURCE = XpmemCred(tgid=50, uid=1000, gid=1000)  # the XPMEM source process (mm 
 ALICE = XpmemCred(tgid=60, uid=1000, gid=1000)  # an attacher in the owner's uid
 BOB = XpmemCred(tgid=70, uid=2000, gid=2000)  # an attacher in neither its uid nor gid
 SEG_MODE = 0o640
+INTERVAL_RPCS = {"IntervalNotifierInsert", "IntervalNotifierRemove", "IntervalReadBegin", "IntervalInvalidate"}
 
 
 def cred(c: XpmemCred) -> Any:
@@ -256,7 +257,8 @@ def test_every_rpc_answers_a_valid_request(live):
             assert a.check_invariants() == []
             rpcs = {m.name for svc in (OWNER_SERVICE_NAME, SECONDARY_SERVICE_NAME)
                     for m in pb.DESCRIPTOR.services_by_name[svc.split(".")[-1]].methods}
-            assert called == rpcs, f"no valid request sent for {sorted(rpcs - called)}"
+            # the interval notifiers' need a modern core: test_rpc_interval.py sends them
+            assert called == rpcs - INTERVAL_RPCS, f"no valid request sent for {sorted(rpcs - INTERVAL_RPCS - called)}"
         finally:
             await r.close()
 
@@ -528,6 +530,9 @@ SAMPLE_ARGS: dict[tuple[str, str], tuple[Any, ...]] = {
         "xpmem_get": (1 << 32 | 1, XPMEM_RDONLY, ALICE),
         "xpmem_attach": ("p1", "n#1", 7, 0, P, ALICE),
         "xpmem_detach": ("p1", 1, None),
+        "interval_insert": ("p1", "n#1", "n", 1, BASE, P),
+        "interval_remove": ("p1", "n#1"),
+        "interval_read_begin": ("p1", "n#1"),
         "xpmem_release": (7, ALICE),
         "xpmem_remove": (1 << 32 | 1, SOURCE),
     }.items()},
@@ -541,6 +546,7 @@ SAMPLE_ARGS: dict[tuple[str, str], tuple[Any, ...]] = {
         "test_young": (BASE,),
     }.items()},
     ("secondary", "xpmem_detach"): ("n#1", [1]),
+    ("secondary", "interval_invalidate"): ("n#1", 1, "m", BASE, BASE + P, 0, 1, 3),
 }
 
 

@@ -805,10 +805,55 @@ def xpmem_detach_attachments(draw: Any, w: World) -> Case:
     return draw(addressed("SecondaryService", dst, "XpmemDetachAttachments", req, e))
 
 
+# Interval notifiers: these partitions run the v3.10 core, which has none, so every request is
+# refused: an insert with INVALID_ARGUMENT naming the semantics (NOT_FOUND first for an mm that
+# is not live), the others with NOT_FOUND (no such interval notifier, on either partition).
+U64 = st.one_of(st.sampled_from([0, 1, P, BASE, TASK_SIZE, 2**63, 2**64 - 1]), st.integers(0, 2**64 - 1))
+INTERVAL_HOSTS = ("p1", "p0", "ghost", "")
+
+
+@st.composite
+def interval_notifier_insert(draw: Any, w: World) -> Case:
+    e = Expect()
+    mm_id, kind = draw(mm_ids(w))
+    e.bad(INVALID)
+    if kind == "unknown":
+        e.bad(NOT_FOUND)
+    elif kind == "S":
+        e.may(NOT_FOUND)  # Exit may have taken it
+    req = pb.IntervalNotifierInsertRequest(host=draw(one(*INTERVAL_HOSTS)), notifier_id=draw(TEXT), name=draw(TEXT),
+                                           mm_id=mm_id, start=draw(U64), length=draw(U64))
+    return draw(addressed("OwnerService", "p0", "IntervalNotifierInsert", req, e))
+
+
+@st.composite
+def interval_notifier_by_id(draw: Any, w: World) -> Case:
+    e = Expect()
+    e.bad(NOT_FOUND)
+    rpc = draw(one("IntervalNotifierRemove", "IntervalReadBegin"))  # the same fields, the same answer
+    nid = draw(w.cached("nids", lambda: st.sampled_from(sorted(w.nid.values())) | TEXT))
+    req = getattr(pb, f"{rpc}Request")(host=draw(one(*INTERVAL_HOSTS)), notifier_id=nid)
+    return draw(addressed("OwnerService", "p0", rpc, req, e))
+
+
+@st.composite
+def interval_invalidate(draw: Any, w: World) -> Case:
+    e = Expect()
+    e.bad(NOT_FOUND)
+    dst = draw(one("p1", "p1", "p0"))
+    nid = draw(w.cached("nids", lambda: st.sampled_from(sorted(w.nid.values())) | TEXT))
+    target = pb.CalloutTarget(notifier_id=nid, mm_id=draw(ANY_INT), mm_name=draw(TEXT), invalidate_seq=draw(SEQS))
+    req = pb.IntervalInvalidateRequest(target=target, start=draw(U64), end=draw(U64),
+                                       event=draw(st.integers(-(2**31), 2**31 - 1)), flags=draw(ANY_INT),
+                                       cur_seq=draw(SEQS))
+    return draw(addressed("SecondaryService", dst, "IntervalInvalidate", req, e))
+
+
 def requests(w: World) -> st.SearchStrategy[Case]:
     owner = [get_user_pages, abort_pins, put_user_pages, dma_read, report_translations, exit_, register_notifier,
-             unregister_notifier, xpmem_make, xpmem_get, xpmem_attach, xpmem_detach, xpmem_release, xpmem_remove]
-    secondary = [callout, callout, callout, callout, xpmem_detach_attachments]
+             unregister_notifier, xpmem_make, xpmem_get, xpmem_attach, xpmem_detach, xpmem_release, xpmem_remove,
+             interval_notifier_insert, interval_notifier_by_id]
+    secondary = [callout, callout, callout, callout, xpmem_detach_attachments, interval_invalidate]
     return w.cached("requests", lambda: st.one_of([s(w) for s in owner + secondary]))
 
 

@@ -13,7 +13,7 @@ from doubles import IntervalMirror
 
 from cluster.sim import SimCluster, SimConfig, run_sim
 from nodes import interval, vmops
-from nodes.errors import InvalidArgument, Overflow, SleepingInAtomicContext, TryAgain
+from nodes.errors import InvalidArgument, NotFound, Overflow, SleepingInAtomicContext, TryAgain
 from nodes.interval import (ULONG_MAX, MmuIntervalNotifier, MmuIntervalNotifierOps, mmu_interval_check_retry,
                             mmu_interval_notifier_insert, mmu_interval_notifier_insert_locked,
                             mmu_interval_notifier_remove, mmu_interval_read_begin, mmu_interval_read_retry,
@@ -565,3 +565,38 @@ def test_remote_interval_notifier_of_a_dead_partition_is_fenced_and_exit_complet
     faults, smap, sweep = run_sim(_remote_config(deadline_us=500.0), wl).result
     assert faults == [("p1", "invalidate of p1:mirror@p1")]
     assert smap == 0 and sweep == []
+
+
+def test_remote_interval_notifier_is_not_an_hlist_notifier_and_a_repeated_insert_is_refused():
+    """The owner keeps the two kinds apart: an unregister naming an interval notifier's id finds
+    no (hlist) notifier; its reports and reads are still accepted; a second insert of the same
+    notifier through the same partition is refused before any request."""
+    async def wl(c: SimCluster) -> tuple[Any, ...]:
+        a, mm, dev = await _remote(c)
+        nid = dev.owner._id(dev.mni)  # type: ignore[attr-defined]
+        with pytest.raises(NotFound, match=f"no notifier {nid!r} of partition p1 on p0"):
+            await c.interconnect.call("p1", "p0", "owner", "unregister", "p1", nid, mm.id)
+        with pytest.raises(InvalidArgument, match="mirror@p1 is already inserted through partition p1"):
+            await dev.insert(BASE, P)
+        await dev.fault(BASE)
+        held = int(a.oracle.smap.sum())
+        await dev.remove()
+        return held, a.check_invariants()
+
+    assert run_sim(_remote_config(), wl).result == (1, [])
+
+
+def test_a_range_begun_before_the_first_insert_is_not_counted_by_the_tree(vrun):
+    """The tree counts only the ranges that began once the mm had interval notifiers
+    (__mmu_notifier_invalidate_range_start skips the tree without has_itree). mm_take_all_locks()
+    in the register excludes the VM operations' ranges, not an exported invalidate holding no
+    lock: its end is a WARN here, not a count below zero."""
+    async def body(rt):
+        p, mm, owner = await setup(rt)
+        await p.core.invalidate_range_start(mm, BASE, BASE + P)  # exported: no lock held
+        dev = await mirror(owner, mm, "dev", BASE, 4)
+        await p.core.invalidate_range_end(mm, BASE, BASE + P)
+        t = itree(mm)
+        return t.active_invalidate_ranges, t.invalidate_seq, dev.mni.in_tree, len(t.warnings), dev.calls
+
+    assert vrun(body) == (0, 2, True, 1, [])

@@ -310,6 +310,54 @@ class XpmemRemoveResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class IntervalNotifierInsertRequest(_message.Message):
+    __slots__ = ("host", "notifier_id", "name", "mm_id", "start", "length")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    NOTIFIER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MM_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    notifier_id: str
+    name: str
+    mm_id: int
+    start: int
+    length: int
+    def __init__(self, host: _Optional[str] = ..., notifier_id: _Optional[str] = ..., name: _Optional[str] = ..., mm_id: _Optional[int] = ..., start: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class IntervalNotifierInsertResponse(_message.Message):
+    __slots__ = ("invalidate_seq",)
+    INVALIDATE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    invalidate_seq: int
+    def __init__(self, invalidate_seq: _Optional[int] = ...) -> None: ...
+
+class IntervalNotifierRemoveRequest(_message.Message):
+    __slots__ = ("host", "notifier_id")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    NOTIFIER_ID_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    notifier_id: str
+    def __init__(self, host: _Optional[str] = ..., notifier_id: _Optional[str] = ...) -> None: ...
+
+class IntervalNotifierRemoveResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class IntervalReadBeginRequest(_message.Message):
+    __slots__ = ("host", "notifier_id")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    NOTIFIER_ID_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    notifier_id: str
+    def __init__(self, host: _Optional[str] = ..., notifier_id: _Optional[str] = ...) -> None: ...
+
+class IntervalReadBeginResponse(_message.Message):
+    __slots__ = ("seq",)
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    def __init__(self, seq: _Optional[int] = ...) -> None: ...
+
 class CalloutTarget(_message.Message):
     __slots__ = ("notifier_id", "mm_id", "mm_name", "invalidate_seq")
     NOTIFIER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -427,6 +475,30 @@ class XpmemDetachAttachmentsRequest(_message.Message):
 class XpmemDetachAttachmentsResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class IntervalInvalidateRequest(_message.Message):
+    __slots__ = ("target", "start", "end", "event", "flags", "cur_seq")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    CUR_SEQ_FIELD_NUMBER: _ClassVar[int]
+    target: CalloutTarget
+    start: int
+    end: int
+    event: int
+    flags: int
+    cur_seq: int
+    def __init__(self, target: _Optional[_Union[CalloutTarget, _Mapping]] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., event: _Optional[int] = ..., flags: _Optional[int] = ..., cur_seq: _Optional[int] = ...) -> None: ...
+
+class IntervalInvalidateResponse(_message.Message):
+    __slots__ = ("ok", "invalidate_seq")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    INVALIDATE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    invalidate_seq: int
+    def __init__(self, ok: _Optional[bool] = ..., invalidate_seq: _Optional[int] = ...) -> None: ...
 
 class StreamCall(_message.Message):
     __slots__ = ("id", "method", "request", "timeout_us", "probe", "cancel")

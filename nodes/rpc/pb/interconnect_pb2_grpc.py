@@ -109,6 +109,21 @@ class OwnerServiceStub:
                 request_serializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemRemoveRequest.SerializeToString,
                 response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemRemoveResponse.FromString,
                 _registered_method=True)
+        self.IntervalNotifierInsert = channel.unary_unary(
+                '/mmusim.v2.OwnerService/IntervalNotifierInsert',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.IntervalNotifierInsertRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.IntervalNotifierInsertResponse.FromString,
+                _registered_method=True)
+        self.IntervalNotifierRemove = channel.unary_unary(
+                '/mmusim.v2.OwnerService/IntervalNotifierRemove',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.IntervalNotifierRemoveRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.IntervalNotifierRemoveResponse.FromString,
+                _registered_method=True)
+        self.IntervalReadBegin = channel.unary_unary(
+                '/mmusim.v2.OwnerService/IntervalReadBegin',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.IntervalReadBeginRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.IntervalReadBeginResponse.FromString,
+                _registered_method=True)
 
 
 class OwnerServiceServicer:
@@ -205,6 +220,24 @@ class OwnerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IntervalNotifierInsert(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IntervalNotifierRemove(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IntervalReadBegin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OwnerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -282,6 +315,21 @@ def add_OwnerServiceServicer_to_server(servicer, server):
                     servicer.XpmemRemove,
                     request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemRemoveRequest.FromString,
                     response_serializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemRemoveResponse.SerializeToString,
+            ),
+            'IntervalNotifierInsert': grpc.unary_unary_rpc_method_handler(
+                    servicer.IntervalNotifierInsert,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.IntervalNotifierInsertRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.IntervalNotifierInsertResponse.SerializeToString,
+            ),
+            'IntervalNotifierRemove': grpc.unary_unary_rpc_method_handler(
+                    servicer.IntervalNotifierRemove,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.IntervalNotifierRemoveRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.IntervalNotifierRemoveResponse.SerializeToString,
+            ),
+            'IntervalReadBegin': grpc.unary_unary_rpc_method_handler(
+                    servicer.IntervalReadBegin,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.IntervalReadBeginRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.IntervalReadBeginResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -699,6 +747,87 @@ class OwnerService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def IntervalNotifierInsert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mmusim.v2.OwnerService/IntervalNotifierInsert',
+            mmusim_dot_v2_dot_interconnect__pb2.IntervalNotifierInsertRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.IntervalNotifierInsertResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IntervalNotifierRemove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mmusim.v2.OwnerService/IntervalNotifierRemove',
+            mmusim_dot_v2_dot_interconnect__pb2.IntervalNotifierRemoveRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.IntervalNotifierRemoveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IntervalReadBegin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mmusim.v2.OwnerService/IntervalReadBegin',
+            mmusim_dot_v2_dot_interconnect__pb2.IntervalReadBeginRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.IntervalReadBeginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class SecondaryServiceStub:
     """Missing associated documentation comment in .proto file."""
@@ -748,6 +877,11 @@ class SecondaryServiceStub:
                 '/mmusim.v2.SecondaryService/XpmemDetachAttachments',
                 request_serializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemDetachAttachmentsRequest.SerializeToString,
                 response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemDetachAttachmentsResponse.FromString,
+                _registered_method=True)
+        self.IntervalInvalidate = channel.unary_unary(
+                '/mmusim.v2.SecondaryService/IntervalInvalidate',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.IntervalInvalidateRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.IntervalInvalidateResponse.FromString,
                 _registered_method=True)
 
 
@@ -802,6 +936,12 @@ class SecondaryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IntervalInvalidate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SecondaryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -844,6 +984,11 @@ def add_SecondaryServiceServicer_to_server(servicer, server):
                     servicer.XpmemDetachAttachments,
                     request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemDetachAttachmentsRequest.FromString,
                     response_serializer=mmusim_dot_v2_dot_interconnect__pb2.XpmemDetachAttachmentsResponse.SerializeToString,
+            ),
+            'IntervalInvalidate': grpc.unary_unary_rpc_method_handler(
+                    servicer.IntervalInvalidate,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.IntervalInvalidateRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.IntervalInvalidateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1062,6 +1207,33 @@ class SecondaryService:
             '/mmusim.v2.SecondaryService/XpmemDetachAttachments',
             mmusim_dot_v2_dot_interconnect__pb2.XpmemDetachAttachmentsRequest.SerializeToString,
             mmusim_dot_v2_dot_interconnect__pb2.XpmemDetachAttachmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IntervalInvalidate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mmusim.v2.SecondaryService/IntervalInvalidate',
+            mmusim_dot_v2_dot_interconnect__pb2.IntervalInvalidateRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.IntervalInvalidateResponse.FromString,
             options,
             channel_credentials,
             insecure,
