@@ -38,7 +38,7 @@ from nodes.secondary.xpmem import XPMEM_RDWR, XpmemCred
 
 BASE = 0x10000000  # 2 MiB aligned: THP collapses find whole blocks
 OPS = ("munmap", "mprotect", "migrate", "ksm", "reclaim", "thp", "cow")
-KINDS = ("gru", "xpmem", "kvm")
+KINDS = ("gru", "xpmem", "kvm", "hmm")
 SOURCE = XpmemCred(tgid=1, uid=1000, gid=1000)  # XPMEM's source process of every mm
 ATTACHER = XpmemCred(tgid=2, uid=1000, gid=1000)
 # the counters of the GRUs of a partition that a run reports (GruStats fields)
@@ -141,6 +141,8 @@ async def _attach(ctx: PartitionContext, kind: str, owner: str, mm_id: int, name
         await ctx.gru(owner, mm_id, name)
     elif kind == "kvm":
         await ctx.kvm(owner, mm_id, name)
+    elif kind == "hmm":
+        await ctx.hmm(owner, mm_id, name)
     elif kind == "xpmem":
         drv = await ctx.xpmem(owner, mm_id, name, cred=SOURCE)
         segid = await drv.make(BASE, region_pages * PAGE_SIZE, 0o600)

@@ -40,13 +40,23 @@ from cluster.vtime import Deadlock
 from nodes import lockdep, vmops
 from nodes.errors import InternalError, KernelBug, ModelError
 from nodes.mm import PAGE_SIZE, PROT_READ
-from nodes.notifier import SEMANTICS
+from nodes.notifier import MODERN, SEMANTICS
 from nodes.runtime import wait_all
 
 BASE = 0x10000000
 FAULTER_TLB_ENTRIES = 2  # the faulting GRU's TLB: small, so that its accesses keep missing
 FAULT_WORKERS = 3  # GRU instructions the faulting GRU has in flight at once
 TASKS = ("unregister", "exit", "migrate", "ksm", "faults", "register", "mprotect")
+RACE_SECONDARIES = ("gru", "hmm")
+
+
+def check_secondary(semantics: str, secondary: str) -> None:
+    """``ValueError`` naming both if the race workload's ``secondary`` cannot run under
+    ``semantics`` (an HMM mirror needs interval notifiers: the modern modes)."""
+    if secondary not in RACE_SECONDARIES:
+        raise ValueError(f"secondary must be one of {RACE_SECONDARIES}, got {secondary!r}")
+    if secondary == "hmm" and semantics not in MODERN:
+        raise ValueError(f"secondary 'hmm' needs interval notifiers: semantics {' or '.join(MODERN)}, got {semantics!r}")
 
 
 @dataclass(frozen=True)
@@ -58,11 +68,15 @@ class RaceConfig:
     tasks: tuple[str, ...] = TASKS
     choices: int | None = None  # only the first N scheduling choices are the seed's; then FIFO
     gru_dropin: str = "guarded"  # how the GRUs check a dropin (nodes.secondary.gru.GRU_DROPINS); not shrunk
+    # what the secondaries are (RACE_SECONDARIES; not shrunk): GRUs, or HMM device mirrors (the
+    # modern modes' interval notifiers, nodes/secondary/hmm.py), which ``grus`` then counts
+    secondary: str = "gru"
 
     def describe(self) -> str:
         steps = "" if self.choices is None else f", {self.choices} seeded scheduling choices then FIFO"
-        dropin = "" if self.gru_dropin == "guarded" else f", {self.gru_dropin} GRU dropin"
-        return f"{self.pages} pages, {self.grus} GRUs, tasks {', '.join(self.tasks)}{dropin}{steps}"
+        dropin = "" if self.gru_dropin == "guarded" or self.secondary != "gru" else f", {self.gru_dropin} GRU dropin"
+        what = "GRUs" if self.secondary == "gru" else "HMM device mirrors"
+        return f"{self.pages} pages, {self.grus} {what}, tasks {', '.join(self.tasks)}{dropin}{steps}"
 
 
 @dataclass
@@ -84,6 +98,7 @@ class Finding:
         return (f"mmusim check --semantics {self.semantics} --scheduler {self.scheduler} --replay {self.seed} "
                 f"--pages {r.pages} --grus {r.grus} --tasks {','.join(r.tasks)}"
                 + ("" if r.gru_dropin == "guarded" else f" --gru-dropin {r.gru_dropin}")
+                + ("" if r.secondary == "gru" else f" --secondary {r.secondary}")
                 + ("" if r.choices is None else f" --choices {r.choices}"))
 
 
@@ -104,8 +119,11 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
     mm = a.create_mm()
     await vmops.mmap(a, mm, BASE, race.pages * PAGE_SIZE)
     await vmops.populate(a, mm, BASE, race.pages * PAGE_SIZE)
-    grus = [await c.gru("p1", "p0", mm, name=f"gru{i}") for i in range(race.grus - 1)]
-    grus.append(await c.gru("p1", "p0", mm, name=f"gru{race.grus - 1}", tlb_entries=FAULTER_TLB_ENTRIES))
+    if race.secondary == "hmm":  # a device page table has no TLB size to make small
+        grus: list[Any] = [await c.hmm("p1", "p0", mm, name=f"hmm{i}") for i in range(race.grus)]
+    else:
+        grus = [await c.gru("p1", "p0", mm, name=f"gru{i}") for i in range(race.grus - 1)]
+        grus.append(await c.gru("p1", "p0", mm, name=f"gru{race.grus - 1}", tlb_entries=FAULTER_TLB_ENTRIES))
     for g in grus:
         for k in range(race.pages):
             await g.access(BASE + k * PAGE_SIZE)
@@ -138,7 +156,7 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
             return
         mm.users += 1
         try:
-            late = await c.gru("p1", "p0", mm, name="late")
+            late = await (c.hmm if race.secondary == "hmm" else c.gru)("p1", "p0", mm, name="late")
             await late.access(BASE)
         finally:
             await vmops.mmput(a, mm)
@@ -166,6 +184,7 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
 
 def run_once(semantics: str, scheduler: str, seed: int, race: RaceConfig) -> Finding | None:
     """One seeded run; the finding, if the model broke."""
+    check_secondary(semantics, race.secondary)
     config = sim_config(semantics, scheduler, seed, race)
 
     async def workload(c: SimCluster) -> None:

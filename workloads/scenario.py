@@ -28,7 +28,9 @@ Schema (``KNOBS`` holds it; defaults in brackets; times in microseconds)::
     mms                  positive int       [2]   owned by each partition, carrying activity
     secondaries_per_mm   positive int       [1]
     nframes              auto | positive int [auto]  frames per partition, see Scenario.nframes
-    secondary.kind       gru | xpmem | kvm  [gru]
+    secondary.kind       gru | xpmem | kvm | hmm  [gru]  hmm: a GPU mirroring the mm through an
+                                                  interval notifier (nodes/secondary/hmm.py); the
+                                                  modern semantics only, teardown unregister only
     gru.dropin           guarded | v3.10    [guarded]  how a GRU on another partition checks a
                                                   dropin whose lookup crossed the network
                                                   (nodes/secondary/gru.py, GRU_DROPINS)
@@ -91,7 +93,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import yaml
 
 from cluster.topology import parse_latency
-from nodes.notifier import SEMANTICS
+from nodes.notifier import MODERN, SEMANTICS
 from nodes.rpc import DEFAULT_TRANSPORT, TRANSPORTS
 from nodes.notifier import FANOUTS
 from nodes.partition import SRCU_SCOPES
@@ -115,7 +117,7 @@ __all__ = [
 ]
 
 OPS = ("munmap", "mprotect", "migrate", "ksm", "reclaim", "thp", "cow")
-SECONDARY_KINDS = ("gru", "xpmem", "kvm")
+SECONDARY_KINDS = ("gru", "xpmem", "kvm", "hmm")
 TEARDOWNS = ("unregister", "put")  # put: mmu_notifier_put, the free deferred with call_srcu
 LATENCY_PARAMS = ("value", "low", "high", "median", "sigma", "scale", "alpha")  # every dist's
 DURATION_UNITS = {"us": 1.0, "ms": 1_000.0, "s": 1_000_000.0}
@@ -470,6 +472,14 @@ def _check_cross(values: dict[str, Any]) -> None:
     streams, mix = values["activity"]["streams"], values["activity"]["mix"]
     if streams > 0 and not any(w > 0 for w in mix.values()):
         raise _Invalid("activity.mix", f"expected at least one weight > 0 while activity.streams is {streams}, got all weights 0")
+    if values["secondary"]["kind"] == "hmm":  # an interval notifier: Linux 5.5 on, and no put
+        if values["semantics"] not in MODERN:
+            raise _Invalid("semantics", f"expected one of {', '.join(MODERN)} with secondary.kind hmm (an HMM device "
+                                        f"mirrors the mm through an interval notifier, Linux 5.5), got "
+                                        f"{values['semantics']!r}")
+        if values["teardown"] != "unregister":
+            raise _Invalid("teardown", f"expected unregister with secondary.kind hmm (an interval notifier is removed; "
+                                       f"there is no mmu_notifier_put for it), got {values['teardown']!r}")
     m = values["measure"]
     if m["exits"] == 0 and m["unregisters"] == 0:
         raise _Invalid("measure", "expected measure.exits or measure.unregisters > 0, got both 0 (nothing to measure)")
