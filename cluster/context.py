@@ -104,6 +104,8 @@ class SecondaryFactory:
 
     async def hmm(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> "HmmMirror":
         """An HMM device mirror here of mm ``mm_id`` of ``owner``, its notifier inserted there."""
+        part = getattr(self, "partition", None)  # the device memory's oracle: this partition's
+        config.setdefault("oracle", part.oracle if part is not None else None)
         dev = HmmMirror(self.runtime, self.owner_port(owner), mm_id, name or self._default_name("hmm", owner, mm_id),
                         **config)
         await dev.register()

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING
 
 from nodes.errors import Busy, InvalidArgument
 from nodes.interval import mmu_interval_check_retry
-from nodes.mm import PAGE_SIZE, PTE_PRESENT, PTE_WRITE, check_range
+from nodes.migrate_device import split_device_entry
+from nodes.mm import PAGE_SIZE, PTE_DEVICE_PRIVATE, PTE_PRESENT, PTE_WRITE, check_range
 
 if TYPE_CHECKING:
     from nodes.interval import MmuIntervalNotifier
@@ -54,18 +55,23 @@ class HmmPfn:
 
     address: int  # user virtual address (page aligned)
     pfn: int  # the owner partition's frame
-    stamp: tuple[int, int, int]  # the frame's contents as the walk saw them (the oracle's, not the driver's)
+    stamp: tuple[int, int, int] | None  # the frame's contents as the walk saw them (the oracle's); None: device memory
     writable: bool
+    # a device-private page of the asking device (dev_private_owner): its page number there, -1
+    # for system memory (hmm_vma_handle_pte(): the device page is reported, not faulted back)
+    device: int = -1
 
 
 async def hmm_range_fault(p: "Partition", mm: "Mm", mni: "MmuIntervalNotifier", notifier_seq: int, start: int,
-                          npages: int, *, write: bool) -> list[HmmPfn]:
+                          npages: int, *, write: bool, dev_private_owner: str | None = None) -> list[HmmPfn]:
     """hmm_range_fault() with ``default_flags`` HMM_PFN_REQ_FAULT (and HMM_PFN_REQ_WRITE if
     ``write``), as dmirror_fault() asks: every page of [start, start + npages pages) valid (and
     writable), faulted in where it is not. Under mmap_sem (read). Raises ``Busy`` (-EBUSY) when
     ``mmu_interval_check_retry(mni, notifier_seq)`` says an invalidation began since the
     driver's read_begin; ``BadAddress`` (-EFAULT) for a page no VMA allows (hmm_vma_walk_hole:
-    no vma, or the access not permitted). No reference is taken on any page."""
+    no vma, or the access not permitted). No reference is taken on any page. A device-private
+    page of ``dev_private_owner`` is reported as its device page; another device's is migrated
+    back to system memory by the fault (hmm_vma_handle_pte())."""
     if not isinstance(npages, int) or not 0 < npages <= HMM_RANGE_MAX_PAGES:
         raise InvalidArgument(f"hmm_range_fault: npages {npages!r} is not 1..{HMM_RANGE_MAX_PAGES}")
     check_range(start, npages * PAGE_SIZE, "hmm_range_fault")
@@ -81,6 +87,10 @@ async def hmm_range_fault(p: "Partition", mm: "Mm", mni: "MmuIntervalNotifier", 
             vma = mm.vma_or_fault(address)
             i = vma.index(address)
             flags = int(vma.flags[i])
+            if (flags & PTE_DEVICE_PRIVATE and dev_private_owner is not None and (flags & PTE_WRITE or not write)
+                    and p.pgmaps.owner_of(int(vma.pfn[i])) == dev_private_owner):
+                out.append(HmmPfn(address, -1, None, bool(flags & PTE_WRITE), split_device_entry(int(vma.pfn[i]))[1]))
+                continue
             if flags & PTE_PRESENT and (flags & PTE_WRITE or not write):
                 pfn = int(vma.pfn[i])
                 out.append(HmmPfn(address, pfn, p.frames.stamp(pfn), bool(flags & PTE_WRITE)))

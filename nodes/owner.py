@@ -27,6 +27,7 @@ from nodes.notifier import MmuNotifier, TeardownTiming
 
 if TYPE_CHECKING:
     from nodes.hmm import HmmPfn
+    from nodes.migrate_device import DevPagemapOps, MigrateSrc
     from nodes.partition import Partition
     from nodes.runtime import TaskSignals
     from nodes.secondary.xpmem import XpmemCred, XpmemGrant
@@ -101,11 +102,24 @@ class OwnerPort(Protocol):
         end); the secondary then checks ``mmu_interval_read_retry(mni, seq)`` under its lock."""
 
     async def hmm_range_fault(self, mni: MmuIntervalNotifier, mm_id: int, notifier_seq: int, start: int,
-                              npages: int, *, write: bool) -> list["HmmPfn"]:
+                              npages: int, *, write: bool, dev_private_owner: str | None = None) -> list["HmmPfn"]:
         """hmm_range_fault() of ``npages`` pages from ``start``, faulting them in (``nodes.hmm``):
         ``Busy`` (-EBUSY) if ``mni`` was invalidated since the read_begin that gave
         ``notifier_seq``. Takes no page reference: the driver checks
-        ``mmu_interval_read_retry`` under its lock before it installs what came back."""
+        ``mmu_interval_read_retry`` under its lock before it installs what came back. Pages in
+        the device memory of ``dev_private_owner`` are reported as such."""
+
+    # HMM migration to the device's private memory (``nodes.migrate_device``); ``pgmap`` is
+    # the device's dev_pagemap_ops (the owner calls it back: migrate_to_ram, page_free)
+
+    async def migrate_vma_setup(self, mni: MmuIntervalNotifier, mm_id: int, start: int, npages: int,
+                                pgmap: "DevPagemapOps") -> tuple[int, list["MigrateSrc"]]:
+        """migrate_vma_setup() (MIGRATE_VMA_SELECT_SYSTEM, pgmap_owner ``pgmap.pgmap_owner``):
+        the migration's id and the pages it collected."""
+
+    async def migrate_vma_finalize(self, mni: MmuIntervalNotifier, migration_id: int, dst: list[int]) -> list[bool]:
+        """migrate_vma_pages() and migrate_vma_finalize() with one device page (or -1) per
+        collected page: which were installed."""
 
     def translation_established(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int) -> None:
         """``mn`` now translates ``address`` to ``pfn`` (reported at the moment of install)."""
@@ -179,14 +193,31 @@ class LocalOwner:
         return await mmu_interval_read_begin(mni)
 
     async def hmm_range_fault(self, mni: MmuIntervalNotifier, mm_id: int, notifier_seq: int, start: int,
-                              npages: int, *, write: bool) -> list["HmmPfn"]:
+                              npages: int, *, write: bool, dev_private_owner: str | None = None) -> list["HmmPfn"]:
         from nodes.hmm import hmm_range_fault
 
         mm = self.part.mm(mm_id)
         if mni.mm is not mm:
             raise InvalidArgument(f"hmm_range_fault of {mni.name} on {mm.name}: the notifier is inserted on "
                                   f"{getattr(mni.mm, 'name', None)!r}")
-        return await hmm_range_fault(self.part, mm, mni, notifier_seq, start, npages, write=write)
+        return await hmm_range_fault(self.part, mm, mni, notifier_seq, start, npages, write=write,
+                                     dev_private_owner=dev_private_owner)
+
+    async def migrate_vma_setup(self, mni: MmuIntervalNotifier, mm_id: int, start: int, npages: int,
+                                pgmap: "DevPagemapOps") -> tuple[int, list["MigrateSrc"]]:
+        from nodes.migrate_device import migrate_vma_setup
+
+        mm = self.part.mm(mm_id)
+        if mni.mm is not mm:
+            raise InvalidArgument(f"migrate_vma_setup of {mni.name} on {mm.name}: the notifier is inserted on "
+                                  f"{getattr(mni.mm, 'name', None)!r}")
+        mig = await migrate_vma_setup(self.part, mm, start, npages, pgmap)
+        return mig.id, list(mig.src)
+
+    async def migrate_vma_finalize(self, mni: MmuIntervalNotifier, migration_id: int, dst: list[int]) -> list[bool]:
+        from nodes.migrate_device import migrate_vma_finalize
+
+        return migrate_vma_finalize(self.part, migration_id, [int(d) for d in dst])
 
     async def dma_read(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
         mm = self._checked(mn, mm_id, address, [pfn], "dma_read")

@@ -53,6 +53,7 @@ import numpy as np
 
 from nodes.errors import InvalidArgument, NotFound, PermissionDenied, Unreachable
 from nodes.hmm import HmmPfn
+from nodes.migrate_device import DevPagemapOps, MigrateSrc
 from nodes.interval import (MmuIntervalNotifier, MmuIntervalNotifierOps, mmu_interval_notifier_insert,
                             mmu_interval_notifier_remove, mmu_interval_read_begin)
 from nodes.mm import Mm
@@ -181,6 +182,7 @@ class OwnerService:
         self._pin_requests: dict[str, dict[int, tuple[int, list[int]]]] = {}
         self._xpmem_attachers: dict[RemoteNotifier, RemoteXpmemAttacher] = {}
         self._unregistering: set[tuple[str, str]] = set()  # (host, notifier id) of unregisters in flight
+        self._pagemaps: dict[tuple[str, str], RemotePagemap] = {}  # device memory of other partitions
 
     # -- requests from secondaries ----------------------------------------------------------
 
@@ -282,12 +284,28 @@ class OwnerService:
         return await mmu_interval_read_begin(self._interval(host, notifier_id))
 
     async def hmm_range_fault(self, host: str, notifier_id: str, mm_id: int, notifier_seq: int, start: int,
-                              npages: int, write: bool) -> list[HmmPfn]:
+                              npages: int, write: bool, dev_private_owner: str | None = None) -> list[HmmPfn]:
         """hmm_range_fault() for ``host``'s interval notifier, checked against its stand-in here
         (whose sequence mirrors the driver's as each invalidate is answered)."""
         self._check_host(host)
         return await self.local.hmm_range_fault(self._interval(host, notifier_id), mm_id, notifier_seq, start,
-                                                npages, write=write)
+                                                npages, write=write, dev_private_owner=dev_private_owner)
+
+    async def migrate_vma_setup(self, host: str, notifier_id: str, mm_id: int, start: int, npages: int,
+                                pgmap_owner: str, pagemap_id: str) -> tuple[int, list[MigrateSrc]]:
+        """migrate_vma_setup() for ``host``'s device, whose memory its pagemap ``pagemap_id``
+        there serves (``RemotePagemap``)."""
+        self._check_host(host)
+        pgmap = self._pagemaps.get((host, pagemap_id))
+        if pgmap is None:
+            pgmap = self._pagemaps[(host, pagemap_id)] = RemotePagemap(self, host, pagemap_id, pgmap_owner)
+        elif pgmap.pgmap_owner != pgmap_owner:
+            raise InvalidArgument(f"pagemap {pagemap_id!r} of {host} serves {pgmap.pgmap_owner!r}, not {pgmap_owner!r}")
+        return await self.local.migrate_vma_setup(self._interval(host, notifier_id), mm_id, start, npages, pgmap)
+
+    async def migrate_vma_finalize(self, host: str, notifier_id: str, migration_id: int, dst: list[int]) -> list[bool]:
+        self._check_host(host)
+        return await self.local.migrate_vma_finalize(self._interval(host, notifier_id), migration_id, dst)
 
     async def get_user_pages(
         self, host: str, mm_id: int, address: int, npages: int, write: bool, pin: bool, request_id: int = 0
@@ -469,6 +487,33 @@ class OwnerService:
         self.part.runtime.trace("fence", f"{self.name} fenced {host} during {during}: {len(pfns)} unpinned")
 
 
+class RemotePagemap:
+    """The dev_pagemap_ops of a device on another partition, as the owner calls them
+    (``nodes.migrate_device.DevPagemapOps``): requests to the device's partition. A device
+    that does not answer a migrate_to_ram leaves the fault with VM_FAULT_SIGBUS (the data is in
+    its memory); a page_free it does not hear frees nothing on a partition that is gone."""
+
+    def __init__(self, service: OwnerService, host: str, pagemap_id: str, pgmap_owner: str):
+        self.service = service
+        self.host = host
+        self.pagemap_id = pagemap_id
+        self.pgmap_owner = pgmap_owner
+
+    async def migrate_to_ram(self, mm_id: int, address: int, dpfn: int) -> tuple[int, int]:
+        s = self.service
+        owner, vpn = await s.interconnect.call(s.name, self.host, SECONDARY_SERVICE, "devmem_migrate_to_ram",
+                                               self.pagemap_id, mm_id, address, dpfn, kind="fault")
+        return int(owner), int(vpn)
+
+    async def page_free(self, dpfns: list[int]) -> None:
+        s = self.service
+        try:
+            await s.interconnect.call(s.name, self.host, SECONDARY_SERVICE, "devmem_page_free", self.pagemap_id,
+                                      [int(d) for d in dpfns], kind="callout")
+        except Unreachable as e:
+            s.fence(self.host, during=f"page_free of {self.pgmap_owner}", error=str(e))
+
+
 class RemoteXpmemAttacher:
     """Where XPMEM attachments made through a remote driver live, as the source side reaches
     them: a request to the driver's partition to detach them. A partition that does not answer
@@ -521,11 +566,40 @@ class SecondaryService:
     def __init__(self, name: str):
         self.name = name
         self.notifiers: dict[str, MmuNotifier | MmuIntervalNotifier] = {PROBE_NOTIFIER: NullNotifier()}
+        self.pagemaps: dict[str, DevPagemapOps] = {}  # device memory served to owners (HMM migration)
         self._next_id = 0
         # set when oracle reports travel asynchronously (to an owner in another process): the
         # reports a callout makes then reach their owner before the callout returns, as they
         # do in-process
         self.flush_reports: Callable[[], Awaitable[None]] | None = None
+
+    def add_pagemap(self, pgmap: DevPagemapOps) -> str:
+        """Serve the dev_pagemap_ops of a device here to the owners it migrates to; its id (the
+        same for the same pgmap: one device, one pagemap)."""
+        for pid, known in self.pagemaps.items():
+            if known is pgmap:
+                return pid
+        self._next_id += 1
+        pid = f"{pgmap.pgmap_owner}#{self._next_id}"
+        self.pagemaps[pid] = pgmap
+        return pid
+
+    def _pagemap(self, pagemap_id: str) -> DevPagemapOps:
+        pgmap = self.pagemaps.get(pagemap_id)
+        if pgmap is None:
+            raise NotFound(f"no device pagemap {pagemap_id!r} on partition {self.name}")
+        return pgmap
+
+    async def devmem_migrate_to_ram(self, pagemap_id: str, mm_id: int, address: int, dpfn: int) -> tuple[int, int]:
+        """An owner's CPU faults on a page in this device's memory (dev_pagemap_ops.migrate_to_ram)."""
+        out = await self._pagemap(pagemap_id).migrate_to_ram(mm_id, address, dpfn)
+        if self.flush_reports is not None:
+            await self.flush_reports()
+        return out
+
+    async def devmem_page_free(self, pagemap_id: str, dpfns: list[int]) -> None:
+        """dev_pagemap_ops.page_free() of pages no owner pte refers to any more."""
+        await self._pagemap(pagemap_id).page_free(list(dpfns))
 
     def add(self, mn: MmuNotifier | MmuIntervalNotifier) -> str:
         self._next_id += 1
@@ -692,9 +766,20 @@ class RemoteOwner:
         return await self._call("interval_read_begin", self.host.name, self._id(mni), kind="fault")
 
     async def hmm_range_fault(self, mni: MmuIntervalNotifier, mm_id: int, notifier_seq: int, start: int,
-                              npages: int, *, write: bool) -> list[HmmPfn]:
+                              npages: int, *, write: bool, dev_private_owner: str | None = None) -> list[HmmPfn]:
         return await self._call("hmm_range_fault", self.host.name, self._id(mni), mm_id, notifier_seq, start,
-                                npages, write, kind="fault")
+                                npages, write, dev_private_owner, kind="fault")
+
+    async def migrate_vma_setup(self, mni: MmuIntervalNotifier, mm_id: int, start: int, npages: int,
+                                pgmap: DevPagemapOps) -> tuple[int, list[MigrateSrc]]:
+        """The device's pagemap is served here (``SecondaryService.add_pagemap``, once) for the
+        owner's calls back; the request names it."""
+        return await self._call("migrate_vma_setup", self.host.name, self._id(mni), mm_id, start, npages,
+                                pgmap.pgmap_owner, self.host.add_pagemap(pgmap))
+
+    async def migrate_vma_finalize(self, mni: MmuIntervalNotifier, migration_id: int, dst: list[int]) -> list[bool]:
+        return await self._call("migrate_vma_finalize", self.host.name, self._id(mni), migration_id,
+                                [int(d) for d in dst])
 
     async def dma_read(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
         return await self._call("dma_read", self.host.name, self._id(mn), mm_id, address, pfn, expected, kind="read")

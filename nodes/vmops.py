@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nodes import lockdep
+from nodes import lockdep, migrate_device
 from nodes.errors import BadAddress, Busy, InternalError, InvalidArgument, Released, Unmapped
 from nodes.mm import (
     HPAGE_PMD_NR,
@@ -47,6 +47,7 @@ from nodes.mm import (
     PAGE_SIZE,
     PROT_READ,
     PROT_WRITE,
+    PTE_DEVICE_PRIVATE,
     PTE_DIRTY,
     PTE_MIGRATION,
     PTE_PRESENT,
@@ -89,6 +90,11 @@ async def handle_mm_fault(p: "Partition", mm: Mm, address: int, *, write: bool) 
         if not write and not vma.prot & PROT_READ:
             raise BadAddress(f"read fault at {address:#x} in PROT_NONE VMA [{vma.start:#x}, {vma.end:#x}) of {mm.name}")
         i = vma.index(address)
+        if vma.flags[i] & PTE_DEVICE_PRIVATE:
+            # do_swap_page(): the page is in device memory; its pagemap migrates it back, then
+            # the fault is retried from the start
+            await migrate_device.migrate_to_ram(p, mm, address)
+            continue
         if not vma.flags[i] & PTE_MIGRATION:
             break
         # migration_entry_wait(): sleep until the migration unlocks the page (it always does,
@@ -232,6 +238,8 @@ async def unmap_region(p: "Partition", mm: Mm, start: int, end: int) -> None:
     reference (try_to_unmap_one() dropped the pte's), so nothing is put for them, and a
     migration in flight then finds no entry to remove (see ``_unmap_and_move``)."""
     await p.core.invalidate_range_start(mm, start, end)
+    with mm.page_table_lock:
+        device_pages = migrate_device.gather_device_private(mm, start, end)
     gathered = []
     for vma, sl, present in mm.iter_present(start, end):
         with mm.page_table_lock:
@@ -242,6 +250,8 @@ async def unmap_region(p: "Partition", mm: Mm, start: int, end: int) -> None:
     await p.core.invalidate_range_end(mm, start, end)
     if gathered:
         p.frames.put(np.concatenate(gathered))
+    if device_pages:  # device-private entries hold device pages: their last references
+        await migrate_device.free_device_pages(p, device_pages)
 
 
 async def mmap(p: "Partition", mm: Mm, start: int, length: int, prot: int = PROT_READ | PROT_WRITE) -> Vma:

@@ -47,7 +47,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from nodes.errors import Busy, InvalidArgument, Released
+import numpy as np
+
+from nodes.errors import Busy, InternalError, InvalidArgument, Released
+from nodes.memory import FREE_OWNER
 from nodes.hmm import HMM_RANGE_DEFAULT_TIMEOUT_US, HMM_RANGE_MAX_PAGES
 from nodes.interval import (ULONG_MAX, MmuIntervalNotifier, MmuIntervalNotifierOps, mmu_interval_read_retry,
                             mmu_interval_set_seq)
@@ -57,9 +60,11 @@ from nodes.notifier import MmuNotifierEvent, MmuNotifierRange, TeardownTiming
 from nodes.secondary.base import InflightAccesses, keys_in_span, vpn_span
 
 if TYPE_CHECKING:
+    from nodes.oracle import Oracle
     from nodes.owner import OwnerPort
     from nodes.runtime import Runtime
 
+DEFAULT_DEVICE_PAGES = 1024  # device-private pages (dmirror's first chunk is 256 MB; small here)
 DEFAULT_TLB_INVALIDATE_US = 5.0  # a GPU TLB invalidate and its completion ("a few us", REFERENCE 8)
 PAGE_MASK = ~(PAGE_SIZE - 1)
 DMIRROR_SPAN = ULONG_MAX & PAGE_MASK  # dmirror_fops_open(): the notifier covers [0, ULONG_MAX & PAGE_MASK)
@@ -67,12 +72,86 @@ DMIRROR_SPAN = ULONG_MAX & PAGE_MASK  # dmirror_fops_open(): the notifier covers
 
 @dataclass
 class DevPte:
-    """One entry of the device page table: the owner's frame it maps, whether the device may
-    write it, and what a read through it must return (the stamp the fault saw)."""
+    """One entry of the device page table: the owner's frame it maps (or, ``device`` >= 0, a
+    page of the device's own memory, which the owner's pte names by a device-private entry),
+    whether the device may write it, and what a read through it must return."""
 
     pfn: int
     writable: bool
     stamp: tuple[int, int, int]
+    device: int = -1
+
+
+class DeviceMemory:
+    """The device-private memory of a GPU (dmirror_device's chunks and free list; its
+    dev_pagemap's pages), on the GPU's partition: ``npages`` pages, each free or holding the
+    contents of one page of an owner's mm (owner mm id, vpn) under a fresh generation.
+
+    Its oracle is the partition's (the device memory is this partition's, as the frames are
+    the owner's): a read of a free device page, or of one whose contents are not what the
+    device pte was made for, is invariant 6; a page freed while the device pt maps it is
+    invariant 1; a page freed twice is an ``InternalError``."""
+
+    def __init__(self, name: str, npages: int, oracle: "Oracle | None" = None):
+        if not isinstance(npages, int) or npages < 0:
+            raise InvalidArgument(f"device memory of {name}: npages must be an integer >= 0, got {npages!r}")
+        self.name = name
+        self.npages = npages
+        self.oracle = oracle
+        # invariant: owner[d] == FREE exactly for the pages on the free list
+        self.owner = np.full(npages, FREE_OWNER, dtype=np.int64)
+        self.vpn = np.zeros(npages, dtype=np.int64)
+        self.gen = np.zeros(npages, dtype=np.int64)
+        self.free_list = list(range(npages - 1, -1, -1))  # low pages first
+        self.mapped = np.zeros(npages, dtype=np.int32)  # device ptes mapping each page
+        self._next_gen = 1
+
+    @property
+    def allocated(self) -> int:
+        return self.npages - len(self.free_list)
+
+    def alloc(self, owner: int, vpn: int) -> int | None:
+        """dmirror_devmem_alloc_page() and the copy into it: a page holding (owner, vpn); None
+        when the memory is full (the page is then not migrated)."""
+        if not self.free_list:
+            return None
+        d = self.free_list.pop()
+        self.owner[d], self.vpn[d], self.gen[d] = owner, vpn, self._next_gen
+        self._next_gen += 1
+        return d
+
+    def stamp(self, d: int) -> tuple[int, int, int]:
+        return int(self.owner[d]), int(self.vpn[d]), int(self.gen[d])
+
+    def contents(self, d: int) -> tuple[int, int]:
+        """The data of page ``d`` (copy_highpage()'s source)."""
+        self._check(d, "copy from")
+        return int(self.owner[d]), int(self.vpn[d])
+
+    def free(self, d: int) -> None:
+        """dmirror_devmem_free(): back on the free list."""
+        self._check(d, "free")
+        if self.mapped[d] and self.oracle is not None:
+            self.oracle.violation(1, f"device page {d} of {self.name} freed while the device maps it", device=self.name)
+        self.owner[d] = FREE_OWNER
+        self.free_list.append(d)
+
+    def read(self, d: int, expected: tuple[int, int, int], address: int) -> tuple[int, int, int]:
+        """A device read of its own page ``d`` through a pte made for ``expected``."""
+        actual = self.stamp(d) if 0 <= d < self.npages else (FREE_OWNER, 0, 0)
+        if self.oracle is not None:
+            self.oracle.checked["device read"] += 1
+            if actual[0] == FREE_OWNER or actual != expected:
+                state = "free" if actual[0] == FREE_OWNER else f"stamp {actual}"
+                self.oracle.violation(6, f"device read of {address:#x} through device page {d} expected {expected}, "
+                                         f"the page is {state}", device=self.name, address=hex(address))
+        return actual
+
+    def _check(self, d: int, what: str) -> None:
+        if not isinstance(d, int) or not 0 <= d < self.npages:
+            raise InvalidArgument(f"{what} device page {d!r} of {self.name}: not a page of it (0..{self.npages - 1})")
+        if self.owner[d] == FREE_OWNER:
+            raise InternalError(f"{what} device page {d} of {self.name}, which is free")
 
 
 @dataclass
@@ -88,6 +167,9 @@ class HmmStats:
     zapped: int = 0  # device ptes dropped by invalidations
     tlb_invalidates: int = 0  # device TLB invalidations waited for
     own_migrate_skipped: int = 0  # MIGRATE ranges of this device's own migrations, skipped
+    migrated_to_device: int = 0  # pages migrate_to_device() installed in device memory
+    migrated_to_ram: int = 0  # device pages the owner's CPU faulted back (migrate_to_ram)
+    device_reads: int = 0  # accesses served from device memory
     nonblock_refused: int = 0  # non-blockable ranges answered False
     invalidate_us: list[float] = field(default_factory=list)  # each invalidate's duration on the device
 
@@ -98,7 +180,8 @@ class HmmMirror(MmuIntervalNotifierOps):
 
     def __init__(self, runtime: "Runtime", owner: "OwnerPort", mm_id: int, name: str, *,
                  tlb_invalidate_us: float = DEFAULT_TLB_INVALIDATE_US,
-                 fault_timeout_us: float = HMM_RANGE_DEFAULT_TIMEOUT_US):
+                 fault_timeout_us: float = HMM_RANGE_DEFAULT_TIMEOUT_US,
+                 devmem: DeviceMemory | None = None, oracle: "Oracle | None" = None):
         if not tlb_invalidate_us >= 0:
             raise InvalidArgument(f"HMM device {name}: tlb_invalidate_us must be >= 0, got {tlb_invalidate_us!r}")
         if not fault_timeout_us > 0:
@@ -116,6 +199,8 @@ class HmmMirror(MmuIntervalNotifierOps):
         self.closing = False  # teardown began: no pte is installed any more (under mutex)
         self.inserted = False
         self.stats = HmmStats()
+        # the GPU's device-private memory (dmirror->mdevice): its own unless shared with other mirrors
+        self.devmem = devmem if devmem is not None else DeviceMemory(name, DEFAULT_DEVICE_PAGES, oracle)
 
     def __repr__(self) -> str:
         return f"HmmMirror({self.name}, mm {self.mm_id}, {len(self.pt)} ptes)"
@@ -164,7 +249,12 @@ class HmmMirror(MmuIntervalNotifierOps):
         """dmirror_do_update(): drop these ptes and report them. Caller holds the mutex."""
         ptes = [self.pt.pop(v) for v in vpns]
         self.stats.zapped += len(ptes)
-        self.owner.translations_dropped(self.mni, self.mm_id, [e.pfn for e in ptes])
+        for e in ptes:
+            if e.device >= 0:
+                self.devmem.mapped[e.device] -= 1
+        system = [e.pfn for e in ptes if e.device < 0]
+        if system:
+            self.owner.translations_dropped(self.mni, self.mm_id, system)
 
     async def _tlb_invalidate(self, first: int, last: int) -> None:
         """The device TLB invalidate of pages [first, last] and its completion: the modelled
@@ -195,7 +285,8 @@ class HmmMirror(MmuIntervalNotifierOps):
                            f"invalidations after HMM_RANGE_DEFAULT_TIMEOUT ({self.fault_timeout_us:.0f} us)")
             seq = await self.owner.interval_read_begin(self.mni)
             try:
-                pfns = await self.owner.hmm_range_fault(self.mni, self.mm_id, seq, start, npages, write=write)
+                pfns = await self.owner.hmm_range_fault(self.mni, self.mm_id, seq, start, npages, write=write,
+                                                        dev_private_owner=self.pgmap_owner)
             except Busy:
                 self.stats.busy += 1
                 continue
@@ -216,6 +307,9 @@ class HmmMirror(MmuIntervalNotifierOps):
             old = self.pt.get(vpn)
             if old is not None:
                 self._zap([vpn])
+            if ref.device >= 0:  # this device's own memory (dmirror_do_fault() stores the page either way)
+                self._map_device_page(vpn, ref.device, ref.writable)
+                continue
             self.pt[vpn] = DevPte(ref.pfn, ref.writable, ref.stamp)
             self.owner.translation_established(self.mni, self.mm_id, ref.address, ref.pfn)
         self.stats.faults += 1
@@ -236,8 +330,71 @@ class HmmMirror(MmuIntervalNotifierOps):
             pte = self.pt.get(vpn)
             if pte is not None and (pte.writable or not write):
                 self.stats.pte_hits += 1
+                if pte.device >= 0:
+                    self.stats.device_reads += 1
+                    return self.devmem.read(pte.device, pte.stamp, page)
                 return await self.inflight.access(vpn, self.owner.dma_read(self.mni, self.mm_id, page, pte.pfn, pte.stamp))
             await self.fault(page, 1, write=write)
+
+    # -- migration to device memory and back (nodes/migrate_device.py) --------------------------
+
+    def _map_device_page(self, vpn: int, d: int, writable: bool) -> None:
+        """A device pte of device page ``d``. Caller holds the mutex."""
+        if not 0 <= d < self.devmem.npages or self.devmem.owner[d] == FREE_OWNER:
+            raise InternalError(f"HMM device {self.name}: mapping device page {d!r}, which is not allocated")
+        if vpn in self.pt:
+            self._zap([vpn])
+        self.pt[vpn] = DevPte(-1, writable, self.devmem.stamp(d), device=d)
+        self.devmem.mapped[d] += 1
+
+    async def migrate_to_device(self, start: int, npages: int) -> int:
+        """dmirror_migrate() of [start, start + npages pages) (within one VMA, at most
+        MIGRATE_VMA_MAX_PAGES): migrate_vma_setup() on the owner; each collected page copied
+        into a new device page (dmirror_migrate_alloc_and_copy(): the copy is a DMA read of the
+        owner's frame, checked by its oracle); then, under the mutex, the device ptes of the
+        collected pages dropped (their frames are about to be freed), migrate_vma_pages() +
+        migrate_vma_finalize() on the owner, and the installed device pages mapped
+        (dmirror_migrate_finalize_and_map()); the others freed. Returns the pages migrated."""
+        mig_id, src = await self.owner.migrate_vma_setup(self.mni, self.mm_id, start, npages, self)
+        dst: list[int] = []
+        for s in src:
+            stamp = await self.owner.dma_read(self.mni, self.mm_id, s.address, s.pfn, s.stamp)
+            d = self.devmem.alloc(stamp[0], stamp[1])
+            dst.append(-1 if d is None else d)
+        async with self.mutex:
+            stale = [s.address >> PAGE_SHIFT for s in src if s.address >> PAGE_SHIFT in self.pt]
+            if stale:
+                self._zap(stale)
+            installed = await self.owner.migrate_vma_finalize(self.mni, mig_id, dst)
+            moved = 0
+            for s, d, ok in zip(src, dst, installed):
+                if ok:
+                    if not self.closing:
+                        self._map_device_page(s.address >> PAGE_SHIFT, d, s.writable)
+                    moved += 1
+                elif d >= 0:
+                    self.devmem.free(d)
+        self.stats.migrated_to_device += moved
+        return moved
+
+    async def migrate_to_ram(self, mm_id: int, address: int, dpfn: int) -> tuple[int, int]:
+        """dev_pagemap_ops.migrate_to_ram, the device's half (dmirror_devmem_fault_alloc_and_copy()):
+        under the mutex, erase the device pte of ``address`` (xa_erase), then hand back the
+        page's contents for the owner's copy. The page stays allocated until ``page_free``."""
+        if mm_id != self.mm_id:
+            raise InvalidArgument(f"HMM device {self.name}: migrate_to_ram for mm {mm_id!r}, but it mirrors mm {self.mm_id}")
+        async with self.mutex:
+            vpn = address >> PAGE_SHIFT
+            if vpn in self.pt:
+                self._zap([vpn])
+            data = self.devmem.contents(dpfn)
+        self.stats.migrated_to_ram += 1
+        return data
+
+    async def page_free(self, dpfns: list[int]) -> None:
+        """dev_pagemap_ops.page_free (dmirror_devmem_free()): no owner pte refers to these pages."""
+        for d in dpfns:
+            self.devmem.free(int(d))
 
     # -- teardown -------------------------------------------------------------------------------
 
