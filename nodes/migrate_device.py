@@ -72,6 +72,15 @@ MIGRATE_VMA_MAX_PAGES = 64  # dmirror_migrate()'s src_pfns[64]
 OWNER_PASSED = False  # the core's invalidate_range_start() takes no pgmap owner yet (see the module docstring)
 
 
+async def _migrate_range_start(p: "Partition", mm: "Mm", start: int, end: int, owner: str) -> None:
+    """mmu_notifier_range_init_owner(MMU_NOTIFY_MIGRATE, owner) and invalidate_range_start().
+    The owner goes to the core only once it takes one (``OWNER_PASSED``)."""
+    if OWNER_PASSED:
+        await p.core.invalidate_range_start(mm, start, end, event=MmuNotifierEvent.MIGRATE, owner=owner)  # type: ignore[call-arg]
+    else:
+        await p.core.invalidate_range_start(mm, start, end, event=MmuNotifierEvent.MIGRATE)
+
+
 def device_entry(pgmap: int, dpfn: int) -> int:
     """The pfn field of a device-private entry for page ``dpfn`` of pagemap ``pgmap``."""
     return (pgmap << DEVICE_PFN_BITS) | dpfn
@@ -169,7 +178,7 @@ async def migrate_vma_setup(p: "Partition", mm: "Mm", start: int, npages: int, p
         if end > vma.end:
             raise InvalidArgument(f"migrate_vma_setup [{start:#x}, {end:#x}) of {mm.name} is not within one VMA "
                                   f"[{vma.start:#x}, {vma.end:#x})")
-        await p.core.invalidate_range_start(mm, start, end, event=MmuNotifierEvent.MIGRATE)
+        await _migrate_range_start(p, mm, start, end, pgmap.pgmap_owner)
         try:
             with mm.page_table_lock:
                 for k in range(npages):
@@ -255,7 +264,7 @@ async def migrate_to_ram(p: "Partition", mm: "Mm", address: int) -> None:
         return
     index, dpfn = split_device_entry(value)
     ops = p.pgmaps.get(index)
-    await p.core.invalidate_range_start(mm, address, address + PAGE_SIZE, event=MmuNotifierEvent.MIGRATE)
+    await _migrate_range_start(p, mm, address, address + PAGE_SIZE, ops.pgmap_owner)
     try:
         with mm.page_table_lock:
             vma = mm.find_vma(address)

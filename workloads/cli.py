@@ -317,9 +317,10 @@ def _cmd_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from workloads import races
 
     tasks = races.TASKS if args.tasks is None else tuple(t for t in args.tasks.split(",") if t)
-    unknown = [t for t in tasks if t not in races.TASKS]
-    if unknown or not tasks:
-        parser.error(f"--tasks: expected a comma-separated subset of {','.join(races.TASKS)}, got {args.tasks!r}")
+    try:
+        races.check_tasks(tasks, args.secondary or "gru")
+    except ValueError as e:
+        parser.error(f"--{e}")
     if args.choices is not None and args.choices < 0:
         parser.error(f"--choices: expected an integer >= 0, got {args.choices}")
     race = races.RaceConfig(pages=args.pages, grus=args.grus, tasks=tasks, choices=args.choices,

@@ -47,6 +47,9 @@ BASE = 0x10000000
 FAULTER_TLB_ENTRIES = 2  # the faulting GRU's TLB: small, so that its accesses keep missing
 FAULT_WORKERS = 3  # GRU instructions the faulting GRU has in flight at once
 TASKS = ("unregister", "exit", "migrate", "ksm", "faults", "register", "mprotect")
+# the HMM devices' own task: the first device migrates the pages to its memory (then the tasks
+# that fault, unmap or exit find device-private entries: migrate_to_ram, page_free)
+HMM_TASKS = ("devmigrate",)
 RACE_SECONDARIES = ("gru", "hmm")
 
 
@@ -57,6 +60,16 @@ def check_secondary(semantics: str, secondary: str) -> None:
         raise ValueError(f"secondary must be one of {RACE_SECONDARIES}, got {secondary!r}")
     if secondary == "hmm" and semantics not in MODERN:
         raise ValueError(f"secondary 'hmm' needs interval notifiers: semantics {' or '.join(MODERN)}, got {semantics!r}")
+
+
+def check_tasks(tasks: tuple[str, ...], secondary: str) -> None:
+    """``ValueError`` naming them for tasks the race workload does not know, or that need
+    another ``secondary`` (``HMM_TASKS``: HMM devices only)."""
+    known = TASKS + (HMM_TASKS if secondary == "hmm" else ())
+    unknown = [t for t in tasks if t not in known]
+    if unknown or not tasks:
+        extra = f" ({', '.join(HMM_TASKS)} with secondary hmm only)" if set(unknown) & set(HMM_TASKS) else ""
+        raise ValueError(f"tasks: expected a non-empty subset of {','.join(known)}{extra}, got {','.join(tasks)!r}")
 
 
 @dataclass(frozen=True)
@@ -173,6 +186,8 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
         "register": register_late,
         "mprotect": lambda: vmops.mprotect(a, mm, BASE + race.pages // 2 * PAGE_SIZE,
                                            (race.pages - race.pages // 2) * PAGE_SIZE, PROT_READ),
+        # HMM_TASKS: the device fills its memory with the pages (dmirror_migrate())
+        "devmigrate": lambda: grus[0].migrate_to_device(BASE, race.pages),
     }
     tasks = [c.runtime.spawn(attempt(t, work[t]), name=t) for t in race.tasks]
     for t in tasks:
@@ -188,6 +203,7 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
 def run_once(semantics: str, scheduler: str, seed: int, race: RaceConfig) -> Finding | None:
     """One seeded run; the finding, if the model broke."""
     check_secondary(semantics, race.secondary)
+    check_tasks(race.tasks, race.secondary)
     config = sim_config(semantics, scheduler, seed, race)
 
     async def workload(c: SimCluster) -> None:

@@ -104,6 +104,7 @@ class DeviceMemory:
         self.gen = np.zeros(npages, dtype=np.int64)
         self.free_list = list(range(npages - 1, -1, -1))  # low pages first
         self.mapped = np.zeros(npages, dtype=np.int32)  # device ptes mapping each page
+        self.returning: set[int] = set()  # pages migrate_to_ram handed back, until their page_free
         self._next_gen = 1
 
     @property
@@ -120,6 +121,10 @@ class DeviceMemory:
         self._next_gen += 1
         return d
 
+    def stays(self, d: int) -> bool:
+        """Page ``d`` is allocated and not on its way back to system memory."""
+        return 0 <= d < self.npages and self.owner[d] != FREE_OWNER and d not in self.returning
+
     def stamp(self, d: int) -> tuple[int, int, int]:
         return int(self.owner[d]), int(self.vpn[d]), int(self.gen[d])
 
@@ -134,6 +139,7 @@ class DeviceMemory:
         if self.mapped[d] and self.oracle is not None:
             self.oracle.violation(1, f"device page {d} of {self.name} freed while the device maps it", device=self.name)
         self.owner[d] = FREE_OWNER
+        self.returning.discard(d)
         self.free_list.append(d)
 
     def read(self, d: int, expected: tuple[int, int, int], address: int) -> tuple[int, int, int]:
@@ -293,11 +299,18 @@ class HmmMirror(MmuIntervalNotifierOps):
             async with self.mutex:
                 if self.closing:
                     raise Released(f"HMM device {self.name}: fault of {start:#x} while the mirror is torn down")
-                if mmu_interval_read_retry(self.mni, seq):
+                if mmu_interval_read_retry(self.mni, seq) or not self._device_pages_stay(pfns):
                     self.stats.read_retries += 1
                     continue
                 self._do_fault(pfns, write)
                 return
+
+    def _device_pages_stay(self, pfns: list) -> bool:
+        """Whether every device page the walk reported is still this device's and not on its way
+        back to system memory (a CPU fault's migrate_to_ram took it since: its MIGRATE range was
+        this device's own, skipped without setting the sequence, so read_retry cannot tell).
+        Caller holds the mutex."""
+        return all(ref.device < 0 or self.devmem.stays(ref.device) for ref in pfns)
 
     def _do_fault(self, pfns: list, write: bool) -> None:
         """dmirror_do_fault(): store each page in the device page table (writable if the answer
@@ -354,7 +367,11 @@ class HmmMirror(MmuIntervalNotifierOps):
         owner's frame, checked by its oracle); then, under the mutex, the device ptes of the
         collected pages dropped (their frames are about to be freed), migrate_vma_pages() +
         migrate_vma_finalize() on the owner, and the installed device pages mapped
-        (dmirror_migrate_finalize_and_map()); the others freed. Returns the pages migrated."""
+        (dmirror_migrate_finalize_and_map()) unless an invalidation began since the migration's
+        read_begin; the others freed. Returns the pages migrated. (dmirror maps before
+        finalize, under mmap_read_lock and an mm_users reference held across, which no request
+        here holds; the read_retry is the guard instead.)"""
+        seq = await self.owner.interval_read_begin(self.mni)
         mig_id, src = await self.owner.migrate_vma_setup(self.mni, self.mm_id, start, npages, self)
         dst: list[int] = []
         for s in src:
@@ -366,10 +383,15 @@ class HmmMirror(MmuIntervalNotifierOps):
             if stale:
                 self._zap(stale)
             installed = await self.owner.migrate_vma_finalize(self.mni, mig_id, dst)
+            # an invalidation since the read_begin (other than this migration's own MIGRATE
+            # range, which is skipped) may have zapped the new entries before they were mapped
+            # here: then the pages are only mapped by a later fault, which finds them in
+            # hmm_range_fault (as dev_private_owner)
+            mapped = not self.closing and not mmu_interval_read_retry(self.mni, seq)
             moved = 0
             for s, d, ok in zip(src, dst, installed):
                 if ok:
-                    if not self.closing:
+                    if mapped:
                         self._map_device_page(s.address >> PAGE_SHIFT, d, s.writable)
                     moved += 1
                 elif d >= 0:
@@ -388,6 +410,7 @@ class HmmMirror(MmuIntervalNotifierOps):
             if vpn in self.pt:
                 self._zap([vpn])
             data = self.devmem.contents(dpfn)
+            self.devmem.returning.add(dpfn)
         self.stats.migrated_to_ram += 1
         return data
 

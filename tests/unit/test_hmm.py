@@ -7,19 +7,21 @@ cannot carry)."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any
 
 import pytest
 
 from cluster.sim import SimCluster, SimConfig, run_sim
-from nodes import vmops
-from nodes.errors import InvalidArgument, TryAgain
-from nodes.mm import PAGE_SIZE
-from nodes.notifier import MMU_NOTIFIER_RANGE_BLOCKABLE, MmuNotifierEvent, MmuNotifierRange
+from nodes import migrate_device, vmops
+from nodes.errors import InternalError, InvalidArgument, TryAgain
+from nodes.interval import MmuItree
+from nodes.mm import PAGE_SIZE, PTE_DEVICE_PRIVATE, PTE_PRESENT
+from nodes.notifier import MMU_NOTIFIER_RANGE_BLOCKABLE, MmuNotifierEvent, MmuNotifierRange, NotifierCore
 from nodes.owner import LocalOwner
 from nodes.partition import Partition
 from nodes.secondary import hmm as hmm_mod
-from nodes.secondary.hmm import HmmMirror
+from nodes.secondary.hmm import DeviceMemory, HmmMirror
 from workloads import races
 from workloads.harness import run_scenario
 from workloads.scenario import ScenarioError, load_scenario
@@ -27,7 +29,8 @@ from workloads.scenario import ScenarioError, load_scenario
 P = PAGE_SIZE
 BASE = 0x10000000
 NONBLOCK = 0  # mmu_notifier_range.flags without MMU_NOTIFIER_RANGE_BLOCKABLE (the OOM reaper's)
-RACE_TASKS = ("unregister", "exit", "ksm", "faults", "register", "mprotect")  # not migrate: see below
+# not migrate (see the quickstart's xfail); devmigrate: the first device migrates the pages to its memory
+RACE_TASKS = ("unregister", "exit", "ksm", "faults", "register", "mprotect", "devmigrate")
 
 
 def config(**kw: Any) -> SimConfig:
@@ -50,23 +53,29 @@ def primary_pfn(mm: Any, address: int) -> int:
 
 
 class GatedPort:
-    """An owner port whose hmm_range_fault answers reach the device only once ``gate`` is set:
-    ``looked_up`` is set when an answer is back, so a test can start an invalidation between the
-    walk on the owner and the driver's mutex (the window read_retry closes)."""
+    """An owner port whose answers to ``method`` (hmm_range_fault by default) reach the device
+    only once ``gate`` is set: ``looked_up`` is set when an answer is back, so a test can act on
+    the owner between the request and what the device does next (for hmm_range_fault: the
+    window read_retry closes)."""
 
-    def __init__(self, port: Any):
+    def __init__(self, port: Any, method: str = "hmm_range_fault"):
         self._port = port
+        self._method = method
         self.looked_up = asyncio.Event()
         self.gate = asyncio.Event()
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._port, name)
+        real = getattr(self._port, name)
+        if name != self._method:
+            return real
 
-    async def hmm_range_fault(self, *args: Any, **kw: Any) -> Any:
-        pfns = await self._port.hmm_range_fault(*args, **kw)
-        self.looked_up.set()
-        await self.gate.wait()
-        return pfns
+        async def gated(*args: Any, **kw: Any) -> Any:
+            out = await real(*args, **kw)
+            self.looked_up.set()
+            await self.gate.wait()
+            return out
+
+        return gated
 
 
 # -- the fault loop: dmirror_range_fault() -------------------------------------------------------
@@ -262,6 +271,243 @@ def test_a_migrate_range_of_the_devices_own_pgmap_owner_is_skipped():
     ]
 
 
+# -- migration to device memory and back: migrate_vma_*, migrate_to_ram ----------------------------
+
+
+@pytest.fixture
+def owner_passed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The core as the modern modes will have it: invalidate_range_start(..., owner=) and the
+    interval tree handed that owner (mmu_notifier_range_init_owner(); the modern branch adds
+    it, ``migrate_device.OWNER_PASSED``). Without it a device's own migration also reaches its
+    invalidate, which zaps its ptes: correct, and it hides what the owner check must get right."""
+    current: contextvars.ContextVar[str | None] = contextvars.ContextVar("migrate owner", default=None)
+    core_start = NotifierCore.invalidate_range_start
+    tree_invalidate = MmuItree.invalidate
+
+    async def start(self: NotifierCore, mm: Any, s: int, e: int, *, owner: str | None = None, **kw: Any) -> None:
+        token = current.set(owner)
+        try:
+            await core_start(self, mm, s, e, **kw)
+        finally:
+            current.reset(token)
+
+    async def invalidate(self: MmuItree, range: MmuNotifierRange) -> None:
+        if range.owner is None:
+            range.owner = current.get()
+        await tree_invalidate(self, range)
+
+    monkeypatch.setattr(NotifierCore, "invalidate_range_start", start)
+    monkeypatch.setattr(MmuItree, "invalidate", invalidate)
+    monkeypatch.setattr(migrate_device, "OWNER_PASSED", True)
+
+
+def pte_flags(mm: Any, address: int) -> int:
+    vma = mm.find_vma(address)
+    return int(vma.flags[vma.index(address)])
+
+
+def device_pages_agree(a: Partition, *devs: HmmMirror) -> bool:
+    """Every device page allocated is referred to by exactly one device-private entry of a
+    live mm of the owner (invariant 7 for device memory)."""
+    entries = migrate_device.count_device_private(a)
+    return all(entries.get(d.pgmap_owner, 0) == d.devmem.allocated for d in devs)
+
+
+@pytest.mark.parametrize("owner", [False, True], ids=["core-without-owner", "owner-passed"])
+def test_pages_migrate_to_device_memory_and_back_with_their_data(owner, request):
+    """dmirror_migrate(): migrate_vma_setup on the owner (migration entries), the device copies
+    each frame into a device page, migrate_vma_pages/finalize install device-private entries
+    and free the owner's frames; the device then reads its own memory. A CPU access on the
+    owner faults one back (do_swap_page -> migrate_to_ram, a request to the device, which
+    erases its pte first): a fresh frame with the same data, which the device, faulting again,
+    maps as system memory. munmap and exit give the device pages back (page_free). With the
+    owner passed, the device's own MIGRATE ranges are skipped: it maps its pages at once."""
+    if owner:
+        request.getfixturevalue("owner_passed")
+
+    async def wl(c: SimCluster) -> dict[str, Any]:
+        a, mm = await owner_mm(c)
+        dev = await c.hmm("p1", "p0", mm, "gpu")
+        data = [a.frames.stamp(primary_pfn(mm, BASE + k * P))[:2] for k in range(8)]
+        await dev.access(BASE)  # a system-memory pte the migration replaces
+        free0 = a.frames.nfree
+        out: dict[str, Any] = {"moved": await dev.migrate_to_device(BASE, 4)}
+        out["owner"] = (a.frames.nfree - free0, [bool(pte_flags(mm, BASE + k * P) & PTE_DEVICE_PRIVATE) for k in range(5)],
+                        int(a.oracle.smap.sum()), device_pages_agree(a, dev))
+        out["mapped at once"] = dev.pte(BASE) is not None
+        out["device reads"] = [(await dev.access(BASE + k * P))[:2] == data[k] for k in range(4)]
+        pfn = await vmops.touch(a, mm, BASE + P)  # the owner's CPU
+        out["back"] = (a.frames.stamp(pfn)[:2] == data[1], bool(pte_flags(mm, BASE + P) & PTE_PRESENT),
+                       dev.pte(BASE + P), dev.stats.migrated_to_ram, dev.devmem.allocated, device_pages_agree(a, dev))
+        out["refault"] = (await dev.access(BASE + P) == a.frames.stamp(pfn), dev.pte(BASE + P).device)
+        await vmops.munmap(a, mm, BASE + 2 * P, P)
+        out["munmap"] = (dev.devmem.allocated, device_pages_agree(a, dev))
+        out["sweep"] = [str(v) for v in a.check_invariants()]
+        await vmops.exit_mmap(a, mm)
+        out["exit"] = (dev.devmem.allocated, int(a.oracle.smap.sum()))
+        await dev.unregister()
+        out["violations"] = c.violations() + [str(v) for v in a.check_invariants(final=True)]
+        out["checked"] = c.partition("p1").oracle.checked["device read"]
+        return out
+
+    r = run_sim(config(), wl).result
+    assert r["moved"] == 4 and r["mapped at once"] == owner
+    assert r["owner"] == (4, [True, True, True, True, False], 0, True)
+    assert r["device reads"] == [True] * 4
+    assert r["back"] == (True, True, None, 1, 3, True)
+    assert r["refault"] == (True, -1)
+    assert r["munmap"] == (2, True)
+    assert r["exit"] == (0, 0)
+    assert r["sweep"] == [] and r["violations"] == [] and r["checked"] == 4
+
+
+def test_another_device_faulting_a_device_private_page_brings_it_back_to_system_memory():
+    """hmm_range_fault() of a device that is not the page's dev_private_owner faults it (the
+    page goes back to system memory, the first device's pte erased); the owner's device gets its
+    own device page reported and maps it without a migration."""
+    async def wl(c: SimCluster) -> tuple[Any, ...]:
+        a, mm = await owner_mm(c)
+        gpu = await c.hmm("p1", "p0", mm, "gpu")
+        other = await c.hmm("p1", "p0", mm, "other")
+        await gpu.migrate_to_device(BASE, 2)
+        await gpu.unregister()  # the mirror goes; its device memory stays the pages' home
+        gpu2 = HmmMirror(c.runtime, c.owner_port("p1", "p0"), mm.id, "gpu", devmem=gpu.devmem)
+        await gpu2.register()
+        mine = await gpu2.access(BASE)
+        own = (gpu2.pte(BASE).device >= 0, gpu.stats.migrated_to_ram)
+        stamp = await other.access(BASE + P)
+        theirs = (other.pte(BASE + P).device, bool(pte_flags(mm, BASE + P) & PTE_PRESENT), gpu.stats.migrated_to_ram,
+                  stamp[:2] == (mm.id, (BASE + P) >> 12), gpu.devmem.allocated, device_pages_agree(a, gpu))
+        await other.unregister()
+        await gpu2.unregister()
+        await vmops.exit_mmap(a, mm)
+        return own, mine[:2] == (mm.id, BASE >> 12), theirs, gpu.devmem.allocated, c.violations()
+
+    own, mine, theirs, left, violations = run_sim(config(), wl).result
+    assert own == (True, 0) and mine
+    assert theirs == (-1, True, 1, True, 1, True)
+    assert left == 0 and violations == []
+
+
+def test_a_page_unmapped_during_its_migration_is_not_installed_and_its_device_page_is_freed():
+    """munmap between migrate_vma_setup and finalize zaps the migration entries (the migration
+    still holds the frames); finalize finds them gone (remove_migration_pte()), installs
+    nothing, the frames are freed by the migration's put, and the device frees its pages."""
+    async def wl(c: SimCluster) -> tuple[Any, ...]:
+        a, mm = await owner_mm(c)
+        port = GatedPort(c.owner_port("p1", "p0"), "migrate_vma_setup")
+        dev = HmmMirror(c.runtime, port, mm.id, "gpu", oracle=c.partition("p1").oracle)
+        await dev.register()
+        free0 = a.frames.nfree
+        moving = c.runtime.spawn(dev.migrate_to_device(BASE, 4), name="migrate")
+        await port.looked_up.wait()
+        await vmops.munmap(a, mm, BASE + 2 * P, 2 * P)
+        held = a.frames.nfree - free0  # the two unmapped pages' frames are the migration's still
+        port.gate.set()
+        moved = await moving
+        out = (moved, held, a.frames.nfree - free0, dev.devmem.allocated, device_pages_agree(a, dev),
+               [bool(pte_flags(mm, BASE + k * P) & PTE_DEVICE_PRIVATE) for k in range(2)])
+        await dev.unregister()
+        await vmops.exit_mmap(a, mm)
+        return out + (dev.devmem.allocated, c.violations(), a.check_invariants(final=True))
+
+    moved, held, freed, allocated, agree, device, left, violations, sweep = run_sim(config(), wl).result
+    assert (moved, held, freed, allocated, agree, device) == (2, 0, 4, 2, True, [True, True])
+    assert left == 0 and violations == [] and sweep == []
+
+
+def test_a_full_device_memory_leaves_the_other_pages_in_system_memory():
+    """dmirror_devmem_alloc_page() failing: no dst for that page, and finalize restores its
+    migration entry to the old frame (remove_migration_ptes() of a page that did not move)."""
+    async def wl(c: SimCluster) -> tuple[Any, ...]:
+        a, mm = await owner_mm(c)
+        dev = await c.hmm("p1", "p0", mm, "gpu", devmem=DeviceMemory("gpu", 2, c.partition("p1").oracle))
+        pfns = [primary_pfn(mm, BASE + k * P) for k in range(4)]
+        moved = await dev.migrate_to_device(BASE, 4)
+        kept = [primary_pfn(mm, BASE + k * P) == pfns[k] and bool(pte_flags(mm, BASE + k * P) & PTE_PRESENT)
+                for k in range(2, 4)]
+        reads = [await vmops.touch(a, mm, BASE + k * P) for k in (2, 3)]
+        sweep = [str(v) for v in a.check_invariants()]
+        await dev.unregister()
+        await vmops.exit_mmap(a, mm)
+        return moved, kept, reads == pfns[2:], sweep, dev.devmem.allocated, c.violations()
+
+    assert run_sim(config(), wl).result == (2, [True, True], True, [], 0, [])
+
+
+def test_a_device_that_forgets_to_erase_its_pte_in_migrate_to_ram_is_caught(monkeypatch, owner_passed):
+    """Planted: migrate_to_ram hands the contents back without erasing the device pte (no
+    xa_erase): with its own MIGRATE range skipped, page_free then frees a device page the
+    device still maps (invariant 1, on the device's partition), and a read through the stale
+    pte reads a free page (invariant 6)."""
+    async def no_erase(self: HmmMirror, mm_id: int, address: int, dpfn: int) -> tuple[int, int]:
+        return self.devmem.contents(dpfn)
+
+    monkeypatch.setattr(HmmMirror, "migrate_to_ram", no_erase)
+
+    async def wl(c: SimCluster) -> list[str]:
+        a, mm = await owner_mm(c)
+        dev = await c.hmm("p1", "p0", mm, "gpu")
+        await dev.migrate_to_device(BASE, 1)
+        await vmops.touch(a, mm, BASE)
+        await dev.access(BASE)
+        return c.violations()
+
+    violations = run_sim(config(), wl).result
+    assert [v.split("]")[0] for v in violations] == ["[inv 1: frame freed while a secondary maps or pins it",
+                                                     "[inv 6: read through a secondary translation returned the wrong page"]
+
+
+def test_a_fault_reporting_an_own_device_page_that_migrates_back_meanwhile_is_retried(monkeypatch, owner_passed):
+    """hmm_range_fault reports a page of this device's memory; before the device takes its
+    mutex the owner's CPU faults it back (migrate_to_ram: its MIGRATE range is the device's
+    own, skipped, so the sequence does not move) and page_free frees it. The device's check
+    that the page stays its own makes the fault retry and map the system page; without the
+    check it would map a freed device page (planted: an InternalError)."""
+    async def wl(c: SimCluster) -> tuple[Any, ...]:
+        a, mm = await owner_mm(c)
+        port = GatedPort(c.owner_port("p1", "p0"))
+        dev = HmmMirror(c.runtime, port, mm.id, "gpu", oracle=c.partition("p1").oracle)
+        await dev.register()
+        port.gate.set()
+        await dev.migrate_to_device(BASE, 1)
+        async with dev.mutex:
+            dev._zap(list(dev.pt))  # forget the mapping: the next access faults
+        port.gate.clear()
+        port.looked_up.clear()
+        fault = c.runtime.spawn(dev.access(BASE), name="device fault")
+        await port.looked_up.wait()
+        pfn = await vmops.touch(a, mm, BASE)
+        port.gate.set()
+        await fault
+        out = (dev.stats.read_retries, dev.pte(BASE).device, dev.pte(BASE).pfn == pfn, dev.devmem.allocated)
+        await dev.unregister()
+        return out + (c.violations(),)
+
+    assert run_sim(config(), wl).result == (1, -1, True, 0, [])
+    monkeypatch.setattr(HmmMirror, "_device_pages_stay", lambda self, pfns: True)
+    with pytest.raises(InternalError, match="mapping device page 0, which is not allocated"):
+        run_sim(config(), wl)
+
+
+def test_a_device_that_never_frees_its_pages_leaks_device_memory(monkeypatch):
+    """Planted: page_free does nothing: after exit no owner pte refers to the device pages the
+    device still counts allocated (the accounting of device memory, invariant 7's)."""
+    async def no_free(self: HmmMirror, dpfns: list[int]) -> None:
+        return None
+
+    async def wl(c: SimCluster) -> tuple[int, bool]:
+        a, mm = await owner_mm(c)
+        dev = await c.hmm("p1", "p0", mm, "gpu")
+        await dev.migrate_to_device(BASE, 3)
+        await vmops.exit_mmap(a, mm)
+        return dev.devmem.allocated, device_pages_agree(a, dev)
+
+    assert run_sim(config(), wl).result == (0, True)
+    monkeypatch.setattr(HmmMirror, "page_free", no_free)
+    assert run_sim(config(), wl).result == (3, False)
+
+
 # -- teardown and the modes ----------------------------------------------------------------------
 
 
@@ -336,13 +582,16 @@ def test_the_quickstart_with_hmm_under_v5_10_is_clean():
 
 
 def test_the_race_finder_drives_hmm_devices_clean_and_finds_a_planted_missing_retry(monkeypatch):
-    """``mmusim check --secondary hmm``: the race workload with HMM mirrors is clean over a few
-    seeds (without migrate: see the xfail above); with read_retry planted to say no, it finds
-    the stale install."""
+    """``mmusim check --secondary hmm``: the race workload with HMM mirrors, one of them
+    migrating the pages to its memory meanwhile, is clean over a few seeds (without migrate:
+    see the xfail above); with read_retry planted to say no, it finds the stale install. The
+    device's task is refused for GRUs."""
     race = races.RaceConfig(secondary="hmm", tasks=RACE_TASKS)
     assert races.search("v5.10", "random", 8, race) is None
     with pytest.raises(ValueError, match="secondary 'hmm' needs interval notifiers.*'v3.10'"):
         races.run_once("v3.10", "random", 0, race)
+    with pytest.raises(ValueError, match="devmigrate with secondary hmm only"):
+        races.run_once("v5.10", "random", 0, races.RaceConfig(tasks=("faults", "devmigrate")))
     monkeypatch.setattr(hmm_mod, "mmu_interval_read_retry", lambda mni, seq: False)
     found = races.search("v5.10", "random", 10, race)
     assert found is not None and found.kind == "violation" and "--secondary hmm" in found.replay_command()
