@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 from nodes.secondary.gru import GruMmu
 from nodes.secondary.hmm import HmmMirror
 from nodes.secondary.kvm import KvmMmu
+from nodes.secondary.odp import OdpMr
 from nodes.secondary.xpmem import XpmemCred, XpmemDriver
 
 if TYPE_CHECKING:
@@ -48,6 +49,11 @@ class PartitionContext(Protocol):
         """An XPMEM driver on this partition for source mm ``mm_id`` of ``owner``, its notifier
         registered; kept in ``objects`` under its name."""
 
+    async def odp(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> "OdpMr":
+        """An RDMA ODP memory region registered by a NIC on this partition over
+        ``config["start"]``, ``config["length"]`` of mm ``mm_id`` of ``owner`` (its interval
+        notifier inserted there); kept in ``objects``."""
+
     async def hmm(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> "HmmMirror":
         """An HMM device mirror (a GPU) on this partition of mm ``mm_id`` of ``owner``, its
         interval notifier inserted there (the modern modes only); kept in ``objects``."""
@@ -60,7 +66,7 @@ PartitionFn = Callable[..., Awaitable[Any]]  # fn(ctx, *args)
 
 
 class SecondaryFactory:
-    """The ``gru``/``kvm``/``xpmem``/``hmm`` of a ``PartitionContext``, for any class that has ``name``,
+    """The ``gru``/``kvm``/``odp``/``hmm``/``xpmem`` of a ``PartitionContext``, for any class that has ``name``,
     ``runtime``, ``objects`` and ``owner_port(owner)`` (the sim backend's context and the live
     partition): each secondary is made with this partition's port to ``owner``, registered, and
     kept in ``objects`` under its name (by default ``KIND@HOST:OWNER/mmID``)."""
@@ -91,6 +97,14 @@ class SecondaryFactory:
         await kvm.register()
         self.objects[kvm.name] = kvm
         return kvm
+
+    async def odp(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> "OdpMr":
+        """An ODP MR here over ``start``, ``length`` (keyword arguments, required) of mm ``mm_id``
+        of ``owner``, registered there (the modern modes only: its interval notifier)."""
+        mr = OdpMr(self.runtime, self.owner_port(owner), mm_id, name or self._default_name("odp", owner, mm_id), **config)
+        await mr.register()
+        self.objects[mr.name] = mr
+        return mr
 
     async def xpmem(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> "XpmemDriver":
         """An XPMEM driver here for source mm ``mm_id`` of ``owner``, its notifier registered;

@@ -6,7 +6,15 @@ count times a per-hop sample, plus a per-byte cost, plus any extra latency for i
 ``callout``), runs the handler, and sleeps the way back. Every call has a deadline: a request
 or reply that is lost, a destination that is down (crashed before or while handling), or a
 handler slower than the deadline gives ``Unreachable`` at the deadline, as gRPC's
-DEADLINE_EXCEEDED would. A crashed source cannot send at all.
+DEADLINE_EXCEEDED would. A crashed source cannot send at all. A deadline of ``inf`` is none, as
+a kernel driver's call into its own device has none: a call that can never be answered then
+waits for ever (the run ends in ``Deadlock`` when nothing else can happen), as the kernel's
+caller would sit in D state.
+
+A stalled partition (``stall_at``) is alive but answers nothing for a while, like a secondary
+whose driver is stuck or whose fault server stopped serving: its links stay up, and requests
+that reach it in the window are held until the window ends, then handled. Whoever waits for
+one waits for the stall, up to their deadline.
 
 A handler whose caller gave up keeps running (a server does not notice that its client left);
 an error it raises then is kept in ``orphan_errors`` rather than failing the run, since no one
@@ -28,6 +36,7 @@ loss, crash and orphan semantics are the same on both paths. This module is for 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections import Counter
 from typing import Any
@@ -68,6 +77,7 @@ class SimInterconnect:
         self._services: dict[tuple[str, str], Any] = {}
         self._hops: dict[tuple[str, str], int] = {}
         self.down: dict[str, float] = {}  # partition -> virtual time it crashed
+        self.stalls: dict[str, tuple[float, float]] = {}  # partition -> [start, end) of its stall
         self.messages: Counter[str] = Counter()  # per kind
         self.failures: Counter[str] = Counter()  # per kind: calls that ended Unreachable
         self.orphan_errors: list[BaseException] = []
@@ -101,6 +111,21 @@ class SimInterconnect:
 
         self.runtime.spawn(later(), name=f"crash[{partition}]@{at_us}")
 
+    def stall_at(self, partition: str, start_us: float, length_us: float) -> None:
+        """From virtual time ``start_us`` for ``length_us``, ``partition``'s services answer
+        nothing; a request that reaches it in the window is handled when the window ends."""
+        if partition not in self.topology:
+            raise ValueError(f"stalls: unknown partition {partition!r}")
+        if start_us < 0 or not length_us > 0:
+            raise ValueError(f"stalls.{partition}: expected start >= 0 and length > 0 (us), got {start_us!r}, {length_us!r}")
+        self.stalls[partition] = (start_us, start_us + length_us)
+
+    async def _held(self, until: float, what: str, fn: Any, args: tuple[Any, ...]) -> Any:
+        """Handle a request that reached a stalled partition once its stall is over."""
+        self.runtime.trace("stalled", what)
+        await self.runtime.sleep(until - self.runtime.now())
+        return await fn(*args)
+
     def _one_way(self, src: str, dst: str, kind: str, nbytes: int) -> float:
         hops = self._hops.get((src, dst))
         if hops is None:  # a topology does not change: its hop counts are looked up once per pair
@@ -112,6 +137,8 @@ class SimInterconnect:
 
     async def _give_up(self, t_deadline: float, why: str, kind: str) -> None:
         self.failures[kind] += 1
+        if t_deadline == math.inf:  # no deadline: no one ever gives up (the kernel's D state)
+            await asyncio.get_running_loop().create_future()
         remaining = t_deadline - self.runtime.now()
         if remaining > 0:
             await self.runtime.sleep(remaining)
@@ -135,9 +162,15 @@ class SimInterconnect:
         if dst in down:
             await self._give_up(t_deadline, f"{what}: {dst} is down, deadline of {self.deadline_us:.0f} us exceeded", kind)
         loop = asyncio.get_running_loop()
-        task = loop.start_task(getattr(handler, method)(*args), name=f"handle {what}")
+        stall = self.stalls.get(dst) if self.stalls else None
+        if stall is not None and stall[0] <= runtime.now() < stall[1]:
+            task = loop.start_task(self._held(stall[1], what, getattr(handler, method), args), name=f"handle {what}")
+        else:
+            task = loop.start_task(getattr(handler, method)(*args), name=f"handle {what}")
         try:
-            if loop.policy is None:
+            if t_deadline == math.inf:  # no deadline: wait for the answer, however long
+                answered = bool((await asyncio.wait({task}))[0])
+            elif loop.policy is None:
                 answered = await wait_until(task, t_deadline)
             else:  # see the module docstring: a seeded run keeps its choice points
                 answered = bool((await asyncio.wait({task}, timeout=max(0.0, t_deadline - runtime.now())))[0])

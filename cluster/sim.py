@@ -23,6 +23,7 @@ Entry point::
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, ClassVar, Generic, TypeVar
@@ -35,6 +36,7 @@ from nodes.runtime import Runtime
 from nodes.secondary.gru import GruMmu
 from nodes.secondary.hmm import HmmMirror
 from nodes.secondary.kvm import KvmMmu
+from nodes.secondary.odp import OdpMr
 from nodes.secondary.xpmem import XpmemDriver
 
 from cluster.config import PartitionConfig
@@ -64,8 +66,11 @@ class SimConfig(PartitionConfig):
     # a ray run's probe (workloads/calibration.py); None: no floor, and nothing more drawn
     floor_latency: Any = None
     loss: float = 0.0
-    deadline_us: float = DEFAULT_DEADLINE_US
+    deadline_us: float = DEFAULT_DEADLINE_US  # of every call; inf: none, as a kernel driver's call into its device
     crashes: dict[str, float] = field(default_factory=dict)  # partition -> virtual time (us)
+    # partition -> (start, length) in us: its services answer nothing in that window, and then
+    # everything held (SimInterconnect.stall_at)
+    stalls: dict[str, tuple[float, float]] = field(default_factory=dict)
     scheduler: str = "fifo"  # fifo | random | pct
     seed: int = 0
     trace: str = "hash"  # off | hash | full
@@ -82,7 +87,8 @@ class SimConfig(PartitionConfig):
         if self.choices is not None and (not isinstance(self.choices, int) or isinstance(self.choices, bool)
                                          or self.choices < 0):
             raise self.bad("choices", "None or an integer >= 0", self.choices)
-        self.check_number("deadline_us", positive=True)
+        if self.deadline_us != math.inf:
+            self.check_number("deadline_us", positive=True)
         self.check_number("per_byte_us", positive=False)
         self.check_number("loss", positive=False)
         if self.loss >= 1:
@@ -92,6 +98,13 @@ class SimConfig(PartitionConfig):
             if p not in names:
                 raise self.bad(f"crashes.{p}", f"a partition name ({', '.join(self.names)})", p)
             self.check_number(f"crashes.{p}", positive=False, value=at)
+        for p, window in self.stalls.items():
+            if p not in names:
+                raise self.bad(f"stalls.{p}", f"a partition name ({', '.join(self.names)})", p)
+            if not isinstance(window, (tuple, list)) or len(window) != 2:
+                raise self.bad(f"stalls.{p}", "(start, length) in us", window)
+            self.check_number(f"stalls.{p}.start", positive=False, value=window[0])
+            self.check_number(f"stalls.{p}.length", positive=True, value=window[1])
         self.hop_dist: LatencyDist = parse_latency(self.hop_latency, "hop_latency")
         self.callout_dist: LatencyDist | None = (
             None if self.callout_latency is None else parse_latency(self.callout_latency, "callout_latency")
@@ -153,6 +166,8 @@ class SimCluster:
             self.interconnect.serve(name, SECONDARY_SERVICE, self.secondary_services[name])
         for name, at in config.crashes.items():
             self.interconnect.crash_at(name, at)
+        for name, (start, length) in config.stalls.items():
+            self.interconnect.stall_at(name, start, length)
         self._contexts: dict[str, SimPartitionContext] = {}
 
     def partition(self, name: str) -> Partition:
@@ -177,6 +192,10 @@ class SimCluster:
     async def kvm(self, host: str, owner: str, mm: Mm, name: str | None = None, **config: Any) -> KvmMmu:
         """A KVM-style shadow MMU on ``host`` for ``mm`` of ``owner``, registered."""
         return await self.context(host).kvm(owner, mm.id, name, **config)
+
+    async def odp(self, host: str, owner: str, mm: Mm, name: str | None = None, **config: Any) -> OdpMr:
+        """An ODP MR registered by a NIC on ``host`` over ``start``, ``length`` of ``mm`` of ``owner``."""
+        return await self.context(host).odp(owner, mm.id, name, **config)
 
     async def xpmem(self, host: str, owner: str, mm: Mm, name: str | None = None, **config: Any) -> XpmemDriver:
         """An XPMEM driver on ``host`` for source ``mm`` of ``owner``, its notifier registered."""

@@ -31,13 +31,13 @@ after every fault, ``Busy`` (the kernel's -EBUSY) when it says retry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nodes.errors import Busy, InvalidArgument
+from nodes.errors import Busy, InvalidArgument, Released
 from nodes.interval import mmu_interval_check_retry
 from nodes.migrate_device import split_device_entry
-from nodes.mm import PAGE_SIZE, PTE_DEVICE_PRIVATE, PTE_PRESENT, PTE_WRITE, check_range
+from nodes.mm import PAGE_SHIFT, PAGE_SIZE, PTE_DEVICE_PRIVATE, PTE_PRESENT, PTE_WRITE, check_range
+from nodes.owner import PageRef
 
 if TYPE_CHECKING:
     from nodes.interval import MmuIntervalNotifier
@@ -45,39 +45,31 @@ if TYPE_CHECKING:
     from nodes.partition import Partition
 
 HMM_RANGE_DEFAULT_TIMEOUT_US = 1_000_000.0  # include/linux/hmm.h: 1000 ms, the drivers' retry bound
-HMM_RANGE_MAX_PAGES = 64  # dmirror_fault()'s pfns[64]: one hmm_range_fault() per 64 pages
-
-
-@dataclass(frozen=True)
-class HmmPfn:
-    """One entry of ``hmm_range.hmm_pfns`` as the driver reads it: ``HMM_PFN_VALID`` (always, for
-    an answer with HMM_PFN_REQ_FAULT), ``HMM_PFN_WRITE`` (``writable``) and the page."""
-
-    address: int  # user virtual address (page aligned)
-    pfn: int  # the owner partition's frame
-    stamp: tuple[int, int, int] | None  # the frame's contents as the walk saw them (the oracle's); None: device memory
-    writable: bool
-    # a device-private page of the asking device (dev_private_owner): its page number there, -1
-    # for system memory (hmm_vma_handle_pte(): the device page is reported, not faulted back)
-    device: int = -1
+HMM_RANGE_MAX_PAGES = 64  # dmirror_fault()'s pfns[64]: the device asks for at most this many at once
 
 
 async def hmm_range_fault(p: "Partition", mm: "Mm", mni: "MmuIntervalNotifier", notifier_seq: int, start: int,
-                          npages: int, *, write: bool, dev_private_owner: str | None = None) -> list[HmmPfn]:
+                          npages: int, *, write: bool, dev_private_owner: str | None = None) -> list[PageRef]:
     """hmm_range_fault() with ``default_flags`` HMM_PFN_REQ_FAULT (and HMM_PFN_REQ_WRITE if
-    ``write``), as dmirror_fault() asks: every page of [start, start + npages pages) valid (and
+    ``write``), as dmirror_fault() and ib_umem_odp_map_dma_and_lock() ask: every page of [start, start + npages pages) valid (and
     writable), faulted in where it is not. Under mmap_sem (read). Raises ``Busy`` (-EBUSY) when
     ``mmu_interval_check_retry(mni, notifier_seq)`` says an invalidation began since the
     driver's read_begin; ``BadAddress`` (-EFAULT) for a page no VMA allows (hmm_vma_walk_hole:
-    no vma, or the access not permitted). No reference is taken on any page. A device-private
+    no vma, or the access not permitted); ``Released`` for an exiting mm. No reference is taken
+    on any page; each answer carries ``notifier_seq`` (``PageRef.invalidate_seq``). A device-private
     page of ``dev_private_owner`` is reported as its device page; another device's is migrated
     back to system memory by the fault (hmm_vma_handle_pte())."""
-    if not isinstance(npages, int) or not 0 < npages <= HMM_RANGE_MAX_PAGES:
-        raise InvalidArgument(f"hmm_range_fault: npages {npages!r} is not 1..{HMM_RANGE_MAX_PAGES}")
+    if not isinstance(npages, int) or npages <= 0:
+        raise InvalidArgument(f"hmm_range_fault: npages must be a positive integer, got {npages!r}")
+    if not isinstance(start, int):
+        raise InvalidArgument(f"hmm_range_fault: address must be an integer, got {start!r}")
+    start &= ~(PAGE_SIZE - 1)
     check_range(start, npages * PAGE_SIZE, "hmm_range_fault")
+    if mm.users <= 0:  # the driver's mmget_not_zero() failed: the mm is exiting
+        raise Released(f"hmm_range_fault of {mni.name}: {mm.name} is exiting or gone (mm_users={mm.users})")
     from nodes import vmops
 
-    out: list[HmmPfn] = []
+    out: list[PageRef] = []
     async with mm.mmap_sem.read():
         while len(out) < npages:  # walk_page_range() from hmm_vma_walk.last, again after each -EBUSY
             if mmu_interval_check_retry(mni, notifier_seq):
@@ -89,11 +81,12 @@ async def hmm_range_fault(p: "Partition", mm: "Mm", mni: "MmuIntervalNotifier", 
             flags = int(vma.flags[i])
             if (flags & PTE_DEVICE_PRIVATE and dev_private_owner is not None and (flags & PTE_WRITE or not write)
                     and p.pgmaps.owner_of(int(vma.pfn[i])) == dev_private_owner):
-                out.append(HmmPfn(address, -1, None, bool(flags & PTE_WRITE), split_device_entry(int(vma.pfn[i]))[1]))
+                out.append(PageRef(address, -1, (mm.id, address >> PAGE_SHIFT, 0), bool(flags & PTE_WRITE),
+                                   notifier_seq, split_device_entry(int(vma.pfn[i]))[1]))
                 continue
             if flags & PTE_PRESENT and (flags & PTE_WRITE or not write):
                 pfn = int(vma.pfn[i])
-                out.append(HmmPfn(address, pfn, p.frames.stamp(pfn), bool(flags & PTE_WRITE)))
+                out.append(PageRef(address, pfn, p.frames.stamp(pfn), bool(flags & PTE_WRITE), notifier_seq))
                 continue
             # hmm_vma_fault(): handle_mm_fault() (a migration entry waits in it), then -EBUSY
             # back to the walk, which starts again at this page

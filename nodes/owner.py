@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from nodes.errors import InvalidArgument, NotFound
-from nodes.interval import (MmuIntervalNotifier, MmuIntervalNotifierOps, mmu_interval_notifier_insert,
-                            mmu_interval_notifier_remove, mmu_interval_read_begin)
+from nodes.errors import Busy, InvalidArgument, NotFound
+from nodes.interval import (MmuIntervalNotifier, MmuIntervalNotifierOps, mmu_interval_check_retry,
+                            mmu_interval_notifier_insert, mmu_interval_notifier_remove, mmu_interval_read_begin)
 from nodes.mm import Mm, check_user_address
 from nodes.notifier import MmuNotifier, TeardownTiming
 
 if TYPE_CHECKING:
-    from nodes.hmm import HmmPfn
     from nodes.migrate_device import DevPagemapOps, MigrateSrc
     from nodes.partition import Partition
     from nodes.runtime import TaskSignals
@@ -56,6 +55,10 @@ class PageRef:
     # owner's side): a secondary installing this page compares it with the sequence of the
     # callouts that reach it meanwhile (nodes.secondary.base.InvalidateSeq)
     invalidate_seq: int = 0
+    # hmm_range_fault() with a dev_private_owner: the page is in that device's own memory, and
+    # this is its page number there (``pfn`` -1; ``stamp`` the owner's name for the data, (mm,
+    # vpn, 0): the contents are the device's); -1 for system memory
+    device: int = -1
 
 
 class OwnerPort(Protocol):
@@ -101,13 +104,18 @@ class OwnerPort(Protocol):
         """mmu_interval_read_begin(mni), on the owner (it may wait there for an invalidation to
         end); the secondary then checks ``mmu_interval_read_retry(mni, seq)`` under its lock."""
 
-    async def hmm_range_fault(self, mni: MmuIntervalNotifier, mm_id: int, notifier_seq: int, start: int,
-                              npages: int, *, write: bool, dev_private_owner: str | None = None) -> list["HmmPfn"]:
-        """hmm_range_fault() of ``npages`` pages from ``start``, faulting them in (``nodes.hmm``):
-        ``Busy`` (-EBUSY) if ``mni`` was invalidated since the read_begin that gave
-        ``notifier_seq``. Takes no page reference: the driver checks
-        ``mmu_interval_read_retry`` under its lock before it installs what came back. Pages in
-        the device memory of ``dev_private_owner`` are reported as such."""
+    async def hmm_range_fault(self, mni: MmuIntervalNotifier, mm_id: int, address: int, npages: int, *,
+                              write: bool, notifier_seq: int, dev_private_owner: str | None = None) -> list[PageRef]:
+        """hmm_range_fault() (mm/hmm.c, v5.10 and v6.6) with HMM_PFN_REQ_FAULT (and
+        HMM_PFN_REQ_WRITE if ``write``), under the mm's mmap_sem (read), as the caller of
+        ib_umem_odp_map_dma_and_lock() takes it: fault in the missing pages of [address,
+        address + npages pages) and return a snapshot of their pfns, **without** a reference or a
+        pin (the driver's safety is ``mmu_interval_read_retry`` under its own lock, not the
+        page). ``Busy`` (-EBUSY) if an invalidation of ``mni`` began since ``notifier_seq``
+        (``mmu_interval_check_retry(range->notifier, range->notifier_seq)``, which the walk
+        checks): the caller starts again from ``interval_read_begin``. A page in the device memory
+        of ``dev_private_owner`` (an HMM device's own) is reported as its device page
+        (``PageRef.device``); another device's is migrated back by the fault (``nodes.hmm``)."""
 
     # HMM migration to the device's private memory (``nodes.migrate_device``); ``pgmap`` is
     # the device's dev_pagemap_ops (the owner calls it back: migrate_to_ram, page_free)
@@ -192,15 +200,16 @@ class LocalOwner:
     async def interval_read_begin(self, mni: MmuIntervalNotifier) -> int:
         return await mmu_interval_read_begin(mni)
 
-    async def hmm_range_fault(self, mni: MmuIntervalNotifier, mm_id: int, notifier_seq: int, start: int,
-                              npages: int, *, write: bool, dev_private_owner: str | None = None) -> list["HmmPfn"]:
+    async def hmm_range_fault(self, mni: MmuIntervalNotifier, mm_id: int, address: int, npages: int, *,
+                              write: bool, notifier_seq: int, dev_private_owner: str | None = None) -> list[PageRef]:
+        """``nodes.hmm.hmm_range_fault``, on the notifier's mm (live or exiting: the walk
+        refuses an exiting one, ``Released``)."""
         from nodes.hmm import hmm_range_fault
 
-        mm = self.part.mm(mm_id)
-        if mni.mm is not mm:
-            raise InvalidArgument(f"hmm_range_fault of {mni.name} on {mm.name}: the notifier is inserted on "
-                                  f"{getattr(mni.mm, 'name', None)!r}")
-        return await hmm_range_fault(self.part, mm, mni, notifier_seq, start, npages, write=write,
+        mm = self._mm(mm_id, f"hmm_range_fault of {mni.name}")
+        if mni.mm is not None and mni.mm is not mm:
+            raise InvalidArgument(f"hmm_range_fault of {mni.name}: the notifier is on {mni.mm.name}, not on {mm.name}")
+        return await hmm_range_fault(self.part, mm, mni, notifier_seq, address, npages, write=write,
                                      dev_private_owner=dev_private_owner)
 
     async def migrate_vma_setup(self, mni: MmuIntervalNotifier, mm_id: int, start: int, npages: int,

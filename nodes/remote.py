@@ -52,7 +52,6 @@ from typing import Any, Awaitable, Callable, Protocol
 import numpy as np
 
 from nodes.errors import InvalidArgument, NotFound, PermissionDenied, Unreachable
-from nodes.hmm import HmmPfn
 from nodes.migrate_device import DevPagemapOps, MigrateSrc
 from nodes.interval import (MmuIntervalNotifier, MmuIntervalNotifierOps, mmu_interval_notifier_insert,
                             mmu_interval_notifier_remove, mmu_interval_read_begin)
@@ -283,13 +282,17 @@ class OwnerService:
         self._check_host(host)
         return await mmu_interval_read_begin(self._interval(host, notifier_id))
 
-    async def hmm_range_fault(self, host: str, notifier_id: str, mm_id: int, notifier_seq: int, start: int,
-                              npages: int, write: bool, dev_private_owner: str | None = None) -> list[HmmPfn]:
-        """hmm_range_fault() for ``host``'s interval notifier, checked against its stand-in here
-        (whose sequence mirrors the driver's as each invalidate is answered)."""
+    async def hmm_range_fault(self, host: str, notifier_id: str, mm_id: int, address: int, npages: int, write: bool,
+                              notifier_seq: int, dev_private_owner: str | None = None) -> list[PageRef]:
+        """hmm_range_fault() for ``host``'s interval notifier ``notifier_id`` (an ODP MR's): the
+        walk here, where the mm is, against the stand-in's mirrored sequence (a lagging mirror
+        only lets a stale answer through to the secondary's read_retry, which has the last
+        word). Nothing is pinned, so nothing is kept for an abort. ``dev_private_owner``: an
+        HMM device's pages in its own memory are reported as such."""
         self._check_host(host)
-        return await self.local.hmm_range_fault(self._interval(host, notifier_id), mm_id, notifier_seq, start,
-                                                npages, write=write, dev_private_owner=dev_private_owner)
+        return await self.local.hmm_range_fault(self._interval(host, notifier_id), mm_id, address, npages,
+                                                write=write, notifier_seq=notifier_seq,
+                                                dev_private_owner=dev_private_owner)
 
     async def migrate_vma_setup(self, host: str, notifier_id: str, mm_id: int, start: int, npages: int,
                                 pgmap_owner: str, pagemap_id: str) -> tuple[int, list[MigrateSrc]]:
@@ -765,10 +768,13 @@ class RemoteOwner:
     async def interval_read_begin(self, mni: MmuIntervalNotifier) -> int:
         return await self._call("interval_read_begin", self.host.name, self._id(mni), kind="fault")
 
-    async def hmm_range_fault(self, mni: MmuIntervalNotifier, mm_id: int, notifier_seq: int, start: int,
-                              npages: int, *, write: bool, dev_private_owner: str | None = None) -> list[HmmPfn]:
-        return await self._call("hmm_range_fault", self.host.name, self._id(mni), mm_id, notifier_seq, start,
-                                npages, write, dev_private_owner, kind="fault")
+    async def hmm_range_fault(self, mni: MmuIntervalNotifier, mm_id: int, address: int, npages: int, *,
+                              write: bool, notifier_seq: int, dev_private_owner: str | None = None) -> list[PageRef]:
+        """A request to the owner (no pin is taken there, so a lost answer leaves nothing to undo).
+        ``dev_private_owner`` travels only when given (the sim's wire: mmusim.v2 has no field)."""
+        return await self._call("hmm_range_fault", self.host.name, self._id(mni), mm_id, address, npages, write,
+                                notifier_seq, *(() if dev_private_owner is None else (dev_private_owner,)),
+                                kind="fault")
 
     async def migrate_vma_setup(self, mni: MmuIntervalNotifier, mm_id: int, start: int, npages: int,
                                 pgmap: DevPagemapOps) -> tuple[int, list[MigrateSrc]]:

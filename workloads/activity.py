@@ -34,16 +34,18 @@ from nodes.errors import ModelError, Unreachable
 from nodes.mm import HPAGE_PMD_SIZE, PAGE_SIZE, PROT_READ, PROT_WRITE
 from nodes.runtime import current_cpu
 from nodes.secondary.gru import GruMmu
+from nodes.secondary.odp import OdpMr
 from nodes.secondary.xpmem import XPMEM_RDWR, XpmemCred
 
 BASE = 0x10000000  # 2 MiB aligned: THP collapses find whole blocks
 OPS = ("munmap", "mprotect", "migrate", "ksm", "reclaim", "thp", "cow")
-KINDS = ("gru", "xpmem", "kvm", "hmm")
+KINDS = ("gru", "xpmem", "kvm", "odp", "hmm")
 SOURCE = XpmemCred(tgid=1, uid=1000, gid=1000)  # XPMEM's source process of every mm
 ATTACHER = XpmemCred(tgid=2, uid=1000, gid=1000)
 # the counters of the GRUs of a partition that a run reports (GruStats fields)
 GRU_COUNTERS = ("dropins", "retries", "guard_retries", "fenced_flushes")
 _RETIRED_GRUS = "gru.retired"  # ctx.objects key: the counters of GRUs already torn down
+_RETIRED_DEVICE = "device.retired"  # ctx.objects key: the device timings of ODP MRs already torn down
 
 
 async def new_mm(ctx: PartitionContext, region_pages: int) -> int:
@@ -141,6 +143,8 @@ async def _attach(ctx: PartitionContext, kind: str, owner: str, mm_id: int, name
         await ctx.gru(owner, mm_id, name)
     elif kind == "kvm":
         await ctx.kvm(owner, mm_id, name)
+    elif kind == "odp":  # an explicit ODP MR over the whole region
+        await ctx.odp(owner, mm_id, name, start=BASE, length=region_pages * PAGE_SIZE)
     elif kind == "hmm":
         await ctx.hmm(owner, mm_id, name)
     elif kind == "xpmem":
@@ -185,7 +189,15 @@ async def teardown(ctx: PartitionContext, name: str, how: str) -> tuple[float, f
     t = await (sec.unregister() if how == "unregister" else sec.put())
     if isinstance(sec, GruMmu):
         ctx.objects.setdefault(_RETIRED_GRUS, Counter()).update(_gru_counters(sec))
+    if isinstance(sec, OdpMr):
+        ctx.objects.setdefault(_RETIRED_DEVICE, []).extend(_device_times(sec))
     return (t.total_us, t.release_us, t.srcu_wait_us)
+
+
+def _device_times(mr: OdpMr) -> list[tuple[float, float, int, str]]:
+    """An ODP MR's own timings as (end time, us, mm id, "fault" | "invalidate")."""
+    return ([(when, us, mr.mm_id, "fault") for when, us in mr.fault_times]
+            + [(when, us, mr.mm_id, "invalidate") for when, us in mr.invalidate_times])
 
 
 def _gru_counters(gru: GruMmu) -> dict[str, int]:
@@ -216,17 +228,22 @@ async def enable_timings(ctx: PartitionContext) -> None:
 
 async def collect(ctx: PartitionContext) -> dict[str, Any]:
     """What this partition measured and checked: the core's callout and range timings, the
-    oracle's count of checked events (after its reports have arrived), and the counters
-    (``GRU_COUNTERS``) of every GRU made here, live or torn down."""
+    oracle's count of checked events (after its reports have arrived), the counters
+    (``GRU_COUNTERS``) of every GRU made here and the device timings of every ODP MR made here
+    (``device``: its page faults and invalidations as the driver saw them), live or torn down."""
     await ctx.flush_reports()
     timings = ctx.partition.core.timings
     timings.enabled = False
     grus = Counter({k: 0 for k in GRU_COUNTERS})
     grus.update(ctx.objects.get(_RETIRED_GRUS, {}))
+    device = list(ctx.objects.get(_RETIRED_DEVICE, []))
     for sec in ctx.objects.values():
         if isinstance(sec, GruMmu):
             grus.update(_gru_counters(sec))
+        if isinstance(sec, OdpMr):
+            device += _device_times(sec)
     return {
+        "device": device,
         "callouts": list(timings.callouts),
         "ranges": list(timings.ranges),
         "checked": int(sum(ctx.partition.oracle.checked.values())),

@@ -6,7 +6,7 @@
     mmusim scenarios
     mmusim report DIR
     mmusim check [SCENARIO] --semantics MODE [--seeds N] [--scheduler random|pct] [--gru-dropin guarded|v3.10]
-                 [--secondary gru|hmm]
+                 [--secondary gru|odp|hmm]
     mmusim predict SCENARIO [--set k=v ...] [--sweep] [--compare DIR] [--calibration FILE]
     mmusim calibrate SCENARIO [--address ADDR | --from RAY_RUN_DIR] [--method lognormal|empirical]
                               [--probe loaded|idle] [--seed N] [--set k=v ...] [--out DIR]
@@ -26,12 +26,15 @@ Ray address that does not answer, a bad calibration file), with one line saying 
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
 EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + 13  # as the shell reports a filter that SIGPIPE ended
 
 
 def _positive_int(text: str) -> int:
@@ -314,6 +317,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from nodes.notifier import MODERN
     from workloads import races
 
     tasks = races.TASKS if args.tasks is None else tuple(t for t in args.tasks.split(",") if t)
@@ -328,7 +332,7 @@ def _cmd_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     try:
         races.check_secondary(args.semantics, race.secondary)
     except ValueError as e:
-        parser.error(f"--secondary: {e}")
+        parser.error(f"--secondary {race.secondary}: {e}")
     if args.scenario != "race":
         from workloads.scenario import load_scenario
 
@@ -429,6 +433,16 @@ def _cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return EXIT_VIOLATION if any(r.violations for r in results) else EXIT_OK
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush at exit does not raise
+    the broken pipe again (the recipe of the signal module's documentation)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # no real stdout (a test's capture)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmusim", description="Simulate cross-partition MMU-notifier invalidation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -469,8 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     from workloads.races import RACE_SECONDARIES
 
     check.add_argument("--secondary", choices=RACE_SECONDARIES, default=None,
-                       help="what maps the mm: GRUs (default) or HMM device mirrors (interval notifiers: "
-                            "semantics v5.10 or v6.6); for a scenario, its secondary.kind")
+                       help="what maps the mm from p1: GRUs (default), RDMA ODP MRs or HMM device mirrors "
+                            "(interval notifiers: --semantics v5.10 or v6.6 only; --grus counts them); for a "
+                            "scenario, its secondary.kind")
     check.add_argument("--no-shrink", action="store_true", help="report the first finding as found")
     predict = sub.add_parser("predict", help="predict the unregister and exit synchronize_srcu() wait from the "
                                              "scenario's activity (an analytic model, docs/srcu-hang-model.md)")
@@ -534,6 +549,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return commands[args.command](args)
+    except BrokenPipeError:  # the reader went away (`mmusim run ... | head`): stop quietly, as a filter does
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
     except (ScenarioError, ReportError, CalibrationError, ConnectionError, IdentityError) as e:  # bad input: one clear line
         print(f"mmusim: {e}", file=sys.stderr)
         return EXIT_USAGE

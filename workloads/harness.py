@@ -13,6 +13,11 @@ What a run measures (microseconds; one event each, and an HDR histogram per metr
   notifiers (exit_mmap's unmapping after ->release calls no one and is not counted).
 - ``callout_rtt``: every sleepable callout as the owner's core saw it: for a secondary on
   another partition, the round trip.
+- ``device_fault``, ``device_invalidate`` (ODP secondaries only, on the secondary's partition):
+  each device page fault from pagefault_mr's entry to its unlock (retries included), and each
+  blockable invalidate from mlx5_ib_invalidate_range's entry to its return (its wait for
+  umem_mutex and its zapping UMRs), as the driver saw them. An interval notifier's callouts and
+  spans are not in ``callout_rtt`` and ``invalidate_range``: the core times only an mm's hlist.
 
 The setup: each partition owns ``mms`` background mms; each is mapped by ``secondaries_per_mm``
 secondaries of ``secondary.kind`` on the next partitions (round robin; a KVM shadow MMU on the
@@ -40,13 +45,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from cluster.context import Cluster
+from nodes.errors import Unreachable
 from workloads import activity
 from workloads.metrics import HdrHistogram, metric_result
 
 METRICS = (
     "exit_hang", "exit_release", "exit_srcu_wait",
     "unregister_hang", "unregister_release", "unregister_srcu_wait",
-    "invalidate_range", "callout_rtt",
+    "invalidate_range", "callout_rtt", "device_fault", "device_invalidate",
 )
 EXIT_PAGES = 16  # pages of a measured exit's mm
 TOUCHED_PER_OP = 2  # pages each secondary faults back after a stream's operation
@@ -255,17 +261,31 @@ async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None,
         for when, us, mm_id, op in got["callouts"]:
             events.append({"metric": "callout_rtt", "t_us": when - t0, "value_us": us, "partition": name, "mm": mm_id,
                            "detail": op})
+        for when, us, mm_id, what in got["device"]:
+            events.append({"metric": f"device_{what}", "t_us": when - t0, "value_us": us, "partition": name,
+                           "mm": mm_id, "detail": f"ODP MR on {name}"})
         for when, us, mm_id, what in got["ranges"]:
             events.append({"metric": "invalidate_range", "t_us": when - t0, "value_us": us, "partition": name,
                            "mm": mm_id, "detail": what})
+    # A partition that is down or stalled past the deadline cannot answer the clean-up's calls:
+    # each such call is skipped and reported, the rest of the clean-up goes on.
+    skipped: list[str] = []
+
+    async def clean(host: str, fn: Any, *args: Any) -> None:
+        try:
+            await c.on(host, fn, *args)
+        except Unreachable as e:
+            skipped.append(f"clean-up {fn.__name__}{args} on {host} skipped: {e}")
+
     for owner, mm_id, secs in background:
         for host, sname in secs:
-            await c.on(host, activity.teardown, sname, "unregister")
-        await c.on(owner, activity.exit_mm, mm_id)
+            await clean(host, activity.teardown, sname, "unregister")
+        await clean(owner, activity.exit_mm, mm_id)
     for owner, mm_id in measured.items():
-        await c.on(owner, activity.exit_mm, mm_id)
+        await clean(owner, activity.exit_mm, mm_id)
     events.sort(key=lambda e: e["t_us"])
-    return {"events": events, "checked": checked, "activity": counts, "gru": grus, "loaded_probe": loaded}
+    return {"events": events, "checked": checked, "activity": counts, "gru": grus, "loaded_probe": loaded,
+            "skipped": skipped}
 
 
 def count_op(count: dict[str, Any], refused: list[str]) -> None:
@@ -350,7 +370,7 @@ def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = N
         "metrics": {m: metric_result(h, seed=spec.seed, metric=m) for m, h in hists.items()},
         "invariants": {"checked": out["checked"], "violations": len(violations), "details": [str(v) for v in violations]},
         "activity": out["activity"],
-        "faults": [f"{f.host} fenced during {f.during}: {f.error}" for f in faults],
+        "faults": [f"{f.host} fenced during {f.during}: {f.error}" for f in faults] + out["skipped"],
         "gru": gru_summary(scenario.get("gru.dropin"), out["gru"]),
         "wall_time_s": time.monotonic() - wall,
         "virtual_time_us": virtual,

@@ -4,7 +4,9 @@ seeded scheduler (random or PCT), until the model breaks; then shrink the worklo
 what happened, readably, with the command that replays it exactly.
 
 The race workload: partition p0 owns an mm of ``pages`` pages; GRUs on p1 map it (their
-callouts cross the interconnect and sleep, with a seeded random latency). Then, at seeded
+callouts cross the interconnect and sleep, with a seeded random latency), or with
+``secondary="odp"`` (``mmusim check --secondary odp``, the modern modes only) RDMA ODP MRs on
+p1 over the whole mm, each with its interval notifier (``nodes/secondary/odp.py``). Then, at seeded
 random moments, concurrently:
 
 - ``unregister``: one GRU is unregistered;
@@ -13,7 +15,7 @@ random moments, concurrently:
   rmap-driven, so it holds neither mmap_sem nor the mm and races the exit);
 - ``ksm``: ksmd merges two pages (write-protect and replace: set_pte_at_notify);
 - ``faults``: the other GRU keeps faulting pages in, three instructions at a time, through a
-  two-entry TLB, so that most accesses are dropins whose lookup crosses the network (each way
+  two-entry TLB (an ODP MR: three DMAs at a time, faulting wherever its MTT was zapped), so that most accesses are dropins whose lookup crosses the network (each way
   2-200 us): with ``gru_dropin="v3.10"`` one that an invalidation overtakes installs a stale
   translation (the unguarded dropin; ``mmusim check --gru-dropin v3.10``);
 - ``register``: a late GRU registers (under memory pressure: the allocation may reclaim);
@@ -50,16 +52,18 @@ TASKS = ("unregister", "exit", "migrate", "ksm", "faults", "register", "mprotect
 # the HMM devices' own task: the first device migrates the pages to its memory (then the tasks
 # that fault, unmap or exit find device-private entries: migrate_to_ram, page_free)
 HMM_TASKS = ("devmigrate",)
-RACE_SECONDARIES = ("gru", "hmm")
+RACE_SECONDARIES = ("gru", "odp", "hmm")  # what maps the mm from p1
+INTERVAL_SECONDARIES = ("odp", "hmm")  # those with an interval notifier: the modern modes only
 
 
 def check_secondary(semantics: str, secondary: str) -> None:
     """``ValueError`` naming both if the race workload's ``secondary`` cannot run under
-    ``semantics`` (an HMM mirror needs interval notifiers: the modern modes)."""
+    ``semantics`` (an ODP MR or an HMM mirror needs an interval notifier: the modern modes)."""
     if secondary not in RACE_SECONDARIES:
         raise ValueError(f"secondary must be one of {RACE_SECONDARIES}, got {secondary!r}")
-    if secondary == "hmm" and semantics not in MODERN:
-        raise ValueError(f"secondary 'hmm' needs interval notifiers: semantics {' or '.join(MODERN)}, got {semantics!r}")
+    if secondary in INTERVAL_SECONDARIES and semantics not in MODERN:
+        raise ValueError(f"secondary {secondary!r} needs semantics {' or '.join(MODERN)} (an interval notifier), "
+                         f"got {semantics!r}")
 
 
 def check_tasks(tasks: tuple[str, ...], secondary: str) -> None:
@@ -81,14 +85,17 @@ class RaceConfig:
     tasks: tuple[str, ...] = TASKS
     choices: int | None = None  # only the first N scheduling choices are the seed's; then FIFO
     gru_dropin: str = "guarded"  # how the GRUs check a dropin (nodes.secondary.gru.GRU_DROPINS); not shrunk
-    # what the secondaries are (RACE_SECONDARIES; not shrunk): GRUs, or HMM device mirrors (the
-    # modern modes' interval notifiers, nodes/secondary/hmm.py), which ``grus`` then counts
+    # RACE_SECONDARIES: GRUs, ODP MRs or HMM device mirrors (``grus`` of them); not shrunk
     secondary: str = "gru"
+
+    def __post_init__(self) -> None:
+        if self.secondary not in RACE_SECONDARIES:
+            raise ValueError(f"secondary must be one of {RACE_SECONDARIES}, got {self.secondary!r}")
 
     def describe(self) -> str:
         steps = "" if self.choices is None else f", {self.choices} seeded scheduling choices then FIFO"
         dropin = "" if self.gru_dropin == "guarded" or self.secondary != "gru" else f", {self.gru_dropin} GRU dropin"
-        what = "GRUs" if self.secondary == "gru" else "HMM device mirrors"
+        what = {"gru": "GRUs", "odp": "ODP MRs", "hmm": "HMM device mirrors"}[self.secondary]
         return f"{self.pages} pages, {self.grus} {what}, tasks {', '.join(self.tasks)}{dropin}{steps}"
 
 
@@ -132,15 +139,18 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
     mm = a.create_mm()
     await vmops.mmap(a, mm, BASE, race.pages * PAGE_SIZE)
     await vmops.populate(a, mm, BASE, race.pages * PAGE_SIZE)
-    if race.secondary == "hmm":  # a device page table has no TLB size to make small
-        grus: list[Any] = [await c.hmm("p1", "p0", mm, name=f"hmm{i}") for i in range(race.grus)]
+    if race.secondary == "odp":
+        grus: list[Any] = [await c.odp("p1", "p0", mm, name=f"odp{i}", start=BASE, length=race.pages * PAGE_SIZE)
+                           for i in range(race.grus)]
+    elif race.secondary == "hmm":  # a device page table has no TLB size to make small
+        grus = [await c.hmm("p1", "p0", mm, name=f"hmm{i}") for i in range(race.grus)]
     else:
         grus = [await c.gru("p1", "p0", mm, name=f"gru{i}") for i in range(race.grus - 1)]
         grus.append(await c.gru("p1", "p0", mm, name=f"gru{race.grus - 1}", tlb_entries=FAULTER_TLB_ENTRIES))
-    # the GRUs all start with the pages in their TLBs (the faulter's is too small to keep them);
-    # an HMM device keeps every page it maps, so the faulter starts with none mapped, and its
-    # accesses are faults whose hmm_range_fault crosses the network
-    for g in grus if race.secondary == "gru" else grus[:-1]:
+    # the secondaries start with every page mapped, but an HMM device keeps every page it maps,
+    # so its faulter starts with none (its accesses are faults whose hmm_range_fault crosses the
+    # network), as the GRU faulter's small TLB keeps missing
+    for g in grus if race.secondary != "hmm" else grus[:-1]:
         for k in range(race.pages):
             await g.access(BASE + k * PAGE_SIZE)
 
@@ -172,7 +182,10 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
             return
         mm.users += 1
         try:
-            late = await (c.hmm if race.secondary == "hmm" else c.gru)("p1", "p0", mm, name="late")
+            if race.secondary == "odp":
+                late = await c.odp("p1", "p0", mm, name="late", start=BASE, length=race.pages * PAGE_SIZE)
+            else:
+                late = await (c.hmm if race.secondary == "hmm" else c.gru)("p1", "p0", mm, name="late")
             await late.access(BASE)
         finally:
             await vmops.mmput(a, mm)
@@ -252,6 +265,7 @@ def search(semantics: str, scheduler: str, seeds: int, race: RaceConfig, first_s
     """The first finding among ``seeds`` seeds, or None."""
     if semantics not in SEMANTICS:
         raise ValueError(f"semantics must be one of {tuple(SEMANTICS)}, got {semantics!r}")
+    check_secondary(semantics, race.secondary)
     for seed in range(first_seed, first_seed + seeds):
         f = run_once(semantics, scheduler, seed, race)
         if f is not None:

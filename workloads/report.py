@@ -296,6 +296,7 @@ def summary_table(result: Mapping[str, Any]) -> str:
                      + ("" if loaded is None else f". Under the run's own load a null callout took {_fmt(loaded)} us"))
     lines += _invariants_lines(result["invariants"])
     lines += _activity_lines(result.get("activity") or {})
+    lines += field_report_lines(result)
     faults = list(result.get("faults") or [])
     if faults:
         lines.append(f"faults: {len(faults)}")
@@ -399,6 +400,40 @@ def _activity_lines(activity: Mapping[str, Mapping[str, Any]]) -> list[str]:
         why = ", ".join(f"{name} {n:,}" for name, n in sorted(refused.items()))
         lines.append(f"  {op:<9} {_fmt_n(c.get('done'))} done" + (f", refused: {why}" if why else ""))
     return lines
+
+
+def field_report_lines(result: Mapping[str, Any]) -> list[str]:
+    """The comparison with the field report the scenario reproduces (its ``field_report``):
+    what was reported and where, the model's figure for the same metric and percentile, and
+    whether it falls inside the reported range. Nothing when the scenario cites none."""
+    report = (result.get("config") or {}).get("field_report")
+    if not report:
+        return []
+    metric, pct = report["metric"], report["percentile"]
+    value = (result["metrics"].get(metric) or {}).get(pct)
+    low, high = float(report["low"]), float(report["high"])
+    lines = [f"field report: {report['figure']}", f"  source: {report['source']}"]
+    if value is None:
+        lines.append(f"  model: no {metric} measured, nothing to compare")
+        return lines
+    value = float(value)
+    if value < low:
+        verdict = f"below the reported range ({value / low:.2g}x its low end)"
+    elif value > high:
+        verdict = f"above the reported range ({value / high:.2g}x its high end)"
+    else:
+        verdict = "inside the reported range: reproduced"
+    lines.append(f"  model: {metric} {pct} {duration_text(value)} against {duration_text(low)}-{duration_text(high)} "
+                 f"reported: {verdict}")
+    return lines
+
+
+def duration_text(us: float) -> str:
+    """A duration in microseconds in the largest unit that keeps it >= 1: '47 min', '1.2 s'."""
+    for unit, size in (("min", 60e6), ("s", 1e6), ("ms", 1e3)):
+        if abs(us) >= size:
+            return f"{us / size:.3g} {unit}"
+    return f"{us:.3g} us"
 
 
 def _fmt_n(n: Any) -> str:

@@ -28,9 +28,11 @@ Schema (``KNOBS`` holds it; defaults in brackets; times in microseconds)::
     mms                  positive int       [2]   owned by each partition, carrying activity
     secondaries_per_mm   positive int       [1]
     nframes              auto | positive int [auto]  frames per partition, see Scenario.nframes
-    secondary.kind       gru | xpmem | kvm | hmm  [gru]  hmm: a GPU mirroring the mm through an
-                                                  interval notifier (nodes/secondary/hmm.py); the
-                                                  modern semantics only, teardown unregister only
+    secondary.kind       gru | xpmem | kvm | odp | hmm  [gru]  odp: an RDMA ODP MR
+                                                  (nodes/secondary/odp.py); hmm: a GPU mirroring the
+                                                  mm (nodes/secondary/hmm.py); both only with
+                                                  semantics v5.10 or v6.6 (their interval notifier)
+                                                  and teardown unregister
     gru.dropin           guarded | v3.10    [guarded]  how a GRU on another partition checks a
                                                   dropin whose lookup crossed the network
                                                   (nodes/secondary/gru.py, GRU_DROPINS)
@@ -117,14 +119,16 @@ __all__ = [
 ]
 
 OPS = ("munmap", "mprotect", "migrate", "ksm", "reclaim", "thp", "cow")
-SECONDARY_KINDS = ("gru", "xpmem", "kvm", "hmm")
+SECONDARY_KINDS = ("gru", "xpmem", "kvm", "odp", "hmm")
+# the kinds whose driver holds an interval notifier (the modern modes; no put): what each is
+INTERVAL_KINDS = {"odp": "an ODP MR", "hmm": "an HMM device mirror"}
 TEARDOWNS = ("unregister", "put")  # put: mmu_notifier_put, the free deferred with call_srcu
 LATENCY_PARAMS = ("value", "low", "high", "median", "sigma", "scale", "alpha")  # every dist's
-DURATION_UNITS = {"us": 1.0, "ms": 1_000.0, "s": 1_000_000.0}
+DURATION_UNITS = {"us": 1.0, "ms": 1_000.0, "s": 1_000_000.0, "min": 60_000_000.0}
 MIN_AUTO_NFRAMES = 65536
 BUILTIN_PACKAGE = "workloads"
 BUILTIN_DIR = "scenarios"
-_DESCRIBED = ("name", "description", "question", "sweep")  # not knobs one can sweep
+_DESCRIBED = ("name", "description", "question", "field_report", "sweep")  # not knobs one can sweep
 
 
 class ScenarioError(ValueError):
@@ -256,6 +260,70 @@ def _text(v: Any, path: str) -> str:
     return v.strip()
 
 
+def _deadline(v: Any, path: str) -> float | str:
+    """``auto`` (the backend's own: 1 s on the sim, 5 s on ray), ``none`` (no deadline, as a
+    kernel driver's call into its device has none; sim only) or a duration. The words are kept
+    as strings, so that results.json stays plain JSON."""
+    if isinstance(v, str) and v.strip() in ("auto", "none"):
+        return v.strip()
+    try:
+        return _duration(v, path)
+    except _Invalid as e:
+        raise _Invalid(path, e.detail.replace("expected a positive", "expected auto, none or a positive", 1)) from None
+
+
+def _deadline_fields(value: float | str) -> dict[str, float]:
+    """The config fields of the ``interconnect.deadline`` knob's value: none for ``auto``,
+    ``deadline_us=inf`` for ``none``."""
+    if value == "auto":
+        return {}
+    return {"deadline_us": math.inf if value == "none" else float(value)}
+
+
+def _start(v: Any, path: str) -> float:
+    """A duration or 0 (from the start of the run)."""
+    if _is_number(v) and v == 0:
+        return 0.0
+    return _duration(v, path)
+
+
+def _partition_name(v: Any, path: str) -> str | None:
+    """None, or a partition name p0, p1, ... (checked against ``partitions`` in the cross checks)."""
+    if v is None:
+        return None
+    if not isinstance(v, str) or not re.fullmatch(r"p\d+", v):
+        raise _bad(path, "null or a partition name (p0, p1, ...)", v)
+    return v
+
+
+FIELD_REPORT_KEYS = ("source", "figure", "metric", "percentile", "low", "high")
+
+
+def _field_report(v: Any, path: str) -> dict[str, Any] | None:
+    """None, or what a field report measured, for the run to print beside the model's figure:
+    ``{source: URL or citation, figure: what was reported, metric: a harness metric,
+    percentile: p50 | p90 | p99 | max (default p50), low: duration, high: duration}``."""
+    if v is None:
+        return None
+    from workloads.harness import METRICS  # the harness imports nothing of this module's at load
+
+    if not isinstance(v, dict):
+        raise _bad(path, "null or a mapping with " + ", ".join(FIELD_REPORT_KEYS), v)
+    for key in v:
+        if key not in FIELD_REPORT_KEYS:
+            raise _unknown(path, key, list(FIELD_REPORT_KEYS))
+    for key in ("source", "figure", "metric", "low", "high"):
+        if key not in v:
+            raise _Invalid(f"{path}.{key}", "expected a value, got none (missing)")
+    out = {"source": _one_line(v["source"], f"{path}.source"), "figure": _one_line(v["figure"], f"{path}.figure"),
+           "metric": _choice(METRICS)(v["metric"], f"{path}.metric"),
+           "percentile": _choice(("p50", "p90", "p99", "max"))(v.get("percentile", "p50"), f"{path}.percentile"),
+           "low": _duration(v["low"], f"{path}.low"), "high": _duration(v["high"], f"{path}.high")}
+    if out["low"] > out["high"]:
+        raise _Invalid(f"{path}.low", f"expected low <= high ({out['high']:g} us), got {out['low']:g} us")
+    return out
+
+
 def _nframes(v: Any, path: str) -> int | str:
     if v == "auto" and isinstance(v, str):
         return v
@@ -283,12 +351,12 @@ def _latency(v: Any, path: str) -> Any:
     return copy.deepcopy(v)
 
 
-_DURATION = re.compile(r"\s*((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(us|ms|s)\s*")
+_DURATION = re.compile(r"\s*((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(us|ms|min|s)\s*")
 
 
 def _duration(v: Any, path: str) -> float:
     """A positive number of microseconds, or a string with a unit: '500us', '250ms', '2s'."""
-    expected = "a positive number of microseconds or a string like '250ms' (units us, ms, s)"
+    expected = "a positive number of microseconds or a string like '250ms' (units us, ms, s, min)"
     if _is_number(v):
         us = float(v)
     elif isinstance(v, str) and (m := _DURATION.fullmatch(v)):
@@ -376,6 +444,10 @@ KNOBS: dict[str, Knob] = {
     "topology.hop_latency": Knob(1.0, _latency, "a latency", LATENCY_PARAMS),
     "topology.hops": Knob(1, _positive_int, "a positive integer"),
     "interconnect.transport": Knob(DEFAULT_TRANSPORT, _choice(TRANSPORTS), " | ".join(TRANSPORTS)),
+    "interconnect.deadline": Knob("auto", _deadline, "auto, none, or a positive number of us or '1s'"),
+    "stall.partition": Knob(None, _partition_name, "null or a partition name (p0, p1, ...)"),
+    "stall.start": Knob(0.0, _start, "0 or a positive number of us or '10ms'"),
+    "stall.length": Knob(60_000_000.0, _duration, "a positive number of us or '50min'"),
     "srcu.scope": Knob("global", _choice(SRCU_SCOPES), " | ".join(SRCU_SCOPES)),
     "srcu.expedited": Knob(False, _boolean, "true or false"),
     "kernel.hz": Knob(DEFAULT_HZ, _hz, " | ".join(map(str, HZ_CHOICES))),
@@ -386,6 +458,7 @@ KNOBS: dict[str, Knob] = {
     "measure.unregisters": Knob(10, _count, "an integer >= 0"),
     "duration": Knob(100_000.0, _duration, "a positive number of us or '250ms', '2s', '500us'"),
     "seed": Knob(0, _any_int, "an integer"),
+    "field_report": Knob(None, _field_report, "null or {source, figure, metric, percentile, low, high}", FIELD_REPORT_KEYS),
     "sweep": Knob(None, _sweep, "{key: KNOB PATH, values: [...]} or null", ("key", "values")),
 }
 
@@ -472,17 +545,21 @@ def _check_cross(values: dict[str, Any]) -> None:
     streams, mix = values["activity"]["streams"], values["activity"]["mix"]
     if streams > 0 and not any(w > 0 for w in mix.values()):
         raise _Invalid("activity.mix", f"expected at least one weight > 0 while activity.streams is {streams}, got all weights 0")
-    if values["secondary"]["kind"] == "hmm":  # an interval notifier: Linux 5.5 on, and no put
-        if values["semantics"] not in MODERN:
-            raise _Invalid("semantics", f"expected one of {', '.join(MODERN)} with secondary.kind hmm (an HMM device "
-                                        f"mirrors the mm through an interval notifier, Linux 5.5), got "
-                                        f"{values['semantics']!r}")
-        if values["teardown"] != "unregister":
-            raise _Invalid("teardown", f"expected unregister with secondary.kind hmm (an interval notifier is removed; "
-                                       f"there is no mmu_notifier_put for it), got {values['teardown']!r}")
+    kind = values["secondary"]["kind"]
+    what = INTERVAL_KINDS.get(kind)
+    if what is not None and values["semantics"] not in MODERN:
+        raise _Invalid("secondary.kind", f"expected semantics {' or '.join(MODERN)} with secondary.kind {kind} ({what} "
+                                         f"needs an interval notifier, Linux 5.5), got semantics {values['semantics']!r}")
+    if what is not None and values["teardown"] != "unregister":
+        raise _Invalid("teardown", f"expected unregister with secondary.kind {kind} ({what} is torn down by removing its "
+                                   f"interval notifier, which has no mmu_notifier_put), got {values['teardown']!r}")
     m = values["measure"]
     if m["exits"] == 0 and m["unregisters"] == 0:
         raise _Invalid("measure", "expected measure.exits or measure.unregisters > 0, got both 0 (nothing to measure)")
+    stalled = values["stall"]["partition"]
+    if stalled is not None and int(stalled[1:]) >= values["partitions"]:
+        raise _Invalid("stall.partition", f"expected one of p0..p{values['partitions'] - 1} (partitions is "
+                                          f"{values['partitions']}), got {stalled!r}")
     sweep = values["sweep"]
     if sweep is not None:
         for i, v in enumerate(sweep["values"]):
@@ -708,6 +785,9 @@ class Scenario:
         kw.update(
             hop_latency=copy.deepcopy(v["topology"]["hop_latency"]),
             callout_latency=copy.deepcopy(v["callout"]["latency"]),
+            **_deadline_fields(v["interconnect"]["deadline"]),
+            stalls=({} if v["stall"]["partition"] is None
+                    else {v["stall"]["partition"]: (v["stall"]["start"], v["stall"]["length"])}),
             seed=v["seed"],
         )
         kw.update(extra)
@@ -733,11 +813,18 @@ class Scenario:
                 return float(statistics.median(d.param("samples")))
             return float(d.param({"constant": "value", "lognormal": "median", "pareto": "scale"}[d.dist]))
 
+        if v["stall"]["partition"] is not None:
+            raise ScenarioError(self.source, "stall.partition", "expected null on the ray backend (a stall is "
+                                f"injected by the sim's interconnect), got {v['stall']['partition']!r}")
+        if v["interconnect"]["deadline"] == "none":
+            raise ScenarioError(self.source, "interconnect.deadline", "expected a duration on the ray backend "
+                                "(every gRPC call has a deadline), got none")
         kw = self._partition_fields()
         kw.update(
             hop_latency_us=typical_us(v["topology"]["hop_latency"], "topology.hop_latency"),
             callout_latency_us=typical_us(v["callout"]["latency"], "callout.latency"),
             transport=v["interconnect"]["transport"],
+            **_deadline_fields(v["interconnect"]["deadline"]),
             address=address,
         )
         kw.update(extra)

@@ -291,8 +291,8 @@ class HmmMirror(MmuIntervalNotifierOps):
                            f"invalidations after HMM_RANGE_DEFAULT_TIMEOUT ({self.fault_timeout_us:.0f} us)")
             seq = await self.owner.interval_read_begin(self.mni)
             try:
-                pfns = await self.owner.hmm_range_fault(self.mni, self.mm_id, seq, start, npages, write=write,
-                                                        dev_private_owner=self.pgmap_owner)
+                pfns = await self.owner.hmm_range_fault(self.mni, self.mm_id, start, npages, write=write,
+                                                        notifier_seq=seq, dev_private_owner=self.pgmap_owner)
             except Busy:
                 self.stats.busy += 1
                 continue

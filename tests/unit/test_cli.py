@@ -68,7 +68,7 @@ def test_scenarios_lists_every_built_in_on_one_line_each(capsys):
     assert main(["scenarios"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == [name for name, _ in builtin_scenarios()]
-    assert len(lines) == 7
+    assert len(lines) == len(builtin_scenarios()) == 8
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -118,3 +118,15 @@ def test_run_takes_the_semantics_of_a_step_of_the_seed_history(tmp_path, capsys)
     with pytest.raises(SystemExit) as e:
         main(["run", "quickstart", "--semantics", "v9.99"])
     assert e.value.code == 2
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(monkeypatch, capsys):
+    # `mmusim run ... | head`: the pipe breaks under a later print; no usage error, no traceback
+    import workloads.cli as cli
+
+    def closed(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_cmd_scenarios", closed)
+    assert main(["scenarios"]) == cli.EXIT_BROKEN_PIPE == 141
+    assert capsys.readouterr().err == ""

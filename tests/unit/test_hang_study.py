@@ -32,7 +32,9 @@ def mean(result, metric: str) -> float:  # type: ignore[no-untyped-def]
 def test_the_result_has_every_metric_and_the_events_match_the_histograms():
     result, events = study("quickstart")
     assert set(result["metrics"]) == set(METRICS)
-    for metric in METRICS:
+    device = ("device_fault", "device_invalidate")  # ODP MRs' own timings: a GRU run has none
+    assert all(result["metrics"][m]["n"] == 0 for m in device)
+    for metric in (m for m in METRICS if m not in device):
         values = [e["value_us"] for e in events if e["metric"] == metric]
         m = result["metrics"][metric]
         assert m["n"] == len(values) > 0

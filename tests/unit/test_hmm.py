@@ -530,7 +530,7 @@ def test_exit_invalidates_the_device_with_release_and_unregister_removes_the_not
         return gone, type(refused.value).__name__, t.srcu_wait_us, a.oracle.checked["free"] > 0, c.violations()
 
     gone, refused, srcu, freed, violations = run_sim(config(), wl).result
-    assert gone == (0, 3, 0) and refused == "NotFound" and srcu == 0.0 and freed and violations == []
+    assert gone == (0, 3, 0) and refused == "Released" and srcu == 0.0 and freed and violations == []
 
 
 def test_v3_10_refuses_an_hmm_device_naming_both_values():
@@ -538,7 +538,8 @@ def test_v3_10_refuses_an_hmm_device_naming_both_values():
     under semantics v3.10 is refused, naming both; teardown put too (no put for them); and the
     insert itself is refused by a v3.10 owner."""
     s = load_scenario("quickstart")
-    with pytest.raises(ScenarioError, match=r"secondary.kind hmm.*got 'v3.10'"):
+    with pytest.raises(ScenarioError, match=r"secondary.kind: expected semantics v5.10 or v6.6 with secondary.kind hmm"
+                                            r".*got semantics 'v3.10'"):
         s.with_overrides(["secondary.kind=hmm"])
     with pytest.raises(ScenarioError, match="teardown: expected unregister with secondary.kind hmm"):
         s.with_overrides(["secondary.kind=hmm", "semantics=v6.6", "teardown=put"])
@@ -588,7 +589,7 @@ def test_the_race_finder_drives_hmm_devices_clean_and_finds_a_planted_missing_re
     device's task is refused for GRUs."""
     race = races.RaceConfig(secondary="hmm", tasks=RACE_TASKS)
     assert races.search("v5.10", "random", 8, race) is None
-    with pytest.raises(ValueError, match="secondary 'hmm' needs interval notifiers.*'v3.10'"):
+    with pytest.raises(ValueError, match="secondary 'hmm' needs semantics v5.10 or v6.6 \\(an interval notifier\\), got 'v3.10'"):
         races.run_once("v3.10", "random", 0, race)
     with pytest.raises(ValueError, match="devmigrate with secondary hmm only"):
         races.run_once("v5.10", "random", 0, races.RaceConfig(tasks=("faults", "devmigrate")))

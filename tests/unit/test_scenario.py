@@ -22,8 +22,12 @@ BUILTINS = [
     "heavy-tail",
     "quickstart",
     "sequential-vs-parallel-fanout",
+    "stuck-secondary",
     "unregister-vs-put",
 ]
+# the field reports: scenarios sized as the incident they reproduce, on the sim only when they
+# inject what the ray backend cannot (a stall)
+FIELD_REPORTS = ["stuck-secondary"]
 
 DEFAULTS: dict[str, Any] = {
     "description": "",
@@ -43,7 +47,8 @@ DEFAULTS: dict[str, Any] = {
     },
     "callout": {"latency": 20},
     "topology": {"hop_latency": 1.0, "hops": 1},
-    "interconnect": {"transport": "unary"},
+    "interconnect": {"transport": "unary", "deadline": "auto"},
+    "stall": {"partition": None, "start": 0.0, "length": 60_000_000.0},
     "srcu": {"scope": "global", "expedited": False},
     "kernel": {"hz": 1000},
     "semantics": "v3.10",
@@ -52,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "measure": {"exits": 5, "unregisters": 10},
     "duration": 100_000.0,
     "seed": 0,
+    "field_report": None,
     "sweep": None,
 }
 
@@ -95,20 +101,27 @@ def test_every_builtin_loads_and_builds_both_configs(name: str) -> None:
     assert sim.srcu_expedited == s.get("srcu.expedited")
     assert sim.jiffy_us == 1e6 / s.get("kernel.hz")
     assert sim.callout_latency == s.get("callout.latency") and sim.hop_latency == s.get("topology.hop_latency")
-    ray = s.ray_config(address="auto")
-    assert isinstance(ray, RayConfig)
-    assert (ray.partitions, ray.cpus, ray.nframes, ray.srcu_scope, ray.fanout, ray.hops, ray.address) == (
-        sim.partitions, sim.cpus, sim.nframes, sim.srcu_scope, sim.fanout, sim.hops, "auto")
-    assert ray.jiffy_us == sim.jiffy_us
-    assert ray.transport == s.get("interconnect.transport")
+    if s.get("stall.partition") is not None:
+        assert name in FIELD_REPORTS
+        assert "stall.partition" in refusal(s.ray_config)  # a stall is the sim interconnect's
+        assert sim.stalls == {s.get("stall.partition"): (s.get("stall.start"), s.get("stall.length"))}
+    else:
+        ray = s.ray_config(address="auto")
+        assert isinstance(ray, RayConfig)
+        assert (ray.partitions, ray.cpus, ray.nframes, ray.srcu_scope, ray.fanout, ray.hops, ray.address) == (
+            sim.partitions, sim.cpus, sim.nframes, sim.srcu_scope, sim.fanout, sim.hops, "auto")
+        assert ray.jiffy_us == sim.jiffy_us
+        assert ray.transport == s.get("interconnect.transport")
     # modest sizes: the harness runs every point of a sweep (quickstart, one run, measures more)
-    assert s.get("partitions") <= 4 and s.get("duration") <= 200_000
+    assert (s.get("field_report") is not None) == (name in FIELD_REPORTS)
+    assert name in FIELD_REPORTS or (s.get("partitions") <= 4 and s.get("duration") <= 200_000)
     assert s.get("measure.exits") + s.get("measure.unregisters") <= (200 if name == "quickstart" else 30)
     for value, point in s.sweep_points():
         assert point.get("sweep") is None
         assert point.get(s.get("sweep.key")) == value
         point.sim_config()
-        point.ray_config()
+        if point.get("stall.partition") is None:
+            point.ray_config()
 
 
 def test_builtin_sweeps_vary_the_knobs_the_issue_names() -> None:
@@ -289,7 +302,7 @@ BAD_FILES = [
     ("activity: {rate: 0}\n", "activity.rate: expected a positive number, got 0"),
     ("measure: {exits: 0, unregisters: 0}\n",
      "measure: expected measure.exits or measure.unregisters > 0, got both 0 (nothing to measure)"),
-    ("secondary: {kind: KVM}\n", "secondary.kind: expected one of gru, xpmem, kvm, hmm, got 'KVM'; did you mean 'kvm'?"),
+    ("secondary: {kind: KVM}\n", "secondary.kind: expected one of gru, xpmem, kvm, odp, hmm, got 'KVM'; did you mean 'kvm'?"),
     ("srcu: {scope: per-mm}\n", "srcu.scope: expected one of global, per_mm, got 'per-mm'; did you mean 'per_mm'?"),
     ("teardown: free\n", "teardown: expected one of unregister, put, got 'free'"),
     ("kernel: {hz: 500}\n", "kernel.hz: expected one of 100, 250, 300, 1000 (CONFIG_HZ, ticks per second), got 500"),
@@ -320,12 +333,12 @@ BAD_FILES = [
      "topology.hop_latency: expected a number (us) or a mapping with a 'dist' key, got 'fast'"),
     ("topology: {hop_latency: -1}\n", "topology.hop_latency: expected a number >= 0, got -1"),
     # durations
-    ("duration: 10 min\n",
-     "duration: expected a positive number of microseconds or a string like '250ms' (units us, ms, s), got '10 min'"),
+    ("duration: 10 hours\n",
+     "duration: expected a positive number of microseconds or a string like '250ms' (units us, ms, s, min), got '10 hours'"),
     ("duration: 0ms\n",
-     "duration: expected a positive number of microseconds or a string like '250ms' (units us, ms, s), got '0ms'"),
+     "duration: expected a positive number of microseconds or a string like '250ms' (units us, ms, s, min), got '0ms'"),
     ("duration: -5\n",
-     "duration: expected a positive number of microseconds or a string like '250ms' (units us, ms, s), got -5"),
+     "duration: expected a positive number of microseconds or a string like '250ms' (units us, ms, s, min), got -5"),
     # sweeps
     ("sweep: {key: activity.streams, values: [0, 1, -2]}\n",
      "sweep.values[2]: activity.streams: expected an integer >= 0, got -2"),
@@ -405,7 +418,7 @@ BAD_SETS = [
     (["kernel.hz=10000"],
      "--set kernel.hz=10000: kernel.hz: expected one of 100, 250, 300, 1000 (CONFIG_HZ, ticks per second), got 10000"),
     (["duration=2 weeks"],
-     "--set duration=2 weeks: duration: expected a positive number of microseconds or a string like '250ms' (units us, ms, s), got '2 weeks'"),
+     "--set duration=2 weeks: duration: expected a positive number of microseconds or a string like '250ms' (units us, ms, s, min), got '2 weeks'"),
     (["activity.streams=4", "measure.exits=0", "measure.unregisters=0"],
      "--set measure.exits=0 --set measure.unregisters=0: measure: expected measure.exits or measure.unregisters > 0, got both 0"),
     (["activity.mix={migrate: 0}"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
@@ -651,6 +652,61 @@ def test_interconnect_crashed_source_raises_at_once_and_crashed_destination_at_t
             ic.crash("zz")
 
     vrun(body)
+
+
+def test_a_stalled_partition_answers_at_the_end_of_its_stall_and_a_deadline_bounds_the_wait(vrun):
+    async def body(rt: Runtime) -> None:
+        ic, echoes = _net(rt, Topology.uniform(["a", "b", "c"], hops=1), deadline_us=math.inf)
+        ic.stall_at("b", 100.0, 1_000.0)  # b answers nothing in [100, 1100)
+        took, r = await _timed(rt, ic.call("a", "b", "echo", "echo", "before"))
+        assert (took, r) == (2.0, "before")  # before the window: as ever
+        await rt.sleep(200.0 - rt.now())
+        took, r = await _timed(rt, ic.call("a", "b", "echo", "echo", "held"))
+        # arrives at 201, held until 1100, answered one way later: no deadline, no one gives up
+        assert (took, r) == (1_100.0 + 1.0 - 200.0, "held") and echoes["b"].handled[-1] == (1_100.0, "held")
+        took, r = await _timed(rt, ic.call("a", "c", "echo", "echo", "other"))
+        assert took == 2.0  # only b stalls: its links and everyone else's stay up
+        took, _ = await _timed(rt, ic.call("a", "b", "echo", "echo", "after"))
+        assert took == 2.0 and not ic.failures
+
+        # with a deadline, the caller gives up at it (and the held request is still handled)
+        bounded, held = _net(rt, Topology.uniform(["a", "b"], hops=1), deadline_us=50.0)
+        bounded.stall_at("b", rt.now(), 500.0)
+        t0 = rt.now()
+        with pytest.raises(Unreachable, match="no answer within the deadline of 50 us"):
+            await bounded.call("a", "b", "echo", "echo", "late")
+        assert rt.now() - t0 == 50.0 and held["b"].handled == []
+        await rt.sleep(1_000.0)
+        assert held["b"].handled == [(t0 + 500.0, "late")] and bounded.failures == {"rpc": 1}
+        with pytest.raises(ValueError, match="unknown partition 'zz'"):
+            ic.stall_at("zz", 0.0, 1.0)
+        with pytest.raises(ValueError, match=r"stalls.b: expected start >= 0 and length > 0 \(us\), got 0.0, 0.0"):
+            ic.stall_at("b", 0.0, 0.0)
+
+    vrun(body)
+
+
+def test_without_a_deadline_a_call_to_a_dead_partition_waits_for_ever(vrun):
+    # the kernel's caller would sit in D state: the run ends in Deadlock, it does not return
+    async def body(rt: Runtime) -> None:
+        ic, _ = _net(rt, Topology.uniform(["a", "b"], hops=1), deadline_us=math.inf)
+        ic.crash("b")
+        await ic.call("a", "b", "echo", "echo", 1)
+
+    with pytest.raises(Deadlock):
+        vrun(body)
+
+
+def test_sim_config_checks_stalls_and_takes_an_infinite_deadline():
+    assert SimConfig(deadline_us=math.inf, stalls={"p1": (0.0, 5.0)}).stalls == {"p1": (0.0, 5.0)}
+    with pytest.raises(ValueError, match=r"sim config stalls.p9: expected a partition name \(p0, p1\), got 'p9'"):
+        SimConfig(stalls={"p9": (0.0, 1.0)})
+    with pytest.raises(ValueError, match=r"sim config stalls.p1.length: expected a positive number, got 0"):
+        SimConfig(stalls={"p1": (0.0, 0)})
+    with pytest.raises(ValueError, match=r"sim config stalls.p1: expected \(start, length\) in us, got 5"):
+        SimConfig(stalls={"p1": 5})
+    with pytest.raises(ValueError, match="sim config deadline_us: expected a positive number, got 0"):
+        SimConfig(deadline_us=0)
 
 
 def test_interconnect_rejects_bad_parameters(vrun):
