@@ -86,17 +86,6 @@ class Busy(ModelError):
     errno = _errno.EAGAIN
 
 
-class TryAgain(ModelError):
-    """EAGAIN ("Try again", errno-base.h) from a non-blocking invalidate_range_start (the OOM
-    reaper's mmu_notifier_invalidate_range_start_nonblock()): a notifier would have had to
-    sleep, so the start was given up. Raised by the notifier core out of the start; the caller
-    must not call invalidate_range_end for it (the core has already undone what the start had
-    begun: ``mn_itree_invalidate()`` ends its interval-tree range itself) and tries again later,
-    as the OOM reaper does. Not ``Busy``: that is an operation refused, this is a start to retry."""
-
-    errno = _errno.EAGAIN
-
-
 class Overflow(InvalidArgument):
     """EOVERFLOW: a range whose last byte is past the end of the address type (an interval
     notifier of length 0, or start + length - 1 beyond ULONG_MAX)."""

@@ -74,9 +74,10 @@ notifier's window on the range (invariant 2), closed when that range ends.
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING, Any, Awaitable
 
-from nodes.errors import InternalError, InvalidArgument, Overflow, TryAgain
+from nodes.errors import InternalError, InvalidArgument, Overflow
 from nodes.locks import WaitQueue
 from nodes.notifier import MODERN, MmuNotifierEvent, MmuNotifierRange, MMU_NOTIFIER_RANGE_BLOCKABLE
 from nodes.runtime import call_maybe_async, might_sleep, run_atomic
@@ -103,8 +104,8 @@ class MmuIntervalNotifierOps:
 
         May sleep if ``range.blockable()``. If not (the OOM reaper), it must not sleep: if it
         would have to (the lock is taken: ``Mutex.trylock()`` failed, or the work crosses the
-        network) it returns False, and ``invalidate_range_start`` fails with EAGAIN
-        (``TryAgain``). The core drives it with no suspension allowed then: a sleep is
+        network) it returns False, and ``invalidate_range_start`` answers -EAGAIN (the OOM
+        reaper's caller then calls no end and tries later). The core drives it with no suspension allowed then: a sleep is
         ``SleepingInAtomicContext``. Returning False for a blockable range is a driver bug the
         kernel WARNs about and ignores (recorded in ``MmuItree.warnings``).
 
@@ -219,12 +220,13 @@ class MmuItree:
                 self.invalidate_seq |= 1
             return i, mni, self.invalidate_seq
 
-    async def invalidate(self, range: MmuNotifierRange) -> None:
+    async def invalidate(self, range: MmuNotifierRange) -> int:
         """mn_itree_invalidate(), called by invalidate_range_start before the hlist's walk: each
-        overlapping notifier's ``ops.invalidate(mni, range, cur_seq)``, in tree order. A False
-        from a non-blockable range ends this range at once (mn_itree_inv_end) and raises
-        ``TryAgain`` (-EAGAIN): the caller may not call invalidate_range_end. A False from a
-        blockable range is the kernel's WARN_ON, and the walk goes on."""
+        overlapping notifier's ``ops.invalidate(mni, range, cur_seq)``, in tree order; 0. A
+        False from a non-blockable range ends this range at once (mn_itree_inv_end) and
+        answers -EAGAIN: the core returns it without walking the hlist, and the caller may not
+        call invalidate_range_end. A False from a blockable range is the kernel's WARN_ON, and
+        the walk goes on."""
         i, mni, cur_seq = self.inv_start_range(range)
         frozen = len(self.tree)
         while mni is not None:
@@ -233,13 +235,15 @@ class MmuItree:
                     self._warn(f"{ITREE_OP} of interval notifier {mni.name} returned false for a blockable "
                                f"range [{range.start:#x}, {range.end:#x})")
                 else:
+                    if self.core.trace_callouts:
+                        self.runtime.trace("notifier", f"invalidate_range_start [{range.start:#x}, {range.end:#x}) "
+                                           f"of {self.mm.name}: interval notifier {mni.name} would sleep: -EAGAIN")
                     self.inv_end(range.start, range.end)
-                    raise TryAgain(
-                        f"invalidate_range_start [{range.start:#x}, {range.end:#x}) of {self.mm.name} "
-                        f"(non-blockable): interval notifier {mni.name} would sleep")
+                    return -errno.EAGAIN
             if len(self.tree) != frozen:  # cannot happen while the sequence is odd
                 raise InternalError(f"{self.mm.name} itree changed during an invalidation walk")
             i, mni = self._overlapping(range.start, range.end - 1, i)
+        return 0
 
     async def _call(self, mni: MmuIntervalNotifier, range: MmuNotifierRange, cur_seq: int) -> bool:
         """One ``ops.invalidate``, reported to the oracle; driven with no sleep allowed when the

@@ -30,7 +30,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
-from nodes.errors import InvalidArgument, NullPointerDereference, SleepingInAtomicContext, TryAgain
+from nodes.errors import InvalidArgument, NullPointerDereference, SleepingInAtomicContext
 from nodes.mm import Mm, mm_drop_all_locks, mm_take_all_locks
 from nodes.runtime import Runtime, SpinLock, TaskSignals, call_maybe_async, current_cpu, run_atomic, wait_all
 from nodes.srcu import Srcu
@@ -467,24 +467,27 @@ class NotifierCore:
 
     async def invalidate_range_start(self, mm: Mm, start: int, end: int, *,
                                      event: MmuNotifierEvent = MmuNotifierEvent.UNMAP,
-                                     flags: int = MMU_NOTIFIER_RANGE_BLOCKABLE) -> None:
+                                     flags: int = MMU_NOTIFIER_RANGE_BLOCKABLE) -> int:
         """mmu_notifier_invalidate_range_start(). Exported (fa794199e3): a driver may call it
         for a range no VMA describes (SGI's extended vma), so the range is not checked against
         the VMAs, only for sanity. ``event`` and ``flags`` are the modern struct
-        mmu_notifier_range's (only the interval notifiers see them here); without
-        MMU_NOTIFIER_RANGE_BLOCKABLE a notifier that would sleep makes it raise ``TryAgain``
-        (EAGAIN), and then no invalidate_range_end may follow."""
+        mmu_notifier_range's (only the interval notifiers see them here). Answers 0, or, when
+        the range is not MMU_NOTIFIER_RANGE_BLOCKABLE and an interval notifier would sleep,
+        -EAGAIN: then no invalidate_range_end may follow."""
         if start >= end:
             raise InvalidArgument(f"invalidate_range_start: empty range [{start:#x}, {end:#x})")
         self.oracle.mm_range_start(mm, start, end)
         if self.timings.enabled and self.has_notifiers(mm):  # a span that calls no one is not timed
             self.timings.range_started(mm, start, end, self.runtime.now())
         self._bump_invalidate_seq(mm)
-        await self._itree_invalidate(mm, start, end, event, flags)
+        ret = await self._itree_invalidate(mm, start, end, event, flags)
+        if ret:
+            return ret
         await self._walk(
             mm, "invalidate_range_start", start, end,
             after=lambda mn: self.oracle.range_started(mn, mm, start, end),
         )
+        return 0
 
     async def invalidate_range_end(self, mm: Mm, start: int, end: int) -> None:
         """mmu_notifier_invalidate_range_end(). Exported, like the start."""
@@ -500,19 +503,19 @@ class NotifierCore:
     # -- the interval notifiers' hooks (nodes/interval.py): v5.10's __mmu_notifier_invalidate_range_
     #    start/end and __mmu_notifier_release call the tree first, then walk the hlist ----------
 
-    async def _itree_invalidate(self, mm: Mm, start: int, end: int, event: MmuNotifierEvent, flags: int) -> None:
-        """mn_itree_invalidate() if the mm has interval notifiers (subscriptions->has_itree).
-        On EAGAIN the tree's range is already ended; the start is undone for the oracle and the
-        timings too, since its caller will not call the end."""
+    async def _itree_invalidate(self, mm: Mm, start: int, end: int, event: MmuNotifierEvent, flags: int) -> int:
+        """mn_itree_invalidate() if the mm has interval notifiers (subscriptions->has_itree): 0,
+        or -EAGAIN, which the start returns at once (the hlist is not walked). The tree's range
+        is then already ended; the start is undone for the oracle and the timings too, since
+        its caller will not call the end."""
         itree = mm.notifier_mm.itree if mm.notifier_mm is not None else None
         if itree is None:
-            return
-        try:
-            await itree.invalidate(MmuNotifierRange(mm, start, end, event, flags))
-        except TryAgain:
+            return 0
+        ret = await itree.invalidate(MmuNotifierRange(mm, start, end, event, flags))
+        if ret:
             self.oracle.mm_range_abandoned(mm, start, end)
             self.timings.range_abandoned(mm, start, end)
-            raise
+        return ret
 
     def _itree_inv_end(self, mm: Mm, start: int, end: int) -> None:
         """mn_itree_inv_end() if the mm has interval notifiers."""

@@ -29,7 +29,7 @@ two proxies carry that across the interconnect:
   ``mmu_interval_read_begin``. The secondary's read_begin is a request to A (it may wait there
   for an invalidation to end, within the request's deadline); its read_retry and set_seq are
   local, on its own notifier. A range that may not block is refused at once (False: a callout
-  sleeps), so a non-blocking start fails with EAGAIN.
+  sleeps), so a non-blocking start answers -EAGAIN.
 - Fencing: when a callout to B gets no answer (``Unreachable``: B died, or its link did), A
   fences B: every notifier B registered is treated as released (no more callouts), every page
   B pinned is unpinned, the oracle forgets B's translations, and the fault is recorded in

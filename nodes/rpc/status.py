@@ -24,7 +24,6 @@ _TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.OutOfMemory, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Interrupted, grpc.StatusCode.ABORTED),
     (errors.Busy, grpc.StatusCode.ABORTED),
-    (errors.TryAgain, grpc.StatusCode.ABORTED),  # EAGAIN of a non-blocking invalidate_range_start
     (errors.Unreachable, grpc.StatusCode.UNAVAILABLE),  # a partition further on did not answer
     (errors.ModelError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.KernelBug, grpc.StatusCode.INTERNAL),  # a finding about the modelled kernel

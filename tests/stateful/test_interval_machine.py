@@ -114,7 +114,8 @@ class IntervalMachine(RuleBasedStateMachine):
         if hit:
             self.odd = True
         before = {d: len(d.calls) for d in self.live + list(self.removing)}
-        self.run(self.p.core.invalidate_range_start(self.mm, start, end, flags=1 if blockable else NONBLOCK))
+        ret = self.run(self.p.core.invalidate_range_start(self.mm, start, end, flags=1 if blockable else NONBLOCK))
+        assert ret == 0  # no driver lock is held between steps: even a non-blockable start succeeds
         self.active.append((start, end))
         seq = self.itree().invalidate_seq
         called = {d for d, n in before.items() if len(d.calls) > n}
