@@ -13,7 +13,7 @@ What a run measures (microseconds; one event each, and an HDR histogram per metr
   notifiers (exit_mmap's unmapping after ->release calls no one and is not counted).
 - ``callout_rtt``: every sleepable callout as the owner's core saw it: for a secondary on
   another partition, the round trip.
-- ``device_fault``, ``device_invalidate`` (ODP secondaries only, on the secondary's partition):
+- ``device_fault``, ``device_invalidate`` (ODP and HMM secondaries only, on the secondary's partition):
   each device page fault from pagefault_mr's entry to its unlock (retries included), and each
   blockable invalidate from mlx5_ib_invalidate_range's entry to its return (its wait for
   umem_mutex and its zapping UMRs), as the driver saw them. An interval notifier's callouts and

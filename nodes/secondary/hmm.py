@@ -44,7 +44,7 @@ against the stamp its pte was made for (invariant 6).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -177,7 +177,6 @@ class HmmStats:
     migrated_to_ram: int = 0  # device pages the owner's CPU faulted back (migrate_to_ram)
     device_reads: int = 0  # accesses served from device memory
     nonblock_refused: int = 0  # non-blockable ranges answered False
-    invalidate_us: list[float] = field(default_factory=list)  # each invalidate's duration on the device
 
 
 class HmmMirror(MmuIntervalNotifierOps):
@@ -205,6 +204,12 @@ class HmmMirror(MmuIntervalNotifierOps):
         self.closing = False  # teardown began: no pte is installed any more (under mutex)
         self.inserted = False
         self.stats = HmmStats()
+        # the driver's own timings, (end time, us): each device fault (dmirror_range_fault(), read_begin
+        # to the ptes programmed, retries included) and each invalidate callback that set the
+        # sequence (the mutex wait, the zap and the device TLB completion): the harness's
+        # device_fault and device_invalidate metrics, as ODP's
+        self.fault_times: list[tuple[float, float]] = []
+        self.invalidate_times: list[tuple[float, float]] = []
         # the GPU's device-private memory (dmirror->mdevice): its own unless shared with other mirrors
         self.devmem = devmem if devmem is not None else DeviceMemory(name, DEFAULT_DEVICE_PAGES, oracle)
 
@@ -243,7 +248,7 @@ class HmmMirror(MmuIntervalNotifierOps):
                 await self._tlb_invalidate(first, last)
         finally:
             self.mutex.unlock()
-        self.stats.invalidate_us.append(self.runtime.now() - t0)
+        self.invalidate_times.append((self.runtime.now(), self.runtime.now() - t0))
         return True
 
     @property
@@ -284,7 +289,8 @@ class HmmMirror(MmuIntervalNotifierOps):
 
     async def _range_fault(self, start: int, npages: int, *, write: bool) -> None:
         """dmirror_range_fault(): the read_begin / hmm_range_fault / read_retry loop."""
-        timeout = self.runtime.now() + self.fault_timeout_us
+        t0 = self.runtime.now()
+        timeout = t0 + self.fault_timeout_us
         while True:
             if self.runtime.now() > timeout:
                 raise Busy(f"HMM device {self.name}: fault of [{start:#x}, +{npages} pages) still racing "
@@ -303,7 +309,8 @@ class HmmMirror(MmuIntervalNotifierOps):
                     self.stats.read_retries += 1
                     continue
                 self._do_fault(pfns, write)
-                return
+            self.fault_times.append((self.runtime.now(), self.runtime.now() - t0))
+            return
 
     def _device_pages_stay(self, pfns: list) -> bool:
         """Whether every device page the walk reported is still this device's and not on its way
