@@ -33,6 +33,18 @@ device lives on its own partition; every call into the owner's mm is a request t
   The retry under the mutex is what makes the install safe: an invalidation that began after
   the read_begin either set the sequence before the mutex was taken here (retry) or takes the
   mutex after the install and zaps it.
+- Device-private memory (``DeviceMemory``: dmirror_device's pages; the migration itself is the
+  owner's, ``nodes.migrate_device``): ``migrate_to_device`` (dmirror_migrate()) moves pages
+  into it, the owner's ptes becoming device-private entries and its frames freed; the device
+  then reads them from its own memory. A pte of a device page is mapped only while no
+  invalidation began since the migration's read_begin, and a fault that hmm_range_fault
+  answered with one of its own pages checks the page is not on its way back (see
+  ``_device_pages_stay``). The device serves the owner's calls back, its dev_pagemap_ops:
+  ``migrate_to_ram`` (dmirror_devmem_fault(): erase the pte, hand back the contents) when a CPU
+  of the owner, or another device, faults on such a page, and ``page_free``
+  (dmirror_devmem_free()) when no owner pte refers to a page any more. Device memory has its
+  own checks, on the device partition's oracle: a read of a free page or of other contents
+  (invariant 6), a page freed while the device maps it (invariant 1).
 - Teardown (dmirror_fops_release()): the ptes dropped and the notifier removed
   (``mmu_interval_notifier_remove``); an interval notifier has no put. At exit the owner's
   ``mn_itree_release`` invalidates everything (event RELEASE) and later faults find no mm.
@@ -50,11 +62,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nodes.errors import Busy, InternalError, InvalidArgument, Released
-from nodes.memory import FREE_OWNER
 from nodes.hmm import HMM_RANGE_DEFAULT_TIMEOUT_US, HMM_RANGE_MAX_PAGES
 from nodes.interval import (ULONG_MAX, MmuIntervalNotifier, MmuIntervalNotifierOps, mmu_interval_read_retry,
                             mmu_interval_set_seq)
 from nodes.locks import Mutex
+from nodes.memory import FREE_OWNER
 from nodes.mm import PAGE_SHIFT, PAGE_SIZE, check_user_address
 from nodes.notifier import MmuNotifierEvent, MmuNotifierRange, TeardownTiming
 from nodes.secondary.base import InflightAccesses, keys_in_span, vpn_span
