@@ -77,6 +77,13 @@ def _pages(refs: list[PageRef]) -> Message:
     )
 
 
+def _hmm_pages(refs: list[PageRef]) -> Message:
+    return pb.HmmRangeFaultResponse(
+        pages=[pb.PageRef(address=r.address, pfn=r.pfn, stamp=_stamp(r.stamp), writable=r.writable,
+                          invalidate_seq=r.invalidate_seq) for r in refs]
+    )
+
+
 def _unpages(m: Any) -> list[PageRef]:
     return [PageRef(p.address, p.pfn, _unstamp(p.stamp), p.writable, p.invalidate_seq) for p in m.pages]
 
@@ -232,6 +239,14 @@ OWNER.update({
             lambda host, nid: build(pb.IntervalReadBeginRequest, host=host, notifier_id=nid),
             lambda r: (r.host, r.notifier_id),
             lambda seq: pb.IntervalReadBeginResponse(seq=seq), lambda m: m.seq,
+        ),
+        Method(
+            "HmmRangeFault", "hmm_range_fault", pb.HmmRangeFaultRequest, pb.HmmRangeFaultResponse,
+            lambda host, nid, mm_id, address, npages, write, seq: build(
+                pb.HmmRangeFaultRequest, host=host, notifier_id=nid, mm_id=mm_id, address=address, npages=npages,
+                write=write, notifier_seq=seq),
+            lambda r: (r.host, r.notifier_id, r.mm_id, r.address, r.npages, r.write, r.notifier_seq),
+            _hmm_pages, _unpages,
         ),
     )
 })

@@ -10,6 +10,9 @@ another partition behind RPC:
 - ``XpmemDriver`` (hpc/xpmem kernel/xpmem_*.c): segments, permits and attachments of one
   source mm; its embedded ``notifier`` implements invalidate_range_end, invalidate_page and
   release, and safety comes from pinning.
+- ``OdpMr`` (drivers/infiniband/core/umem_odp.c, hw/mlx5/odp.c, v5.10/v6.6): an RDMA ODP memory
+  region of a NIC; not an mmu notifier but an interval notifier's driver (``nodes.interval``),
+  so the modern modes only; no pin, safety from the sequence and the zap's completion.
 - ``KvmMmu`` (virt/kvm/kvm_main.c): shadow ptes with mmu_notifier_count/seq; all seven ops,
   the three atomic ones as plain synchronous functions.
 - ``HmmMirror`` (lib/test_hmm.c's dmirror; nouveau_svm.c, amdgpu_hmm.c): a device page table
@@ -26,6 +29,7 @@ from nodes.secondary.base import SecondaryMmu
 from nodes.secondary.gru import GRUMAXINVAL, GruMmu, GruStats, GruTimeout
 from nodes.secondary.hmm import DeviceMemory, HmmMirror, HmmStats
 from nodes.secondary.kvm import KvmMmu, KvmStats, Spte
+from nodes.secondary.odp import OdpMr, OdpStats
 from nodes.secondary.xpmem import (
     XPMEM_RDONLY,
     XPMEM_RDWR,
@@ -46,6 +50,8 @@ __all__ = [
     "HmmStats",
     "KvmMmu",
     "KvmStats",
+    "OdpMr",
+    "OdpStats",
     "SecondaryMmu",
     "Spte",
     "XPMEM_RDONLY",

@@ -118,7 +118,8 @@ class IbUmemOdp:
     invariant: ``npages == len(dma_list)``. ``notifier`` is the interval notifier over
     [start, end), inserted by ``get`` and removed by ``release``."""
 
-    def __init__(self, owner: "OwnerPort", mm_id: int, start: int, length: int, name: str, writable: bool = True):
+    def __init__(self, owner: "OwnerPort", mm_id: int, start: int, length: int, name: str, stats: OdpStats,
+                 writable: bool = True):
         if not isinstance(start, int) or not isinstance(length, int) or start < 0 or length <= 0:
             raise InvalidArgument(f"ODP umem {name}: start {start!r} and length {length!r} must be integers, "
                                   f"start >= 0 and length > 0")
@@ -131,6 +132,7 @@ class IbUmemOdp:
         self.umem_mutex = Mutex(f"{name}.umem_mutex")
         self.dma_list: dict[int, OdpPage] = {}
         self.npages = 0
+        self.stats = stats  # the MR's counters (its retries are counted here)
 
     def index(self, address: int) -> int:
         return (address - self.start) >> PAGE_SHIFT
@@ -190,8 +192,6 @@ class IbUmemOdp:
             self.unmap_dma_pages(0, self.index(self.end - 1))
         await self.owner.interval_notifier_remove(self.notifier)
 
-    stats: OdpStats  # the MR's, set by OdpMr
-
 
 class OdpMr(MmuIntervalNotifierOps):
     """struct mlx5_ib_mr of an explicit ODP registration (ibv_reg_mr with IBV_ACCESS_ON_DEMAND)
@@ -211,9 +211,8 @@ class OdpMr(MmuIntervalNotifierOps):
         self.mm_id = mm_id
         self.name = name
         self.umr_us = float(umr_us)
-        self.umem = IbUmemOdp(owner, mm_id, start, length, name, writable)
         self.stats = OdpStats()
-        self.umem.stats = self.stats
+        self.umem = IbUmemOdp(owner, mm_id, start, length, name, self.stats, writable)
         self.mtt: dict[int, OdpPage] = {}
         self.live = False  # registered and not deregistered: a fault on a dead mkey fails
         self.inflight = InflightAccesses(name)  # DMA issued through the MTT and not complete, by index
@@ -389,4 +388,3 @@ class OdpMr(MmuIntervalNotifierOps):
         return self.mtt.get(self.umem.index(address))
 
 
-ODP_COUNTERS = ("faults", "read_retries", "busy_retries", "invalidations", "refused_invalidations", "umrs", "fenced")

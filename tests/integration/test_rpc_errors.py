@@ -52,7 +52,8 @@ SOURCE = XpmemCred(tgid=50, uid=1000, gid=1000)  # the XPMEM source process (mm 
 ALICE = XpmemCred(tgid=60, uid=1000, gid=1000)  # an attacher in the owner's uid
 BOB = XpmemCred(tgid=70, uid=2000, gid=2000)  # an attacher in neither its uid nor gid
 SEG_MODE = 0o640
-INTERVAL_RPCS = {"IntervalNotifierInsert", "IntervalNotifierRemove", "IntervalReadBegin", "IntervalInvalidate"}
+INTERVAL_RPCS = {"IntervalNotifierInsert", "IntervalNotifierRemove", "IntervalReadBegin", "IntervalInvalidate",
+                 "HmmRangeFault"}
 
 
 def cred(c: XpmemCred) -> Any:
@@ -533,6 +534,7 @@ SAMPLE_ARGS: dict[tuple[str, str], tuple[Any, ...]] = {
         "interval_insert": ("p1", "n#1", "n", 1, BASE, P),
         "interval_remove": ("p1", "n#1"),
         "interval_read_begin": ("p1", "n#1"),
+        "hmm_range_fault": ("p1", "n#1", 1, BASE, 1, False, 1),
         "xpmem_release": (7, ALICE),
         "xpmem_remove": (1 << 32 | 1, SOURCE),
     }.items()},

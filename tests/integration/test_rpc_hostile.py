@@ -830,9 +830,11 @@ def interval_notifier_insert(draw: Any, w: World) -> Case:
 def interval_notifier_by_id(draw: Any, w: World) -> Case:
     e = Expect()
     e.bad(NOT_FOUND)
-    rpc = draw(one("IntervalNotifierRemove", "IntervalReadBegin"))  # the same fields, the same answer
+    rpc = draw(one("IntervalNotifierRemove", "IntervalReadBegin", "HmmRangeFault"))  # (host, notifier_id) first
     nid = draw(w.cached("nids", lambda: st.sampled_from(sorted(w.nid.values())) | TEXT))
-    req = getattr(pb, f"{rpc}Request")(host=draw(one(*INTERVAL_HOSTS)), notifier_id=nid)
+    more = {} if rpc != "HmmRangeFault" else dict(mm_id=draw(ANY_INT), address=draw(ANY_INT), npages=draw(ANY_INT),
+                                                  write=draw(st.booleans()), notifier_seq=draw(ANY_INT))
+    req = getattr(pb, f"{rpc}Request")(host=draw(one(*INTERVAL_HOSTS)), notifier_id=nid, **more)
     return draw(addressed("OwnerService", "p0", rpc, req, e))
 
 

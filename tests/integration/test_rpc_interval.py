@@ -18,6 +18,7 @@ from nodes.mm import PAGE_SIZE
 from nodes.notifier import MMU_NOTIFIER_RANGE_BLOCKABLE, MmuNotifierEvent
 from nodes.rpc.pb import interconnect_pb2 as pb
 from nodes.rpc.server import DST_KEY
+from nodes.secondary.odp import OdpMr
 from rawstub import raw_stubs
 
 P = PAGE_SIZE
@@ -56,6 +57,28 @@ def test_a_device_on_p1_faults_and_is_invalidated_by_p0_over_grpc(live):
     live(body, "p0", "p1", semantics="v5.10")
 
 
+def test_an_odp_mr_on_p1_faults_through_hmm_range_fault_and_is_invalidated_over_grpc(live):
+    """An RDMA ODP MR (nodes/secondary/odp.py) on p1 over an mm of p0: its device page faults
+    are IntervalReadBegin and HmmRangeFault requests, p0's munmap an IntervalInvalidate that
+    zaps its MTT before the pages are freed, its dereg an IntervalNotifierRemove."""
+    async def body(p0: Any, p1: Any) -> None:
+        mm = await _mapped(p0)
+        mr = OdpMr(p1.runtime, p1.owner_port("p0"), mm.id, "odp@p1", start=BASE, length=4 * P)
+        await mr.register()
+        stamps = [await mr.access(BASE + k * P) for k in range(4)]
+        assert [s[:2] for s in stamps] == [(mm.id, (BASE >> 12) + k) for k in range(4)]
+        await p1.flush_reports()
+        assert int(p0.partition.oracle.smap.sum()) == 4 and int(p0.partition.frames.pincount.sum()) == 0
+        await vmops.munmap(p0.partition, mm, BASE, 2 * P)
+        assert sorted(mr.mtt) == [2, 3]
+        await mr.unregister()
+        await p1.flush_reports()
+        assert mm.notifier_mm.itree.tree == [] and int(p0.partition.oracle.smap.sum()) == 0
+        assert p0.partition.check_invariants() == []
+
+    live(body, "p0", "p1", semantics="v5.10")
+
+
 def test_each_interval_rpc_answers_a_valid_raw_request(live):
     """Raw stubs, as test_rpc_errors.py's test_every_rpc_answers_a_valid_request sends the rest."""
     async def body(p0: Any, p1: Any) -> None:
@@ -75,6 +98,11 @@ def test_each_interval_rpc_answers_a_valid_raw_request(live):
             assert seq == 1 and [m.name for m in mm.notifier_mm.itree.tree] == ["p1:raw"]
             assert (await o.IntervalReadBegin(pb.IntervalReadBeginRequest(host="p1", notifier_id=nid),
                                               timeout=5.0, metadata=md("p0"))).seq == 1
+            pages = (await o.HmmRangeFault(pb.HmmRangeFaultRequest(
+                host="p1", notifier_id=nid, mm_id=mm.id, address=BASE + P, npages=1, write=False, notifier_seq=1),
+                timeout=5.0, metadata=md("p0"))).pages
+            assert [(pg.address, pg.pfn, pg.invalidate_seq) for pg in pages] == [(BASE + P, mm.pte(BASE + P)[0], 1)]
+            assert int(p0.partition.frames.pincount.sum()) == 0  # hmm_range_fault pins nothing
             reply = await s.IntervalInvalidate(pb.IntervalInvalidateRequest(
                 target=pb.CalloutTarget(notifier_id=nid, mm_id=mm.id, mm_name=mm.name), start=BASE, end=BASE + P,
                 event=int(MmuNotifierEvent.MIGRATE), flags=MMU_NOTIFIER_RANGE_BLOCKABLE, cur_seq=7),

@@ -68,7 +68,7 @@ def test_scenarios_lists_every_built_in_on_one_line_each(capsys):
     assert main(["scenarios"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == [name for name, _ in builtin_scenarios()]
-    assert len(lines) == len(builtin_scenarios()) == 8
+    assert len(lines) == len(builtin_scenarios()) == 9
 
 
 @pytest.mark.parametrize("argv, expected", [

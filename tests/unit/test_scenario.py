@@ -20,6 +20,7 @@ BUILTINS = [
     "global-vs-per-mm-srcu",
     "hang-vs-activity",
     "heavy-tail",
+    "odp-fault-rate",
     "quickstart",
     "sequential-vs-parallel-fanout",
     "stuck-secondary",
@@ -27,7 +28,7 @@ BUILTINS = [
 ]
 # the field reports: scenarios sized as the incident they reproduce, on the sim only when they
 # inject what the ray backend cannot (a stall)
-FIELD_REPORTS = ["stuck-secondary"]
+FIELD_REPORTS = ["odp-fault-rate", "stuck-secondary"]
 
 DEFAULTS: dict[str, Any] = {
     "description": "",
@@ -138,6 +139,8 @@ def test_builtin_sweeps_vary_the_knobs_the_issue_names() -> None:
     assert heavy.get("callout.latency") == {"dist": "pareto", "scale": 20, "alpha": 1.5}
     assert [p.get("callout.latency") for _, p in heavy.sweep_points()] == [
         {"dist": "pareto", "scale": 20, "alpha": a} for a in (3.0, 2.0, 1.5, 1.2)]
+    odp = load_scenario("odp-fault-rate")  # the device's fault rate follows the operations' rate
+    assert sweeps["odp-fault-rate"]["key"] == "activity.rate" and odp.get("secondary.kind") == "odp"
 
 
 def test_quickstart_is_small_but_measures_enough_for_its_p90() -> None:

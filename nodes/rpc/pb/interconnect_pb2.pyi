@@ -358,6 +358,30 @@ class IntervalReadBeginResponse(_message.Message):
     seq: int
     def __init__(self, seq: _Optional[int] = ...) -> None: ...
 
+class HmmRangeFaultRequest(_message.Message):
+    __slots__ = ("host", "notifier_id", "mm_id", "address", "npages", "write", "notifier_seq")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    NOTIFIER_ID_FIELD_NUMBER: _ClassVar[int]
+    MM_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    NPAGES_FIELD_NUMBER: _ClassVar[int]
+    WRITE_FIELD_NUMBER: _ClassVar[int]
+    NOTIFIER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    notifier_id: str
+    mm_id: int
+    address: int
+    npages: int
+    write: bool
+    notifier_seq: int
+    def __init__(self, host: _Optional[str] = ..., notifier_id: _Optional[str] = ..., mm_id: _Optional[int] = ..., address: _Optional[int] = ..., npages: _Optional[int] = ..., write: _Optional[bool] = ..., notifier_seq: _Optional[int] = ...) -> None: ...
+
+class HmmRangeFaultResponse(_message.Message):
+    __slots__ = ("pages",)
+    PAGES_FIELD_NUMBER: _ClassVar[int]
+    pages: _containers.RepeatedCompositeFieldContainer[PageRef]
+    def __init__(self, pages: _Optional[_Iterable[_Union[PageRef, _Mapping]]] = ...) -> None: ...
+
 class CalloutTarget(_message.Message):
     __slots__ = ("notifier_id", "mm_id", "mm_name", "invalidate_seq")
     NOTIFIER_ID_FIELD_NUMBER: _ClassVar[int]

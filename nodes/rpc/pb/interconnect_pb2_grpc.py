@@ -124,6 +124,11 @@ class OwnerServiceStub:
                 request_serializer=mmusim_dot_v2_dot_interconnect__pb2.IntervalReadBeginRequest.SerializeToString,
                 response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.IntervalReadBeginResponse.FromString,
                 _registered_method=True)
+        self.HmmRangeFault = channel.unary_unary(
+                '/mmusim.v2.OwnerService/HmmRangeFault',
+                request_serializer=mmusim_dot_v2_dot_interconnect__pb2.HmmRangeFaultRequest.SerializeToString,
+                response_deserializer=mmusim_dot_v2_dot_interconnect__pb2.HmmRangeFaultResponse.FromString,
+                _registered_method=True)
 
 
 class OwnerServiceServicer:
@@ -238,6 +243,12 @@ class OwnerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HmmRangeFault(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OwnerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -330,6 +341,11 @@ def add_OwnerServiceServicer_to_server(servicer, server):
                     servicer.IntervalReadBegin,
                     request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.IntervalReadBeginRequest.FromString,
                     response_serializer=mmusim_dot_v2_dot_interconnect__pb2.IntervalReadBeginResponse.SerializeToString,
+            ),
+            'HmmRangeFault': grpc.unary_unary_rpc_method_handler(
+                    servicer.HmmRangeFault,
+                    request_deserializer=mmusim_dot_v2_dot_interconnect__pb2.HmmRangeFaultRequest.FromString,
+                    response_serializer=mmusim_dot_v2_dot_interconnect__pb2.HmmRangeFaultResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -818,6 +834,33 @@ class OwnerService:
             '/mmusim.v2.OwnerService/IntervalReadBegin',
             mmusim_dot_v2_dot_interconnect__pb2.IntervalReadBeginRequest.SerializeToString,
             mmusim_dot_v2_dot_interconnect__pb2.IntervalReadBeginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HmmRangeFault(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mmusim.v2.OwnerService/HmmRangeFault',
+            mmusim_dot_v2_dot_interconnect__pb2.HmmRangeFaultRequest.SerializeToString,
+            mmusim_dot_v2_dot_interconnect__pb2.HmmRangeFaultResponse.FromString,
             options,
             channel_credentials,
             insecure,
