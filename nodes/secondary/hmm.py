@@ -73,7 +73,7 @@ from nodes.secondary.base import InflightAccesses, keys_in_span, vpn_span
 
 if TYPE_CHECKING:
     from nodes.oracle import Oracle
-    from nodes.owner import OwnerPort
+    from nodes.owner import OwnerPort, PageRef
     from nodes.runtime import Runtime
 
 DEFAULT_DEVICE_PAGES = 1024  # device-private pages (dmirror's first chunk is 256 MB; small here)
@@ -320,18 +320,18 @@ class HmmMirror(MmuIntervalNotifierOps):
                 if mmu_interval_read_retry(self.mni, seq) or not self._device_pages_stay(pfns):
                     self.stats.read_retries += 1
                     continue
-                self._do_fault(pfns, write)
+                self._do_fault(pfns)
             self.fault_times.append((self.runtime.now(), self.runtime.now() - t0))
             return
 
-    def _device_pages_stay(self, pfns: list) -> bool:
+    def _device_pages_stay(self, pfns: list["PageRef"]) -> bool:
         """Whether every device page the walk reported is still this device's and not on its way
         back to system memory (a CPU fault's migrate_to_ram took it since: its MIGRATE range was
         this device's own, skipped without setting the sequence, so read_retry cannot tell).
         Caller holds the mutex."""
         return all(ref.device < 0 or self.devmem.stays(ref.device) for ref in pfns)
 
-    def _do_fault(self, pfns: list, write: bool) -> None:
+    def _do_fault(self, pfns: list["PageRef"]) -> None:
         """dmirror_do_fault(): store each page in the device page table (writable if the answer
         says HMM_PFN_WRITE). Caller holds the mutex, after read_retry said no."""
         for ref in pfns:
