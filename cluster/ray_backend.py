@@ -215,6 +215,7 @@ class PartitionHost:
             self.name, identity=identity, nframes=c.nframes, cpus=c.cpus, srcu_scope=c.srcu_scope, jiffy_us=c.jiffy_us,
             fanout=c.fanout, expedited=c.srcu_expedited, deadline_us=c.deadline_us, latency_us=latency,
             callout_latency_us=c.callout_latency_us, gru_dropin=c.gru_dropin, transport=c.transport,
+            semantics=c.semantics,  # the notifier core (it was not passed on: every ray run was v3.10)
         )
         if bind_host is None:
             import ray

@@ -57,7 +57,7 @@ memory management's), and UMR chunking (one UMR per ``update_xlt`` call).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from nodes.errors import BadAddress, Busy, InvalidArgument, Released
 from nodes.interval import (MmuIntervalNotifier, MmuIntervalNotifierOps, mmu_interval_read_retry,
@@ -145,7 +145,8 @@ class IbUmemOdp:
         owning_mm, start, end - start, ops), through the owner port (the tree is the owner's)."""
         await self.owner.interval_notifier_insert(self.notifier, self.mm_id, self.start, self.end - self.start, ops)
 
-    async def map_dma_and_lock(self, user_virt: int, npages: int, write: bool, now: Any) -> tuple[int, list[Any]]:
+    async def map_dma_and_lock(self, user_virt: int, npages: int, write: bool,
+                               now: Callable[[], float]) -> tuple[int, list[Any]]:
         """ib_umem_odp_map_dma_and_lock() with ``fault`` set: read_begin, hmm_range_fault on the
         owner (-EBUSY retried until HMM_RANGE_DEFAULT_TIMEOUT), then ``umem_mutex`` and
         read_retry: retry the whole fault if an invalidation began meanwhile, else map each
