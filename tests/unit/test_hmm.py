@@ -24,7 +24,7 @@ from nodes.partition import Partition
 from nodes.secondary import hmm as hmm_mod
 from nodes.secondary.hmm import DeviceMemory, HmmMirror
 from workloads import races
-from workloads.harness import run_scenario
+from workloads.harness import StudySpec, floor_calls, run_scenario
 from workloads.scenario import ScenarioError, load_scenario
 
 P = PAGE_SIZE
@@ -597,3 +597,11 @@ def test_the_race_finder_drives_hmm_devices_clean_and_finds_a_planted_missing_re
     monkeypatch.setattr(hmm_mod, "mmu_interval_read_retry", lambda mni, seq: False)
     found = races.search("v5.10", "random", 10, race)
     assert found is not None and found.kind == "violation" and "--secondary hmm" in found.replay_command()
+
+
+def test_the_floor_of_an_hmm_teardown_is_its_remove_alone():
+    """floor_calls(): an HMM mirror's unregister drops its pt on its own partition
+    (unregister_release: no round trip) and removes its notifier on the owner (one)."""
+    s = load_scenario("quickstart").with_overrides(["secondary.kind=hmm", "semantics=v6.6"])
+    calls = floor_calls(StudySpec.from_scenario(s), "sequential")
+    assert (calls["unregister_release"], calls["unregister_hang"]) == (0, 1)
