@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from nodes.secondary.gru import GruMmu
+from nodes.secondary.hmm import HmmMirror
 from nodes.secondary.kvm import KvmMmu
 from nodes.secondary.odp import OdpMr
 from nodes.secondary.xpmem import XpmemCred, XpmemDriver
@@ -53,6 +54,10 @@ class PartitionContext(Protocol):
         ``config["start"]``, ``config["length"]`` of mm ``mm_id`` of ``owner`` (its interval
         notifier inserted there); kept in ``objects``."""
 
+    async def hmm(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> "HmmMirror":
+        """An HMM device mirror (a GPU) on this partition of mm ``mm_id`` of ``owner``, its
+        interval notifier inserted there (the modern modes only); kept in ``objects``."""
+
     async def flush_reports(self) -> None:
         """Wait until the oracle reports of secondaries here have reached their owners."""
 
@@ -61,7 +66,7 @@ PartitionFn = Callable[..., Awaitable[Any]]  # fn(ctx, *args)
 
 
 class SecondaryFactory:
-    """The ``gru``/``kvm``/``odp``/``xpmem`` of a ``PartitionContext``, for any class that has ``name``,
+    """The ``gru``/``kvm``/``odp``/``hmm``/``xpmem`` of a ``PartitionContext``, for any class that has ``name``,
     ``runtime``, ``objects`` and ``owner_port(owner)`` (the sim backend's context and the live
     partition): each secondary is made with this partition's port to ``owner``, registered, and
     kept in ``objects`` under its name (by default ``KIND@HOST:OWNER/mmID``)."""
@@ -110,6 +115,16 @@ class SecondaryFactory:
         await drv.register()
         self.objects[drv.name] = drv
         return drv
+
+    async def hmm(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> "HmmMirror":
+        """An HMM device mirror here of mm ``mm_id`` of ``owner``, its notifier inserted there."""
+        part = getattr(self, "partition", None)  # the device memory's oracle: this partition's
+        config.setdefault("oracle", part.oracle if part is not None else None)
+        dev = HmmMirror(self.runtime, self.owner_port(owner), mm_id, name or self._default_name("hmm", owner, mm_id),
+                        **config)
+        await dev.register()
+        self.objects[dev.name] = dev
+        return dev
 
 
 class Cluster(Protocol):

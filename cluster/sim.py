@@ -34,6 +34,7 @@ from nodes.partition import Partition
 from nodes.remote import OWNER_SERVICE, SECONDARY_SERVICE, Fault, OwnerService, RemoteOwner, SecondaryService
 from nodes.runtime import Runtime
 from nodes.secondary.gru import GruMmu
+from nodes.secondary.hmm import HmmMirror
 from nodes.secondary.kvm import KvmMmu
 from nodes.secondary.odp import OdpMr
 from nodes.secondary.xpmem import XpmemDriver
@@ -199,6 +200,10 @@ class SimCluster:
     async def xpmem(self, host: str, owner: str, mm: Mm, name: str | None = None, **config: Any) -> XpmemDriver:
         """An XPMEM driver on ``host`` for source ``mm`` of ``owner``, its notifier registered."""
         return await self.context(host).xpmem(owner, mm.id, name, **config)
+
+    async def hmm(self, host: str, owner: str, mm: Mm, name: str | None = None, **config: Any) -> HmmMirror:
+        """An HMM device mirror on ``host`` of ``mm`` of ``owner``, its interval notifier inserted."""
+        return await self.context(host).hmm(owner, mm.id, name, **config)
 
     @property
     def names(self) -> list[str]:

@@ -41,6 +41,9 @@ PTE_YOUNG = 4
 PTE_DIRTY = 8
 PTE_SWAP = 16  # not present: the contents were written to swap by reclaim
 PTE_MIGRATION = 32  # not present: a migration entry; faults wait for the migration
+# not present: a device-private entry (the page is in a device's memory; nodes/migrate_device.py);
+# the pte's pfn names the device page, and a fault migrates it back (migrate_to_ram)
+PTE_DEVICE_PRIVATE = 64
 
 PROT_READ = 1
 PROT_WRITE = 2

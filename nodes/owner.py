@@ -26,6 +26,7 @@ from nodes.mm import Mm, check_user_address
 from nodes.notifier import MmuNotifier, TeardownTiming
 
 if TYPE_CHECKING:
+    from nodes.migrate_device import DevPagemapOps, MigrateSrc
     from nodes.partition import Partition
     from nodes.runtime import TaskSignals
     from nodes.secondary.xpmem import XpmemCred, XpmemGrant
@@ -54,6 +55,10 @@ class PageRef:
     # owner's side): a secondary installing this page compares it with the sequence of the
     # callouts that reach it meanwhile (nodes.secondary.base.InvalidateSeq)
     invalidate_seq: int = 0
+    # hmm_range_fault() with a dev_private_owner: the page is in that device's own memory, and
+    # this is its page number there (``pfn`` -1; ``stamp`` the owner's name for the data, (mm,
+    # vpn, 0): the contents are the device's); -1 for system memory
+    device: int = -1
 
 
 class OwnerPort(Protocol):
@@ -100,7 +105,7 @@ class OwnerPort(Protocol):
         end); the secondary then checks ``mmu_interval_read_retry(mni, seq)`` under its lock."""
 
     async def hmm_range_fault(self, mni: MmuIntervalNotifier, mm_id: int, address: int, npages: int, *,
-                              write: bool, notifier_seq: int) -> list[PageRef]:
+                              write: bool, notifier_seq: int, dev_private_owner: str | None = None) -> list[PageRef]:
         """hmm_range_fault() (mm/hmm.c, v5.10 and v6.6) with HMM_PFN_REQ_FAULT (and
         HMM_PFN_REQ_WRITE if ``write``), under the mm's mmap_sem (read), as the caller of
         ib_umem_odp_map_dma_and_lock() takes it: fault in the missing pages of [address,
@@ -108,7 +113,21 @@ class OwnerPort(Protocol):
         pin (the driver's safety is ``mmu_interval_read_retry`` under its own lock, not the
         page). ``Busy`` (-EBUSY) if an invalidation of ``mni`` began since ``notifier_seq``
         (``mmu_interval_check_retry(range->notifier, range->notifier_seq)``, which the walk
-        checks): the caller starts again from ``interval_read_begin``."""
+        checks): the caller starts again from ``interval_read_begin``. A page in the device memory
+        of ``dev_private_owner`` (an HMM device's own) is reported as its device page
+        (``PageRef.device``); another device's is migrated back by the fault (``nodes.hmm``)."""
+
+    # HMM migration to the device's private memory (``nodes.migrate_device``); ``pgmap`` is
+    # the device's dev_pagemap_ops (the owner calls it back: migrate_to_ram, page_free)
+
+    async def migrate_vma_setup(self, mni: MmuIntervalNotifier, mm_id: int, start: int, npages: int,
+                                pgmap: "DevPagemapOps") -> tuple[int, list["MigrateSrc"]]:
+        """migrate_vma_setup() (MIGRATE_VMA_SELECT_SYSTEM, pgmap_owner ``pgmap.pgmap_owner``):
+        the migration's id and the pages it collected."""
+
+    async def migrate_vma_finalize(self, mni: MmuIntervalNotifier, migration_id: int, dst: list[int]) -> list[bool]:
+        """migrate_vma_pages() and migrate_vma_finalize() with one device page (or -1) per
+        collected page: which were installed."""
 
     def translation_established(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int) -> None:
         """``mn`` now translates ``address`` to ``pfn`` (reported at the moment of install)."""
@@ -182,23 +201,32 @@ class LocalOwner:
         return await mmu_interval_read_begin(mni)
 
     async def hmm_range_fault(self, mni: MmuIntervalNotifier, mm_id: int, address: int, npages: int, *,
-                              write: bool, notifier_seq: int) -> list[PageRef]:
-        """hmm_range_fault(): the walk is vmops.get_user_pages without a pin (mmap_sem read,
-        handle_mm_fault() for each missing page, the reference it takes dropped at once: the
-        same pages and the same net refcount as hmm's walk, which takes none). hmm_range_fault
-        tests the notifier at each step of its walk; here the walk's sleeps are the faults, and
-        the test is made once they are done, which is where a change can first be seen. The
-        answer's ``invalidate_seq`` is ``notifier_seq``."""
-        from nodes import vmops
+                              write: bool, notifier_seq: int, dev_private_owner: str | None = None) -> list[PageRef]:
+        """``nodes.hmm.hmm_range_fault``, on the notifier's mm (live or exiting: the walk
+        refuses an exiting one, ``Released``)."""
+        from nodes.hmm import hmm_range_fault
 
         mm = self._mm(mm_id, f"hmm_range_fault of {mni.name}")
         if mni.mm is not None and mni.mm is not mm:
             raise InvalidArgument(f"hmm_range_fault of {mni.name}: the notifier is on {mni.mm.name}, not on {mm.name}")
-        refs = await vmops.get_user_pages(self.part, mm, address, npages, write=write, pin=False)
-        if mmu_interval_check_retry(mni, notifier_seq):
-            raise Busy(f"hmm_range_fault of {mni.name} [{address:#x}, +{npages} pages) on {mm.name}: -EBUSY, "
-                       f"an invalidation began since sequence {notifier_seq} (now {mni.invalidate_seq})")
-        return [replace(r, invalidate_seq=notifier_seq) for r in refs]
+        return await hmm_range_fault(self.part, mm, mni, notifier_seq, address, npages, write=write,
+                                     dev_private_owner=dev_private_owner)
+
+    async def migrate_vma_setup(self, mni: MmuIntervalNotifier, mm_id: int, start: int, npages: int,
+                                pgmap: "DevPagemapOps") -> tuple[int, list["MigrateSrc"]]:
+        from nodes.migrate_device import migrate_vma_setup
+
+        mm = self.part.mm(mm_id)
+        if mni.mm is not mm:
+            raise InvalidArgument(f"migrate_vma_setup of {mni.name} on {mm.name}: the notifier is inserted on "
+                                  f"{getattr(mni.mm, 'name', None)!r}")
+        mig = await migrate_vma_setup(self.part, mm, start, npages, pgmap)
+        return mig.id, list(mig.src)
+
+    async def migrate_vma_finalize(self, mni: MmuIntervalNotifier, migration_id: int, dst: list[int]) -> list[bool]:
+        from nodes.migrate_device import migrate_vma_finalize
+
+        return migrate_vma_finalize(self.part, migration_id, [int(d) for d in dst])
 
     async def dma_read(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
         mm = self._checked(mn, mm_id, address, [pfn], "dma_read")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from nodes.errors import NotFound
 from nodes.memory import FrameTable
+from nodes.migrate_device import DevPagemaps
 from nodes.mm import Mm
 from nodes.notifier import NotifierCore
 from nodes.oracle import Oracle, Violation
@@ -102,6 +103,7 @@ class Partition:
         self.mms: dict[int, Mm] = {}
         self._next_mm_id = 1
         self.xpmem = XpmemSegments(self)  # XPMEM's source side: segments made from these mms
+        self.pgmaps = DevPagemaps()  # device-private memory its ptes may point at (HMM migration)
 
     def __repr__(self) -> str:
         return f"Partition({self.name}, {len(self.mms)} mms, {self.frames.nfree}/{self.frames.nframes} frames free)"

@@ -53,6 +53,7 @@ from typing import Any, Awaitable, Callable, Protocol
 import numpy as np
 
 from nodes.errors import InvalidArgument, NotFound, PermissionDenied, Unreachable
+from nodes.migrate_device import DevPagemapOps, MigrateSrc
 from nodes.interval import (MmuIntervalNotifier, MmuIntervalNotifierOps, mmu_interval_notifier_insert,
                             mmu_interval_notifier_remove, mmu_interval_read_begin)
 from nodes.mm import Mm
@@ -223,6 +224,7 @@ class OwnerService:
         self._pin_requests: dict[str, dict[int, tuple[int, list[int]]]] = {}
         self._xpmem_attachers: dict[RemoteNotifier, RemoteXpmemAttacher] = {}
         self._unregistering: set[tuple[str, str]] = set()  # (host, notifier id) of unregisters in flight
+        self._pagemaps: dict[tuple[str, str], RemotePagemap] = {}  # device memory of other partitions
 
     # -- requests from secondaries ----------------------------------------------------------
 
@@ -324,14 +326,32 @@ class OwnerService:
         return await mmu_interval_read_begin(self._interval(host, notifier_id))
 
     async def hmm_range_fault(self, host: str, notifier_id: str, mm_id: int, address: int, npages: int, write: bool,
-                              notifier_seq: int) -> list[PageRef]:
+                              notifier_seq: int, dev_private_owner: str | None = None) -> list[PageRef]:
         """hmm_range_fault() for ``host``'s interval notifier ``notifier_id`` (an ODP MR's): the
         walk here, where the mm is, against the stand-in's mirrored sequence (a lagging mirror
         only lets a stale answer through to the secondary's read_retry, which has the last
-        word). Nothing is pinned, so nothing is kept for an abort."""
+        word). Nothing is pinned, so nothing is kept for an abort. ``dev_private_owner``: an
+        HMM device's pages in its own memory are reported as such."""
         self._check_host(host)
         return await self.local.hmm_range_fault(self._interval(host, notifier_id), mm_id, address, npages,
-                                                write=write, notifier_seq=notifier_seq)
+                                                write=write, notifier_seq=notifier_seq,
+                                                dev_private_owner=dev_private_owner)
+
+    async def migrate_vma_setup(self, host: str, notifier_id: str, mm_id: int, start: int, npages: int,
+                                pgmap_owner: str, pagemap_id: str) -> tuple[int, list[MigrateSrc]]:
+        """migrate_vma_setup() for ``host``'s device, whose memory its pagemap ``pagemap_id``
+        there serves (``RemotePagemap``)."""
+        self._check_host(host)
+        pgmap = self._pagemaps.get((host, pagemap_id))
+        if pgmap is None:
+            pgmap = self._pagemaps[(host, pagemap_id)] = RemotePagemap(self, host, pagemap_id, pgmap_owner)
+        elif pgmap.pgmap_owner != pgmap_owner:
+            raise InvalidArgument(f"pagemap {pagemap_id!r} of {host} serves {pgmap.pgmap_owner!r}, not {pgmap_owner!r}")
+        return await self.local.migrate_vma_setup(self._interval(host, notifier_id), mm_id, start, npages, pgmap)
+
+    async def migrate_vma_finalize(self, host: str, notifier_id: str, migration_id: int, dst: list[int]) -> list[bool]:
+        self._check_host(host)
+        return await self.local.migrate_vma_finalize(self._interval(host, notifier_id), migration_id, dst)
 
     async def get_user_pages(
         self, host: str, mm_id: int, address: int, npages: int, write: bool, pin: bool, request_id: int = 0
@@ -475,7 +495,9 @@ class OwnerService:
         try:
             ok, seq = await self.interconnect.call(
                 self.name, mni.host, SECONDARY_SERVICE, "interval_invalidate", mni.notifier_id, range.mm.id,
-                range.mm.name, range.start, range.end, int(range.event), range.flags, cur_seq, kind="callout",
+                range.mm.name, range.start, range.end, int(range.event), range.flags, cur_seq,
+                # a MIGRATE range's pgmap owner (the sim's wire only: mmusim.v2 has no field for it yet)
+                *(() if range.owner is None else (range.owner,)), kind="callout",
             )
         except Unreachable as e:
             self.fence(mni.host, during=f"invalidate of {mni.name}", error=str(e))
@@ -509,6 +531,33 @@ class OwnerService:
             self.part.frames.unpin(np.asarray(pfns, dtype=np.int64))
         self.faults.append(Fault(host, self.part.runtime.now(), during, error, len(pfns), names))
         self.part.runtime.trace("fence", f"{self.name} fenced {host} during {during}: {len(pfns)} unpinned")
+
+
+class RemotePagemap:
+    """The dev_pagemap_ops of a device on another partition, as the owner calls them
+    (``nodes.migrate_device.DevPagemapOps``): requests to the device's partition. A device
+    that does not answer a migrate_to_ram leaves the fault with VM_FAULT_SIGBUS (the data is in
+    its memory); a page_free it does not hear frees nothing on a partition that is gone."""
+
+    def __init__(self, service: OwnerService, host: str, pagemap_id: str, pgmap_owner: str):
+        self.service = service
+        self.host = host
+        self.pagemap_id = pagemap_id
+        self.pgmap_owner = pgmap_owner
+
+    async def migrate_to_ram(self, mm_id: int, address: int, dpfn: int) -> tuple[int, int]:
+        s = self.service
+        owner, vpn = await s.interconnect.call(s.name, self.host, SECONDARY_SERVICE, "devmem_migrate_to_ram",
+                                               self.pagemap_id, mm_id, address, dpfn, kind="fault")
+        return int(owner), int(vpn)
+
+    async def page_free(self, dpfns: list[int]) -> None:
+        s = self.service
+        try:
+            await s.interconnect.call(s.name, self.host, SECONDARY_SERVICE, "devmem_page_free", self.pagemap_id,
+                                      [int(d) for d in dpfns], kind="callout")
+        except Unreachable as e:
+            s.fence(self.host, during=f"page_free of {self.pgmap_owner}", error=str(e))
 
 
 class RemoteXpmemAttacher:
@@ -563,11 +612,40 @@ class SecondaryService:
     def __init__(self, name: str):
         self.name = name
         self.notifiers: dict[str, MmuNotifier | MmuIntervalNotifier] = {PROBE_NOTIFIER: NullNotifier()}
+        self.pagemaps: dict[str, DevPagemapOps] = {}  # device memory served to owners (HMM migration)
         self._next_id = 0
         # set when oracle reports travel asynchronously (to an owner in another process): the
         # reports a callout makes then reach their owner before the callout returns, as they
         # do in-process
         self.flush_reports: Callable[[], Awaitable[None]] | None = None
+
+    def add_pagemap(self, pgmap: DevPagemapOps) -> str:
+        """Serve the dev_pagemap_ops of a device here to the owners it migrates to; its id (the
+        same for the same pgmap: one device, one pagemap)."""
+        for pid, known in self.pagemaps.items():
+            if known is pgmap:
+                return pid
+        self._next_id += 1
+        pid = f"{pgmap.pgmap_owner}#{self._next_id}"
+        self.pagemaps[pid] = pgmap
+        return pid
+
+    def _pagemap(self, pagemap_id: str) -> DevPagemapOps:
+        pgmap = self.pagemaps.get(pagemap_id)
+        if pgmap is None:
+            raise NotFound(f"no device pagemap {pagemap_id!r} on partition {self.name}")
+        return pgmap
+
+    async def devmem_migrate_to_ram(self, pagemap_id: str, mm_id: int, address: int, dpfn: int) -> tuple[int, int]:
+        """An owner's CPU faults on a page in this device's memory (dev_pagemap_ops.migrate_to_ram)."""
+        out = await self._pagemap(pagemap_id).migrate_to_ram(mm_id, address, dpfn)
+        if self.flush_reports is not None:
+            await self.flush_reports()
+        return out
+
+    async def devmem_page_free(self, pagemap_id: str, dpfns: list[int]) -> None:
+        """dev_pagemap_ops.page_free() of pages no owner pte refers to any more."""
+        await self._pagemap(pagemap_id).page_free(list(dpfns))
 
     def add(self, mn: MmuNotifier | MmuIntervalNotifier) -> str:
         self._next_id += 1
@@ -595,9 +673,10 @@ class SecondaryService:
 
 
     async def interval_invalidate(self, notifier_id: str, mm_id: int, mm_name: str, start: int, end: int, event: int,
-                                  flags: int, cur_seq: int) -> tuple[bool, int]:
+                                  flags: int, cur_seq: int, owner: str | None = None) -> tuple[bool, int]:
         """The owner's tree calls ``ops.invalidate`` of interval notifier ``notifier_id`` here:
-        returns its verdict and the notifier's sequence after it."""
+        returns its verdict and the notifier's sequence after it. ``owner`` is a MIGRATE
+        range's pgmap owner (``MmuNotifierRange.owner``), named by a string on the wire."""
         mni = self.notifiers.get(notifier_id)
         if not isinstance(mni, MmuIntervalNotifier) or mni.ops is None:
             raise NotFound(f"no interval notifier {notifier_id!r} on partition {self.name}")
@@ -608,7 +687,9 @@ class SecondaryService:
             raise InvalidArgument(f"{what}: range [{start!r}, {end!r}) is empty or negative")
         if event not in MmuNotifierEvent.__members__.values():
             raise InvalidArgument(f"{what}: event {event!r} is not an mmu_notifier_event")
-        rng = MmuNotifierRange(MmRef(mm_id, mm_name), start, end, MmuNotifierEvent(event), flags)  # type: ignore[arg-type]
+        if owner is not None and not isinstance(owner, str):
+            raise InvalidArgument(f"{what}: pgmap owner {owner!r} is not a name (a string)")
+        rng = MmuNotifierRange(MmRef(mm_id, mm_name), start, end, MmuNotifierEvent(event), flags, owner)  # type: ignore[arg-type]
         ok = await call_maybe_async(mni.ops.invalidate, mni, rng, cur_seq)
         if self.flush_reports is not None:
             await self.flush_reports()
@@ -731,10 +812,23 @@ class RemoteOwner:
         return await self._call("interval_read_begin", self.host.name, self._id(mni), kind="fault")
 
     async def hmm_range_fault(self, mni: MmuIntervalNotifier, mm_id: int, address: int, npages: int, *,
-                              write: bool, notifier_seq: int) -> list[PageRef]:
-        """A request to the owner (no pin is taken there, so a lost answer leaves nothing to undo)."""
+                              write: bool, notifier_seq: int, dev_private_owner: str | None = None) -> list[PageRef]:
+        """A request to the owner (no pin is taken there, so a lost answer leaves nothing to undo).
+        ``dev_private_owner`` travels only when given (the sim's wire: mmusim.v2 has no field)."""
         return await self._call("hmm_range_fault", self.host.name, self._id(mni), mm_id, address, npages, write,
-                                notifier_seq, kind="fault")
+                                notifier_seq, *(() if dev_private_owner is None else (dev_private_owner,)),
+                                kind="fault")
+
+    async def migrate_vma_setup(self, mni: MmuIntervalNotifier, mm_id: int, start: int, npages: int,
+                                pgmap: DevPagemapOps) -> tuple[int, list[MigrateSrc]]:
+        """The device's pagemap is served here (``SecondaryService.add_pagemap``, once) for the
+        owner's calls back; the request names it."""
+        return await self._call("migrate_vma_setup", self.host.name, self._id(mni), mm_id, start, npages,
+                                pgmap.pgmap_owner, self.host.add_pagemap(pgmap))
+
+    async def migrate_vma_finalize(self, mni: MmuIntervalNotifier, migration_id: int, dst: list[int]) -> list[bool]:
+        return await self._call("migrate_vma_finalize", self.host.name, self._id(mni), migration_id,
+                                [int(d) for d in dst])
 
     async def dma_read(self, mn: MmuNotifier, mm_id: int, address: int, pfn: int, expected: tuple[int, int, int]) -> tuple[int, int, int]:
         return await self._call("dma_read", self.host.name, self._id(mn), mm_id, address, pfn, expected, kind="read")

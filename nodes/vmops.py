@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nodes import lockdep
+from nodes import lockdep, migrate_device
 from nodes.errors import BadAddress, Busy, InternalError, InvalidArgument, Released, Unmapped
 from nodes.mm import (
     HPAGE_PMD_NR,
@@ -59,6 +59,7 @@ from nodes.mm import (
     PAGE_SIZE,
     PROT_READ,
     PROT_WRITE,
+    PTE_DEVICE_PRIVATE,
     PTE_DIRTY,
     PTE_MIGRATION,
     PTE_PRESENT,
@@ -114,6 +115,11 @@ async def handle_mm_fault(p: "Partition", mm: Mm, address: int, *, write: bool) 
         if not write and not vma.prot & PROT_READ:
             raise BadAddress(f"read fault at {address:#x} in PROT_NONE VMA [{vma.start:#x}, {vma.end:#x}) of {mm.name}")
         i = vma.index(address)
+        if vma.flags[i] & PTE_DEVICE_PRIVATE:
+            # do_swap_page(): the page is in device memory; its pagemap migrates it back, then
+            # the fault is retried from the start
+            await migrate_device.migrate_to_ram(p, mm, address)
+            continue
         if not vma.flags[i] & PTE_MIGRATION:
             break
         # migration_entry_wait(): sleep until the migration unlocks the page (it always does,
@@ -263,17 +269,21 @@ async def unmap_region(p: "Partition", mm: Mm, start: int, end: int) -> None:
     reference (try_to_unmap_one() dropped the pte's), so nothing is put for them, and a
     migration in flight then finds no entry to remove (see ``_unmap_and_move``)."""
     await p.core.invalidate_range_start(mm, start, end, event=UNMAP)  # unmap_vmas()
-    gathered = _zap(mm, start, end)
+    gathered, device_pages = _zap(mm, start, end)
     await p.core.invalidate_range_end(mm, start, end, event=UNMAP)
     _flush_tlb(p, mm, start, end)  # tlb_finish_mmu(): the flush, then the pages
     if gathered:
         p.frames.put(np.concatenate(gathered))
+    if device_pages:  # device-private entries hold device pages: their last references
+        await migrate_device.free_device_pages(p, device_pages)
 
 
-def _zap(mm: Mm, start: int, end: int) -> list[np.ndarray]:
+def _zap(mm: Mm, start: int, end: int) -> tuple[list[np.ndarray], dict[int, list[int]]]:
     """zap_pte_range() of every VMA piece of [start, end): clear the ptes under the PT lock
-    and gather the frames the present ones held (the caller puts them once the TLB is
-    flushed)."""
+    and gather the frames the present ones held, and the device pages its device-private
+    entries refer to (the caller puts both once the TLB is flushed)."""
+    with mm.page_table_lock:
+        device_pages = migrate_device.gather_device_private(mm, start, end)
     gathered = []
     for vma, sl, present in mm.iter_present(start, end):
         with mm.page_table_lock:
@@ -281,7 +291,7 @@ def _zap(mm: Mm, start: int, end: int) -> list[np.ndarray]:
             gathered.append(pfns[present].copy())
             pfns[:] = -1
             vma.flags[sl] = 0
-    return gathered
+    return gathered, device_pages
 
 
 async def mmap(p: "Partition", mm: Mm, start: int, length: int, prot: int = PROT_READ | PROT_WRITE) -> Vma:
@@ -512,10 +522,12 @@ async def _oom_reap_mm(p: "Partition", mm: Mm) -> tuple[bool, int]:
         if notify and await p.core.invalidate_range_start_nonblock(mm, start, end, event=UNMAP):
             ok = False
             continue
-        gathered = _zap(mm, start, end)
+        gathered, device_pages = _zap(mm, start, end)
         if notify:
             await p.core.invalidate_range_end(mm, start, end, event=UNMAP, flags=0)
         _flush_tlb(p, mm, start, end)
+        if device_pages:
+            await migrate_device.free_device_pages(p, device_pages)
         if gathered:
             pfns = np.concatenate(gathered)
             unmapped += len(pfns)

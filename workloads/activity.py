@@ -42,12 +42,14 @@ from nodes.errors import ModelError, Unreachable
 from nodes.mm import HPAGE_PMD_SIZE, PAGE_SIZE, PROT_READ, PROT_WRITE
 from nodes.runtime import current_cpu
 from nodes.secondary.gru import GruMmu
+from nodes.secondary.hmm import HmmMirror
 from nodes.secondary.odp import OdpMr
 from nodes.secondary.xpmem import XPMEM_RDWR, XpmemCred
 
 BASE = 0x10000000  # 2 MiB aligned: THP collapses find whole blocks
 OPS = ("munmap", "mprotect", "migrate", "ksm", "reclaim", "thp", "cow", "oom_reap")
-KINDS = ("gru", "xpmem", "kvm", "odp")
+KINDS = ("gru", "xpmem", "kvm", "odp", "hmm")
+DEVICE_SECONDARIES = (OdpMr, HmmMirror)  # those timing their own faults and invalidations (device_* metrics)
 SOURCE = XpmemCred(tgid=1, uid=1000, gid=1000)  # XPMEM's source process of every mm
 ATTACHER = XpmemCred(tgid=2, uid=1000, gid=1000)
 # the counters of the GRUs of a partition that a run reports (GruStats fields)
@@ -158,6 +160,8 @@ async def _attach(ctx: PartitionContext, kind: str, owner: str, mm_id: int, name
         await ctx.kvm(owner, mm_id, name)
     elif kind == "odp":  # an explicit ODP MR over the whole region
         await ctx.odp(owner, mm_id, name, start=BASE, length=region_pages * PAGE_SIZE)
+    elif kind == "hmm":
+        await ctx.hmm(owner, mm_id, name)
     elif kind == "xpmem":
         drv = await ctx.xpmem(owner, mm_id, name, cred=SOURCE)
         segid = await drv.make(BASE, region_pages * PAGE_SIZE, 0o600)
@@ -200,13 +204,14 @@ async def teardown(ctx: PartitionContext, name: str, how: str) -> tuple[float, f
     t = await (sec.unregister() if how == "unregister" else sec.put())
     if isinstance(sec, GruMmu):
         ctx.objects.setdefault(_RETIRED_GRUS, Counter()).update(_gru_counters(sec))
-    if isinstance(sec, OdpMr):
+    if isinstance(sec, DEVICE_SECONDARIES):
         ctx.objects.setdefault(_RETIRED_DEVICE, []).extend(_device_times(sec))
     return (t.total_us, t.release_us, t.srcu_wait_us)
 
 
-def _device_times(mr: OdpMr) -> list[tuple[float, float, int, str]]:
-    """An ODP MR's own timings as (end time, us, mm id, "fault" | "invalidate")."""
+def _device_times(mr: OdpMr | HmmMirror) -> list[tuple[float, float, int, str]]:
+    """A device secondary's own timings (an ODP MR's, an HMM mirror's) as (end time, us, mm id,
+    "fault" | "invalidate")."""
     return ([(when, us, mr.mm_id, "fault") for when, us in mr.fault_times]
             + [(when, us, mr.mm_id, "invalidate") for when, us in mr.invalidate_times])
 
@@ -240,7 +245,7 @@ async def enable_timings(ctx: PartitionContext) -> None:
 async def collect(ctx: PartitionContext) -> dict[str, Any]:
     """What this partition measured and checked: the core's callout and range timings, the
     oracle's count of checked events (after its reports have arrived), the counters
-    (``GRU_COUNTERS``) of every GRU made here and the device timings of every ODP MR made here
+    (``GRU_COUNTERS``) of every GRU made here and the device timings of every ODP MR and HMM mirror made here
     (``device``: its page faults and invalidations as the driver saw them), live or torn down."""
     await ctx.flush_reports()
     timings = ctx.partition.core.timings
@@ -251,7 +256,7 @@ async def collect(ctx: PartitionContext) -> dict[str, Any]:
     for sec in ctx.objects.values():
         if isinstance(sec, GruMmu):
             grus.update(_gru_counters(sec))
-        if isinstance(sec, OdpMr):
+        if isinstance(sec, DEVICE_SECONDARIES):
             device += _device_times(sec)
     return {
         "device": device,

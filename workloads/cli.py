@@ -6,7 +6,7 @@
     mmusim scenarios
     mmusim report DIR
     mmusim check [SCENARIO] --semantics MODE [--seeds N] [--scheduler random|pct] [--gru-dropin guarded|v3.10]
-                 [--secondary gru|odp]
+                 [--secondary gru|odp|hmm]
     mmusim predict SCENARIO [--set k=v ...] [--sweep] [--compare DIR] [--calibration FILE]
     mmusim calibrate SCENARIO [--address ADDR | --from RAY_RUN_DIR] [--method lognormal|empirical]
                               [--probe loaded|idle] [--seed N] [--set k=v ...] [--out DIR]
@@ -322,24 +322,29 @@ def _cmd_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from workloads import races
 
     tasks = races.TASKS if args.tasks is None else tuple(t for t in args.tasks.split(",") if t)
-    unknown = [t for t in tasks if t not in races.TASKS]
-    if unknown or not tasks:
-        parser.error(f"--tasks: expected a comma-separated subset of {','.join(races.TASKS)}, got {args.tasks!r}")
+    try:
+        races.check_tasks(tasks, args.secondary or "gru")
+    except ValueError as e:
+        parser.error(f"--{e}")
     if args.choices is not None and args.choices < 0:
         parser.error(f"--choices: expected an integer >= 0, got {args.choices}")
     race = races.RaceConfig(pages=args.pages, grus=args.grus, tasks=tasks, choices=args.choices,
-                            gru_dropin=args.gru_dropin or "guarded", secondary=args.secondary)
-    if args.secondary == "odp" and args.semantics not in MODERN:
-        parser.error(f"--secondary odp: expected --semantics {' or '.join(MODERN)} (an ODP MR needs an interval "
-                     f"notifier), got --semantics {args.semantics}")
+                            gru_dropin=args.gru_dropin or "guarded", secondary=args.secondary or "gru")
+    try:
+        races.check_secondary(args.semantics, race.secondary)
+    except ValueError as e:
+        parser.error(f"--secondary {race.secondary}: {e}")
     if args.scenario != "race":
         from workloads.scenario import load_scenario
 
         s = load_scenario(args.scenario)
         dropin = ""
+        if args.secondary is not None:
+            s = s.with_value("secondary.kind", args.secondary)
+            dropin += f" --set secondary.kind={args.secondary}"
         if args.gru_dropin is not None:
             s = s.with_value("gru.dropin", args.gru_dropin)
-            dropin = f" --set gru.dropin={args.gru_dropin}"
+            dropin += f" --set gru.dropin={args.gru_dropin}"
         f = races.check_scenario(s, args.semantics, args.scheduler, args.seeds)
         if f is None:
             print(f"clean: {args.seeds} seeds of {s.name} under {args.semantics!r} ({args.scheduler} scheduler, "
@@ -476,9 +481,12 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--gru-dropin", choices=tuple(GRU_DROPINS), default=None,
                        help="how the GRUs check a dropin: guarded (default) or v3.10 (unguarded: races "
                             "invalidations that overtake the lookup)")
-    check.add_argument("--secondary", choices=("gru", "odp"), default="gru",
-                       help="race workload: what maps the mm from p1, GRUs (default) or RDMA ODP MRs (--semantics "
-                            "v5.10 or v6.6 only); --grus counts them")
+    from workloads.races import RACE_SECONDARIES
+
+    check.add_argument("--secondary", choices=RACE_SECONDARIES, default=None,
+                       help="what maps the mm from p1: GRUs (default), RDMA ODP MRs or HMM device mirrors "
+                            "(interval notifiers: --semantics v5.10 or v6.6 only; --grus counts them); for a "
+                            "scenario, its secondary.kind")
     check.add_argument("--no-shrink", action="store_true", help="report the first finding as found")
     predict = sub.add_parser("predict", help="predict the unregister and exit synchronize_srcu() wait from the "
                                              "scenario's activity (an analytic model, docs/srcu-hang-model.md)")

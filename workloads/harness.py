@@ -13,7 +13,7 @@ What a run measures (microseconds; one event each, and an HDR histogram per metr
   notifiers (exit_mmap's unmapping after ->release calls no one and is not counted).
 - ``callout_rtt``: every sleepable callout as the owner's core saw it: for a secondary on
   another partition, the round trip.
-- ``device_fault``, ``device_invalidate`` (ODP secondaries only, on the secondary's partition):
+- ``device_fault``, ``device_invalidate`` (ODP and HMM secondaries only, on the secondary's partition):
   each device page fault from pagefault_mr's entry to its unlock (retries included), and each
   blockable invalidate from mlx5_ib_invalidate_range's entry to its return (its wait for
   umem_mutex and its zapping UMRs), as the driver saw them. An interval notifier's callouts and
@@ -48,6 +48,7 @@ from cluster.context import Cluster
 from nodes.errors import Unreachable
 from workloads import activity
 from workloads.metrics import HdrHistogram, metric_result
+from workloads.scenario import INTERVAL_KINDS
 
 METRICS = (
     "exit_hang", "exit_release", "exit_srcu_wait",
@@ -425,13 +426,14 @@ def floor_calls(spec: StudySpec, fanout: str) -> dict[str, int]:
     after another (``sequential``, the kernel's list walk), or all at once (``parallel``: one);
     an unregister calls its own ->release. A synchronize_srcu() wait has none on its path: it
     waits for other callouts, whose floors are theirs. A KVM shadow MMU, or a single partition,
-    has none at all (its callouts are local); an ODP MR's unregister_release (its dereg's zap)
-    is local too."""
+    has none at all (its callouts are local); an ODP MR's or an HMM mirror's unregister_release
+    (its dereg's zap, the mirror's pt dropped) is local too."""
     remote = 0 if spec.kind == "kvm" or spec.partitions == 1 else spec.secondaries_per_mm
     walk = min(remote, 1) if fanout == "parallel" else remote
     one = min(remote, 1)
-    # an ODP MR's dereg zaps its own MTT (no round trip) before its notifier's remove (one)
-    release = 0 if spec.kind == "odp" else one
+    # an ODP MR's dereg zaps its own MTT, an HMM mirror its pt (no round trip), before the
+    # notifier's remove (one)
+    release = 0 if spec.kind in INTERVAL_KINDS else one
     return {"exit_hang": walk, "exit_release": walk, "exit_srcu_wait": 0, "unregister_hang": one,
             "unregister_release": release, "unregister_srcu_wait": 0, "invalidate_range": 2 * walk, "callout_rtt": one}
 

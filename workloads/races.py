@@ -54,7 +54,31 @@ BASE = 0x10000000
 FAULTER_TLB_ENTRIES = 2  # the faulting GRU's TLB: small, so that its accesses keep missing
 FAULT_WORKERS = 3  # GRU instructions the faulting GRU has in flight at once
 TASKS = ("unregister", "exit", "migrate", "ksm", "faults", "register", "mprotect", "oom_reap")
-RACE_SECONDARIES = ("gru", "odp")  # what maps the mm from p1
+# the HMM devices' own task: the first device migrates the pages to its memory (then the tasks
+# that fault, unmap or exit find device-private entries: migrate_to_ram, page_free)
+HMM_TASKS = ("devmigrate",)
+RACE_SECONDARIES = ("gru", "odp", "hmm")  # what maps the mm from p1
+INTERVAL_SECONDARIES = ("odp", "hmm")  # those with an interval notifier: the modern modes only
+
+
+def check_secondary(semantics: str, secondary: str) -> None:
+    """``ValueError`` naming both if the race workload's ``secondary`` cannot run under
+    ``semantics`` (an ODP MR or an HMM mirror needs an interval notifier: the modern modes)."""
+    if secondary not in RACE_SECONDARIES:
+        raise ValueError(f"secondary must be one of {RACE_SECONDARIES}, got {secondary!r}")
+    if secondary in INTERVAL_SECONDARIES and semantics not in MODERN:
+        raise ValueError(f"secondary {secondary!r} needs semantics {' or '.join(MODERN)} (an interval notifier), "
+                         f"got {semantics!r}")
+
+
+def check_tasks(tasks: tuple[str, ...], secondary: str) -> None:
+    """``ValueError`` naming them for tasks the race workload does not know, or that need
+    another ``secondary`` (``HMM_TASKS``: HMM devices only)."""
+    known = TASKS + (HMM_TASKS if secondary == "hmm" else ())
+    unknown = [t for t in tasks if t not in known]
+    if unknown or not tasks:
+        extra = f" ({', '.join(HMM_TASKS)} with secondary hmm only)" if set(unknown) & set(HMM_TASKS) else ""
+        raise ValueError(f"tasks: expected a non-empty subset of {','.join(known)}{extra}, got {','.join(tasks)!r}")
 
 
 @dataclass(frozen=True)
@@ -66,7 +90,8 @@ class RaceConfig:
     tasks: tuple[str, ...] = TASKS
     choices: int | None = None  # only the first N scheduling choices are the seed's; then FIFO
     gru_dropin: str = "guarded"  # how the GRUs check a dropin (nodes.secondary.gru.GRU_DROPINS); not shrunk
-    secondary: str = "gru"  # RACE_SECONDARIES: GRUs, or ODP MRs (``grus`` of them); not shrunk
+    # RACE_SECONDARIES: GRUs, ODP MRs or HMM device mirrors (``grus`` of them); not shrunk
+    secondary: str = "gru"
 
     def __post_init__(self) -> None:
         if self.secondary not in RACE_SECONDARIES:
@@ -74,8 +99,8 @@ class RaceConfig:
 
     def describe(self) -> str:
         steps = "" if self.choices is None else f", {self.choices} seeded scheduling choices then FIFO"
-        dropin = "" if self.gru_dropin == "guarded" else f", {self.gru_dropin} GRU dropin"
-        what = "GRUs" if self.secondary == "gru" else "ODP MRs"
+        dropin = "" if self.gru_dropin == "guarded" or self.secondary != "gru" else f", {self.gru_dropin} GRU dropin"
+        what = {"gru": "GRUs", "odp": "ODP MRs", "hmm": "HMM device mirrors"}[self.secondary]
         return f"{self.pages} pages, {self.grus} {what}, tasks {', '.join(self.tasks)}{dropin}{steps}"
 
 
@@ -122,10 +147,15 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
     if race.secondary == "odp":
         grus: list[Any] = [await c.odp("p1", "p0", mm, name=f"odp{i}", start=BASE, length=race.pages * PAGE_SIZE)
                            for i in range(race.grus)]
+    elif race.secondary == "hmm":  # a device page table has no TLB size to make small
+        grus = [await c.hmm("p1", "p0", mm, name=f"hmm{i}") for i in range(race.grus)]
     else:
         grus = [await c.gru("p1", "p0", mm, name=f"gru{i}") for i in range(race.grus - 1)]
         grus.append(await c.gru("p1", "p0", mm, name=f"gru{race.grus - 1}", tlb_entries=FAULTER_TLB_ENTRIES))
-    for g in grus:
+    # the secondaries start with every page mapped, but an HMM device keeps every page it maps,
+    # so its faulter starts with none (its accesses are faults whose hmm_range_fault crosses the
+    # network), as the GRU faulter's small TLB keeps missing
+    for g in grus if race.secondary != "hmm" else grus[:-1]:
         for k in range(race.pages):
             await g.access(BASE + k * PAGE_SIZE)
 
@@ -157,8 +187,10 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
             return
         mm.users += 1
         try:
-            late = (await c.odp("p1", "p0", mm, name="late", start=BASE, length=race.pages * PAGE_SIZE)
-                    if race.secondary == "odp" else await c.gru("p1", "p0", mm, name="late"))
+            if race.secondary == "odp":
+                late = await c.odp("p1", "p0", mm, name="late", start=BASE, length=race.pages * PAGE_SIZE)
+            else:
+                late = await (c.hmm if race.secondary == "hmm" else c.gru)("p1", "p0", mm, name="late")
             await late.access(BASE)
         finally:
             await vmops.mmput(a, mm)
@@ -173,6 +205,8 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
         "mprotect": lambda: vmops.mprotect(a, mm, BASE + race.pages // 2 * PAGE_SIZE,
                                            (race.pages - race.pages // 2) * PAGE_SIZE, PROT_READ),
         "oom_reap": lambda: vmops.oom_reap_task(a, mm),
+        # HMM_TASKS: the device fills its memory with the pages (dmirror_migrate())
+        "devmigrate": lambda: grus[0].migrate_to_device(BASE, race.pages),
     }
     tasks = [c.runtime.spawn(attempt(t, work[t]), name=t) for t in race.tasks
              if t != "oom_reap" or a.core.oom_reaper]
@@ -189,6 +223,8 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
 def run_once(semantics: str, scheduler: str, seed: int, race: RaceConfig) -> Finding | None:
     """One seeded run; the finding, if the model broke. A mode without an OOM reaper runs
     (and reports) the workload without the ``oom_reap`` task."""
+    check_secondary(semantics, race.secondary)
+    check_tasks(race.tasks, race.secondary)
     if semantics not in OOM_REAPER_MODES and "oom_reap" in race.tasks:
         race = replace(race, tasks=tuple(t for t in race.tasks if t != "oom_reap"))
     config = sim_config(semantics, scheduler, seed, race)
@@ -239,8 +275,7 @@ def search(semantics: str, scheduler: str, seeds: int, race: RaceConfig, first_s
     """The first finding among ``seeds`` seeds, or None."""
     if semantics not in SEMANTICS:
         raise ValueError(f"semantics must be one of {tuple(SEMANTICS)}, got {semantics!r}")
-    if race.secondary == "odp" and semantics not in MODERN:
-        raise ValueError(f"secondary 'odp' needs semantics {' or '.join(MODERN)} (an interval notifier), got {semantics!r}")
+    check_secondary(semantics, race.secondary)
     for seed in range(first_seed, first_seed + seeds):
         f = run_once(semantics, scheduler, seed, race)
         if f is not None:

@@ -28,9 +28,11 @@ Schema (``KNOBS`` holds it; defaults in brackets; times in microseconds)::
     mms                  positive int       [2]   owned by each partition, carrying activity
     secondaries_per_mm   positive int       [1]
     nframes              auto | positive int [auto]  frames per partition, see Scenario.nframes
-    secondary.kind       gru | xpmem | kvm | odp  [gru]  odp: an RDMA ODP MR (nodes/secondary/odp.py),
-                                                  only with semantics v5.10 or v6.6 (its interval
-                                                  notifier) and teardown unregister (dereg)
+    secondary.kind       gru | xpmem | kvm | odp | hmm  [gru]  odp: an RDMA ODP MR
+                                                  (nodes/secondary/odp.py); hmm: a GPU mirroring the
+                                                  mm (nodes/secondary/hmm.py); both only with
+                                                  semantics v5.10 or v6.6 (their interval notifier)
+                                                  and teardown unregister
     gru.dropin           guarded | v3.10    [guarded]  how a GRU on another partition checks a
                                                   dropin whose lookup crossed the network
                                                   (nodes/secondary/gru.py, GRU_DROPINS)
@@ -138,7 +140,9 @@ __all__ = [
 ]
 
 OPS = ("munmap", "mprotect", "migrate", "ksm", "reclaim", "thp", "cow", "oom_reap")  # workloads.activity's
-SECONDARY_KINDS = ("gru", "xpmem", "kvm", "odp")
+SECONDARY_KINDS = ("gru", "xpmem", "kvm", "odp", "hmm")
+# the kinds whose driver holds an interval notifier (the modern modes; no put): what each is
+INTERVAL_KINDS = {"odp": "an ODP MR", "hmm": "an HMM device mirror"}
 TEARDOWNS = ("unregister", "put")  # put: mmu_notifier_put, the free deferred with call_srcu
 LATENCY_PARAMS = ("value", "low", "high", "median", "sigma", "scale", "alpha")  # every dist's
 DURATION_UNITS = {"us": 1.0, "ms": 1_000.0, "s": 1_000_000.0, "min": 60_000_000.0}
@@ -586,12 +590,13 @@ def _check_cross(values: dict[str, Any]) -> None:
                                                 f"no OOM reaper (modes with one: {', '.join(OOM_REAPER_MODES)}), "
                                                 f"got {mix['oom_reap']}")
     kind = values["secondary"]["kind"]
-    if kind == "odp" and values["semantics"] not in MODERN:
-        raise _Invalid("secondary.kind", f"expected semantics {' or '.join(MODERN)} with secondary.kind odp (an ODP MR "
+    what = INTERVAL_KINDS.get(kind)
+    if what is not None and values["semantics"] not in MODERN:
+        raise _Invalid("secondary.kind", f"expected semantics {' or '.join(MODERN)} with secondary.kind {kind} ({what} "
                                          f"needs an interval notifier, Linux 5.5), got semantics {values['semantics']!r}")
-    if kind == "odp" and values["teardown"] != "unregister":
-        raise _Invalid("teardown", f"expected unregister with secondary.kind odp (an ODP MR is torn down by dereg: "
-                                   f"an interval notifier has no mmu_notifier_put), got {values['teardown']!r}")
+    if what is not None and values["teardown"] != "unregister":
+        raise _Invalid("teardown", f"expected unregister with secondary.kind {kind} ({what} is torn down by removing its "
+                                   f"interval notifier, which has no mmu_notifier_put), got {values['teardown']!r}")
     m = values["measure"]
     if m["exits"] == 0 and m["unregisters"] == 0:
         raise _Invalid("measure", "expected measure.exits or measure.unregisters > 0, got both 0 (nothing to measure)")
