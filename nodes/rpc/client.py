@@ -74,6 +74,11 @@ class _Broken(Exception):
     raises the model error of the break in its place, naming the request."""
 
 
+class _Expired(Exception):
+    """What a request whose deadline passed is failed with; ``_Stream.request`` raises
+    DEADLINE_EXCEEDED's ``Unreachable`` in its place, as a unary call's deadline would."""
+
+
 def _unreachable(why: str, what: str) -> Exception:
     return Unreachable(f"{what}: {why}")
 
@@ -82,20 +87,31 @@ class _Stream:
     """One long-lived ``Exchange`` stream from partition ``src`` to ``dst`` on ``channel``:
     requests in flight by id, a writer task that sends whatever requests are waiting as one
     message, and a reader task that hands each answer to its request. ``on_break`` is called
-    once, when the stream breaks or is closed; every request still in flight then fails."""
+    once, when the stream breaks or is closed; every request still in flight then fails.
+
+    The per-request work is kept to what the request needs (a Python RPC here costs its
+    handoffs between tasks, and each is counted, issue 13): a request is added to the message
+    being gathered (``outbox``) and wakes the writer through one future; deadlines are kept
+    by one timer per stream, armed for the earliest deadline in flight (``_expire``), not a
+    timer per request."""
 
     def __init__(self, channel: grpc.aio.Channel, src: str, dst: str, on_break: Callable[["_Stream"], None],
                  written: Counter[str]):
         self.src, self.dst = src, dst
         self.written = written  # stream messages and the requests (and cancellations) in them
         self.call = pb_grpc.StreamServiceStub(channel).Exchange(metadata=((SRC_KEY, src), (DST_KEY, dst)))
-        self.pending: dict[int, asyncio.Future[Any]] = {}  # invariant: futures not done, by request id
-        self.outbox: list[Any] = []  # StreamCalls not yet written
+        # invariant: the requests in flight by id, each with its future (not done until the
+        # request's caller has been told, by the reader, _expire or _break) and its deadline
+        # (loop time); oldest first
+        self.pending: dict[int, tuple[asyncio.Future[Any], float]] = {}
+        self.outbox = pb.ExchangeRequest()  # the next message: StreamCalls not yet written
         # set when it broke (then nothing more is sent on it): the error of a request it failed
         self.broken: Callable[[str], Exception] | None = None
         self._on_break = on_break
         self._ids = itertools.count(1)
-        self._ready = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._wake: asyncio.Future[None] | None = None  # what the writer awaits while outbox is empty
+        self._timer: asyncio.TimerHandle | None = None  # at the earliest deadline in pending, if any
         self._writer = asyncio.ensure_future(self._write())
         self._reader = asyncio.ensure_future(self._read())
 
@@ -107,24 +123,50 @@ class _Stream:
         if self.broken is not None:
             raise self.broken(what)
         rid = next(self._ids)
-        future = asyncio.get_running_loop().create_future()
-        self.pending[rid] = future
-        self._send(pb.StreamCall(id=rid, method=method, request=body, timeout_us=timeout_s * 1e6, probe=probe))
+        future = self._loop.create_future()
+        deadline = self._loop.time() + timeout_s
+        self.pending[rid] = (future, deadline)
+        if self._timer is None or deadline < self._timer.when():
+            self._arm(deadline)
+        self.outbox.calls.add(id=rid, method=method, request=body, timeout_us=timeout_s * 1e6, probe=probe)
+        self._kick()
         try:
-            async with asyncio.timeout(timeout_s):
-                return await future
-        except TimeoutError:
+            return await future
+        except _Expired:
             raise error_from(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", None, what) from None
         except _Broken:
             assert self.broken is not None
             raise self.broken(what) from None
         finally:
             if self.pending.pop(rid, None) is not None and self.broken is None:  # given up on
-                self._send(pb.StreamCall(id=rid, cancel=True))
+                self.outbox.calls.add(id=rid, cancel=True)
+                self._kick()
 
-    def _send(self, call: Any) -> None:
-        self.outbox.append(call)
-        self._ready.set()
+    def _kick(self) -> None:
+        """Wake the writer if it waits for requests."""
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def _arm(self, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        """The earliest deadline came: fail every request in flight whose deadline has passed
+        (its caller then tells the server), and arm the timer for the next."""
+        self._timer = None
+        now = self._loop.time()
+        soonest = None
+        for future, deadline in self.pending.values():
+            if deadline <= now:
+                if not future.done():
+                    future.set_exception(_Expired())
+            elif soonest is None or deadline < soonest:
+                soonest = deadline
+        if soonest is not None:
+            self._arm(soonest)
 
     async def _write(self) -> None:
         try:
@@ -132,12 +174,13 @@ class _Stream:
             if self.call.done():
                 raise asyncio.InvalidStateError("the stream was refused")
             while True:
-                await self._ready.wait()
-                self._ready.clear()
-                if self.outbox:
-                    batch, self.outbox = self.outbox, []
-                    await self.call.write(pb.ExchangeRequest(calls=batch))
-                    self.written.update(messages=1, calls=len(batch))
+                if not self.outbox.calls:
+                    self._wake = self._loop.create_future()
+                    await self._wake
+                    continue
+                message, self.outbox = self.outbox, pb.ExchangeRequest()
+                await self.call.write(message)
+                self.written.update(messages=1, calls=len(message.calls))
         except asyncio.CancelledError:
             raise
         except (asyncio.InvalidStateError, grpc.aio.AioRpcError):  # the stream ended: its status says how
@@ -152,9 +195,9 @@ class _Stream:
         try:
             async for message in self.call:
                 for reply in message.replies:
-                    future = self.pending.pop(reply.id, None)
-                    if future is not None and not future.done():
-                        future.set_result(reply)
+                    entry = self.pending.pop(reply.id, None)
+                    if entry is not None and not entry[0].done():
+                        entry[0].set_result(reply)
         except grpc.aio.AioRpcError as e:
             self._break(functools.partial(error_of_rpc, e))
         except asyncio.CancelledError:
@@ -168,9 +211,12 @@ class _Stream:
             return
         self.broken = error
         pending, self.pending = self.pending, {}
-        for future in pending.values():
+        for future, _ in pending.values():
             if not future.done():
                 future.set_exception(_Broken())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.call.cancel()
         self._on_break(self)
 

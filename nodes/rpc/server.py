@@ -31,6 +31,7 @@ address of its own node.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import logging
 import math
@@ -233,9 +234,14 @@ class _Exchange:
     and HTTP/2 flow control stops the caller."""
 
     def __init__(self) -> None:
-        self.handling: dict[int, asyncio.Task[None]] = {}
-        self.answers: list[Any] = []
-        self.ready = asyncio.Event()  # answers were added, or the stream is closing
+        self.loop = asyncio.get_running_loop()
+        # invariant: the requests being handled by id, each with its task and its deadline's
+        # timer (None for a request refused at once for its timeout); an id leaves when its
+        # request is answered or dropped (``done``)
+        self.handling: dict[int, tuple[asyncio.Task[None], asyncio.TimerHandle | None, Any]] = {}
+        self.expired: set[int] = set()  # ids in handling stopped by their deadline, to answer DEADLINE_EXCEEDED
+        self.answers = pb.ExchangeResponse()  # the next message: answers not yet written
+        self.wake: asyncio.Future[None] | None = None  # what the writer awaits while there are none
         self.slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         self.held = 0  # invariant: slots taken, 0 <= held <= STREAM_IN_FLIGHT
         self.closing = False
@@ -249,9 +255,54 @@ class _Exchange:
         for _ in range(n):
             self.slots.release()
 
-    def answer(self, reply: Any) -> None:
-        self.answers.append(reply)
-        self.ready.set()
+    def kick(self) -> None:
+        """Wake the writer: answers were added, or the stream is closing."""
+        wake, self.wake = self.wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def done(self, rid: int, answer: tuple[int, str, str, bytes] | None) -> None:
+        """Request ``rid`` ended: queue its ``answer`` (code, details, error class name,
+        reply), or, for None (the caller gave it up), give its slot back."""
+        _, timer, _ = self.handling.pop(rid)
+        self.expired.discard(rid)
+        if timer is not None:
+            timer.cancel()
+        if answer is None:
+            self.give()
+            return
+        code, details, error, reply = answer
+        self.answers.replies.add(id=rid, code=code, details=details, error=error, reply=reply)
+        self.kick()
+
+    def stop(self, rid: int, *, expired: bool) -> None:
+        """Stop handling request ``rid``: its caller gave it up (no answer), or its deadline
+        passed (``expired``: answered DEADLINE_EXCEEDED). Its task is cancelled; a task
+        cancelled before its first step never runs a line of its coroutine, so its end is
+        recorded here."""
+        entry = self.handling.get(rid)
+        if entry is None:
+            return
+        task, _, call = entry
+        if expired:
+            self.expired.add(rid)
+        else:
+            self.expired.discard(rid)
+        task.cancel()
+        if inspect.getcoroutinestate(task.get_coro()) == inspect.CORO_CREATED:
+            self.done(rid, self.ended(call))
+
+    def expire(self, rid: int) -> None:
+        """Request ``rid``'s deadline passed (its timer)."""
+        self.stop(rid, expired=True)
+
+    def ended(self, call: Any) -> tuple[int, str, str, bytes] | None:
+        """The answer of a request stopped by ``stop``: DEADLINE_EXCEEDED if its deadline
+        passed, else none."""
+        if call.id not in self.expired:
+            return None
+        return (grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
+                f"{call.method.rpartition('/')[2]}: deadline of {call.timeout_us:.0f} us exceeded", "", b"")
 
 
 class StreamServicer:
@@ -259,9 +310,10 @@ class StreamServicer:
     (``interconnect.transport: stream``, the proto says how). Each request is handled as its
     unary RPC is (``_call_model``), in a task of its own started in the order the requests
     arrive, with the same injected latency (``InjectedLatency.delay_s``, none for a probe),
-    the same ``host`` check under mutual TLS, and its own deadline; a cancelled request is
-    stopped and not answered. The caller's certificate is checked once, when the stream opens
-    (``_check_peer``), as the unary path checks it on each call; so is ``mmusim-dst``.
+    the same ``host`` check under mutual TLS, and its own deadline (a timer that cancels its
+    task); a cancelled request is stopped and not answered. The caller's certificate is
+    checked once, when the stream opens (``_check_peer``), as the unary path checks it on each
+    call; so is ``mmusim-dst``.
 
     Answers ready together are written in one message, as the client writes requests: while
     one message is being written, the next gathers."""
@@ -298,6 +350,7 @@ class StreamServicer:
         state = _Exchange()
         self.open.add(state)
         writer = asyncio.ensure_future(self._write(context, state))
+        loop = state.loop
         try:
             async for raw in requests:
                 try:
@@ -307,28 +360,31 @@ class StreamServicer:
                                                 f"ExchangeRequest: {e}")
                 for call in message.calls:
                     if call.cancel:
-                        task = state.handling.get(call.id)
-                        if task is not None:
-                            task.cancel()
+                        state.stop(call.id, expired=False)
                         continue
                     if call.id <= 0 or call.id in state.handling:
                         what = "is not > 0" if call.id <= 0 else "is already in flight"
                         await self._refuse(context, f"Exchange: request id {call.id} {what}")
                     await state.take()
-                    state.handling[call.id] = asyncio.ensure_future(self._one(call, src, caller, state))
+                    timer = None
+                    if call.timeout_us > 0 and math.isfinite(call.timeout_us):  # else refused by _answer
+                        timer = loop.call_at(loop.time() + call.timeout_us / 1e6, state.expire, call.id)
+                    task = asyncio.ensure_future(self._one(call, src, caller, state))
+                    state.handling[call.id] = (task, timer, call)
                     if writer.done():  # the caller stopped reading and the write failed
                         break
             if state.handling:  # the caller is done sending: answer what is in flight
-                await asyncio.wait(list(state.handling.values()))
+                await asyncio.wait([task for task, _, _ in state.handling.values()])
             state.closing = True
-            state.ready.set()
+            state.kick()
             await writer
         finally:
-            for task in list(state.handling.values()):
+            tasks = [task for task, _, _ in state.handling.values()]
+            for task in tasks:
                 task.cancel()
             if not writer.done():
                 writer.cancel()
-            await asyncio.gather(writer, *state.handling.values(), return_exceptions=True)
+            await asyncio.gather(writer, *tasks, return_exceptions=True)
             self.open.discard(state)
 
     @staticmethod
@@ -338,32 +394,33 @@ class StreamServicer:
 
     async def _write(self, context: grpc.aio.ServicerContext, state: _Exchange) -> None:
         while True:
-            await state.ready.wait()
-            state.ready.clear()
-            if state.answers:
-                batch, state.answers = state.answers, []
-                await context.write(pb.ExchangeResponse(replies=batch))
-                state.give(len(batch))
+            if state.answers.replies:
+                message, state.answers = state.answers, pb.ExchangeResponse()
+                await context.write(message)
+                state.give(len(message.replies))
             elif state.closing:
                 return
+            else:
+                state.wake = state.loop.create_future()
+                await state.wake
 
     async def _one(self, call: Any, src: str | None, caller: str | None, state: _Exchange) -> None:
         try:
-            reply = await self._answer(call, src, caller)
-        except asyncio.CancelledError:  # the caller gave up on it: no answer
-            state.give()
+            answer = await self._answer(call, src, caller)
+        except asyncio.CancelledError:  # stopped (_Exchange.stop): answered only if its deadline passed
+            state.done(call.id, state.ended(call))
             raise
         except Exception as e:  # noqa: BLE001 - a bug in mmusim: answered INTERNAL, as on a unary call
             log.exception("partition %s: request %d on a stream failed with a bug in mmusim", self.partition, call.id)
-            reply = pb.StreamReply(id=call.id, code=grpc.StatusCode.INTERNAL.value[0],
-                                   details=f"mmusim bug in {call.method!r}: {type(e).__name__}: {e}")
-        finally:
-            del state.handling[call.id]
-        state.answer(reply)
+            answer = (grpc.StatusCode.INTERNAL.value[0], f"mmusim bug in {call.method!r}: {type(e).__name__}: {e}",
+                      "", b"")
+        state.done(call.id, answer)
 
-    async def _answer(self, call: Any, src: str | None, caller: str | None) -> Any:
-        def refused(code: grpc.StatusCode, details: str, error: str | None) -> Any:
-            return pb.StreamReply(id=call.id, code=code.value[0], details=details, error=error or "")
+    async def _answer(self, call: Any, src: str | None, caller: str | None) -> tuple[int, str, str, bytes]:
+        """The answer to ``call``: (status code, details, model error class name or "",
+        the reply serialized)."""
+        def refused(code: grpc.StatusCode, details: str, error: str | None) -> tuple[int, str, str, bytes]:
+            return code.value[0], details, error or "", b""
 
         route = self.routes.get(call.method)
         if route is None:
@@ -377,22 +434,17 @@ class StreamServicer:
         except DecodeError as e:
             return refused(grpc.StatusCode.INVALID_ARGUMENT, f"{method.rpc}: {len(call.request)} bytes are not a "
                                                              f"{method.request.DESCRIPTOR.name}: {e}", "InvalidArgument")
-        try:
-            async with asyncio.timeout(call.timeout_us / 1e6):
-                delay_s = self.latency.delay_s(src, call.method, call.probe) if self.latency is not None else 0.0
-                if delay_s > 0:
-                    await asyncio.sleep(delay_s)
-                if caller is not None:
-                    refusal = _host_refusal(method.rpc, request, caller)
-                    if refusal is not None:
-                        return refused(grpc.StatusCode.PERMISSION_DENIED, refusal, "PermissionDenied")
-                reply, code, details, error = await _call_model(self.partition, method, target, request)
-        except TimeoutError:
-            return refused(grpc.StatusCode.DEADLINE_EXCEEDED, f"{method.rpc}: deadline of {call.timeout_us:.0f} us "
-                                                              f"exceeded", None)
+        delay_s = self.latency.delay_s(src, call.method, call.probe) if self.latency is not None else 0.0
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        if caller is not None:
+            refusal = _host_refusal(method.rpc, request, caller)
+            if refusal is not None:
+                return refused(grpc.StatusCode.PERMISSION_DENIED, refusal, "PermissionDenied")
+        reply, code, details, error = await _call_model(self.partition, method, target, request)
         if code != grpc.StatusCode.OK:
             return refused(code, details, error)
-        return pb.StreamReply(id=call.id, reply=reply.SerializeToString())
+        return 0, "", "", reply.SerializeToString()
 
 
 def check_bind_host(host: str, *, secure: bool) -> None:
