@@ -180,7 +180,9 @@ class _Stream:
                     continue
                 message, self.outbox = self.outbox, pb.ExchangeRequest()
                 await self.call.write(message)
-                self.written.update(messages=1, calls=len(message.calls))
+                written = self.written
+                written["messages"] += 1
+                written["calls"] += len(message.calls)
         except asyncio.CancelledError:
             raise
         except (asyncio.InvalidStateError, grpc.aio.AioRpcError):  # the stream ended: its status says how

@@ -369,7 +369,7 @@ class StreamServicer:
                     timer = None
                     if call.timeout_us > 0 and math.isfinite(call.timeout_us):  # else refused by _answer
                         timer = loop.call_at(loop.time() + call.timeout_us / 1e6, state.expire, call.id)
-                    task = asyncio.ensure_future(self._one(call, src, caller, state))
+                    task = loop.create_task(self._one(call, src, caller, state))
                     state.handling[call.id] = (task, timer, call)
                     if writer.done():  # the caller stopped reading and the write failed
                         break
