@@ -85,15 +85,17 @@ def _unreachable(why: str, what: str) -> Exception:
 
 class _Stream:
     """One long-lived ``Exchange`` stream from partition ``src`` to ``dst`` on ``channel``:
-    requests in flight by id, a writer task that sends whatever requests are waiting as one
-    message, and a reader task that hands each answer to its request. ``on_break`` is called
+    requests in flight by id, writes that send whatever requests are waiting as one message
+    (``_flush``), a writer task that opens the stream and breaks it if a write fails, and a
+    reader task that hands each answer to its request. ``on_break`` is called
     once, when the stream breaks or is closed; every request still in flight then fails.
 
     The per-request work is kept to what the request needs (a Python RPC here costs its
     handoffs between tasks, and each is counted, issue 13): a request is added to the message
-    being gathered (``outbox``) and wakes the writer through one future; deadlines are kept
-    by one timer per stream, armed for the earliest deadline in flight (``_expire``), not a
-    timer per request."""
+    being gathered (``outbox``), which is written at once if no write is in progress (by
+    ``_flush``, in the requesting task, without a handoff to a writer task), else when the
+    write in progress ends; deadlines are kept by one timer per stream, armed for the
+    earliest deadline in flight (``_expire``), not a timer per request."""
 
     def __init__(self, channel: grpc.aio.Channel, src: str, dst: str, on_break: Callable[["_Stream"], None],
                  written: Counter[str]):
@@ -110,7 +112,9 @@ class _Stream:
         self._on_break = on_break
         self._ids = itertools.count(1)
         self._loop = asyncio.get_running_loop()
-        self._wake: asyncio.Future[None] | None = None  # what the writer awaits while outbox is empty
+        self._open = False  # the server accepted the stream: requests may be written
+        self._writing = 0  # requests (and cancellations) in the write in progress, if any
+        self._failed: asyncio.Future[BaseException] = self._loop.create_future()  # a write failed: how
         self._timer: asyncio.TimerHandle | None = None  # at the earliest deadline in pending, if any
         self._writer = asyncio.ensure_future(self._write())
         self._reader = asyncio.ensure_future(self._read())
@@ -129,7 +133,7 @@ class _Stream:
         if self._timer is None or deadline < self._timer.when():
             self._arm(deadline)
         self.outbox.calls.add(id=rid, method=method, request=body, timeout_us=timeout_s * 1e6, probe=probe)
-        self._kick()
+        self._flush()
         try:
             return await future
         except _Expired:
@@ -140,13 +144,42 @@ class _Stream:
         finally:
             if self.pending.pop(rid, None) is not None and self.broken is None:  # given up on
                 self.outbox.calls.add(id=rid, cancel=True)
-                self._kick()
+                self._flush()
 
-    def _kick(self) -> None:
-        """Wake the writer if it waits for requests."""
-        wake, self._wake = self._wake, None
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+    def _flush(self) -> None:
+        """Write the gathered requests now, unless a write is in progress (they go when it
+        ends) or the stream is not open yet (they go when it is)."""
+        if self._writing or not self._open or not self.outbox.calls or self.broken is not None:
+            return
+        message, self.outbox = self.outbox, pb.ExchangeRequest()
+        self._writing = len(message.calls)
+        self._step(self.call.write(message))
+
+    def _step(self, write: Any, _: Any = None) -> None:
+        """Drive the write in progress (``write``, gRPC's coroutine) to its next wait, as a
+        task would (``Task.__step``): the first step runs in the requesting task, so the
+        message is handed to gRPC at once; the next when what it waits for is done. No task
+        runs it, so no caller's cancellation can reach it: gRPC cancels the whole stream when
+        a write is cancelled. When it ends, what gathered meanwhile is written; if it fails,
+        the writer task breaks the stream with its status."""
+        try:
+            waiting = write.send(None)
+        except StopIteration:
+            calls, self._writing = self._writing, 0
+            self.written["messages"] += 1
+            self.written["calls"] += calls
+            self._flush()
+            return
+        except BaseException as e:  # noqa: BLE001 - handed to the writer task, which breaks the stream
+            self._writing = 0
+            if not self._failed.done():
+                self._failed.set_result(e)
+            return
+        if waiting is None:  # a bare yield (asyncio.sleep(0)): step again soon
+            self._loop.call_soon(self._step, write)
+        else:
+            waiting._asyncio_future_blocking = False
+            waiting.add_done_callback(functools.partial(self._step, write))
 
     def _arm(self, deadline: float) -> None:
         if self._timer is not None:
@@ -173,16 +206,9 @@ class _Stream:
             await self.call.initial_metadata()  # the server accepted the stream (or refused it: done)
             if self.call.done():
                 raise asyncio.InvalidStateError("the stream was refused")
-            while True:
-                if not self.outbox.calls:
-                    self._wake = self._loop.create_future()
-                    await self._wake
-                    continue
-                message, self.outbox = self.outbox, pb.ExchangeRequest()
-                await self.call.write(message)
-                written = self.written
-                written["messages"] += 1
-                written["calls"] += len(message.calls)
+            self._open = True
+            self._flush()  # what was requested before
+            raise await self._failed  # the writes go on without this task, until one fails
         except asyncio.CancelledError:
             raise
         except (asyncio.InvalidStateError, grpc.aio.AioRpcError):  # the stream ended: its status says how
