@@ -153,6 +153,9 @@ class _Stream:
             return
         message, self.outbox = self.outbox, pb.ExchangeRequest()
         self._writing = len(message.calls)
+        # counted as handed to gRPC (its completion may come after the answers it brings)
+        self.written["messages"] += 1
+        self.written["calls"] += self._writing
         self._step(self.call.write(message))
 
     def _step(self, write: Any, _: Any = None) -> None:
@@ -165,9 +168,7 @@ class _Stream:
         try:
             waiting = write.send(None)
         except StopIteration:
-            calls, self._writing = self._writing, 0
-            self.written["messages"] += 1
-            self.written["calls"] += calls
+            self._writing = 0
             self._flush()
             return
         except BaseException as e:  # noqa: BLE001 - handed to the writer task, which breaks the stream

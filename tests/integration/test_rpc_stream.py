@@ -252,10 +252,10 @@ def test_a_stream_opened_with_p1s_certificate_claiming_p2_is_refused():
         try:
             call = pb_grpc.StreamServiceStub(channel).Exchange(metadata=((SRC_KEY, "p2"), (DST_KEY, "p0")))
             request = pb.RegisterNotifierRequest(host="p2", notifier_id="n3", name="gru", mm_id=mm.id)
-            await call.write(pb.ExchangeRequest(calls=[pb.StreamCall(
-                id=1, method=f"/{OWNER_SERVICE_NAME}/RegisterNotifier", request=request.SerializeToString(),
-                timeout_us=5e6)]))
-            with pytest.raises(grpc.aio.AioRpcError) as info:
+            with pytest.raises(grpc.aio.AioRpcError) as info:  # on the write if the refusal came first
+                await call.write(pb.ExchangeRequest(calls=[pb.StreamCall(
+                    id=1, method=f"/{OWNER_SERVICE_NAME}/RegisterNotifier", request=request.SerializeToString(),
+                    timeout_us=5e6)]))
                 await call.read()
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
         finally:
