@@ -11,5 +11,6 @@ half as much per request and carry several requests in one message when they are
 TRANSPORTS = ("unary", "stream")
 # unary until stream meets every goal of issue 13 (benchmarks/bench_rpc.py): every test passes
 # on stream, and at 64 in flight its callouts beat the raw stream messages, but its callout
-# pair costs 1.3-1.8x one raw unary ping, short of the 1.2x goal (README, bench_rpc figures)
+# pair costs 1.0-1.45x one raw unary ping (1.3-1.8x before the per-request work was cut), not
+# within the 1.2x goal in every run (README, bench_rpc figures)
 DEFAULT_TRANSPORT = "unary"

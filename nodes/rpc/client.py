@@ -74,28 +74,48 @@ class _Broken(Exception):
     raises the model error of the break in its place, naming the request."""
 
 
+class _Expired(Exception):
+    """What a request whose deadline passed is failed with; ``_Stream.request`` raises
+    DEADLINE_EXCEEDED's ``Unreachable`` in its place, as a unary call's deadline would."""
+
+
 def _unreachable(why: str, what: str) -> Exception:
     return Unreachable(f"{what}: {why}")
 
 
 class _Stream:
     """One long-lived ``Exchange`` stream from partition ``src`` to ``dst`` on ``channel``:
-    requests in flight by id, a writer task that sends whatever requests are waiting as one
-    message, and a reader task that hands each answer to its request. ``on_break`` is called
-    once, when the stream breaks or is closed; every request still in flight then fails."""
+    requests in flight by id, writes that send whatever requests are waiting as one message
+    (``_flush``), a writer task that opens the stream and breaks it if a write fails, and a
+    reader task that hands each answer to its request. ``on_break`` is called
+    once, when the stream breaks or is closed; every request still in flight then fails.
+
+    The per-request work is kept to what the request needs (a Python RPC here costs its
+    handoffs between tasks, and each is counted, issue 13): a request is added to the message
+    being gathered (``outbox``), which is written at once if no write is in progress (by
+    ``_flush``, in the requesting task, without a handoff to a writer task), else when the
+    write in progress ends; deadlines are kept by one timer per stream, armed for the
+    earliest deadline in flight (``_expire``), not a timer per request."""
 
     def __init__(self, channel: grpc.aio.Channel, src: str, dst: str, on_break: Callable[["_Stream"], None],
                  written: Counter[str]):
         self.src, self.dst = src, dst
         self.written = written  # stream messages and the requests (and cancellations) in them
         self.call = pb_grpc.StreamServiceStub(channel).Exchange(metadata=((SRC_KEY, src), (DST_KEY, dst)))
-        self.pending: dict[int, asyncio.Future[Any]] = {}  # invariant: futures not done, by request id
-        self.outbox: list[Any] = []  # StreamCalls not yet written
+        # invariant: the requests in flight by id, each with its future (not done until the
+        # request's caller has been told, by the reader, _expire or _break) and its deadline
+        # (loop time); oldest first
+        self.pending: dict[int, tuple[asyncio.Future[Any], float]] = {}
+        self.outbox = pb.ExchangeRequest()  # the next message: StreamCalls not yet written
         # set when it broke (then nothing more is sent on it): the error of a request it failed
         self.broken: Callable[[str], Exception] | None = None
         self._on_break = on_break
         self._ids = itertools.count(1)
-        self._ready = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._open = False  # the server accepted the stream: requests may be written
+        self._writing = 0  # requests (and cancellations) in the write in progress, if any
+        self._failed: asyncio.Future[BaseException] = self._loop.create_future()  # a write failed: how
+        self._timer: asyncio.TimerHandle | None = None  # at the earliest deadline in pending, if any
         self._writer = asyncio.ensure_future(self._write())
         self._reader = asyncio.ensure_future(self._read())
 
@@ -107,37 +127,89 @@ class _Stream:
         if self.broken is not None:
             raise self.broken(what)
         rid = next(self._ids)
-        future = asyncio.get_running_loop().create_future()
-        self.pending[rid] = future
-        self._send(pb.StreamCall(id=rid, method=method, request=body, timeout_us=timeout_s * 1e6, probe=probe))
+        future = self._loop.create_future()
+        deadline = self._loop.time() + timeout_s
+        self.pending[rid] = (future, deadline)
+        if self._timer is None or deadline < self._timer.when():
+            self._arm(deadline)
+        self.outbox.calls.add(id=rid, method=method, request=body, timeout_us=timeout_s * 1e6, probe=probe)
+        self._flush()
         try:
-            async with asyncio.timeout(timeout_s):
-                return await future
-        except TimeoutError:
+            return await future
+        except _Expired:
             raise error_from(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", None, what) from None
         except _Broken:
             assert self.broken is not None
             raise self.broken(what) from None
         finally:
             if self.pending.pop(rid, None) is not None and self.broken is None:  # given up on
-                self._send(pb.StreamCall(id=rid, cancel=True))
+                self.outbox.calls.add(id=rid, cancel=True)
+                self._flush()
 
-    def _send(self, call: Any) -> None:
-        self.outbox.append(call)
-        self._ready.set()
+    def _flush(self) -> None:
+        """Write the gathered requests now, unless a write is in progress (they go when it
+        ends) or the stream is not open yet (they go when it is)."""
+        if self._writing or not self._open or not self.outbox.calls or self.broken is not None:
+            return
+        message, self.outbox = self.outbox, pb.ExchangeRequest()
+        self._writing = len(message.calls)
+        # counted as handed to gRPC (its completion may come after the answers it brings)
+        self.written["messages"] += 1
+        self.written["calls"] += self._writing
+        self._step(self.call.write(message))
+
+    def _step(self, write: Any, _: Any = None) -> None:
+        """Drive the write in progress (``write``, gRPC's coroutine) to its next wait, as a
+        task would (``Task.__step``): the first step runs in the requesting task, so the
+        message is handed to gRPC at once; the next when what it waits for is done. No task
+        runs it, so no caller's cancellation can reach it: gRPC cancels the whole stream when
+        a write is cancelled. When it ends, what gathered meanwhile is written; if it fails,
+        the writer task breaks the stream with its status."""
+        try:
+            waiting = write.send(None)
+        except StopIteration:
+            self._writing = 0
+            self._flush()
+            return
+        except BaseException as e:  # noqa: BLE001 - handed to the writer task, which breaks the stream
+            self._writing = 0
+            if not self._failed.done():
+                self._failed.set_result(e)
+            return
+        if waiting is None:  # a bare yield (asyncio.sleep(0)): step again soon
+            self._loop.call_soon(self._step, write)
+        else:
+            waiting._asyncio_future_blocking = False
+            waiting.add_done_callback(functools.partial(self._step, write))
+
+    def _arm(self, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        """The earliest deadline came: fail every request in flight whose deadline has passed
+        (its caller then tells the server), and arm the timer for the next."""
+        self._timer = None
+        now = self._loop.time()
+        soonest = None
+        for future, deadline in self.pending.values():
+            if deadline <= now:
+                if not future.done():
+                    future.set_exception(_Expired())
+            elif soonest is None or deadline < soonest:
+                soonest = deadline
+        if soonest is not None:
+            self._arm(soonest)
 
     async def _write(self) -> None:
         try:
             await self.call.initial_metadata()  # the server accepted the stream (or refused it: done)
             if self.call.done():
                 raise asyncio.InvalidStateError("the stream was refused")
-            while True:
-                await self._ready.wait()
-                self._ready.clear()
-                if self.outbox:
-                    batch, self.outbox = self.outbox, []
-                    await self.call.write(pb.ExchangeRequest(calls=batch))
-                    self.written.update(messages=1, calls=len(batch))
+            self._open = True
+            self._flush()  # what was requested before
+            raise await self._failed  # the writes go on without this task, until one fails
         except asyncio.CancelledError:
             raise
         except (asyncio.InvalidStateError, grpc.aio.AioRpcError):  # the stream ended: its status says how
@@ -152,9 +224,9 @@ class _Stream:
         try:
             async for message in self.call:
                 for reply in message.replies:
-                    future = self.pending.pop(reply.id, None)
-                    if future is not None and not future.done():
-                        future.set_result(reply)
+                    entry = self.pending.pop(reply.id, None)
+                    if entry is not None and not entry[0].done():
+                        entry[0].set_result(reply)
         except grpc.aio.AioRpcError as e:
             self._break(functools.partial(error_of_rpc, e))
         except asyncio.CancelledError:
@@ -168,9 +240,12 @@ class _Stream:
             return
         self.broken = error
         pending, self.pending = self.pending, {}
-        for future in pending.values():
+        for future, _ in pending.values():
             if not future.done():
                 future.set_exception(_Broken())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.call.cancel()
         self._on_break(self)
 

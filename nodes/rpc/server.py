@@ -31,10 +31,11 @@ address of its own node.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ipaddress
 import logging
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Generator, Iterator
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -223,6 +224,40 @@ class CheckedHealth(health.aio.HealthServicer):
         await super().Watch(request, context)
 
 
+Answer = tuple[int, str, str, bytes]  # a request's answer: status code, details, model error class name, reply
+
+
+class _Resumed:
+    """Awaiting this finishes ``coro``, a coroutine already stepped once by hand (its step
+    yielded ``step``), in context ``ctx``, as part of the awaiting task: what the task awaits
+    is what the coroutine awaits (``yield from``, picked up after the first step), and a
+    cancellation of the task is thrown into the coroutine where it waits."""
+
+    __slots__ = ("coro", "ctx", "step")
+
+    def __init__(self, coro: Any, ctx: contextvars.Context, step: Any):
+        self.coro, self.ctx, self.step = coro, ctx, step
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, run, value = self.coro, self.ctx.run, self.step
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as e:  # noqa: BLE001 - thrown into the task: the coroutine's to handle
+                try:
+                    value = run(coro.throw, e)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    value = run(coro.send, sent)
+                except StopIteration as done:
+                    return done.value
+
+
 class _Exchange:
     """The state of one open stream on the server: the requests being handled (by id), the
     answers waiting to be written, and the slots bounding both (``STREAM_IN_FLIGHT``).
@@ -232,13 +267,25 @@ class _Exchange:
     ``STREAM_IN_FLIGHT`` requests and answers here: then the server stops reading its stream,
     and HTTP/2 flow control stops the caller."""
 
-    def __init__(self) -> None:
-        self.handling: dict[int, asyncio.Task[None]] = {}
-        self.answers: list[Any] = []
-        self.ready = asyncio.Event()  # answers were added, or the stream is closing
+    def __init__(self, requests: Any, src: str | None, caller: str | None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.requests = requests  # the stream's messages, as bytes
+        self.src, self.caller = src, caller  # the calling partition, as it claims and as its certificate says
+        # invariant: the requests whose handling waits for something (the others are answered
+        # as they are read), by id, each with the task finishing it, its deadline's timer and
+        # the request; an id leaves when its request is answered or dropped (``done``)
+        self.handling: dict[int, tuple[asyncio.Task[None], asyncio.TimerHandle, Any]] = {}
+        self.expired: set[int] = set()  # ids in handling stopped by their deadline, to answer DEADLINE_EXCEEDED
+        self.answers = pb.ExchangeResponse()  # the next message: answers not yet written
+        self.wake: asyncio.Future[None] | None = None  # what the writer awaits while there are none
         self.slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         self.held = 0  # invariant: slots taken, 0 <= held <= STREAM_IN_FLIGHT
         self.closing = False
+        self.reader: asyncio.Task[None] | None = None  # the task reading the stream now
+        self.writer: asyncio.Task[None] | None = None
+        # the reading's end: None (the caller is done sending, or the writer failed), the
+        # details of a refusal (INVALID_ARGUMENT), or the error reading raised
+        self.read_end: asyncio.Future[str | None] = self.loop.create_future()
 
     async def take(self) -> None:
         await self.slots.acquire()
@@ -249,19 +296,71 @@ class _Exchange:
         for _ in range(n):
             self.slots.release()
 
-    def answer(self, reply: Any) -> None:
-        self.answers.append(reply)
-        self.ready.set()
+    def kick(self) -> None:
+        """Wake the writer: answers were added, or the stream is closing."""
+        wake, self.wake = self.wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def done(self, rid: int, answer: Answer | None) -> None:
+        """Request ``rid`` ended: queue its ``answer``, or, for None (the caller gave it up),
+        give its slot back."""
+        entry = self.handling.pop(rid, None)
+        if entry is not None:
+            self.expired.discard(rid)
+            entry[1].cancel()
+        if answer is None:
+            self.give()
+            return
+        code, details, error, reply = answer
+        self.answers.replies.add(id=rid, code=code, details=details, error=error, reply=reply)
+        self.kick()
+
+    def stop(self, rid: int, *, expired: bool) -> None:
+        """Stop handling request ``rid`` (its task is cancelled): its caller gave it up (no
+        answer), or its deadline passed (``expired``: answered DEADLINE_EXCEEDED). A request
+        answered already, or never sent, is not stopped."""
+        entry = self.handling.get(rid)
+        if entry is None:
+            return
+        if expired:
+            self.expired.add(rid)
+        else:
+            self.expired.discard(rid)
+        entry[0].cancel()
+
+    def expire(self, rid: int) -> None:
+        """Request ``rid``'s deadline passed (its timer)."""
+        self.stop(rid, expired=True)
+
+    def ended(self, call: Any) -> Answer | None:
+        """The answer of a request stopped by ``stop``: DEADLINE_EXCEEDED if its deadline
+        passed, else none."""
+        if call.id not in self.expired:
+            return None
+        return (grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
+                f"{call.method.rpartition('/')[2]}: deadline of {call.timeout_us:.0f} us exceeded", "", b"")
+
+    def end_reading(self, how: str | None) -> None:
+        if not self.read_end.done():
+            self.read_end.set_result(how)
 
 
 class StreamServicer:
     """``mmusim.v2.StreamService``: the requests of both services on long-lived streams
     (``interconnect.transport: stream``, the proto says how). Each request is handled as its
-    unary RPC is (``_call_model``), in a task of its own started in the order the requests
-    arrive, with the same injected latency (``InjectedLatency.delay_s``, none for a probe),
-    the same ``host`` check under mutual TLS, and its own deadline; a cancelled request is
-    stopped and not answered. The caller's certificate is checked once, when the stream opens
-    (``_check_peer``), as the unary path checks it on each call; so is ``mmusim-dst``.
+    unary RPC is (``_call_model``), started in the order the requests arrive, with the same
+    injected latency (``InjectedLatency.delay_s``, none for a probe), the same ``host`` check
+    under mutual TLS, and its own deadline; a cancelled request is stopped and not answered.
+    The caller's certificate is checked once, when the stream opens (``_check_peer``), as the
+    unary path checks it on each call; so is ``mmusim-dst``.
+
+    A request is started by the task reading the stream, at once (Python 3.12's eager tasks,
+    by hand): most requests never wait (a callout whose secondary does its part at once), and
+    are answered without a task of their own, which is most of what a request costs here. A
+    request that does wait is finished by the task that started it, as one task from start
+    to end (``asyncio.current_task()``, which locks and SRCU readers are tracked by, stays the
+    same), and a new task reads on: requests that wait are handled concurrently, as before.
 
     Answers ready together are written in one message, as the client writes requests: while
     one message is being written, the next gathers."""
@@ -295,41 +394,100 @@ class StreamServicer:
         # the stream is accepted: a caller waits for this before it writes, so a refusal above
         # reaches it as the stream's status, not as a failed write
         await context.send_initial_metadata(())
-        state = _Exchange()
+        state = _Exchange(requests.__aiter__(), src, caller)
         self.open.add(state)
-        writer = asyncio.ensure_future(self._write(context, state))
+        loop = state.loop
+        state.writer = loop.create_task(self._write(context, state))
+        state.reader = loop.create_task(self._read(state, iter(())))
         try:
-            async for raw in requests:
-                try:
-                    message = pb.ExchangeRequest.FromString(raw)
-                except DecodeError as e:
-                    await self._refuse(context, f"Exchange: a message of {len(raw)} bytes is not an "
-                                                f"ExchangeRequest: {e}")
-                for call in message.calls:
+            refusal = await state.read_end
+            if refusal is not None:
+                await self._refuse(context, refusal)
+            if state.handling:  # the caller is done sending: answer what is in flight
+                await asyncio.wait([task for task, _, _ in state.handling.values()])
+            state.closing = True
+            state.kick()
+            await state.writer
+        finally:
+            tasks = [task for task, _, _ in state.handling.values()]
+            if state.reader is not None:
+                tasks.append(state.reader)
+            for task in (*tasks, state.writer):
+                task.cancel()
+            await asyncio.gather(state.writer, *tasks, return_exceptions=True)
+            self.open.discard(state)
+
+    async def _read(self, state: _Exchange, calls: Iterator[Any]) -> None:
+        """Start the requests of ``calls``, then of each message read from the stream, in
+        order, until the stream ends (``_Exchange.read_end``). A request whose handling waits
+        is finished here, and reading goes on in a new task (the class doc)."""
+        loop = state.loop
+        try:
+            while True:
+                for call in calls:
                     if call.cancel:
-                        task = state.handling.get(call.id)
-                        if task is not None:
-                            task.cancel()
+                        state.stop(call.id, expired=False)
                         continue
                     if call.id <= 0 or call.id in state.handling:
                         what = "is not > 0" if call.id <= 0 else "is already in flight"
-                        await self._refuse(context, f"Exchange: request id {call.id} {what}")
+                        state.end_reading(f"Exchange: request id {call.id} {what}")
+                        return
                     await state.take()
-                    state.handling[call.id] = asyncio.ensure_future(self._one(call, src, caller, state))
-                    if writer.done():  # the caller stopped reading and the write failed
-                        break
-            if state.handling:  # the caller is done sending: answer what is in flight
-                await asyncio.wait(list(state.handling.values()))
-            state.closing = True
-            state.ready.set()
-            await writer
-        finally:
-            for task in list(state.handling.values()):
-                task.cancel()
-            if not writer.done():
-                writer.cancel()
-            await asyncio.gather(writer, *state.handling.values(), return_exceptions=True)
-            self.open.discard(state)
+                    read_at = loop.time()
+                    coro = self._answer(call, state.src, state.caller)
+                    ctx = contextvars.copy_context()
+                    try:
+                        step = ctx.run(coro.send, None)
+                    except StopIteration as answered:
+                        state.done(call.id, answered.value)
+                        continue
+                    except Exception as e:  # noqa: BLE001 - answered INTERNAL, as on a unary call
+                        state.done(call.id, self._bug(call, e))
+                        continue
+                    # the request waits: a new task reads on, and this one finishes the request
+                    state.reader = loop.create_task(self._read(state, calls))
+                    await self._finish(state, call, _Resumed(coro, ctx, step), read_at)
+                    return
+                if state.writer is not None and state.writer.done():  # the caller stopped reading: the write failed
+                    state.end_reading(None)
+                    return
+                try:
+                    raw = await state.requests.__anext__()
+                except StopAsyncIteration:
+                    state.end_reading(None)
+                    return
+                try:
+                    message = pb.ExchangeRequest.FromString(raw)
+                except DecodeError as e:
+                    state.end_reading(f"Exchange: a message of {len(raw)} bytes is not an ExchangeRequest: {e}")
+                    return
+                calls = iter(message.calls)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # noqa: BLE001 - reading failed: the stream's handler raises it
+            if not state.read_end.done():
+                state.read_end.set_exception(e)
+
+    async def _finish(self, state: _Exchange, call: Any, rest: _Resumed, read_at: float) -> None:
+        """Finish a request whose handling waits, within its deadline, and answer it."""
+        task = asyncio.current_task()
+        assert task is not None
+        # a request that waits had a valid timeout (a refused one is answered at once)
+        timer = state.loop.call_at(read_at + call.timeout_us / 1e6, state.expire, call.id)
+        state.handling[call.id] = (task, timer, call)
+        try:
+            answer = await rest
+        except asyncio.CancelledError:  # stopped (_Exchange.stop): answered only if its deadline passed
+            state.done(call.id, state.ended(call))
+            raise
+        except Exception as e:  # noqa: BLE001 - a bug in mmusim: answered INTERNAL, as on a unary call
+            answer = self._bug(call, e)
+        state.done(call.id, answer)
+
+    def _bug(self, call: Any, e: Exception) -> Answer:
+        log.exception("partition %s: request %d on a stream failed with a bug in mmusim", self.partition, call.id,
+                      exc_info=e)
+        return (grpc.StatusCode.INTERNAL.value[0], f"mmusim bug in {call.method!r}: {type(e).__name__}: {e}", "", b"")
 
     @staticmethod
     async def _refuse(context: grpc.aio.ServicerContext, details: str) -> None:
@@ -338,32 +496,21 @@ class StreamServicer:
 
     async def _write(self, context: grpc.aio.ServicerContext, state: _Exchange) -> None:
         while True:
-            await state.ready.wait()
-            state.ready.clear()
-            if state.answers:
-                batch, state.answers = state.answers, []
-                await context.write(pb.ExchangeResponse(replies=batch))
-                state.give(len(batch))
+            if state.answers.replies:
+                message, state.answers = state.answers, pb.ExchangeResponse()
+                await context.write(message)
+                state.give(len(message.replies))
             elif state.closing:
                 return
+            else:
+                state.wake = state.loop.create_future()
+                await state.wake
 
-    async def _one(self, call: Any, src: str | None, caller: str | None, state: _Exchange) -> None:
-        try:
-            reply = await self._answer(call, src, caller)
-        except asyncio.CancelledError:  # the caller gave up on it: no answer
-            state.give()
-            raise
-        except Exception as e:  # noqa: BLE001 - a bug in mmusim: answered INTERNAL, as on a unary call
-            log.exception("partition %s: request %d on a stream failed with a bug in mmusim", self.partition, call.id)
-            reply = pb.StreamReply(id=call.id, code=grpc.StatusCode.INTERNAL.value[0],
-                                   details=f"mmusim bug in {call.method!r}: {type(e).__name__}: {e}")
-        finally:
-            del state.handling[call.id]
-        state.answer(reply)
-
-    async def _answer(self, call: Any, src: str | None, caller: str | None) -> Any:
-        def refused(code: grpc.StatusCode, details: str, error: str | None) -> Any:
-            return pb.StreamReply(id=call.id, code=code.value[0], details=details, error=error or "")
+    async def _answer(self, call: Any, src: str | None, caller: str | None) -> Answer:
+        """The answer to ``call``: (status code, details, model error class name or "",
+        the reply serialized)."""
+        def refused(code: grpc.StatusCode, details: str, error: str | None) -> Answer:
+            return code.value[0], details, error or "", b""
 
         route = self.routes.get(call.method)
         if route is None:
@@ -377,22 +524,17 @@ class StreamServicer:
         except DecodeError as e:
             return refused(grpc.StatusCode.INVALID_ARGUMENT, f"{method.rpc}: {len(call.request)} bytes are not a "
                                                              f"{method.request.DESCRIPTOR.name}: {e}", "InvalidArgument")
-        try:
-            async with asyncio.timeout(call.timeout_us / 1e6):
-                delay_s = self.latency.delay_s(src, call.method, call.probe) if self.latency is not None else 0.0
-                if delay_s > 0:
-                    await asyncio.sleep(delay_s)
-                if caller is not None:
-                    refusal = _host_refusal(method.rpc, request, caller)
-                    if refusal is not None:
-                        return refused(grpc.StatusCode.PERMISSION_DENIED, refusal, "PermissionDenied")
-                reply, code, details, error = await _call_model(self.partition, method, target, request)
-        except TimeoutError:
-            return refused(grpc.StatusCode.DEADLINE_EXCEEDED, f"{method.rpc}: deadline of {call.timeout_us:.0f} us "
-                                                              f"exceeded", None)
+        delay_s = self.latency.delay_s(src, call.method, call.probe) if self.latency is not None else 0.0
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        if caller is not None:
+            refusal = _host_refusal(method.rpc, request, caller)
+            if refusal is not None:
+                return refused(grpc.StatusCode.PERMISSION_DENIED, refusal, "PermissionDenied")
+        reply, code, details, error = await _call_model(self.partition, method, target, request)
         if code != grpc.StatusCode.OK:
             return refused(code, details, error)
-        return pb.StreamReply(id=call.id, reply=reply.SerializeToString())
+        return 0, "", "", reply.SerializeToString()
 
 
 def check_bind_host(host: str, *, secure: bool) -> None:

@@ -9,6 +9,11 @@ already runs on both transports.
 - A request whose deadline passes is cancelled on the server too, and the stream stays open.
 - Concurrent callouts to one secondary share stream messages, yet each is answered on its own
   and the secondary sees them in the order they were made.
+- A request is started at once by the task reading the stream: one that waits is finished by
+  the task that started it (``current_task()`` stays the same across its wait, as locks and SRCU
+  readers need), while requests that never wait are answered meanwhile.
+- A caller cancelled while its request is being written does not cancel the stream: the write
+  is not the caller's (gRPC would cancel the whole stream).
 - Requests are refused on a stream exactly as on a unary call: a stream opened with one
   partition's certificate claiming another is PERMISSION_DENIED before any request is read.
 """
@@ -174,6 +179,67 @@ def test_concurrent_callouts_share_messages_yet_each_is_answered_alone_and_in_or
     run_live(body, "p0", "p1", transport="stream")
 
 
+class Waiter(MmuNotifier):
+    """A secondary whose invalidate_range_start waits until released, recording the task it
+    runs in before and after the wait; its test_young answers at once."""
+
+    def __init__(self) -> None:
+        super().__init__("waiter")
+        self.release = asyncio.Event()
+        self.tasks: list[tuple[Any, Any]] = []
+
+    async def invalidate_range_start(self, mm: Any, start: int, end: int) -> None:
+        before = asyncio.current_task()
+        await self.release.wait()
+        self.tasks.append((before, asyncio.current_task()))
+
+    def test_young(self, mm: Any, address: int) -> int:
+        return address // P
+
+
+def test_a_request_that_waits_keeps_its_task_while_requests_that_do_not_are_answered():
+    async def body(p0, p1):
+        waiter = Waiter()
+        nid = p1.secondary_service.add(waiter)
+        call = p0.interconnect.call
+        waiting = [asyncio.ensure_future(call("p0", "p1", "secondary", "callout", nid, "invalidate_range_start", 1,
+                                              "m", (BASE + k * P, BASE + (k + 1) * P))) for k in range(3)]
+        await until(lambda: p1.server.stream_servicer.in_flight() == 3, "the callouts to reach p1")
+        for k in range(5):  # answered while the three wait, on the same stream
+            assert await call("p0", "p1", "secondary", "callout", nid, "test_young", 1, "m", (BASE + k * P,)) == \
+                BASE // P + k
+        assert not any(w.done() for w in waiting)
+        waiter.release.set()
+        await asyncio.gather(*waiting)
+        assert len(waiter.tasks) == 3
+        assert all(before is after and before is not None for before, after in waiter.tasks)
+        assert len({before for before, _ in waiter.tasks}) == 3  # each waited in a task of its own
+        assert p0.interconnect.written["streams"] == 1
+
+    run_live(body, "p0", "p1", transport="stream")
+
+
+def test_a_caller_cancelled_while_its_request_is_written_leaves_the_stream_open():
+    async def body(p0, p1):
+        waiter = Waiter()
+        nid = p1.secondary_service.add(waiter)
+        call = p0.interconnect.call
+        assert await call("p0", "p1", "secondary", "callout", nid, "test_young", 1, "m", (BASE,)) == BASE // P
+        for _ in range(20):
+            task = asyncio.ensure_future(call("p0", "p1", "secondary", "callout", nid, "invalidate_range_start", 1,
+                                              "m", (BASE, BASE + P)))
+            await asyncio.sleep(0)  # its first step: its message handed to gRPC, the write in progress
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert await call("p0", "p1", "secondary", "callout", nid, "test_young", 1, "m", (BASE + P,)) == BASE // P + 1
+        assert p0.interconnect.written["streams"] == 1  # never broken, never re-opened
+        await until(lambda: p1.server.stream_servicer.in_flight() == 0, "p1 to drop the cancelled callouts")
+        assert p0.owner_service.faults == []
+
+    run_live(body, "p0", "p1", transport="stream")
+
+
 def test_a_stream_opened_with_p1s_certificate_claiming_p2_is_refused():
     async def body(p0, p1, p2):
         mm = await mapped(p0, 1)
@@ -186,10 +252,10 @@ def test_a_stream_opened_with_p1s_certificate_claiming_p2_is_refused():
         try:
             call = pb_grpc.StreamServiceStub(channel).Exchange(metadata=((SRC_KEY, "p2"), (DST_KEY, "p0")))
             request = pb.RegisterNotifierRequest(host="p2", notifier_id="n3", name="gru", mm_id=mm.id)
-            await call.write(pb.ExchangeRequest(calls=[pb.StreamCall(
-                id=1, method=f"/{OWNER_SERVICE_NAME}/RegisterNotifier", request=request.SerializeToString(),
-                timeout_us=5e6)]))
-            with pytest.raises(grpc.aio.AioRpcError) as info:
+            with pytest.raises(grpc.aio.AioRpcError) as info:  # on the write if the refusal came first
+                await call.write(pb.ExchangeRequest(calls=[pb.StreamCall(
+                    id=1, method=f"/{OWNER_SERVICE_NAME}/RegisterNotifier", request=request.SerializeToString(),
+                    timeout_us=5e6)]))
                 await call.read()
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
         finally:
