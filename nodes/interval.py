@@ -253,6 +253,8 @@ class MmuItree:
         if self.core.trace_callouts:
             self.runtime.trace("callout", f"{ITREE_OP}([{range.start:#x}, {range.end:#x}), {range.event.name}, "
                                           f"seq {cur_seq}) -> {mni.name} on {self.mm.name}")
+        timings = self.core.timings
+        t0 = self.runtime.now() if timings.enabled else 0.0
         try:
             if range.blockable():
                 ok = await call_maybe_async(mni.ops.invalidate, mni, range, cur_seq)
@@ -261,6 +263,8 @@ class MmuItree:
                                 mni.ops.invalidate, mni, range, cur_seq)
         finally:
             self.oracle.callout_done(mni, self.mm, ITREE_OP)
+            if timings.enabled and range.blockable():  # as the core times a sleepable callout
+                timings.callout(self.runtime.now(), self.runtime.now() - t0, self.mm, ITREE_OP)
         if not isinstance(ok, bool):
             raise InvalidArgument(f"{ITREE_OP} of interval notifier {mni.name} returned {ok!r}, not a bool")
         if ok:

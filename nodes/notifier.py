@@ -462,6 +462,14 @@ class NotifierCore:
         """mm_has_notifiers(): the inline wrappers return at once when this is False."""
         return mm.notifier_mm is not None and not mm.notifier_mm.list.empty()
 
+    @staticmethod
+    def has_subscribers(mm: Mm) -> bool:
+        """Whether an invalidation of ``mm`` calls anyone: a notifier on its list, or (the modern
+        cores) an interval notifier tree. What the timings count: a span that calls no one is
+        not timed."""
+        nmm = mm.notifier_mm
+        return nmm is not None and (not nmm.list.empty() or nmm.itree is not None)
+
     async def _call(self, mn: MmuNotifier, mm: Mm, op: str, *args: Any, range: MmuNotifierRange | None = None) -> Any:
         """One callout. With a modern core's ``range`` a notifier that ``takes_range`` gets it
         alone; and a range that is not blockable is called as the kernel brackets it,
@@ -612,7 +620,7 @@ class NotifierCore:
         rng = self._range(mm, start, end, event, flags, owner)
         self.oracle.mm_range_start(mm, start, end)
         # a span that calls no one is not timed, nor the OOM reaper's (not the study's subject)
-        if self.timings.enabled and self.has_notifiers(mm) and flags & MMU_NOTIFIER_RANGE_BLOCKABLE:
+        if self.timings.enabled and self.has_subscribers(mm) and flags & MMU_NOTIFIER_RANGE_BLOCKABLE:
             self.timings.range_started(mm, start, end, self.runtime.now())
         self._bump_invalidate_seq(mm)
         ret = await self._itree_invalidate(mm, rng)

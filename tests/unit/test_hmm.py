@@ -543,9 +543,13 @@ def test_the_harness_runs_a_study_with_hmm_devices():
 
 def test_the_quickstart_with_hmm_under_v5_10_is_clean():
     """``mmusim run quickstart --set secondary.kind=hmm --set semantics=v5.10``, the mix with
-    migration."""
+    migration: clean, and timed as a GRU run is."""
     r = _quickstart()
     assert r["invariants"]["violations"] == 0, r["invariants"]["details"][:3]
+    # the core times the spans and callouts of an mm with interval notifiers only, as any
+    # (mm_has_notifiers() is true once the mm has subscriptions): the devices' invalidates
+    assert r["metrics"]["invalidate_range"]["n"] > 0 and r["metrics"]["callout_rtt"]["n"] > 0
+    assert r["metrics"]["callout_rtt"]["max"] >= hmm_mod.DEFAULT_TLB_INVALIDATE_US
 
 
 def test_the_race_finder_drives_hmm_devices_clean_and_finds_a_planted_missing_retry(monkeypatch):
