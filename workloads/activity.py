@@ -46,7 +46,7 @@ from nodes.secondary.xpmem import XPMEM_RDWR, XpmemCred
 
 BASE = 0x10000000  # 2 MiB aligned: THP collapses find whole blocks
 OPS = ("munmap", "mprotect", "migrate", "ksm", "reclaim", "thp", "cow", "oom_reap")
-KINDS = ("gru", "xpmem", "kvm")
+KINDS = ("gru", "xpmem", "kvm", "sva")
 SOURCE = XpmemCred(tgid=1, uid=1000, gid=1000)  # XPMEM's source process of every mm
 ATTACHER = XpmemCred(tgid=2, uid=1000, gid=1000)
 # the counters of the GRUs of a partition that a run reports (GruStats fields)
@@ -154,6 +154,12 @@ async def _attach(ctx: PartitionContext, kind: str, owner: str, mm_id: int, name
         await ctx.gru(owner, mm_id, name)
     elif kind == "kvm":
         await ctx.kvm(owner, mm_id, name)
+    elif kind == "sva":  # an IOMMU SVA device bound to the mm (nodes/secondary/sva.py; sim backend)
+        sva = getattr(ctx, "sva", None)
+        if sva is None:
+            raise ValueError(f"secondary kind 'sva' is not available on partition {ctx.name} of this backend "
+                             f"(the sim backend's only)")
+        await sva(owner, mm_id, name)
     elif kind == "xpmem":
         drv = await ctx.xpmem(owner, mm_id, name, cred=SOURCE)
         segid = await drv.make(BASE, region_pages * PAGE_SIZE, 0o600)

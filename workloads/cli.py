@@ -322,8 +322,12 @@ def _cmd_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error(f"--tasks: expected a comma-separated subset of {','.join(races.TASKS)}, got {args.tasks!r}")
     if args.choices is not None and args.choices < 0:
         parser.error(f"--choices: expected an integer >= 0, got {args.choices}")
+    from nodes.notifier import MODERN
+
     race = races.RaceConfig(pages=args.pages, grus=args.grus, tasks=tasks, choices=args.choices,
-                            gru_dropin=args.gru_dropin or "guarded")
+                            gru_dropin=args.gru_dropin or "guarded", secondary=args.secondary)
+    if args.secondary == "sva" and args.semantics not in MODERN:
+        parser.error(f"--secondary sva: expected --semantics {' or '.join(MODERN)}, got {args.semantics!r}")
     if args.scenario != "race":
         from workloads.scenario import load_scenario
 
@@ -458,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--gru-dropin", choices=tuple(GRU_DROPINS), default=None,
                        help="how the GRUs check a dropin: guarded (default) or v3.10 (unguarded: races "
                             "invalidations that overtake the lookup)")
+    check.add_argument("--secondary", choices=("gru", "sva"), default="gru",
+                       help="race workload: what maps the mm: GRUs (default) or IOMMU SVA devices (v5.10, v6.6)")
     check.add_argument("--no-shrink", action="store_true", help="report the first finding as found")
     predict = sub.add_parser("predict", help="predict the unregister and exit synchronize_srcu() wait from the "
                                              "scenario's activity (an analytic model, docs/srcu-hang-model.md)")

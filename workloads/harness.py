@@ -315,6 +315,9 @@ def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = N
 
     if backend not in ("sim", "ray"):
         raise ValueError(f"backend must be sim or ray, got {backend!r}")
+    if backend == "ray" and spec.kind == "sva":
+        raise ValueError(f"scenario {scenario.name}: secondary.kind 'sva' runs on the sim backend only (the IOMMU "
+                         f"SVA services, nodes/secondary/sva.py, are not on the wire), got backend 'ray'")
     config = scenario.sim_config(**(sim_extra or {})) if backend == "sim" else scenario.ray_config(
         address=address, **(ray_extra or {}))
     if config.nframes < spec.frames_needed():

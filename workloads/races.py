@@ -4,7 +4,10 @@ seeded scheduler (random or PCT), until the model breaks; then shrink the worklo
 what happened, readably, with the command that replays it exactly.
 
 The race workload: partition p0 owns an mm of ``pages`` pages; GRUs on p1 map it (their
-callouts cross the interconnect and sleep, with a seeded random latency). Then, at seeded
+callouts cross the interconnect and sleep, with a seeded random latency), or, with
+``secondary="sva"`` (``mmusim check --secondary sva``, the modern modes only), IOMMU SVA devices
+on p1 bound to it (``nodes/secondary/sva.py``: ATS/PRI faults, and ATS invalidations posted
+under the page-table lock whose completions take a seeded 2-200 us). Then, at seeded
 random moments, concurrently:
 
 - ``unregister``: one GRU is unregistered;
@@ -45,12 +48,13 @@ from cluster.vtime import Deadlock
 from nodes import lockdep, vmops
 from nodes.errors import InternalError, KernelBug, ModelError
 from nodes.mm import PAGE_SIZE, PROT_READ
-from nodes.notifier import OOM_REAPER_MODES, SEMANTICS
+from nodes.notifier import MODERN, OOM_REAPER_MODES, SEMANTICS
 from nodes.runtime import wait_all
 
 BASE = 0x10000000
 FAULTER_TLB_ENTRIES = 2  # the faulting GRU's TLB: small, so that its accesses keep missing
 FAULT_WORKERS = 3  # GRU instructions the faulting GRU has in flight at once
+SECONDARIES = ("gru", "sva")  # what maps the race workload's mm (``RaceConfig.secondary``)
 TASKS = ("unregister", "exit", "migrate", "ksm", "faults", "register", "mprotect", "oom_reap")
 
 
@@ -63,11 +67,13 @@ class RaceConfig:
     tasks: tuple[str, ...] = TASKS
     choices: int | None = None  # only the first N scheduling choices are the seed's; then FIFO
     gru_dropin: str = "guarded"  # how the GRUs check a dropin (nodes.secondary.gru.GRU_DROPINS); not shrunk
+    secondary: str = "gru"  # what maps the mm (SECONDARIES); not shrunk
 
     def describe(self) -> str:
         steps = "" if self.choices is None else f", {self.choices} seeded scheduling choices then FIFO"
         dropin = "" if self.gru_dropin == "guarded" else f", {self.gru_dropin} GRU dropin"
-        return f"{self.pages} pages, {self.grus} GRUs, tasks {', '.join(self.tasks)}{dropin}{steps}"
+        what = "GRUs" if self.secondary == "gru" else "SVA devices"
+        return f"{self.pages} pages, {self.grus} {what}, tasks {', '.join(self.tasks)}{dropin}{steps}"
 
 
 @dataclass
@@ -89,6 +95,7 @@ class Finding:
         return (f"mmusim check --semantics {self.semantics} --scheduler {self.scheduler} --replay {self.seed} "
                 f"--pages {r.pages} --grus {r.grus} --tasks {','.join(r.tasks)}"
                 + ("" if r.gru_dropin == "guarded" else f" --gru-dropin {r.gru_dropin}")
+                + ("" if r.secondary == "gru" else f" --secondary {r.secondary}")
                 + ("" if r.choices is None else f" --choices {r.choices}"))
 
 
@@ -99,6 +106,7 @@ def sim_config(semantics: str, scheduler: str, seed: int, race: RaceConfig) -> S
         fault_latency={"dist": "uniform", "low": 2.0, "high": 200.0},  # a remote fault: TLB miss to dropin
         reclaim_watermark=0.9,  # a third of the frames are in use: an allocation reclaims
         choices=race.choices, gru_dropin=race.gru_dropin,
+        sva_completion={"dist": "uniform", "low": 2.0, "high": 200.0},  # an SVA device's ATS invalidation
     )
 
 
@@ -109,8 +117,14 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
     mm = a.create_mm()
     await vmops.mmap(a, mm, BASE, race.pages * PAGE_SIZE)
     await vmops.populate(a, mm, BASE, race.pages * PAGE_SIZE)
-    grus = [await c.gru("p1", "p0", mm, name=f"gru{i}") for i in range(race.grus - 1)]
-    grus.append(await c.gru("p1", "p0", mm, name=f"gru{race.grus - 1}", tlb_entries=FAULTER_TLB_ENTRIES))
+    def secondary(name: str, faulter: bool = False) -> Any:
+        """A GRU (or an SVA device) on p1 mapping the mm; the faulter's TLB (ATC) is small."""
+        if race.secondary == "sva":
+            return c.sva("p1", "p0", mm, name=name, **({"atc_entries": FAULTER_TLB_ENTRIES} if faulter else {}))
+        return c.gru("p1", "p0", mm, name=name, **({"tlb_entries": FAULTER_TLB_ENTRIES} if faulter else {}))
+
+    grus = [await secondary(f"gru{i}") for i in range(race.grus - 1)]
+    grus.append(await secondary(f"gru{race.grus - 1}", faulter=True))
     for g in grus:
         for k in range(race.pages):
             await g.access(BASE + k * PAGE_SIZE)
@@ -143,7 +157,7 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
             return
         mm.users += 1
         try:
-            late = await c.gru("p1", "p0", mm, name="late")
+            late = await secondary("late")
             await late.access(BASE)
         finally:
             await vmops.mmput(a, mm)
@@ -176,6 +190,11 @@ def run_once(semantics: str, scheduler: str, seed: int, race: RaceConfig) -> Fin
     (and reports) the workload without the ``oom_reap`` task."""
     if semantics not in OOM_REAPER_MODES and "oom_reap" in race.tasks:
         race = replace(race, tasks=tuple(t for t in race.tasks if t != "oom_reap"))
+    if race.secondary not in SECONDARIES:
+        raise ValueError(f"the race workload's secondary must be one of {SECONDARIES}, got {race.secondary!r}")
+    if race.secondary == "sva" and semantics not in MODERN:
+        raise ValueError(f"--secondary sva needs semantics {' or '.join(MODERN)} (IOMMU SVA's ops are theirs), "
+                         f"got semantics {semantics!r}")
     config = sim_config(semantics, scheduler, seed, race)
 
     async def workload(c: SimCluster) -> None:

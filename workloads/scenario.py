@@ -28,10 +28,16 @@ Schema (``KNOBS`` holds it; defaults in brackets; times in microseconds)::
     mms                  positive int       [2]   owned by each partition, carrying activity
     secondaries_per_mm   positive int       [1]
     nframes              auto | positive int [auto]  frames per partition, see Scenario.nframes
-    secondary.kind       gru | xpmem | kvm  [gru]
+    secondary.kind       gru | xpmem | kvm | sva  [gru]  sva: an IOMMU SVA device (ATS/PRI), under
+                                                  semantics v5.10 or v6.6 only, sim backend only
+                                                  (nodes/secondary/sva.py)
     gru.dropin           guarded | v3.10    [guarded]  how a GRU on another partition checks a
                                                   dropin whose lookup crossed the network
                                                   (nodes/secondary/gru.py, GRU_DROPINS)
+    sva.iommu            intel | smmuv3     [intel]  the owner's IOMMU driver: what it does when an
+                                                  ATS invalidation completion times out
+                                                  (nodes/secondary/sva.py, IOMMUS)
+    sva.completion       latency            [2]   an SVA device's ATS invalidation completion
     activity.streams     int >= 0           [2]   concurrent background streams of VM operations
     activity.mix         {op: weight >= 0}  [{munmap: 1}]  ops: munmap mprotect migrate ksm
                                                   reclaim thp cow oom_reap; missing ops weigh 0;
@@ -92,12 +98,13 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import yaml
 
 from cluster.topology import parse_latency
-from nodes.notifier import OOM_REAPER_MODES, SEMANTICS
+from nodes.notifier import MODERN, OOM_REAPER_MODES, SEMANTICS
 from nodes.rpc import DEFAULT_TRANSPORT, TRANSPORTS
 from nodes.notifier import FANOUTS
 from nodes.partition import SRCU_SCOPES
 from nodes.srcu import DEFAULT_HZ, HZ_CHOICES, jiffy_us
 from nodes.secondary.gru import GRU_DROPINS
+from nodes.secondary.sva import IOMMUS
 
 if TYPE_CHECKING:
     from cluster.ray_backend import RayConfig
@@ -116,7 +123,7 @@ __all__ = [
 ]
 
 OPS = ("munmap", "mprotect", "migrate", "ksm", "reclaim", "thp", "cow", "oom_reap")  # workloads.activity's
-SECONDARY_KINDS = ("gru", "xpmem", "kvm")
+SECONDARY_KINDS = ("gru", "xpmem", "kvm", "sva")
 TEARDOWNS = ("unregister", "put")  # put: mmu_notifier_put, the free deferred with call_srcu
 LATENCY_PARAMS = ("value", "low", "high", "median", "sigma", "scale", "alpha")  # every dist's
 DURATION_UNITS = {"us": 1.0, "ms": 1_000.0, "s": 1_000_000.0}
@@ -367,6 +374,8 @@ KNOBS: dict[str, Knob] = {
     "nframes": Knob("auto", _nframes, "'auto' or a positive integer"),
     "secondary.kind": Knob("gru", _choice(SECONDARY_KINDS), " | ".join(SECONDARY_KINDS)),
     "gru.dropin": Knob("guarded", _choice(tuple(GRU_DROPINS)), " | ".join(GRU_DROPINS)),
+    "sva.iommu": Knob("intel", _choice(tuple(IOMMUS)), " | ".join(IOMMUS)),
+    "sva.completion": Knob(2.0, _latency, "a latency", LATENCY_PARAMS),
     "activity.streams": Knob(2, _count, "an integer >= 0"),
     "activity.mix": Knob({op: (1 if op == "munmap" else 0) for op in OPS}, _mix, "weights >= 0 over " + ", ".join(OPS), OPS),
     "activity.rate": Knob(1000, _positive_number, "a positive number (operations per second per stream)"),
@@ -475,6 +484,10 @@ def _check_cross(values: dict[str, Any]) -> None:
         raise _Invalid("activity.mix.oom_reap", f"expected weight 0 under semantics {values['semantics']!r}, which has "
                                                 f"no OOM reaper (modes with one: {', '.join(OOM_REAPER_MODES)}), "
                                                 f"got {mix['oom_reap']}")
+    if values["secondary"]["kind"] == "sva" and values["semantics"] not in MODERN:
+        raise _Invalid("secondary.kind", f"expected semantics {' or '.join(MODERN)} for 'sva' (IOMMU SVA needs "
+                                         f"->invalidate_range or ->arch_invalidate_secondary_tlbs), got semantics "
+                                         f"{values['semantics']!r}")
     m = values["measure"]
     if m["exits"] == 0 and m["unregisters"] == 0:
         raise _Invalid("measure", "expected measure.exits or measure.unregisters > 0, got both 0 (nothing to measure)")
@@ -704,6 +717,8 @@ class Scenario:
             hop_latency=copy.deepcopy(v["topology"]["hop_latency"]),
             callout_latency=copy.deepcopy(v["callout"]["latency"]),
             seed=v["seed"],
+            sva_iommu=v["sva"]["iommu"],
+            sva_completion=copy.deepcopy(v["sva"]["completion"]),
         )
         kw.update(extra)
         return SimConfig(**kw)

@@ -179,9 +179,13 @@ class IommuSvaBond(RemoteNotifier):
     ``RemoteNotifier`` in that it stands on the owner for a device elsewhere (fencing, oracle
     reports), but its ops run here, in the owner's kernel, as the driver's do.
 
-    ``issued`` is the IOMMU's record of what it translated for the device since the last
-    invalidation of each page (vpn -> frames): a superset of the device's ATC. Invariant: a
-    frame in ``issued`` is either still mapped by the page table or pinned by a spin."""
+    ``issued`` is the IOMMU's record of what it translated for the device and no completed
+    invalidation has covered since (vpn -> frames): a superset of the device's ATC. An
+    invalidation takes a snapshot of its range's entries when it is posted and removes them
+    when it completes (or the driver gives up on it), not before: until then the device may
+    still hold them, and another invalidation of the same pages (the OOM reaper's, while an
+    unbind's release waits) must find them to pin them. Invariant: a frame in ``issued`` is
+    still mapped by the page table, or pinned by a spin, or a release's wait is in progress."""
 
     takes_range = False  # implements no range op
 
@@ -205,16 +209,33 @@ class IommuSvaBond(RemoteNotifier):
         docstring: it holds an SRCU read lock and pins the frames until it ends)."""
         if self.fenced or mm.id != self.mm_id:
             return
-        first, last = vpn_span(start, end)
-        pfns = [pfn for vpn in keys_in_span(self.issued, first, last) for pfn in self.issued.pop(vpn).elements()]
+        taken = self._snapshot(start, end)
+        pfns = [pfn for c in taken.values() for pfn in c.elements()]
         part = self.iommu.part
         if pfns:
             part.frames.pin(np.asarray(pfns, dtype=np.int64))
         self.stats.invalidations += 1
-        self.runtime.spawn(self._spin(mm, start, end, op, pfns, current_cpu.get(), self.runtime.now()),
+        self.runtime.spawn(self._spin(mm, start, end, op, taken, pfns, current_cpu.get(), self.runtime.now()),
                            name=f"{self.name}.{op}")
 
-    async def _spin(self, mm: Mm, start: int, end: int, op: str, pfns: list[int], cpu: int, t0: float) -> None:
+    def _snapshot(self, start: int, end: int) -> dict[int, Counter[int]]:
+        """What the IOMMU translated in [start, end) that an invalidation posted now covers."""
+        first, last = vpn_span(start, end)
+        return {vpn: Counter(self.issued[vpn]) for vpn in keys_in_span(self.issued, first, last)}
+
+    def _settle(self, taken: dict[int, Counter[int]]) -> None:
+        """The invalidation that took ``taken`` is over: the device holds none of it any more
+        (or the driver gave up and no longer cares); translations made since are kept."""
+        for vpn, pfns in taken.items():
+            left = self.issued.get(vpn)
+            if left is not None:
+                left.subtract(pfns)
+                left += Counter()  # drop the entries at zero
+                if not left:
+                    del self.issued[vpn]
+
+    async def _spin(self, mm: Mm, start: int, end: int, op: str, taken: dict[int, Counter[int]], pfns: list[int],
+                    cpu: int, t0: float) -> None:
         """The driver's spin after it posted the invalidation (qi_submit_sync's wait loop,
         arm_smmu_cmdq_poll_until_sync), ended by the completion or the driver's time-out path,
         inside a read section of the mm's SRCU domain. The section is taken here, at the task's
@@ -227,6 +248,7 @@ class IommuSvaBond(RemoteNotifier):
             await self.iommu.invalidate_device(self, start, end, what=op)
         finally:
             us = self.runtime.now() - t0
+            self._settle(taken)
             srcu.read_unlock(idx, cpu)
             if pfns:
                 self.iommu.part.frames.unpin(np.asarray(pfns, dtype=np.int64))
@@ -245,9 +267,12 @@ class IommuSvaBond(RemoteNotifier):
         if mm.id != self.mm_id:
             raise NotFound(f"SVA bond {self.name}: release of mm {mm.id}, but the bond is on mm {self.mm_id}")
         self.torn_down = True
-        self.issued.clear()
-        if not self.fenced:
-            await self.iommu.invalidate_device(self, 0, TASK_SIZE, what="release")
+        taken = self._snapshot(0, TASK_SIZE)
+        try:
+            if not self.fenced:
+                await self.iommu.invalidate_device(self, 0, TASK_SIZE, what="release")
+        finally:
+            self._settle(taken)
 
 
 class SvaBond510(IommuSvaBond):
