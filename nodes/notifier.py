@@ -26,6 +26,7 @@ synchronize even when it did not call ->release itself):
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import errno
 from dataclasses import dataclass
@@ -253,6 +254,18 @@ class MmuNotifierRange:
         return self.owner
 
 
+#: The range of the range callout in progress on this task (None outside one, and under the
+#: v3.10 core): how a driver that keeps the (mm, start, end) shape reads range->flags, as 5.10's
+#: KVM passes them down to kvm_unmap_hva_range().
+current_range: contextvars.ContextVar[MmuNotifierRange | None] = contextvars.ContextVar("current_range", default=None)
+
+
+def mmu_notifier_range_blockable() -> bool:
+    """mmu_notifier_range_blockable() of the range callout in progress (True outside one)."""
+    rng = current_range.get()
+    return rng is None or rng.blockable()
+
+
 def _fmt_args(args: tuple[Any, ...]) -> str:
     return "(" + ", ".join(hex(a) if isinstance(a, int) and a > 4096 else repr(a) for a in args) + ")"
 
@@ -450,14 +463,19 @@ class NotifierCore:
         try:
             if range is not None:
                 call = (range,) if mn.takes_range else (mm, *args)
-                if not range.blockable():
-                    return run_atomic(f"{op} of notifier {mn.name} in a non-blocking range "
-                                      f"(non_block_start())", getattr(mn, op), *call)
-                return await call_maybe_async(getattr(mn, op), *call)
+                token = current_range.set(range)
+                try:
+                    if not range.blockable():
+                        return run_atomic(f"{op} of notifier {mn.name} in a non-blocking range "
+                                          f"(non_block_start())", getattr(mn, op), *call)
+                    return await call_maybe_async(getattr(mn, op), *call)
+                finally:
+                    current_range.reset(token)
             return await call_maybe_async(getattr(mn, op), mm, *args)
         finally:
             self.oracle.callout_done(mn, mm, op)
-            if self.timings.enabled:
+            # an op a proxy answers itself (``local``: nodes.remote) is no round trip to time
+            if self.timings.enabled and not getattr(getattr(mn, op), "local", False):
                 self.timings.callout(self.runtime.now(), self.runtime.now() - t0, mm, op)
 
     def _note(self, what: str) -> None:
@@ -610,14 +628,16 @@ class NotifierCore:
                        f"invalidate_range_end: a start that does -EAGAIN can't also do end (c2655835fd8c)")
 
     async def _unwind_failed_start(self, rng: MmuNotifierRange | None) -> None:
-        """A start failed: the caller will not call end (oom_reap: ``continue``). v5.10 leaves
-        it there, so a notifier whose start succeeded before or after the one that failed never
-        gets its end (the pairing c2655835fd8c restored); v6.6 calls every notifier's end now,
-        those that failed included (here in a read section of its own, in the range's
-        non-blocking context)."""
+        """A start failed. In a non-blockable range the caller will not call end (oom_reap:
+        ``continue``); a blockable caller ignores the answer (the kernel's wrapper is void, the
+        failure was WARNed) and calls end. v5.10 leaves it there, so a notifier whose start
+        succeeded beside a non-blockable failure never gets its end (the pairing c2655835fd8c
+        restored); v6.6 calls every notifier's end now, whatever the range, those that failed
+        included (here in a read section of its own, in the range's context)."""
         assert rng is not None
         mm, start, end = rng.mm, rng.start, rng.end
-        self.oracle.mm_range_abandoned(mm, start, end)
+        if not rng.blockable():
+            self.oracle.mm_range_abandoned(mm, start, end)
         if self.unwind_failed_start:
             self._bump_invalidate_seq(mm)
             await self._walk(mm, "invalidate_range_end", start, end, range=rng)

@@ -119,20 +119,37 @@ class RemoteNotifier(MmuNotifier):
         self.sleeps = True  # every op waits for the network
 
 
-_proxy_classes: dict[frozenset[str], type[RemoteNotifier]] = {}
+_proxy_classes: dict[tuple[frozenset[str], bool], type[RemoteNotifier]] = {}
 
 
-def remote_notifier_class(ops: frozenset[str]) -> type[RemoteNotifier]:
-    """The ``RemoteNotifier`` subclass implementing exactly ``ops``."""
+def remote_notifier_class(ops: frozenset[str], *, modern: bool = False) -> type[RemoteNotifier]:
+    """The ``RemoteNotifier`` subclass implementing exactly ``ops``; for a ``modern`` core, a
+    secondary with an invalidate_range_end but no start gets a start of the proxy's own
+    (``_refusing_start``), since its end would have to cross the network in a range that may
+    not block."""
     unknown = ops - set(OPS)
     if unknown:
         raise InvalidArgument(f"unknown notifier ops {sorted(unknown)}; known: {list(OPS)}")
-    cls = _proxy_classes.get(ops)
+    guard = modern and "invalidate_range_end" in ops and "invalidate_range_start" not in ops
+    cls = _proxy_classes.get((ops, guard))
     if cls is None:
         body = {op: _forwarding_op(op) for op in sorted(ops)}
-        cls = type(f"RemoteNotifier[{','.join(sorted(ops))}]", (RemoteNotifier,), body)
-        _proxy_classes[ops] = cls
+        if guard:
+            body["invalidate_range_start"] = _refusing_start
+        cls = type(f"RemoteNotifier[{','.join(sorted(ops))}{',guard' if guard else ''}]", (RemoteNotifier,), body)
+        _proxy_classes[(ops, guard)] = cls
     return cls
+
+
+def _refusing_start(self: "RemoteNotifier", rng: Any) -> int:
+    """The proxy's own invalidate_range_start, for a secondary without one (XPMEM hooks only
+    the end): nothing to forward in a blockable range; -EAGAIN in one that may not block, so
+    that the core's caller skips the range and no end is owed to the secondary (5.10's rule: a
+    notifier that would sleep fails its non-blocking start; its end cannot fail)."""
+    return 0 if rng.blockable() else -errno.EAGAIN
+
+
+_refusing_start.local = True  # type: ignore[attr-defined]  # answered here: not timed as a round trip
 
 
 @dataclass
@@ -182,7 +199,7 @@ class OwnerService:
         self._check_host(host)
         if (host, notifier_id) in self.notifiers:
             raise NotFound(f"notifier {notifier_id!r} of partition {host} is already registered on {self.name}")
-        mn = remote_notifier_class(frozenset(ops))(self, host, notifier_id, name)
+        mn = remote_notifier_class(frozenset(ops), modern=self.part.core.modern)(self, host, notifier_id, name)
         self.notifiers[(host, notifier_id)] = mn
         try:
             await self.part.core.register(mn, self.part.mm(mm_id))

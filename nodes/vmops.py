@@ -519,6 +519,8 @@ async def _oom_reap_mm(p: "Partition", mm: Mm) -> tuple[bool, int]:
         if gathered:
             pfns = np.concatenate(gathered)
             unmapped += len(pfns)
+            p.runtime.trace("oom", f"oom_reaper: unmapped [{start:#x}, {end:#x}) of {mm.name}, {len(pfns)} pages put"
+                                   f"{'' if notify else ', without calling the notifiers'}")
             p.frames.put(pfns)
     return ok, unmapped
 

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nodes.errors import InvalidArgument, KernelBug, NotFound, Released
+from nodes.notifier import mmu_notifier_range_blockable
 from nodes.mm import (
     PAGE_SHIFT,
     PTE_DIRTY,
@@ -147,7 +148,7 @@ class KvmMmu(SecondaryMmu):
             first, last = vpn_span(start, end)
             need_flush = self._zap(keys_in_span(self.sptes, first, last))
         if need_flush:
-            await self._flush_remote_tlbs()
+            await self._flush_remote_tlbs(blockable=mmu_notifier_range_blockable())
 
     def invalidate_range_end(self, mm: Mm, start: int, end: int) -> None:
         """kvm_mmu_notifier_invalidate_range_end(): seq first, then count (smp_wmb between).
@@ -237,9 +238,14 @@ class KvmMmu(SecondaryMmu):
             self.owner.translations_dropped(self, self.mm_id, pfns)
         return bool(pfns)
 
-    async def _flush_remote_tlbs(self) -> None:
+    async def _flush_remote_tlbs(self, *, blockable: bool = True) -> None:
+        """kvm_flush_remote_tlbs(): ``flush_us`` slept (see the module docstring). In a range
+        that may not block (the OOM reaper's, under a modern core) nothing is slept: 5.10's
+        kvm_mmu_notifier_invalidate_range_start() flushes under mmu_lock, busy-waiting for
+        the IPIs, and answers 0; a wait the model can only charge by sleeping is left out."""
         self.stats.flushes += 1
-        await self.runtime.sleep(self.flush_us)
+        if blockable:
+            await self.runtime.sleep(self.flush_us)
 
     def mmu_notifier_retry(self, mmu_seq: int) -> bool:
         """mmu_notifier_retry(kvm, mmu_seq): an invalidation is running or ended since the

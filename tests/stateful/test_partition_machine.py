@@ -85,7 +85,7 @@ from cluster.vtime import VirtualClock, VirtualTimeLoop
 from nodes import vmops
 from nodes.errors import BadAddress, Busy, Released
 from nodes.mm import PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, PTE_MIGRATION, PTE_PRESENT, PTE_WRITE, Mm
-from nodes.notifier import OPS, MmuNotifier, NotifierCore, has_op
+from nodes.notifier import MODERN, OPS, MmuNotifier, NotifierCore, has_op
 from nodes.owner import LocalOwner
 from nodes.partition import Partition
 from nodes.runtime import Runtime
@@ -129,12 +129,13 @@ class PartitionMachine(RuleBasedStateMachine):
     mms = Bundle("mms")
     secondaries = Bundle("secondaries")
     gru_dropin = "guarded"  # every GRU's dropin (GruMmu's default; a test plants "v3.10")
+    semantics = "v3.10"  # the partition's notifier core (a test runs the modern ones)
 
     def __init__(self) -> None:
         super().__init__()
         self.loop = VirtualTimeLoop()
         self.rt: Runtime = self.run(self._make_runtime())
-        self.p = Partition(self.rt, nframes=2048, ncpus=2, jiffy_us=100.0)
+        self.p = Partition(self.rt, nframes=2048, ncpus=2, jiffy_us=100.0, semantics=self.semantics)
         self.owner = LocalOwner(self.p)
         self.gru_owner = DelayedOwner(self.p, GRU_ONE_WAY_US)  # every GRU is across the network
         self.attacher = XpmemCred(tgid=900, uid=1000, gid=1000)
@@ -498,6 +499,15 @@ def run_machine(n: int, machine_settings: settings) -> None:
 
 def test_partition_machine() -> None:
     run_machine(0, MACHINE_SETTINGS)
+
+
+@pytest.mark.parametrize("semantics", MODERN)
+def test_partition_machine_under_the_modern_cores(monkeypatch: pytest.MonkeyPatch, semantics: str) -> None:
+    """The same machine under v5.10 and v6.6 (nodes/notifier.py MODERN): the oracles and the
+    reference model agree there too (migration and reclaim bracket each page with
+    range_start/end instead of invalidate_page), on a smaller budget."""
+    monkeypatch.setattr(PartitionMachine, "semantics", semantics)
+    run_machine(0, settings(MACHINE_SETTINGS, max_examples=max(5, MACHINE_SETTINGS.max_examples // 4)))
 
 
 async def unmap_region_freeing_early(p, mm, start, end):  # type: ignore[no-untyped-def]

@@ -28,6 +28,8 @@ EXPECTED = {
     "unregister-race": ("NullPointerDereference", "hlist_del_rcu"),
     "change-pte-unwrapped": ("SleepingInAtomicContext", "the change_pte fallback"),
     "lazy-alloc": ("lockdep", "possible recursive locking detected"),
+    # the OOM reaper's history (4.6's reaper, fixed by 4d4bbd8526a8), beside the core's
+    "oom-reap-unnotified": ("violation", "inv 1: frame freed while a secondary maps"),
 }
 
 
