@@ -235,6 +235,11 @@ class SimPartitionContext(SecondaryFactory):
     def owner_port(self, owner: str) -> OwnerPort:
         return self.cluster.owner_port(self.name, owner)
 
+    @property
+    def sva_iommu(self) -> SvaIommu:
+        """This partition's IOMMU, which SVA devices bound to its mms reach."""
+        return self.cluster.sva_iommus[self.name]
+
     async def sva(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> SvaDevice:
         """An SVA device here bound to mm ``mm_id`` of ``owner`` (another partition: the
         device reaches its IOMMU across the interconnect), kept in ``objects``; its completion

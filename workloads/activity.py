@@ -233,8 +233,9 @@ async def enable_timings(ctx: PartitionContext) -> None:
 
 async def collect(ctx: PartitionContext) -> dict[str, Any]:
     """What this partition measured and checked: the core's callout and range timings, the
-    oracle's count of checked events (after its reports have arrived), and the counters
-    (``GRU_COUNTERS``) of every GRU made here, live or torn down."""
+    oracle's count of checked events (after its reports have arrived), the counters
+    (``GRU_COUNTERS``) of every GRU made here, live or torn down, and those of its IOMMU's SVA
+    bonds (``nodes.secondary.sva.COUNTERS``; empty on the ray backend)."""
     await ctx.flush_reports()
     timings = ctx.partition.core.timings
     timings.enabled = False
@@ -243,7 +244,9 @@ async def collect(ctx: PartitionContext) -> dict[str, Any]:
     for sec in ctx.objects.values():
         if isinstance(sec, GruMmu):
             grus.update(_gru_counters(sec))
+    iommu = getattr(ctx, "sva_iommu", None)  # the sim backend's (nodes/secondary/sva.py)
     return {
+        "sva": iommu.counters() if iommu is not None else {},
         "callouts": list(timings.callouts),
         "ranges": list(timings.ranges),
         "checked": int(sum(ctx.partition.oracle.checked.values())),

@@ -248,10 +248,12 @@ async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None,
     # -- what the partitions measured, then clean up ----------------------------------------
     checked = 0
     grus: dict[str, dict[str, int]] = {}  # partition -> the counters of the GRUs there
+    svas: dict[str, dict[str, float]] = {}  # partition -> the counters of its IOMMU's SVA bonds
     for name in names:
         got = await c.on(name, activity.collect)
         checked += got["checked"]
         grus[name] = got["gru"]
+        svas[name] = got.get("sva", {})
         for when, us, mm_id, op in got["callouts"]:
             events.append({"metric": "callout_rtt", "t_us": when - t0, "value_us": us, "partition": name, "mm": mm_id,
                            "detail": op})
@@ -265,7 +267,7 @@ async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None,
     for owner, mm_id in measured.items():
         await c.on(owner, activity.exit_mm, mm_id)
     events.sort(key=lambda e: e["t_us"])
-    return {"events": events, "checked": checked, "activity": counts, "gru": grus, "loaded_probe": loaded}
+    return {"events": events, "checked": checked, "activity": counts, "gru": grus, "sva": svas, "loaded_probe": loaded}
 
 
 def count_op(count: dict[str, Any], refused: list[str]) -> None:
@@ -298,6 +300,19 @@ def gru_summary(dropin: str, by_partition: dict[str, dict[str, int]]) -> dict[st
     totals = {out: sum(c.get(k, 0) for c in by_partition.values()) for k, out in names.items()}
     hosts = {p: {names[k]: v for k, v in c.items()} for p, c in by_partition.items() if any(c.values())}
     return {"dropin": dropin, **totals, "by_partition": hosts}
+
+
+def sva_summary(iommu: str, by_partition: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The ``sva`` block of results.json (``secondary.kind: sva``): the IOMMU driver and, over
+    every owner's IOMMU (and per owner), the ATS invalidations the atomic op posted, those
+    completed in time (the releases' whole-PASID ones too),
+    Intel's ITEs (each a resubmission), SMMUv3's CMD_SYNC time-outs (each an invalidation given
+    up), the PRI page requests served, the atomic ops' spins and the longest (``nodes.secondary.sva``)."""
+    totals: dict[str, float] = {}
+    for counts in by_partition.values():
+        for k, v in counts.items():
+            totals[k] = max(totals.get(k, 0), v) if k == "spin_max_us" else totals.get(k, 0) + v
+    return {"iommu": iommu, **totals, "by_partition": {p: c for p, c in by_partition.items() if any(c.values())}}
 
 
 def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = None,
@@ -355,6 +370,7 @@ def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = N
         "activity": out["activity"],
         "faults": [f"{f.host} fenced during {f.during}: {f.error}" for f in faults],
         "gru": gru_summary(scenario.get("gru.dropin"), out["gru"]),
+        **({"sva": sva_summary(scenario.get("sva.iommu"), out["sva"])} if spec.kind == "sva" else {}),
         "wall_time_s": time.monotonic() - wall,
         "virtual_time_us": virtual,
         "trace_digest": digest,

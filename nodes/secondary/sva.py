@@ -159,6 +159,16 @@ class SvaStats:
     spin_us: list[float] = field(default_factory=list)  # each atomic op's spin, post to completion
 
 
+#: what a run reports of its IOMMUs (``SvaIommu.counters``), from their bonds' ``SvaStats``
+COUNTERS = ("invalidations", "completions", "ite", "cmd_sync_timeouts", "page_requests", "spins")
+
+
+def _counters(stats: SvaStats) -> dict[str, int]:
+    return {"invalidations": stats.invalidations, "completions": stats.completions, "ite": stats.ite,
+            "cmd_sync_timeouts": stats.cmd_sync_timeouts, "page_requests": stats.page_requests,
+            "spins": len(stats.spin_us)}
+
+
 # -- the owner's side: the IOMMU and its bonds ------------------------------------------------
 
 
@@ -325,6 +335,8 @@ class SvaIommu:
         self._next_pasid = 1
         self._next_tag = 0
         self._waiting: dict[int, _Completion] = {}  # invalidation tag -> its wait descriptor
+        self._retired = Counter[str]()  # the counters (COUNTERS) of bonds already unbound
+        self._retired_max = 0.0  # their longest spin
 
     def _bond(self, host: str, notifier_id: str) -> IommuSvaBond:
         bond = self.bonds.get((host, notifier_id))
@@ -376,7 +388,19 @@ class SvaIommu:
             raise InvalidArgument(f"SVA unbind: how must be 'unregister' or 'put', got {how!r}")
         del self.bonds[(host, notifier_id)]
         self.owner_service.notifiers.pop((host, notifier_id), None)
+        self._retired.update(_counters(bond.stats))
+        self._retired_max = max([self._retired_max, *bond.stats.spin_us])
         return (t.total_us, t.release_us, t.srcu_wait_us)
+
+    def counters(self) -> dict[str, float]:
+        """``COUNTERS`` summed over every bond this IOMMU had, bound or unbound (``spins``: the
+        atomic ops' spins, ``spin_max_us``: the longest)."""
+        total = Counter(self._retired)
+        for bond in self.bonds.values():
+            total.update(_counters(bond.stats))
+        out: dict[str, float] = {k: total.get(k, 0) for k in COUNTERS}
+        out["spin_max_us"] = max([self._retired_max] + [max(b.stats.spin_us, default=0.0) for b in self.bonds.values()])
+        return out
 
     def runtime_now(self) -> float:
         return self.part.runtime.now()
@@ -712,7 +736,7 @@ class SvaDevice:
 
 
 __all__ = [
-    "ARM_SMMU_POLL_TIMEOUT_US", "AtcEntry", "AtsInvalidationHang", "IOMMUS", "IommuSvaBond", "MAX_ITE",
+    "ARM_SMMU_POLL_TIMEOUT_US", "COUNTERS", "AtcEntry", "AtsInvalidationHang", "IOMMUS", "IommuSvaBond", "MAX_ITE",
     "PCIE_INV_COMPLETION_TIMEOUT_US", "SVA_DEVICE_SERVICE", "SVA_SERVICE", "SvaBond510", "SvaBond66", "SvaDevice",
     "SvaDeviceService", "SvaIommu", "SvaStats", "bond_class", "default_timeout_us",
 ]

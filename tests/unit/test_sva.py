@@ -327,6 +327,9 @@ def test_the_quickstart_runs_with_sva_devices_and_no_violation(semantics):
     releases = [e for e in events if e["metric"] == "callout_rtt" and e["detail"] == "release"]
     assert spins and min(spins) > 0 and releases  # the device's round trip is in every spin
     assert result["metrics"]["exit_hang"]["n"] == 10 and result["metrics"]["unregister_hang"]["n"] == 10
+    block = result["sva"]
+    assert block["iommu"] == "intel" and block["spins"] == block["invalidations"] == len(spins)
+    assert block["ite"] == block["cmd_sync_timeouts"] == 0 and block["spin_max_us"] == max(spins)
 
 
 def test_the_race_finder_drives_sva_devices_and_finds_a_planted_bug(monkeypatch):
@@ -338,3 +341,14 @@ def test_the_race_finder_drives_sva_devices_and_finds_a_planted_bug(monkeypatch)
     monkeypatch.setattr(sva.IommuSvaBond, "_snapshot", lambda self, start, end: {})
     found = races.search("v6.6", "random", 20, race)
     assert found is not None and found.kind == "violation" and "[inv 1" in found.what
+
+
+def test_mmusim_check_runs_the_race_workload_with_sva_devices(capsys):
+    from workloads.cli import main
+
+    assert main(["check", "--semantics", "v5.10", "--secondary", "sva", "--seeds", "3"]) == 0
+    assert "clean: 3 seeds of the race workload (8 pages, 2 SVA devices," in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["check", "--semantics", "v3.10", "--secondary", "sva"])
+    assert e.value.code == 2
+    assert "--secondary sva: expected --semantics v5.10 or v6.6, got 'v3.10'" in capsys.readouterr().err
