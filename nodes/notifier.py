@@ -10,6 +10,13 @@ in release at exit waits for every callout in flight on the partition, for any m
 (21a92735f6). The ``parallel`` fan-out (all notifiers called at once) is an mmusim option, off
 by default; the kernel only walks sequentially.
 
+The modes ``v5.10`` and ``v6.6`` (``MODERN``) are the modern core beside that history: each range
+is a ``MmuNotifierRange`` with its event and flags; a range that may not block (the OOM reaper's,
+``nodes.vmops.oom_reap_task``) has its callouts run as in non_block_start() and a notifier may
+refuse it with -EAGAIN; ->invalidate_range (v6.6: ->arch_invalidate_secondary_tlbs) and
+->clear_young are called, ->invalidate_page is not; mmu_notifier_get/put count users. Each
+difference names its commit where it is made.
+
 Unregister racing exit (the reason ->release may run twice, and why unregister must
 synchronize even when it did not call ->release itself):
 
