@@ -502,20 +502,24 @@ class SvaIommu:
         return False
 
     async def _wait(self, c: _Completion, deadline: float) -> None:
-        """Spin until ``c`` is done or ``deadline`` passes (a supervised timer wakes the wait)."""
+        """Spin until ``c`` is done or ``deadline`` passes (a supervised timer ends the wait)."""
         rt = self.part.runtime
         if c.done:
             return
-        timer = rt.spawn(self._wake_at(c, deadline - rt.now()), name=f"{c.queue.name}.timeout")
+        expired = False
+
+        async def expire() -> None:
+            nonlocal expired
+            await rt.sleep(max(0.0, deadline - rt.now()))
+            expired = True
+            c.queue.wake_all()
+
+        timer = rt.spawn(expire(), name=f"{c.queue.name}.timeout")
         try:
-            while not c.done and rt.now() < deadline:
+            while not c.done and not expired:
                 await c.queue.wait()
         finally:
             timer.cancel()
-
-    async def _wake_at(self, c: _Completion, us: float) -> None:
-        await self.part.runtime.sleep(max(0.0, us))
-        c.queue.wake_all()
 
 
 # -- the device's side -------------------------------------------------------------------------
