@@ -58,7 +58,10 @@ spinning CPU holds, so that the rest of the machine sees the kernel's ordering:
   under the op's name), in ``SvaStats.spin_us``, and in the run's trace.
 
 What it does not hold: the CPU and the page-table lock (the caller goes on at once, and other
-CPUs do not contend for that lock). ``->release`` is sleepable, so its wait for the whole-PASID
+CPUs do not contend for that lock). So the owner's ``invalidate_range`` span (range_start to
+range_end) does not contain the spin, though in v5.10 the kernel's does (range_end calls
+->invalidate_range first); in v6.6 the flush after a munmap's range_end is outside it in the
+kernel too (tlb_finish_mmu). ``->release`` is sleepable, so its wait for the whole-PASID
 invalidation is a plain await, on the core's own time.
 
 The completion and its time-out. The device completes an invalidation after a latency drawn
