@@ -58,6 +58,10 @@ class PartitionContext(Protocol):
         """An HMM device mirror (a GPU) on this partition of mm ``mm_id`` of ``owner``, its
         interval notifier inserted there (the modern modes only); kept in ``objects``."""
 
+    # The sim backend's context also has ``sva(owner, mm_id, name, **config)``: an IOMMU SVA
+    # device here bound to mm ``mm_id`` of ``owner`` (nodes/secondary/sva.py), not in the ray
+    # backend's (its services are not on the wire).
+
     async def flush_reports(self) -> None:
         """Wait until the oracle reports of secondaries here have reached their owners."""
 

@@ -37,6 +37,7 @@ from nodes.secondary.gru import GruMmu
 from nodes.secondary.hmm import HmmMirror
 from nodes.secondary.kvm import KvmMmu
 from nodes.secondary.odp import OdpMr
+from nodes.secondary.sva import IOMMUS, SVA_DEVICE_SERVICE, SVA_SERVICE, SvaDevice, SvaDeviceService, SvaIommu
 from nodes.secondary.xpmem import XpmemDriver
 
 from cluster.config import PartitionConfig
@@ -76,12 +77,15 @@ class SimConfig(PartitionConfig):
     trace: str = "hash"  # off | hash | full
     choices: int | None = None  # only the first N scheduling choices are the seeded policy's; then FIFO
     reclaim_watermark: float = 0.0  # below this fraction of free frames an allocation reclaims
+    sva_iommu: str = "intel"  # the IOMMU of every partition, for SVA devices (nodes.secondary.sva.IOMMUS)
+    sva_completion: Any = 2.0  # an SVA device's ATS invalidation completion latency (a latency)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_choice("topology", TOPOLOGIES)
         self.check_choice("scheduler", POLICIES)
         self.check_choice("trace", TRACE_LEVELS)
+        self.check_choice("sva_iommu", tuple(IOMMUS))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise self.bad("seed", "an integer", self.seed)
         if self.choices is not None and (not isinstance(self.choices, int) or isinstance(self.choices, bool)
@@ -115,6 +119,7 @@ class SimConfig(PartitionConfig):
         self.floor_dist: LatencyDist | None = (
             None if self.floor_latency is None else parse_latency(self.floor_latency, "floor_latency")
         )
+        self.sva_completion_dist: LatencyDist = parse_latency(self.sva_completion, "sva_completion")
 
 @dataclass
 class SimRun(Generic[T]):
@@ -153,6 +158,10 @@ class SimCluster:
         self.partitions: dict[str, Partition] = {}
         self.owner_services: dict[str, OwnerService] = {}
         self.secondary_services: dict[str, SecondaryService] = {}
+        self.sva_iommus: dict[str, SvaIommu] = {}
+        self.sva_devices: dict[str, SvaDeviceService] = {}
+        # the SVA devices' completion latencies have their own stream: no other draw moves
+        self.sva_rng = random.Random(f"mmusim-sva-{config.seed}")
         for name in names:
             p = Partition(
                 runtime, name=name, nframes=config.nframes, ncpus=config.cpus, srcu_scope=config.srcu_scope,
@@ -164,6 +173,10 @@ class SimCluster:
             self.secondary_services[name] = SecondaryService(name)
             self.interconnect.serve(name, OWNER_SERVICE, self.owner_services[name])
             self.interconnect.serve(name, SECONDARY_SERVICE, self.secondary_services[name])
+            self.sva_iommus[name] = SvaIommu(p, self.interconnect, self.owner_services[name], iommu=config.sva_iommu)
+            self.sva_devices[name] = SvaDeviceService(name)
+            self.interconnect.serve(name, SVA_SERVICE, self.sva_iommus[name])
+            self.interconnect.serve(name, SVA_DEVICE_SERVICE, self.sva_devices[name])
         for name, at in config.crashes.items():
             self.interconnect.crash_at(name, at)
         for name, (start, length) in config.stalls.items():
@@ -205,6 +218,10 @@ class SimCluster:
         """An HMM device mirror on ``host`` of ``mm`` of ``owner``, its interval notifier inserted."""
         return await self.context(host).hmm(owner, mm.id, name, **config)
 
+    async def sva(self, host: str, owner: str, mm: Mm, name: str | None = None, **config: Any) -> SvaDevice:
+        """An SVA device on ``host`` bound to ``mm`` of ``owner`` (its IOMMU)."""
+        return await self.context(host).sva(owner, mm.id, name, **config)
+
     @property
     def names(self) -> list[str]:
         return list(self.partitions)
@@ -241,6 +258,27 @@ class SimPartitionContext(SecondaryFactory):
 
     def owner_port(self, owner: str) -> OwnerPort:
         return self.cluster.owner_port(self.name, owner)
+
+    @property
+    def sva_iommu(self) -> SvaIommu:
+        """This partition's IOMMU, which SVA devices bound to its mms reach."""
+        return self.cluster.sva_iommus[self.name]
+
+    async def sva(self, owner: str, mm_id: int, name: str | None = None, **config: Any) -> SvaDevice:
+        """An SVA device here bound to mm ``mm_id`` of ``owner`` (another partition: the
+        device reaches its IOMMU across the interconnect), kept in ``objects``; its completion
+        latency is the run's ``sva_completion`` unless ``config`` gives ``completion_us``."""
+        c = self.cluster
+        if owner == self.name:
+            raise ValueError(f"an SVA device on {owner} bound to an mm of {owner}: this model's SVA devices sit on "
+                             f"another partition than the mm (the harness places them so)")
+        dist, rng = c.config.sva_completion_dist, c.sva_rng
+        config.setdefault("completion_us", lambda: dist.sample(rng))
+        dev = SvaDevice(self.runtime, c.interconnect, c.sva_devices[self.name], owner, c.owner_services[owner], mm_id,
+                        name or self._default_name("sva", owner, mm_id), **config)
+        await dev.bind()
+        self.objects[dev.name] = dev
+        return dev
 
     async def flush_reports(self) -> None:
         """Nothing to wait for: reports reach the owner's oracle at once in one process."""

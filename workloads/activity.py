@@ -48,7 +48,7 @@ from nodes.secondary.xpmem import XPMEM_RDWR, XpmemCred
 
 BASE = 0x10000000  # 2 MiB aligned: THP collapses find whole blocks
 OPS = ("munmap", "mprotect", "migrate", "ksm", "reclaim", "thp", "cow", "oom_reap")
-KINDS = ("gru", "xpmem", "kvm", "odp", "hmm")
+KINDS = ("gru", "xpmem", "kvm", "odp", "hmm", "sva")
 DEVICE_SECONDARIES = (OdpMr, HmmMirror)  # those timing their own faults and invalidations (device_* metrics)
 SOURCE = XpmemCred(tgid=1, uid=1000, gid=1000)  # XPMEM's source process of every mm
 ATTACHER = XpmemCred(tgid=2, uid=1000, gid=1000)
@@ -162,6 +162,12 @@ async def _attach(ctx: PartitionContext, kind: str, owner: str, mm_id: int, name
         await ctx.odp(owner, mm_id, name, start=BASE, length=region_pages * PAGE_SIZE)
     elif kind == "hmm":
         await ctx.hmm(owner, mm_id, name)
+    elif kind == "sva":  # an IOMMU SVA device bound to the mm (nodes/secondary/sva.py; sim backend)
+        sva = getattr(ctx, "sva", None)
+        if sva is None:
+            raise ValueError(f"secondary kind 'sva' is not available on partition {ctx.name} of this backend "
+                             f"(the sim backend's only)")
+        await sva(owner, mm_id, name)
     elif kind == "xpmem":
         drv = await ctx.xpmem(owner, mm_id, name, cred=SOURCE)
         segid = await drv.make(BASE, region_pages * PAGE_SIZE, 0o600)
@@ -246,7 +252,8 @@ async def collect(ctx: PartitionContext) -> dict[str, Any]:
     """What this partition measured and checked: the core's callout and range timings, the
     oracle's count of checked events (after its reports have arrived), the counters
     (``GRU_COUNTERS``) of every GRU made here and the device timings of every ODP MR and HMM mirror made here
-    (``device``: its page faults and invalidations as the driver saw them), live or torn down."""
+    (``device``: its page faults and invalidations as the driver saw them), live or torn down, and
+    the counters of its IOMMU's SVA bonds (``nodes.secondary.sva.COUNTERS``; empty on the ray backend)."""
     await ctx.flush_reports()
     timings = ctx.partition.core.timings
     timings.enabled = False
@@ -258,8 +265,10 @@ async def collect(ctx: PartitionContext) -> dict[str, Any]:
             grus.update(_gru_counters(sec))
         if isinstance(sec, DEVICE_SECONDARIES):
             device += _device_times(sec)
+    iommu = getattr(ctx, "sva_iommu", None)  # the sim backend's (nodes/secondary/sva.py)
     return {
         "device": device,
+        "sva": iommu.counters() if iommu is not None else {},
         "callouts": list(timings.callouts),
         "ranges": list(timings.ranges),
         "checked": int(sum(ctx.partition.oracle.checked.values())),

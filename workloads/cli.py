@@ -6,7 +6,7 @@
     mmusim scenarios
     mmusim report DIR
     mmusim check [SCENARIO] --semantics MODE [--seeds N] [--scheduler random|pct] [--gru-dropin guarded|v3.10]
-                 [--secondary gru|odp|hmm]
+                 [--secondary gru|odp|hmm|sva]
     mmusim predict SCENARIO [--set k=v ...] [--sweep] [--compare DIR] [--calibration FILE]
     mmusim calibrate SCENARIO [--address ADDR | --from RAY_RUN_DIR] [--method lognormal|empirical]
                               [--probe loaded|idle] [--seed N] [--set k=v ...] [--out DIR]
@@ -318,7 +318,6 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from nodes.notifier import MODERN
     from workloads import races
 
     tasks = races.TASKS if args.tasks is None else tuple(t for t in args.tasks.split(",") if t)
@@ -484,9 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     from workloads.races import RACE_SECONDARIES
 
     check.add_argument("--secondary", choices=RACE_SECONDARIES, default=None,
-                       help="what maps the mm from p1: GRUs (default), RDMA ODP MRs or HMM device mirrors "
-                            "(interval notifiers: --semantics v5.10 or v6.6 only; --grus counts them); for a "
-                            "scenario, its secondary.kind")
+                       help="what maps the mm from p1: GRUs (default), RDMA ODP MRs, HMM device mirrors "
+                            "or IOMMU SVA devices (all but GRUs: --semantics v5.10 or v6.6 only; --grus counts "
+                            "them); for a scenario, its secondary.kind")
     check.add_argument("--no-shrink", action="store_true", help="report the first finding as found")
     predict = sub.add_parser("predict", help="predict the unregister and exit synchronize_srcu() wait from the "
                                              "scenario's activity (an analytic model, docs/srcu-hang-model.md)")

@@ -255,10 +255,12 @@ async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None,
     # -- what the partitions measured, then clean up ----------------------------------------
     checked = 0
     grus: dict[str, dict[str, int]] = {}  # partition -> the counters of the GRUs there
+    svas: dict[str, dict[str, float]] = {}  # partition -> the counters of its IOMMU's SVA bonds
     for name in names:
         got = await c.on(name, activity.collect)
         checked += got["checked"]
         grus[name] = got["gru"]
+        svas[name] = got.get("sva", {})
         for when, us, mm_id, op in got["callouts"]:
             events.append({"metric": "callout_rtt", "t_us": when - t0, "value_us": us, "partition": name, "mm": mm_id,
                            "detail": op})
@@ -285,7 +287,7 @@ async def study(c: Cluster, spec: StudySpec, progress: Progress | None = None,
     for owner, mm_id in measured.items():
         await clean(owner, activity.exit_mm, mm_id)
     events.sort(key=lambda e: e["t_us"])
-    return {"events": events, "checked": checked, "activity": counts, "gru": grus, "loaded_probe": loaded,
+    return {"events": events, "checked": checked, "activity": counts, "gru": grus, "sva": svas, "loaded_probe": loaded,
             "skipped": skipped}
 
 
@@ -321,6 +323,19 @@ def gru_summary(dropin: str, by_partition: dict[str, dict[str, int]]) -> dict[st
     return {"dropin": dropin, **totals, "by_partition": hosts}
 
 
+def sva_summary(iommu: str, by_partition: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The ``sva`` block of results.json (``secondary.kind: sva``): the IOMMU driver and, over
+    every owner's IOMMU (and per owner), the ATS invalidations the atomic op posted, those
+    completed in time (the releases' whole-PASID ones too),
+    Intel's ITEs (each a resubmission), SMMUv3's CMD_SYNC time-outs (each an invalidation given
+    up), the PRI page requests served, the atomic ops' spins and the longest (``nodes.secondary.sva``)."""
+    totals: dict[str, float] = {}
+    for counts in by_partition.values():
+        for k, v in counts.items():
+            totals[k] = max(totals.get(k, 0), v) if k == "spin_max_us" else totals.get(k, 0) + v
+    return {"iommu": iommu, **totals, "by_partition": {p: c for p, c in by_partition.items() if any(c.values())}}
+
+
 def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = None,
                  progress: Progress | None = None, sim_extra: dict[str, Any] | None = None,
                  ray_extra: dict[str, Any] | None = None,
@@ -336,6 +351,9 @@ def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = N
 
     if backend not in ("sim", "ray"):
         raise ValueError(f"backend must be sim or ray, got {backend!r}")
+    if backend == "ray" and spec.kind == "sva":
+        raise ValueError(f"scenario {scenario.name}: secondary.kind 'sva' runs on the sim backend only (the IOMMU "
+                         f"SVA services, nodes/secondary/sva.py, are not on the wire), got backend 'ray'")
     config = scenario.sim_config(**(sim_extra or {})) if backend == "sim" else scenario.ray_config(
         address=address, **(ray_extra or {}))
     if config.nframes < spec.frames_needed():
@@ -373,6 +391,7 @@ def run_scenario(scenario: Any, backend: str = "sim", *, address: str | None = N
         "activity": out["activity"],
         "faults": [f"{f.host} fenced during {f.during}: {f.error}" for f in faults] + out["skipped"],
         "gru": gru_summary(scenario.get("gru.dropin"), out["gru"]),
+        **({"sva": sva_summary(scenario.get("sva.iommu"), out["sva"])} if spec.kind == "sva" else {}),
         "wall_time_s": time.monotonic() - wall,
         "virtual_time_us": virtual,
         "trace_digest": digest,

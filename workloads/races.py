@@ -4,9 +4,12 @@ seeded scheduler (random or PCT), until the model breaks; then shrink the worklo
 what happened, readably, with the command that replays it exactly.
 
 The race workload: partition p0 owns an mm of ``pages`` pages; GRUs on p1 map it (their
-callouts cross the interconnect and sleep, with a seeded random latency), or with
-``secondary="odp"`` (``mmusim check --secondary odp``, the modern modes only) RDMA ODP MRs on
-p1 over the whole mm, each with its interval notifier (``nodes/secondary/odp.py``). Then, at seeded
+callouts cross the interconnect and sleep, with a seeded random latency); or, the modern modes
+only, with ``secondary="odp"`` (``mmusim check --secondary odp``) RDMA ODP MRs on p1 over the
+whole mm, each with its interval notifier (``nodes/secondary/odp.py``), with ``"hmm"`` HMM device
+mirrors (``nodes/secondary/hmm.py``), or with ``"sva"`` IOMMU SVA devices on p1 bound to it
+(``nodes/secondary/sva.py``: ATS/PRI faults, and ATS invalidations posted under the page-table
+lock whose completions take a seeded 2-200 us). Then, at seeded
 random moments, concurrently:
 
 - ``unregister``: one GRU is unregistered;
@@ -57,18 +60,21 @@ TASKS = ("unregister", "exit", "migrate", "ksm", "faults", "register", "mprotect
 # the HMM devices' own task: the first device migrates the pages to its memory (then the tasks
 # that fault, unmap or exit find device-private entries: migrate_to_ram, page_free)
 HMM_TASKS = ("devmigrate",)
-RACE_SECONDARIES = ("gru", "odp", "hmm")  # what maps the mm from p1
-INTERVAL_SECONDARIES = ("odp", "hmm")  # those with an interval notifier: the modern modes only
+RACE_SECONDARIES = ("gru", "odp", "hmm", "sva")  # what maps the mm from p1
+# those of the modern modes only, and why: an interval notifier, or ->invalidate_range
+MODERN_SECONDARIES = {"odp": "an interval notifier", "hmm": "an interval notifier",
+                      "sva": "->invalidate_range or ->arch_invalidate_secondary_tlbs"}
 
 
 def check_secondary(semantics: str, secondary: str) -> None:
     """``ValueError`` naming both if the race workload's ``secondary`` cannot run under
-    ``semantics`` (an ODP MR or an HMM mirror needs an interval notifier: the modern modes)."""
+    ``semantics`` (an ODP MR or an HMM mirror needs an interval notifier, an SVA device
+    ->invalidate_range: the modern modes)."""
     if secondary not in RACE_SECONDARIES:
         raise ValueError(f"secondary must be one of {RACE_SECONDARIES}, got {secondary!r}")
-    if secondary in INTERVAL_SECONDARIES and semantics not in MODERN:
-        raise ValueError(f"secondary {secondary!r} needs semantics {' or '.join(MODERN)} (an interval notifier), "
-                         f"got {semantics!r}")
+    if secondary in MODERN_SECONDARIES and semantics not in MODERN:
+        raise ValueError(f"secondary {secondary!r} needs semantics {' or '.join(MODERN)} "
+                         f"({MODERN_SECONDARIES[secondary]}), got {semantics!r}")
 
 
 def check_tasks(tasks: tuple[str, ...], secondary: str) -> None:
@@ -90,7 +96,7 @@ class RaceConfig:
     tasks: tuple[str, ...] = TASKS
     choices: int | None = None  # only the first N scheduling choices are the seed's; then FIFO
     gru_dropin: str = "guarded"  # how the GRUs check a dropin (nodes.secondary.gru.GRU_DROPINS); not shrunk
-    # RACE_SECONDARIES: GRUs, ODP MRs or HMM device mirrors (``grus`` of them); not shrunk
+    # RACE_SECONDARIES: GRUs, ODP MRs, HMM device mirrors or SVA devices (``grus`` of them); not shrunk
     secondary: str = "gru"
 
     def __post_init__(self) -> None:
@@ -100,7 +106,7 @@ class RaceConfig:
     def describe(self) -> str:
         steps = "" if self.choices is None else f", {self.choices} seeded scheduling choices then FIFO"
         dropin = "" if self.gru_dropin == "guarded" or self.secondary != "gru" else f", {self.gru_dropin} GRU dropin"
-        what = {"gru": "GRUs", "odp": "ODP MRs", "hmm": "HMM device mirrors"}[self.secondary]
+        what = {"gru": "GRUs", "odp": "ODP MRs", "hmm": "HMM device mirrors", "sva": "SVA devices"}[self.secondary]
         return f"{self.pages} pages, {self.grus} {what}, tasks {', '.join(self.tasks)}{dropin}{steps}"
 
 
@@ -134,6 +140,7 @@ def sim_config(semantics: str, scheduler: str, seed: int, race: RaceConfig) -> S
         fault_latency={"dist": "uniform", "low": 2.0, "high": 200.0},  # a remote fault: TLB miss to dropin
         reclaim_watermark=0.9,  # a third of the frames are in use: an allocation reclaims
         choices=race.choices, gru_dropin=race.gru_dropin,
+        sva_completion={"dist": "uniform", "low": 2.0, "high": 200.0},  # an SVA device's ATS invalidation
     )
 
 
@@ -144,14 +151,19 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
     mm = a.create_mm()
     await vmops.mmap(a, mm, BASE, race.pages * PAGE_SIZE)
     await vmops.populate(a, mm, BASE, race.pages * PAGE_SIZE)
-    if race.secondary == "odp":
-        grus: list[Any] = [await c.odp("p1", "p0", mm, name=f"odp{i}", start=BASE, length=race.pages * PAGE_SIZE)
-                           for i in range(race.grus)]
-    elif race.secondary == "hmm":  # a device page table has no TLB size to make small
-        grus = [await c.hmm("p1", "p0", mm, name=f"hmm{i}") for i in range(race.grus)]
-    else:
-        grus = [await c.gru("p1", "p0", mm, name=f"gru{i}") for i in range(race.grus - 1)]
-        grus.append(await c.gru("p1", "p0", mm, name=f"gru{race.grus - 1}", tlb_entries=FAULTER_TLB_ENTRIES))
+    def secondary(name: str, faulter: bool = False) -> Any:
+        """One of ``race.secondary`` on p1 mapping the mm; a GRU's faulter has a small TLB, an
+        SVA device's a small ATC (an ODP MR or an HMM device page table has no TLB to make small)."""
+        if race.secondary == "odp":
+            return c.odp("p1", "p0", mm, name=name, start=BASE, length=race.pages * PAGE_SIZE)
+        if race.secondary == "hmm":
+            return c.hmm("p1", "p0", mm, name=name)
+        if race.secondary == "sva":
+            return c.sva("p1", "p0", mm, name=name, **({"atc_entries": FAULTER_TLB_ENTRIES} if faulter else {}))
+        return c.gru("p1", "p0", mm, name=name, **({"tlb_entries": FAULTER_TLB_ENTRIES} if faulter else {}))
+
+    prefix = "gru" if race.secondary == "sva" else race.secondary
+    grus: list[Any] = [await secondary(f"{prefix}{i}", faulter=i == race.grus - 1) for i in range(race.grus)]
     # the secondaries start with every page mapped, but an HMM device keeps every page it maps,
     # so its faulter starts with none (its accesses are faults whose hmm_range_fault crosses the
     # network), as the GRU faulter's small TLB keeps missing
@@ -187,10 +199,7 @@ async def race_workload(c: SimCluster, race: RaceConfig, seed: int) -> None:
             return
         mm.users += 1
         try:
-            if race.secondary == "odp":
-                late = await c.odp("p1", "p0", mm, name="late", start=BASE, length=race.pages * PAGE_SIZE)
-            else:
-                late = await (c.hmm if race.secondary == "hmm" else c.gru)("p1", "p0", mm, name="late")
+            late = await secondary("late")
             await late.access(BASE)
         finally:
             await vmops.mmput(a, mm)

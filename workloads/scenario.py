@@ -28,14 +28,20 @@ Schema (``KNOBS`` holds it; defaults in brackets; times in microseconds)::
     mms                  positive int       [2]   owned by each partition, carrying activity
     secondaries_per_mm   positive int       [1]
     nframes              auto | positive int [auto]  frames per partition, see Scenario.nframes
-    secondary.kind       gru | xpmem | kvm | odp | hmm  [gru]  odp: an RDMA ODP MR
+    secondary.kind       gru | xpmem | kvm | odp | hmm | sva  [gru]  odp: an RDMA ODP MR
                                                   (nodes/secondary/odp.py); hmm: a GPU mirroring the
                                                   mm (nodes/secondary/hmm.py); both only with
                                                   semantics v5.10 or v6.6 (their interval notifier)
-                                                  and teardown unregister
+                                                  and teardown unregister; sva: an IOMMU SVA device
+                                                  (ATS/PRI), under semantics v5.10 or v6.6 only, sim
+                                                  backend only (nodes/secondary/sva.py)
     gru.dropin           guarded | v3.10    [guarded]  how a GRU on another partition checks a
                                                   dropin whose lookup crossed the network
                                                   (nodes/secondary/gru.py, GRU_DROPINS)
+    sva.iommu            intel | smmuv3     [intel]  the owner's IOMMU driver: what it does when an
+                                                  ATS invalidation completion times out
+                                                  (nodes/secondary/sva.py, IOMMUS)
+    sva.completion       latency            [2]   an SVA device's ATS invalidation completion
     activity.streams     int >= 0           [2]   concurrent background streams of VM operations
     activity.mix         {op: weight >= 0}  [{munmap: 1}]  ops: munmap mprotect migrate ksm
                                                   reclaim thp cow oom_reap; missing ops weigh 0;
@@ -122,6 +128,7 @@ from nodes.srcu_tree import (
     TREE_VERSIONS,
 )
 from nodes.secondary.gru import GRU_DROPINS
+from nodes.secondary.sva import IOMMUS
 
 if TYPE_CHECKING:
     from cluster.ray_backend import RayConfig
@@ -140,7 +147,7 @@ __all__ = [
 ]
 
 OPS = ("munmap", "mprotect", "migrate", "ksm", "reclaim", "thp", "cow", "oom_reap")  # workloads.activity's
-SECONDARY_KINDS = ("gru", "xpmem", "kvm", "odp", "hmm")
+SECONDARY_KINDS = ("gru", "xpmem", "kvm", "odp", "hmm", "sva")
 # the kinds whose driver holds an interval notifier (the modern modes; no put): what each is
 INTERVAL_KINDS = {"odp": "an ODP MR", "hmm": "an HMM device mirror"}
 TEARDOWNS = ("unregister", "put")  # put: mmu_notifier_put, the free deferred with call_srcu
@@ -471,6 +478,8 @@ KNOBS: dict[str, Knob] = {
     "nframes": Knob("auto", _nframes, "'auto' or a positive integer"),
     "secondary.kind": Knob("gru", _choice(SECONDARY_KINDS), " | ".join(SECONDARY_KINDS)),
     "gru.dropin": Knob("guarded", _choice(tuple(GRU_DROPINS)), " | ".join(GRU_DROPINS)),
+    "sva.iommu": Knob("intel", _choice(tuple(IOMMUS)), " | ".join(IOMMUS)),
+    "sva.completion": Knob(2.0, _latency, "a latency", LATENCY_PARAMS),
     "activity.streams": Knob(2, _count, "an integer >= 0"),
     "activity.mix": Knob({op: (1 if op == "munmap" else 0) for op in OPS}, _mix, "weights >= 0 over " + ", ".join(OPS), OPS),
     "activity.rate": Knob(1000, _positive_number, "a positive number (operations per second per stream)"),
@@ -597,6 +606,10 @@ def _check_cross(values: dict[str, Any]) -> None:
     if what is not None and values["teardown"] != "unregister":
         raise _Invalid("teardown", f"expected unregister with secondary.kind {kind} ({what} is torn down by removing its "
                                    f"interval notifier, which has no mmu_notifier_put), got {values['teardown']!r}")
+    if kind == "sva" and values["semantics"] not in MODERN:
+        raise _Invalid("secondary.kind", f"expected semantics {' or '.join(MODERN)} for 'sva' (IOMMU SVA needs "
+                                         f"->invalidate_range or ->arch_invalidate_secondary_tlbs), got semantics "
+                                         f"{values['semantics']!r}")
     m = values["measure"]
     if m["exits"] == 0 and m["unregisters"] == 0:
         raise _Invalid("measure", "expected measure.exits or measure.unregisters > 0, got both 0 (nothing to measure)")
@@ -838,6 +851,8 @@ class Scenario:
             stalls=({} if v["stall"]["partition"] is None
                     else {v["stall"]["partition"]: (v["stall"]["start"], v["stall"]["length"])}),
             seed=v["seed"],
+            sva_iommu=v["sva"]["iommu"],
+            sva_completion=copy.deepcopy(v["sva"]["completion"]),
         )
         kw.update(extra)
         return SimConfig(**kw)

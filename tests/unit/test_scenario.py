@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "nframes": "auto",
     "secondary": {"kind": "gru"},
     "gru": {"dropin": "guarded"},
+    "sva": {"iommu": "intel", "completion": 2.0},
     "activity": {
         "streams": 2,
         "mix": {"munmap": 1, "mprotect": 0, "migrate": 0, "ksm": 0, "reclaim": 0, "thp": 0, "cow": 0, "oom_reap": 0},
@@ -307,7 +308,7 @@ BAD_FILES = [
     ("activity: {rate: 0}\n", "activity.rate: expected a positive number, got 0"),
     ("measure: {exits: 0, unregisters: 0}\n",
      "measure: expected measure.exits or measure.unregisters > 0, got both 0 (nothing to measure)"),
-    ("secondary: {kind: KVM}\n", "secondary.kind: expected one of gru, xpmem, kvm, odp, hmm, got 'KVM'; did you mean 'kvm'?"),
+    ("secondary: {kind: KVM}\n", "secondary.kind: expected one of gru, xpmem, kvm, odp, hmm, sva, got 'KVM'; did you mean 'kvm'?"),
     ("srcu: {scope: per-mm}\n", "srcu.scope: expected one of global, per_mm, got 'per-mm'; did you mean 'per_mm'?"),
     ("teardown: free\n", "teardown: expected one of unregister, put, got 'free'"),
     ("kernel: {hz: 500}\n", "kernel.hz: expected one of 100, 250, 300, 1000 (CONFIG_HZ, ticks per second), got 500"),
