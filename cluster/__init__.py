@@ -43,6 +43,7 @@ def _load_pure_vtime() -> None:
     module = importlib.util.module_from_spec(spec)
     sys.modules["cluster.vtime"] = module
     loader.exec_module(module)
+    globals()["vtime"] = module  # as the import system sets a submodule on its package
 
 
 def _choose_vtime() -> str:
