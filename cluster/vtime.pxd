@@ -2,6 +2,30 @@
 # makes these classes extension types with these fields (the pure module ignores it). See
 # setup.py and cluster/__init__.py.
 
+from cpython.contextvars cimport PyContext_Enter, PyContext_Exit
+
+cdef extern from *:
+    """
+    /* coro.send(None), as the pure module calls it, without looking up a bound method:
+       the value the coroutine yields, or NULL with StopIteration(value) or its error set */
+    static PyObject *mmusim_send_none(PyObject *coro) {
+        PyObject *res = NULL;
+        PySendResult r = PyIter_Send(coro, Py_None, &res);
+        if (r == PYGEN_NEXT)
+            return res;
+        if (r == PYGEN_RETURN) {
+            PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, res);
+            Py_DECREF(res);
+            if (stop != NULL) {
+                PyErr_SetObject(PyExc_StopIteration, stop);
+                Py_DECREF(stop);
+            }
+        }
+        return NULL;
+    }
+    """
+    object _send_none "mmusim_send_none" (object coro)
+
 cdef class Trace:
     cdef public str level
     cdef public Py_ssize_t BATCH
@@ -48,5 +72,6 @@ cdef class _Sleep:
     cdef bint yielded
 
 cpdef void _wake(_Run run)
+cpdef void _resume(_Run run)
 cpdef void _step_run(_Run run, exc)
 cpdef void _run_fifo(loop, _Core core, Trace trace, list sched)

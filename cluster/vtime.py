@@ -48,9 +48,11 @@ from typing import Any, Awaitable, Coroutine, Generator, Sequence, TypeVar
 try:
     import cython
 except ImportError:  # Cython is not installed: this is the pure module
-    COMPILED = False
-else:
-    COMPILED = cython.compiled  # True in the build Cython compiled from this file (see setup.py)
+    class cython:  # type: ignore[no-redef]
+        """Stands in for Cython's own pure-Python ``cython`` module: only ``compiled`` is read."""
+
+        compiled = False
+COMPILED: bool = cython.compiled  # True in the build Cython compiled from this file (see setup.py)
 
 T = TypeVar("T")
 
@@ -378,7 +380,12 @@ def _step_run(run: _Run, exc: Any) -> None:
     # asyncio's _enter_task/_leave_task, as dict stores: asyncio.current_task() is this task
     _current_tasks[loop] = task
     try:
-        result = run.coro.send(None) if exc is None else run.coro.throw(exc)
+        if exc is not None:
+            result = run.coro.throw(exc)
+        elif cython.compiled:
+            result = _send_none(run.coro)  # coro.send(None), in C (vtime.pxd)
+        else:
+            result = run.coro.send(None)
     except BaseException as e:
         _current_tasks[loop] = None
         task._finish(e)
@@ -401,6 +408,19 @@ def _step_run(run: _Run, exc: Any) -> None:
             run.must_cancel = False
     else:
         task._suspend(result)
+
+
+def _resume(run: _Run) -> None:
+    """Step ``run``'s task in its context: ``run.context.run(_step_run, run, None)``, which
+    the compiled build does in C (entering and leaving the context as ``Context.run`` does)."""
+    if cython.compiled:
+        PyContext_Enter(run.context)
+        try:
+            _step_run(run, None)
+        finally:
+            PyContext_Exit(run.context)
+    else:
+        run.context.run(_step_run, run, None)
 
 
 class SimFuture(asyncio.Future):  # type: ignore[type-arg]
@@ -708,7 +728,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             trace.step(self._core.now, run.name)
         caller = _current_tasks.get(self)
         try:
-            run.context.run(_step_run, run, None)
+            _resume(run)
         finally:
             _current_tasks[self] = caller
         return task
@@ -746,7 +766,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def _run_entry(self, entry: Any) -> None:
         """Run a ready entry, as ``Handle._run`` does: an exception goes to the exception handler."""
         if type(entry) is _Run:
-            entry.context.run(_step_run, entry, None)
+            _resume(entry)
             return
         if type(entry) is not _Ready:
             entry._run()
@@ -853,13 +873,19 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
             run.sleeping = 0
             if tracing:
                 buf.append(run.name)
-            run.context.run(_step_run, run, None)
+            if cython.compiled:
+                _resume(run)
+            else:
+                run.context.run(_step_run, run, None)
         for _ in range(len(ready)):
             handle = ready.popleft()
             if type(handle) is _Run:  # woken by the SimFuture it awaited
                 if tracing:
                     buf.append(handle.name)
-                handle.context.run(_step_run, handle, None)
+                if cython.compiled:
+                    _resume(handle)
+                else:
+                    handle.context.run(_step_run, handle, None)
                 continue
             if type(handle) is _Ready:  # (_run_entry, inlined: the hot path)
                 fn, args, context = handle
