@@ -865,9 +865,18 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
     if tracing and now != trace._now:
         trace.at(now)
     buf: list[str] = trace._buf  # a step appends who ran (after trace.at(now))
+    run: _Run
+    seq: cython.longlong
+    when: cython.double
     while True:
-        while sleepers and sleepers[0][0] <= now:
-            _, seq, run = _heappop(sleepers)
+        while sleepers:  # the due sleepers
+            entry = sleepers[0]
+            when = entry[0]
+            if when > now:
+                break
+            _heappop(sleepers)
+            run = entry[2]
+            seq = entry[1]
             if run.sleeping != seq:  # cancelled meanwhile
                 continue
             run.sleeping = 0
@@ -880,12 +889,13 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
         for _ in range(len(ready)):
             handle = ready.popleft()
             if type(handle) is _Run:  # woken by the SimFuture it awaited
+                run = handle
                 if tracing:
-                    buf.append(handle.name)
+                    buf.append(run.name)
                 if cython.compiled:
-                    _resume(handle)
+                    _resume(run)
                 else:
-                    handle.context.run(_step_run, handle, None)
+                    run.context.run(_step_run, run, None)
                 continue
             if type(handle) is _Ready:  # (_run_entry, inlined: the hot path)
                 fn, args, context = handle
@@ -910,15 +920,20 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
         if loop._stopping:  # type: ignore[attr-defined]
             return
         if not ready:  # nothing more now: jump to the next sleeper, unless a timer is first
-            while sleepers and sleepers[0][2].sleeping != sleepers[0][1]:
+            while sleepers:
+                entry = sleepers[0]
+                run = entry[2]
+                seq = entry[1]
+                if run.sleeping == seq:
+                    break
                 _heappop(sleepers)  # the sleep of a task cancelled meanwhile
             if not sleepers:
                 return
-            nxt = sleepers[0][0]
-            if sched and sched[0]._when <= nxt:
+            when = sleepers[0][0]
+            if sched and sched[0]._when <= when:
                 return
-            if nxt > now:
-                core.now = now = nxt
+            if when > now:
+                core.now = now = when
                 if tracing:  # the clock moves only here
                     trace.at(now)
         elif sched and sched[0]._when <= now:
