@@ -9,6 +9,8 @@
    and, for reference, the bare chain of timeouts with no hand-off.
 
 Run: python benchmarks/bench_sim.py [--callouts N] [--partitions N] [--chain N]
+(``MMUSIM_PURE=1`` runs the pure module rather than the compiled scheduler core; the first
+line says which ran.)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import time
 
+import cluster
 from cluster.sim import SimCluster, SimConfig, run_sim
 from cluster.vtime import Trace, VirtualClock, VirtualTimeLoop, run_virtual
 from nodes import vmops
@@ -161,5 +164,6 @@ if __name__ == "__main__":
     ap.add_argument("--callouts", type=int, default=1_000_000)
     ap.add_argument("--chain", type=int, default=200_000)
     args = ap.parse_args()
+    print(f"cluster.vtime: {cluster.VTIME_BUILD}")
     chains(args.chain)
     scale(args.partitions, args.callouts)

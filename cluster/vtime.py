@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import collections.abc
 import contextvars
 import functools
 import hashlib
@@ -42,7 +43,16 @@ import selectors
 import sys
 import types
 from collections import deque
-from typing import Any, Coroutine, Generator, Sequence, TypeVar
+from typing import Any, Awaitable, Coroutine, Generator, Sequence, TypeVar
+
+try:
+    import cython
+except ImportError:  # Cython is not installed: this is the pure module
+    class cython:  # type: ignore[no-redef]
+        """Stands in for Cython's own pure-Python ``cython`` module: only ``compiled`` is read."""
+
+        compiled = False
+COMPILED: bool = cython.compiled  # True in the build Cython compiled from this file (see setup.py)
 
 T = TypeVar("T")
 
@@ -62,6 +72,9 @@ class ReplayDiverged(Exception):
     configuration differs from the run that was recorded."""
 
 
+_BATCH = 4096  # trace entries hashed at a time (Trace.BATCH)
+
+
 class Trace:
     """What ran when: a running digest of every step and model event, and optionally the
     whole list (``level="full"``).
@@ -73,17 +86,16 @@ class Trace:
     batches, so it does not depend on where batches end: the entries, each followed by a NUL,
     and the times' bytes (little-endian)."""
 
-    BATCH = 4096
-
     def __init__(self, level: str = "hash"):
         if level not in TRACE_LEVELS:
             raise ValueError(f"trace level must be one of {TRACE_LEVELS}, got {level!r}")
         self.level = level
+        self.BATCH = _BATCH  # entries hashed at a time (a test makes batches smaller)
         self._hash = hashlib.blake2b(digest_size=16)  # the entries
         self._times_hash = hashlib.blake2b(digest_size=16)
         self._buf: list[str] = []
         self._buf_other = 0  # entries in _buf that are events (the time marks are len(_times))
-        self._times = array.array("d")  # the time each "" entry of _buf moved to
+        self._times: list[float] = []  # the time each "" entry of _buf moved to
         self._now = 0.0  # the time last recorded
         self._full_now = 0.0  # the time of the last line of ``entries``
         self._entries: list[str] = []
@@ -126,10 +138,10 @@ class Trace:
         self._hash.update("\x00".join(buf).encode())
         self._hash.update(b"\x00")
         if times:
+            packed = array.array("d", times)
             if _BIG_ENDIAN:
-                times = array.array("d", times)
-                times.byteswap()
-            self._times_hash.update(times)
+                packed.byteswap()
+            self._times_hash.update(packed)
         if self.level == "full":
             moves = iter(self._times)
             for e in buf:
@@ -141,7 +153,7 @@ class Trace:
                 else:
                     self._entries.append(f"{self._full_now!r} run {e}\n")
         buf.clear()
-        del self._times[:]
+        times.clear()
 
     @property
     def entries(self) -> list[str]:
@@ -305,23 +317,128 @@ class _Ready(list):  # type: ignore[type-arg]
         return self[0] is None
 
 
+class _Core:
+    """The scheduling state of a ``VirtualTimeLoop`` that every step reads and writes: the
+    virtual time, the sleeper heap with its sequence numbers, and the ready queue (the loop's
+    own ``_ready``). It is an object of its own so that the compiled build keeps it in a C
+    struct (vtime.pxd); the pure module reads it as plain attributes."""
+
+    __slots__ = ("now", "sleepers", "seq", "dead", "ready")
+
+    def __init__(self) -> None:
+        self.now = 0.0  # the virtual time, in microseconds
+        self.sleepers: list[tuple[float, int, _Run]] = []  # heap of (wake-up time, seq, sleeping task)
+        self.seq = 0  # the last sequence number given to a sleeper entry
+        self.dead = 0  # roughly how many entries of sleepers are dead (wait_until)
+        self.ready: Any = None  # the loop's ready queue, set once the loop has made it
+
+
+class _Run:
+    """What the scheduler keeps of a ``SimTask``: its coroutine, context and name, and the
+    state of its suspension. The sleeper heap and the ready queue hold these, and a
+    ``SimFuture``'s waiter is one; ``task`` is the ``SimTask`` itself (the Future that is
+    awaited, the key a scheduling policy sees). An object of its own for the same reason as
+    ``_Core``.
+
+    Invariants: ``sleeping`` is the sequence number of the task's live entry in the sleeper
+    heap, or 0 when it has none (an entry whose number differs is dead); ``fut_waiter`` is the
+    Future the task waits for, or None; ``timed`` is set only while a ``wait_until`` waits,
+    and then ``timed._waiter`` is this run."""
+
+    __slots__ = ("task", "loop", "core", "coro", "context", "name", "sleeping", "must_cancel", "fut_waiter", "timed")
+
+    def __init__(self, task: "SimTask", loop: "VirtualTimeLoop", coro: Coroutine[Any, Any, Any],
+                 context: contextvars.Context, name: str):
+        self.task = task
+        self.loop = loop
+        self.core = loop._core
+        self.coro = coro
+        self.context = context
+        self.name = name
+        self.sleeping = 0
+        self.must_cancel = False
+        self.fut_waiter: Any = None
+        self.timed: Any = None  # the SimFuture of a ``wait_until`` in progress
+
+
+def _wake(run: _Run) -> None:
+    """The Future ``run``'s task waits for is done: put the task on the ready queue (the
+    deadline of a wait_until, if it was one, is dead)."""
+    run.fut_waiter = None
+    run.sleeping = 0
+    run.core.ready.append(run)
+
+
+def _step_run(run: _Run, exc: Any) -> None:
+    """Run the task's coroutine to its next suspension (``Task.__step``), in its context."""
+    task = run.task
+    if run.must_cancel:
+        if not isinstance(exc, asyncio.CancelledError):
+            exc = task._make_cancelled_error()
+        run.must_cancel = False
+    loop = run.loop
+    # asyncio's _enter_task/_leave_task, as dict stores: asyncio.current_task() is this task
+    _current_tasks[loop] = task
+    try:
+        if exc is not None:
+            result = run.coro.throw(exc)
+        elif cython.compiled:
+            result = _send_none(run.coro)  # coro.send(None), in C (vtime.pxd)
+        else:
+            result = run.coro.send(None)
+    except BaseException as e:
+        _current_tasks[loop] = None
+        task._finish(e)
+        return
+    _current_tasks[loop] = None
+    if type(result) is float:  # a virtual sleep until ``result``: into the sleeper heap
+        core: _Core = run.core
+        core.seq += 1
+        run.sleeping = core.seq
+        _heappush(core.sleepers, (result, core.seq, run))
+        if run.must_cancel:  # it cancelled itself, then slept
+            run.sleeping = 0
+            loop.call_soon(task._step, context=run.context)
+    elif (type(result) is SimFuture and result._waiter is None and result._asyncio_future_blocking
+          and result._loop is loop):  # waits for a SimFuture, which will put it on the ready queue
+        result._asyncio_future_blocking = False
+        result._waiter = run
+        run.fut_waiter = result
+        if run.must_cancel and result.cancel(msg=task._cancel_message):
+            run.must_cancel = False
+    else:
+        task._suspend(result)
+
+
+def _resume(run: _Run) -> None:
+    """Step ``run``'s task in its context: ``run.context.run(_step_run, run, None)``, which
+    the compiled build does in C (entering and leaving the context as ``Context.run`` does)."""
+    if cython.compiled:
+        PyContext_Enter(run.context)
+        try:
+            _step_run(run, None)
+        finally:
+            PyContext_Exit(run.context)
+    else:
+        run.context.run(_step_run, run, None)
+
+
 class SimFuture(asyncio.Future):  # type: ignore[type-arg]
     """``loop.create_future()`` on the virtual loop: an ``asyncio.Future`` (a C one) that
-    remembers the one ``SimTask`` awaiting it, if any, and puts that task straight on the ready
-    queue when it completes; the task's resumption then reads the outcome (``await`` of a done
-    Future returns its result or raises its exception). Other done-callbacks go the asyncio
-    way, through ``call_soon``. This is how a task wakes another (a lock release, an SRCU grace
-    period, a message delivered) at the cost of one Python frame."""
+    remembers the one ``SimTask`` awaiting it, if any (its ``_Run``), and puts that task
+    straight on the ready queue when it completes; the task's resumption then reads the
+    outcome (``await`` of a done Future returns its result or raises its exception). Other
+    done-callbacks go the asyncio way, through ``call_soon``. This is how a task wakes another
+    (a lock release, an SRCU grace period, a message delivered) at the cost of one Python
+    frame."""
 
-    _waiter: "SimTask | None" = None  # a class default: no __init__ to run per Future
+    _waiter: "_Run | None" = None  # a class default: no __init__ to run per Future
 
     def set_result(self, result: Any) -> None:
         _future_set_result(self, result)
         waiter = self._waiter
-        if waiter is not None:  # (_wake_waiter, inlined: this is how one task wakes another)
-            waiter._fut_waiter = None
-            waiter._sleeping = 0  # the deadline of a wait_until, if it was one, is dead
-            self._loop._ready.append(waiter)
+        if waiter is not None:  # this is how one task wakes another
+            _wake(waiter)
             self._waiter = None
 
     def set_exception(self, exception: Any) -> None:
@@ -338,9 +455,7 @@ class SimFuture(asyncio.Future):  # type: ignore[type-arg]
         """Put the SimTask awaiting this (if any) on the ready queue."""
         waiter = self._waiter
         if waiter is not None:
-            waiter._fut_waiter = None
-            waiter._sleeping = 0
-            self._loop._ready.append(waiter)
+            _wake(waiter)
             self._waiter = None
 
 
@@ -359,46 +474,46 @@ class SimTask(SimFuture):
     sleeping for a latency: the sleep yields its wake-up time (a float), and the task files
     itself straight into the loop's sleeper heap, SimPy-style; the loop steps it from there.
     Anything else a coroutine awaits (a Future, a lock, another task) goes the asyncio way.
+    What the scheduler reads at every step is kept in the task's ``_Run``.
 
     Only a ``SimTask`` understands a virtual sleep; ``VirtualTimeLoop.create_task`` makes one
     for every coroutine the loop runs (``asyncio.Task(coro)`` made by hand would refuse the
     sleep with "bad yield")."""
 
-    __slots__ = ("_coro", "_name", "_context", "_must_cancel", "_cancel_message", "_num_cancels_requested",
-                 "_fut_waiter", "_sleeping", "_log_destroy_pending", "_seq", "_timed")
+    __slots__ = ("_run", "_cancel_message", "_num_cancels_requested", "_log_destroy_pending", "_seq")
 
     def __init__(self, coro: Coroutine[Any, Any, Any], *, loop: "VirtualTimeLoop", name: str | None = None,
                  context: contextvars.Context | None = None, eager: bool = False):
         super().__init__(loop=loop)  # (SimFuture)
         if not asyncio.iscoroutine(coro):
             raise TypeError(f"a coroutine was expected, got {coro!r}")
-        self._coro = coro
         loop._tasks_made += 1
         self._seq = loop._tasks_made  # creation order: a deterministic order for tasks
-        self._name = name if name is not None else f"{getattr(coro, '__qualname__', 'task')}#{loop._tasks_made}"
-        self._context = context if context is not None else contextvars.copy_context()
-        self._must_cancel = False
+        self._run = run = _Run(
+            self, loop, coro, context if context is not None else contextvars.copy_context(),
+            name if name is not None else f"{getattr(coro, '__qualname__', 'task')}#{loop._tasks_made}")
         self._cancel_message: Any = None
         self._num_cancels_requested = 0
-        self._fut_waiter: Any = None
-        self._sleeping = 0  # the sequence number of this task's live entry in the sleeper heap
-        self._timed: SimFuture | None = None  # the SimFuture of a ``wait_until`` in progress
         self._log_destroy_pending = True
         if not eager:  # an eager task's first step is run by ``VirtualTimeLoop.start_task``
-            loop.call_soon(self._step, context=self._context)
+            loop.call_soon(self._step, context=run.context)
         asyncio.tasks._register_task(self)
 
+    @property
+    def _name(self) -> str:
+        return self._run.name
+
     def get_coro(self) -> Coroutine[Any, Any, Any]:
-        return self._coro
+        return self._run.coro
 
     def get_name(self) -> str:
-        return self._name
+        return self._run.name
 
     def set_name(self, value: object) -> None:
-        self._name = str(value)
+        self._run.name = str(value)
 
     def get_context(self) -> contextvars.Context:
-        return self._context
+        return self._run.context
 
     def cancelling(self) -> int:
         return self._num_cancels_requested
@@ -413,17 +528,18 @@ class SimTask(SimFuture):
         if self.done():
             return False
         self._num_cancels_requested += 1
-        if self._fut_waiter is not None and self._fut_waiter.cancel(msg=msg):
+        run = self._run
+        if run.fut_waiter is not None and run.fut_waiter.cancel(msg=msg):
             return True  # the waiter's callback steps this task with CancelledError
-        self._must_cancel = True
+        run.must_cancel = True
         self._cancel_message = msg
-        timed = self._timed
+        timed = run.timed
         if timed is not None:  # a wait_until: stop waiting for its future (which is not cancelled)
-            self._timed = None
+            run.timed = None
             timed._waiter = None
-        if self._sleeping:
-            self._sleeping = 0  # its heap entry is dead
-            self._loop.call_soon(self._step, context=self._context)
+        if run.sleeping:
+            run.sleeping = 0  # its heap entry is dead
+            self._loop.call_soon(self._step, context=run.context)
         return True
 
     def set_result(self, result: Any) -> None:
@@ -433,43 +549,15 @@ class SimTask(SimFuture):
         raise RuntimeError("SimTask does not support set_exception()")
 
     def _step(self, exc: BaseException | None = None) -> None:
-        """Run the coroutine to its next suspension (``Task.__step``)."""
-        if self._must_cancel:
-            if not isinstance(exc, asyncio.CancelledError):
-                exc = self._make_cancelled_error()
-            self._must_cancel = False
-        loop = self._loop
-        # asyncio's _enter_task/_leave_task, as dict stores: asyncio.current_task() is this task
-        _current_tasks[loop] = self
-        try:
-            result = self._coro.send(None) if exc is None else self._coro.throw(exc)
-        except BaseException as e:
-            _current_tasks[loop] = None
-            self._finish(e)
-            return
-        _current_tasks[loop] = None
-        if type(result) is float:  # a virtual sleep until ``result``: into the sleeper heap
-            loop._sleeper_seq = seq = loop._sleeper_seq + 1
-            self._sleeping = seq
-            _heappush(loop._sleepers, (result, seq, self))
-            if self._must_cancel:  # it cancelled itself, then slept
-                self._sleeping = 0
-                loop.call_soon(self._step, context=self._context)
-        elif (type(result) is SimFuture and result._waiter is None and result._asyncio_future_blocking
-              and result._loop is loop):  # waits for a SimFuture, which will put it on the ready queue
-            result._asyncio_future_blocking = False
-            result._waiter = self
-            self._fut_waiter = result
-            if self._must_cancel and result.cancel(msg=self._cancel_message):
-                self._must_cancel = False
-        else:
-            self._suspend(result)
+        """Run the coroutine to its next suspension (``Task.__step``); the loop's hot paths
+        call ``_step_run`` on the task's ``_Run`` directly."""
+        _step_run(self._run, exc)
 
     def _finish(self, e: BaseException) -> None:
         """The coroutine returned or raised ``e``."""
         if isinstance(e, StopIteration):
-            if self._must_cancel:  # cancelled while returning
-                self._must_cancel = False
+            if self._run.must_cancel:  # cancelled while returning
+                self._run.must_cancel = False
                 super().cancel(msg=self._cancel_message)
             else:
                 super().set_result(e.value)
@@ -483,18 +571,20 @@ class SimTask(SimFuture):
     def _suspend(self, result: Any) -> None:
         """The coroutine yielded ``result``, not a sleep: wait for a Future, or run again."""
         loop = self._loop
+        run = self._run
         if type(result) is _Until:  # wait_until: the future's waiter and a sleeper, whichever is first
             fut, when = result
-            fut._waiter = self
-            self._timed = fut
-            loop._sleeper_seq = seq = loop._sleeper_seq + 1
-            self._sleeping = seq
-            _heappush(loop._sleepers, (when, seq, self))
-            if self._must_cancel:
-                self._timed = None
+            fut._waiter = run
+            run.timed = fut
+            core: _Core = run.core
+            core.seq += 1
+            run.sleeping = core.seq
+            _heappush(core.sleepers, (when, core.seq, run))
+            if run.must_cancel:
+                run.timed = None
                 fut._waiter = None
-                self._sleeping = 0
-                loop.call_soon(self._step, context=self._context)
+                run.sleeping = 0
+                loop.call_soon(self._step, context=run.context)
             return
         if getattr(result, "_asyncio_future_blocking", None) is not None:
             if result.get_loop() is not loop:
@@ -506,21 +596,21 @@ class SimTask(SimFuture):
                 new_exc = RuntimeError(f"Task cannot await on itself: {self!r}")
             else:
                 result._asyncio_future_blocking = False
-                result.add_done_callback(self._wakeup, context=self._context)
-                self._fut_waiter = result
-                if self._must_cancel and result.cancel(msg=self._cancel_message):
-                    self._must_cancel = False
+                result.add_done_callback(self._wakeup, context=run.context)
+                run.fut_waiter = result
+                if run.must_cancel and result.cancel(msg=self._cancel_message):
+                    run.must_cancel = False
                 return
         elif result is None:  # a bare yield: run again in the next step
-            loop.call_soon(self._step, context=self._context)
+            loop.call_soon(self._step, context=run.context)
             return
         else:
             new_exc = RuntimeError(f"Task got bad yield: {result!r}")
-        loop.call_soon(self._step, new_exc, context=self._context)
+        loop.call_soon(self._step, new_exc, context=run.context)
 
     def _wakeup(self, future: "asyncio.Future[Any]") -> None:
         """The Future this task awaited is done (``Task.__wakeup``)."""
-        self._fut_waiter = None
+        self._run.fut_waiter = None
         try:
             future.result()
         except BaseException as exc:
@@ -538,8 +628,7 @@ class _Until(tuple):  # type: ignore[type-arg]
 _COMPACT_MIN = 4096  # dead sleeper entries before the heap is worth compacting
 
 
-@types.coroutine
-def wait_until(fut: SimFuture, when: float) -> Generator[Any, None, bool]:
+def wait_until(fut: SimFuture, when: float) -> Awaitable[bool]:
     """Wait for ``fut`` (a ``SimFuture`` or ``SimTask`` of the running virtual loop, awaited
     by no one else) until virtual time ``when``; True if it is done by then. It is not
     cancelled when the deadline passes (``asyncio.wait(timeout=...)``'s contract), and a
@@ -550,31 +639,50 @@ def wait_until(fut: SimFuture, when: float) -> Generator[Any, None, bool]:
     other is then dead: a future's wake-up kills the sleeper entry, the deadline unhooks the
     waiter). Dead entries of deadlines that never came are swept out of the heap once they
     are more than half of it, so memory stays flat however many calls a run makes."""
-    if fut.done():
+    return _WaitUntil(fut, when)
+
+
+class _WaitUntil:
+    """The awaitable ``wait_until`` returns (an object with ``__await__`` rather than a
+    ``types.coroutine`` generator, which the compiled build could not make awaitable without
+    a Python wrapper)."""
+
+    __slots__ = ("fut", "when")
+
+    def __init__(self, fut: SimFuture, when: float):
+        self.fut = fut
+        self.when = when
+
+    def __await__(self) -> Generator[Any, None, bool]:
+        fut, when = self.fut, self.when
+        if fut.done():
+            return True
+        loop = fut._loop
+        core: _Core = loop._core
+        if when <= core.now:
+            return False
+        if fut._waiter is not None:
+            raise RuntimeError(f"wait_until: {fut!r} is already awaited by {fut._waiter.task!r}")
+        task = _current_tasks.get(loop)
+        run = task._run if task is not None else None
+        try:
+            yield _Until((fut, when))
+        finally:
+            if run is not None:
+                run.timed = None
+            if fut._waiter is run:  # the deadline came first (or the waiter was cancelled)
+                fut._waiter = None
+        if not fut.done():
+            return False
+        core.dead += 1  # woken by the future: its deadline entry is dead
+        if core.dead > _COMPACT_MIN and core.dead * 2 > len(core.sleepers):
+            loop._compact_sleepers()
         return True
-    loop = fut._loop
-    if when <= loop._virtual_now:
-        return False
-    if fut._waiter is not None:
-        raise RuntimeError(f"wait_until: {fut!r} is already awaited by {fut._waiter!r}")
-    task = _current_tasks.get(loop)
-    try:
-        yield _Until((fut, when))
-    finally:
-        if task is not None:
-            task._timed = None
-        if fut._waiter is task:  # the deadline came first (or the waiter was cancelled)
-            fut._waiter = None
-    if not fut.done():
-        return False
-    loop._dead_sleepers += 1  # woken by the future: its deadline entry is dead
-    if loop._dead_sleepers > _COMPACT_MIN and loop._dead_sleepers * 2 > len(loop._sleepers):
-        loop._compact_sleepers()
-    return True
 
 
 _current_tasks = asyncio.tasks._current_tasks  # what asyncio.current_task() reads
 _heappush = heapq.heappush
+_heappop = heapq.heappop
 _TASKS = (asyncio.Task, SimTask)
 
 
@@ -582,17 +690,20 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """An asyncio loop on virtual time (microseconds); see the module docstring."""
 
     def __init__(self, policy: SchedulingPolicy | None = None, trace: Trace | None = None):
-        self._virtual_now = 0.0
+        self._core = core = _Core()
         super().__init__(selector=_NoIoSelector())
+        core.ready = self._ready  # type: ignore[attr-defined]
         self.policy = policy
         self.trace = trace if trace is not None else Trace("hash")
         self.decisions: list[int] = []  # index chosen at each step with more than one ready
         self._tasks_made = 0
-        self._sleepers: list[tuple[float, int, SimTask]] = []  # heap of sleeping tasks
-        self._sleeper_seq = 0
-        self._dead_sleepers = 0  # roughly how many entries of _sleepers are dead (wait_until)
         # ``loop.create_future()``, as a C callable: a Future costs no Python frame to make
         self.create_future = functools.partial(SimFuture, loop=self)  # type: ignore[method-assign]
+
+    @property
+    def _sleepers(self) -> list[tuple[float, int, _Run]]:
+        """The heap of sleeping tasks' entries (``_Core.sleepers``)."""
+        return self._core.sleepers
 
     def create_task(self, coro: Coroutine[Any, Any, T], *, name: str | None = None,
                     context: contextvars.Context | None = None) -> SimTask:
@@ -611,27 +722,28 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         if self.policy is not None:
             return SimTask(coro, loop=self, name=name)
         task = SimTask(coro, loop=self, name=name, eager=True)
-        trace = self.trace
+        run: _Run = task._run
+        trace: Trace = self.trace
         if trace.level != "off":
-            trace.step(self._virtual_now, task._name)
+            trace.step(self._core.now, run.name)
         caller = _current_tasks.get(self)
         try:
-            task._context.run(task._step)
+            _resume(run)
         finally:
             _current_tasks[self] = caller
         return task
 
     def _compact_sleepers(self) -> None:
         """Drop the dead entries of the sleeper heap (in place: the running step holds it)."""
-        sleepers = self._sleepers
-        sleepers[:] = [e for e in sleepers if e[2]._sleeping == e[1]]
+        core: _Core = self._core
+        sleepers = core.sleepers
+        sleepers[:] = [e for e in sleepers if e[2].sleeping == e[1]]
         heapq.heapify(sleepers)
-        self._dead_sleepers = 0
+        core.dead = 0
 
     # Asked by every Future made; the virtual loop has no debug mode. ``bool()`` is False,
     # and as a C function it costs no Python frame per Future.
     get_debug = staticmethod(bool)  # type: ignore[assignment]
-
 
     def call_soon(self, callback: Any, *args: Any, context: contextvars.Context | None = None) -> Any:
         """As ``BaseEventLoop.call_soon``, but queues a ``_Ready`` rather than a Handle."""
@@ -642,19 +754,19 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         return entry
 
     def time(self) -> float:
-        return self._virtual_now
+        return self._core.now
 
     def _key(self, entry: Any) -> tuple[Any, str]:
-        """(scheduling key, trace name) of a ready entry (a ``_Ready`` or a Handle): its task,
-        or its callback."""
-        if type(entry) is SimTask:
-            return entry, entry._name
+        """(scheduling key, trace name) of a ready entry (a task's ``_Run``, a ``_Ready`` or a
+        Handle): its task, or its callback."""
+        if type(entry) is _Run:
+            return entry.task, entry.name
         return self._key_of(entry[0] if type(entry) is _Ready else entry._callback)
 
     def _run_entry(self, entry: Any) -> None:
         """Run a ready entry, as ``Handle._run`` does: an exception goes to the exception handler."""
-        if type(entry) is SimTask:
-            entry._context.run(entry._step)
+        if type(entry) is _Run:
+            _resume(entry)
             return
         if type(entry) is not _Ready:
             entry._run()
@@ -674,12 +786,12 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def _key_of(self, cb: Any) -> tuple[Any, str]:
         task = getattr(cb, "__self__", None)
         if isinstance(task, SimTask):
-            return task, task._name
+            return task, task._run.name
         return cb, getattr(cb, "__qualname__", type(cb).__name__)
 
     def _run_once(self) -> None:
         sched = self._scheduled  # type: ignore[attr-defined]
-        ready: deque[asyncio.Handle] = self._ready  # type: ignore[attr-defined]
+        ready: deque[Any] = self._ready  # type: ignore[attr-defined]
         if len(sched) > _MIN_SCHEDULED_TIMER_HANDLES and (
             self._timer_cancelled_count / len(sched) > _MIN_CANCELLED_TIMER_HANDLES_FRACTION  # type: ignore[attr-defined]
         ):
@@ -693,100 +805,40 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         while sched and sched[0]._cancelled:
             self._timer_cancelled_count -= 1  # type: ignore[attr-defined]
             heapq.heappop(sched)._scheduled = False
-        sleepers = self._sleepers
-        while sleepers and sleepers[0][2]._sleeping != sleepers[0][1]:
-            heapq.heappop(sleepers)  # the sleep of a task cancelled meanwhile
+        core: _Core = self._core
+        sleepers = core.sleepers
+        while sleepers and sleepers[0][2].sleeping != sleepers[0][1]:
+            _heappop(sleepers)  # the sleep of a task cancelled meanwhile
         if not ready:
             if self._stopping:  # type: ignore[attr-defined]
                 return
             nxt = min(sched[0]._when if sched else _INF, sleepers[0][0] if sleepers else _INF)
             if nxt == _INF:
                 raise Deadlock(
-                    f"deadlock at virtual time {self._virtual_now:.3f} us: every task is "
+                    f"deadlock at virtual time {core.now:.3f} us: every task is "
                     f"waiting and no timer is pending"
                 )
-            if nxt > self._virtual_now:
-                self._virtual_now = nxt  # the clock jumps to the next timer
-        now = self._virtual_now
+            if nxt > core.now:
+                core.now = nxt  # the clock jumps to the next timer
+        now = core.now
         while sched and sched[0]._when <= now:
             handle = heapq.heappop(sched)
             handle._scheduled = False
             ready.append(handle)
-        trace = self.trace
-        tracing = trace.level != "off"
-        trace_buf = trace._buf
-        record = trace_buf.append  # a step: who ran (after trace.at(now))
-        note_time = trace._times.append
-        pop = heapq.heappop
+        trace: Trace = self.trace
         if self.policy is None:
-            # fifo: due sleepers in time order, then asyncio's own batch. While there is more to
-            # do, go on here rather than through run_forever: the simulator's hot path.
-            batch = trace.BATCH
-            if tracing and now != trace._now:
-                trace.at(now)
-            while True:
-                while sleepers and sleepers[0][0] <= now:
-                    _, seq, task = pop(sleepers)
-                    if task._sleeping != seq:  # cancelled meanwhile
-                        continue
-                    task._sleeping = 0
-                    if tracing:
-                        record(task._name)
-                    task._context.run(task._step)
-                for _ in range(len(ready)):
-                    handle = ready.popleft()
-                    if type(handle) is SimTask:  # woken by the SimFuture it awaited
-                        if tracing:
-                            record(handle._name)
-                        handle._context.run(handle._step)
-                        continue
-                    if type(handle) is _Ready:  # (_run_entry, inlined: the hot path)
-                        fn, args, context = handle
-                        if fn is None:  # cancelled
-                            continue
-                        if tracing:
-                            record(self._key_of(fn)[1])
-                        try:
-                            context.run(fn, *args)
-                        except (SystemExit, KeyboardInterrupt):
-                            raise
-                        except BaseException as exc:
-                            self._callback_failed(fn, args, exc)
-                        continue
-                    if handle._cancelled:
-                        continue
-                    if tracing:
-                        record(self._key(handle)[1])
-                    handle._run()
-                if tracing and len(trace_buf) >= batch:
-                    trace._flush()
-                if self._stopping:  # type: ignore[attr-defined]
-                    return
-                if not ready:  # nothing more now: jump to the next sleeper, unless a timer is first
-                    while sleepers and sleepers[0][2]._sleeping != sleepers[0][1]:
-                        pop(sleepers)  # the sleep of a task cancelled meanwhile
-                    if not sleepers:
-                        return
-                    nxt = sleepers[0][0]
-                    if sched and sched[0]._when <= nxt:
-                        return
-                    if nxt > now:
-                        self._virtual_now = now = nxt
-                        if tracing:  # (trace.at(now), inlined: the clock moves only here)
-                            trace._now = now
-                            note_time(now)
-                            record("")
-                elif sched and sched[0]._when <= now:
-                    return  # a timer is due too: let the next _run_once queue it in order
+            _run_fifo(self, core, trace, sched)
+            return
+        tracing = trace.level != "off"
         while sleepers and sleepers[0][0] <= now:
-            _, seq, task = pop(sleepers)
-            if task._sleeping == seq:
-                task._sleeping = 0
-                timed = task._timed
+            _, seq, run = _heappop(sleepers)
+            if run.sleeping == seq:
+                run.sleeping = 0
+                timed = run.timed
                 if timed is not None:  # a wait_until's deadline: its future must not wake it too
                     timed._waiter = None
-                ready.append(_Ready((task._step, (), task._context)))
-        live = [h for h in ready if type(h) is SimTask or not (h[0] is None if type(h) is _Ready else h._cancelled)]
+                ready.append(_Ready((run.task._step, (), run.context)))
+        live = [h for h in ready if type(h) is _Run or not (h[0] is None if type(h) is _Ready else h._cancelled)]
         if len(live) <= 1:
             i = 0
         else:  # before ready is cleared: if the policy raises (ReplayDiverged), nothing is lost
@@ -802,6 +854,144 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._run_entry(handle)
 
 
+def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]) -> None:
+    """``VirtualTimeLoop._run_once`` under FIFO, once due timers are queued: due sleepers in
+    time order, then asyncio's own batch. While there is more to do, go on here rather than
+    through run_forever: the simulator's hot path."""
+    ready = core.ready
+    sleepers = core.sleepers
+    now: float = core.now
+    tracing = trace.level != "off"
+    if tracing and now != trace._now:
+        trace.at(now)
+    buf: list[str] = trace._buf  # a step appends who ran (after trace.at(now))
+    run: _Run
+    seq: cython.longlong
+    when: cython.double
+    while True:
+        while sleepers:  # the due sleepers
+            entry = sleepers[0]
+            when = entry[0]
+            if when > now:
+                break
+            _heappop(sleepers)
+            run = entry[2]
+            seq = entry[1]
+            if run.sleeping != seq:  # cancelled meanwhile
+                continue
+            run.sleeping = 0
+            if tracing:
+                buf.append(run.name)
+            if cython.compiled:
+                _resume(run)
+            else:
+                run.context.run(_step_run, run, None)
+        for _ in range(len(ready)):
+            handle = ready.popleft()
+            if type(handle) is _Run:  # woken by the SimFuture it awaited
+                run = handle
+                if tracing:
+                    buf.append(run.name)
+                if cython.compiled:
+                    _resume(run)
+                else:
+                    run.context.run(_step_run, run, None)
+                continue
+            if type(handle) is _Ready:  # (_run_entry, inlined: the hot path)
+                fn, args, context = handle
+                if fn is None:  # cancelled
+                    continue
+                if tracing:
+                    buf.append(loop._key_of(fn)[1])
+                try:
+                    context.run(fn, *args)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    loop._callback_failed(fn, args, exc)
+                continue
+            if handle._cancelled:
+                continue
+            if tracing:
+                buf.append(loop._key(handle)[1])
+            handle._run()
+        if tracing and len(buf) >= trace.BATCH:
+            trace._flush()
+        if loop._stopping:  # type: ignore[attr-defined]
+            return
+        if not ready:  # nothing more now: jump to the next sleeper, unless a timer is first
+            while sleepers:
+                entry = sleepers[0]
+                run = entry[2]
+                seq = entry[1]
+                if run.sleeping == seq:
+                    break
+                _heappop(sleepers)  # the sleep of a task cancelled meanwhile
+            if not sleepers:
+                return
+            when = sleepers[0][0]
+            if sched and sched[0]._when <= when:
+                return
+            if when > now:
+                core.now = now = when
+                if tracing:  # the clock moves only here
+                    trace.at(now)
+        elif sched and sched[0]._when <= now:
+            return  # a timer is due too: let the next _run_once queue it in order
+
+
+class _Sleep:
+    """What ``VirtualClock.sleep`` returns in the compiled build: an awaitable that yields its
+    wake-up time ``when`` once, then returns, as the pure module's generator does. (Cython
+    compiles a generator into one that ``types.coroutine`` cannot make awaitable without a
+    Python wrapper; this is an extension type there, see vtime.pxd.)"""
+
+    def __init__(self, when: float):
+        self.when = when
+        self.yielded = False
+
+    def __await__(self) -> "_Sleep":
+        return self
+
+    def __iter__(self) -> "_Sleep":
+        return self
+
+    def __next__(self) -> float:
+        if self.yielded:
+            raise StopIteration
+        self.yielded = True
+        return self.when
+
+    # a coroutine's methods, so that it can also be a task's coroutine (``create_task(clock.sleep(t))``)
+    def send(self, value: Any) -> float:
+        return self.__next__()
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> float:
+        """As a generator suspended at its yield: the exception comes straight out."""
+        self.yielded = True
+        if val is None:
+            val = typ() if isinstance(typ, type) else typ
+        if tb is not None:
+            val = val.with_traceback(tb)
+        raise val
+
+    def close(self) -> None:
+        self.yielded = True
+
+
+collections.abc.Coroutine.register(_Sleep)
+
+
+if COMPILED:
+    _sleep_until: Any = _Sleep
+else:
+    @types.coroutine
+    def _sleep_until(when: float) -> Generator[float, None, None]:
+        """What ``VirtualClock.sleep`` returns in the pure module: a generator that yields
+        ``when`` once (the compiled build's is a ``_Sleep``)."""
+        yield when
+
+
 class VirtualClock:
     """The ``Clock`` of a ``VirtualTimeLoop``: microseconds, exact for integer sums.
 
@@ -815,18 +1005,21 @@ class VirtualClock:
             except RuntimeError:
                 loop = None
         self._loop = loop
+        self._core = getattr(loop, "_core", None)  # the loop's _Core, if it is a VirtualTimeLoop
 
     def now(self) -> float:
         if self._loop is not None:
             return self._loop.time()
         return asyncio.get_running_loop().time()
 
-    @types.coroutine
-    def sleep(self, us: float) -> Generator[float, None, None]:
-        """Resume the awaiting task ``us`` virtual microseconds from now: yields the wake-up
-        time to the ``SimTask`` awaiting it, which files itself in the loop's sleeper heap."""
-        loop = self._loop if self._loop is not None else asyncio.get_running_loop()
-        yield loop._virtual_now + us  # type: ignore[attr-defined]
+    def sleep(self, us: float) -> Awaitable[None]:
+        """Resume the awaiting task ``us`` virtual microseconds from now: the awaitable yields
+        the wake-up time to the ``SimTask`` awaiting it, which files itself in the loop's
+        sleeper heap."""
+        core: _Core = self._core
+        if core is None:
+            core = asyncio.get_running_loop()._core  # type: ignore[attr-defined]
+        return _sleep_until(core.now + us)
 
     def trace(self, kind: str, detail: str) -> None:
         """Record a model event in the loop's trace."""
