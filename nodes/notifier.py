@@ -872,14 +872,20 @@ class NotifierCore:
         return TeardownTiming(t3 - t0, release_us, t3 - t2)
 
     async def release(self, mm: Mm) -> TeardownTiming:
-        """__mmu_notifier_release() of v3.10, called by exit_mmap before any page is freed."""
+        """__mmu_notifier_release() of v3.10, called by exit_mmap before any page is freed.
+        The modern cores release the interval tree first (mn_itree_release()) and walk the
+        hlist, and synchronize_srcu(), only if it has notifiers (mn_hlist_release()): an mm with
+        interval notifiers alone waits for no grace period at exit."""
         t0 = self.runtime.now()
         if mm.notifier_mm is None:
             return TeardownTiming(0.0, 0.0, 0.0)
-        if mm.notifier_mm.itree is not None:
-            await mm.notifier_mm.itree.release()  # mn_itree_release(), before the hlist's
-        srcu = self.srcu_for(mm)
         nmm = mm.notifier_mm
+        if nmm.itree is not None:
+            await nmm.itree.release()  # mn_itree_release(), before the hlist's
+        if self.modern and nmm.list.empty():  # v5.10: if (!hlist_empty(...)) mn_hlist_release()
+            t1 = self.runtime.now()
+            return TeardownTiming(t1 - t0, t1 - t0, 0.0)
+        srcu = self.srcu_for(mm)
         if self.unhash_before_release:
             # the bug of these modes: each notifier is unhashed, then its ->release runs (the
             # lock is dropped around it); an invalidate meanwhile no longer finds it

@@ -20,7 +20,7 @@ from nodes.interval import (ULONG_MAX, MmuIntervalNotifier, MmuIntervalNotifierO
                             mmu_interval_notifier_remove, mmu_interval_read_begin, mmu_interval_read_retry,
                             mmu_interval_set_seq)
 from nodes.mm import PAGE_SIZE, TASK_SIZE
-from nodes.notifier import MmuNotifierEvent
+from nodes.notifier import MmuNotifier, MmuNotifierEvent
 from nodes.owner import LocalOwner
 from nodes.partition import Partition
 
@@ -485,6 +485,54 @@ def test_exit_invalidates_every_interval_notifier_with_release_and_remove_still_
     # still holds the notifier (only the hlist is emptied by release)
     assert calls == [(3, 0, ULONG_MAX, "RELEASE"), (5, 0, TASK_SIZE, "UNMAP")]
     assert ptes == {} and counts == (2, 0) and sweep == []
+
+
+class Listed(MmuNotifier):
+    """A notifier on the mm's hlist, with only ->release."""
+
+    def release(self, mm: Any) -> None:
+        return None
+
+
+def test_an_mm_with_interval_notifiers_alone_waits_for_no_grace_period_at_exit(vrun):
+    """__mmu_notifier_release() of v5.10: mn_itree_release(), then mn_hlist_release() (and its
+    synchronize_srcu()) only if the hlist has notifiers. With a reader of the partition's global
+    SRCU asleep on another mm's behalf, the exit of an mm that only interval notifiers watch
+    returns at once; one with a notifier on its list waits for that reader."""
+    async def body(rt):
+        p, mm, owner = await setup(rt)
+        other = p.create_mm()
+        srcu = p.srcu_for(other)
+
+        async def sleeping_reader() -> None:  # a callout on the other mm, asleep 10 ms
+            async with srcu.read_section():
+                await rt.sleep(10_000)
+
+        dev = await mirror(owner, mm, "dev", BASE, 4)
+        reader = rt.spawn(sleeping_reader(), name="reader")
+        await rt.sleep(1)
+        alone = await vmops.exit_mmap(p, mm)
+        await dev.remove()
+        await reader
+        # the same exit with a notifier on the hlist too: it waits for the reader
+        p2, mm2, owner2 = await setup(rt)
+        await mirror(owner2, mm2, "dev2", BASE, 4)
+        await p2.core.register(Listed("listed"), mm2)
+        srcu2 = p2.srcu_for(mm2)
+
+        async def sleeping_reader2() -> None:
+            async with srcu2.read_section():
+                await rt.sleep(10_000)
+
+        reader2 = rt.spawn(sleeping_reader2(), name="reader2")
+        await rt.sleep(1)
+        listed = await vmops.exit_mmap(p2, mm2)
+        await reader2
+        return alone, listed
+
+    alone, listed = vrun(body)
+    assert alone.srcu_wait_us == 0.0
+    assert listed.srcu_wait_us >= 10_000 - 1
 
 
 # -- a secondary on another partition -------------------------------------------------------------
