@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from nodes.errors import Busy, InvalidArgument, NotFound
-from nodes.interval import (MmuIntervalNotifier, MmuIntervalNotifierOps, mmu_interval_check_retry,
-                            mmu_interval_notifier_insert, mmu_interval_notifier_remove, mmu_interval_read_begin)
+from nodes.errors import InvalidArgument, NotFound
+from nodes.interval import (MmuIntervalNotifier, MmuIntervalNotifierOps, mmu_interval_notifier_insert,
+                            mmu_interval_notifier_remove, mmu_interval_read_begin)
 from nodes.mm import Mm, check_user_address
 from nodes.notifier import MmuNotifier, TeardownTiming
 

@@ -55,7 +55,7 @@ ATTACHER = XpmemCred(tgid=2, uid=1000, gid=1000)
 # the counters of the GRUs of a partition that a run reports (GruStats fields)
 GRU_COUNTERS = ("dropins", "retries", "guard_retries", "fenced_flushes")
 _RETIRED_GRUS = "gru.retired"  # ctx.objects key: the counters of GRUs already torn down
-_RETIRED_DEVICE = "device.retired"  # ctx.objects key: the device timings of ODP MRs already torn down
+_RETIRED_DEVICE = "device.retired"  # ctx.objects key: the device timings of ODP MRs and HMM mirrors torn down
 
 
 async def new_mm(ctx: PartitionContext, region_pages: int) -> int:

@@ -16,8 +16,9 @@ What a run measures (microseconds; one event each, and an HDR histogram per metr
 - ``device_fault``, ``device_invalidate`` (ODP and HMM secondaries only, on the secondary's partition):
   each device page fault from pagefault_mr's entry to its unlock (retries included), and each
   blockable invalidate from mlx5_ib_invalidate_range's entry to its return (its wait for
-  umem_mutex and its zapping UMRs), as the driver saw them. An interval notifier's callouts and
-  spans are not in ``callout_rtt`` and ``invalidate_range``: the core times only an mm's hlist.
+  umem_mutex and its zapping UMRs), as the driver saw them. The core times an mm with interval
+  notifiers as any: their spans are in ``invalidate_range``, their invalidate callouts in
+  ``callout_rtt``.
 
 The setup: each partition owns ``mms`` background mms; each is mapped by ``secondaries_per_mm``
 secondaries of ``secondary.kind`` on the next partitions (round robin; a KVM shadow MMU on the

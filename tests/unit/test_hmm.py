@@ -16,7 +16,7 @@ from cluster.sim import SimCluster, SimConfig, run_sim
 from nodes import migrate_device, vmops
 from nodes.errors import InternalError, InvalidArgument
 from nodes.mm import PAGE_SIZE, PTE_DEVICE_PRIVATE, PTE_PRESENT
-from nodes.notifier import MMU_NOTIFIER_RANGE_BLOCKABLE, MmuNotifierEvent, MmuNotifierRange, NotifierCore
+from nodes.notifier import MMU_NOTIFIER_RANGE_BLOCKABLE, MmuNotifierEvent, MmuNotifierRange
 from nodes.owner import LocalOwner
 from nodes.partition import Partition
 from nodes.secondary import hmm as hmm_mod

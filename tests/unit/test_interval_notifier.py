@@ -17,7 +17,7 @@ from nodes import interval, vmops
 from nodes.errors import InvalidArgument, NotFound, Overflow, SleepingInAtomicContext
 from nodes.interval import (ULONG_MAX, MmuIntervalNotifier, MmuIntervalNotifierOps, mmu_interval_check_retry,
                             mmu_interval_notifier_insert, mmu_interval_notifier_insert_locked,
-                            mmu_interval_notifier_remove, mmu_interval_read_begin, mmu_interval_read_retry,
+                            mmu_interval_read_begin, mmu_interval_read_retry,
                             mmu_interval_set_seq)
 from nodes.mm import PAGE_SIZE, TASK_SIZE
 from nodes.notifier import MmuNotifier, MmuNotifierEvent
