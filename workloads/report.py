@@ -66,6 +66,7 @@ from matplotlib.figure import Figure
 
 from workloads.metrics import (BOOTSTRAP_RESAMPLES, CI_PERCENTILES, INTERVAL_KEYS, MIN_BEYOND, PERCENTILES,
                                SUMMARY_KEYS, too_few_beyond)
+from workloads.scenario import DURATION_UNITS
 
 # -- the schema ----------------------------------------------------------------------------
 
@@ -429,11 +430,12 @@ def field_report_lines(result: Mapping[str, Any]) -> list[str]:
 
 
 def duration_text(us: float) -> str:
-    """A duration in microseconds in the largest unit that keeps it >= 1: '47 min', '1.2 s'."""
-    for unit, size in (("min", 60e6), ("s", 1e6), ("ms", 1e3)):
-        if abs(us) >= size:
+    """A duration in microseconds in the largest of a scenario's duration units
+    (``workloads.scenario.DURATION_UNITS``) that keeps it >= 1: '47 min', '1.2 s'."""
+    for unit, size in sorted(DURATION_UNITS.items(), key=lambda item: -item[1]):
+        if abs(us) >= size or size == 1.0:
             return f"{us / size:.3g} {unit}"
-    return f"{us:.3g} us"
+    raise AssertionError("DURATION_UNITS has no unit of 1 us")
 
 
 def _fmt_n(n: Any) -> str:
