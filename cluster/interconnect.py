@@ -39,7 +39,7 @@ import asyncio
 import math
 import random
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 from nodes.errors import InternalError, Unreachable
 from nodes.runtime import Runtime
@@ -49,6 +49,23 @@ from cluster.vtime import wait_until
 
 DEFAULT_DEADLINE_US = 1_000_000.0  # one second, a typical RPC deadline
 REPLY_BYTES = 64
+_INF = math.inf
+
+
+class _Route:
+    """What every call of one method of one service from one partition to another needs:
+    the handler, the call's name (``what``, in errors and the trace; ``task_name``, the
+    handler's task), and the one-way latency of the request and of the reply
+    (``LatencyModel.sampler``: each call draws them as ``one_way`` would)."""
+
+    __slots__ = ("handler", "what", "task_name", "go", "back")
+
+    def __init__(self, handler: Any, what: str, go: Callable[[], float], back: Callable[[], float]):
+        self.handler = handler
+        self.what = what
+        self.task_name = f"handle {what}"
+        self.go = go
+        self.back = back
 
 
 class SimInterconnect:
@@ -75,7 +92,9 @@ class SimInterconnect:
         self.loss = loss
         self.deadline_us = deadline_us
         self._services: dict[tuple[str, str], Any] = {}
-        self._hops: dict[tuple[str, str], int] = {}
+        # (src, dst, service, method, kind, nbytes) -> what every such call needs (``_route``)
+        self._routes: dict[tuple[str, str, str, str, str, int], _Route] = {}
+        self._now = runtime.clock.now  # the runtime's clock, without a frame of Runtime's per read
         self.down: dict[str, float] = {}  # partition -> virtual time it crashed
         self.stalls: dict[str, tuple[float, float]] = {}  # partition -> [start, end) of its stall
         self.messages: Counter[str] = Counter()  # per kind
@@ -87,6 +106,7 @@ class SimInterconnect:
         if partition not in self.topology:
             raise ValueError(f"partition {partition!r} is not in the topology ({', '.join(self.topology.names)})")
         self._services[(partition, service)] = handler
+        self._routes.clear()  # a route names its handler
 
     def alive(self, partition: str) -> bool:
         return partition not in self.down
@@ -126,18 +146,29 @@ class SimInterconnect:
         await self.runtime.sleep(until - self.runtime.now())
         return await fn(*args)
 
-    def _one_way(self, src: str, dst: str, kind: str, nbytes: int) -> float:
-        hops = self._hops.get((src, dst))
-        if hops is None:  # a topology does not change: its hop counts are looked up once per pair
-            hops = self._hops[(src, dst)] = self.topology.hops(src, dst)
-        return self.latency.one_way(hops, nbytes, kind, self.rng)
+    def _route(self, src: str, dst: str, service: str, method: str, kind: str, nbytes: int) -> "_Route":
+        """The route of a call, made at its first use and kept (``_routes``): the handler, the
+        call's name, and its one-way latency each way (a topology does not change, nor the
+        latency model: the hop counts and the samplers are made once per route)."""
+        handler = self._services.get((dst, service))
+        if handler is None:
+            raise InternalError(f"no service {service!r} on partition {dst}")
+        hops = self.topology.hops(src, dst)
+        back_hops = self.topology.hops(dst, src)
+        route = _Route(
+            handler, f"{service}.{method} {src}->{dst}",
+            self.latency.sampler(hops, nbytes, kind, self.rng), self.latency.sampler(back_hops, REPLY_BYTES, kind, self.rng),
+        )
+        self._routes[(src, dst, service, method, kind, nbytes)] = route
+        return route
 
     def _lost(self) -> bool:
+        """Whether a message is lost (a draw only when messages can be)."""
         return self.loss > 0.0 and self.rng.random() < self.loss
 
     async def _give_up(self, t_deadline: float, why: str, kind: str) -> None:
         self.failures[kind] += 1
-        if t_deadline == math.inf:  # no deadline: no one ever gives up (the kernel's D state)
+        if t_deadline == _INF:  # no deadline: no one ever gives up (the kernel's D state)
             await asyncio.get_running_loop().create_future()
         remaining = t_deadline - self.runtime.now()
         if remaining > 0:
@@ -149,38 +180,38 @@ class SimInterconnect:
         down = self.down
         if src in down:
             raise Unreachable(f"partition {src} is down and cannot send {method} to {dst}")
-        handler = self._services.get((dst, service))
-        if handler is None:
-            raise InternalError(f"no service {service!r} on partition {dst}")
+        route = self._routes.get((src, dst, service, method, kind, nbytes))
+        if route is None:
+            route = self._route(src, dst, service, method, kind, nbytes)
         self.messages[kind] += 1
         runtime = self.runtime
-        t_deadline = runtime.now() + self.deadline_us
-        what = f"{service}.{method} {src}->{dst}"
+        now = self._now
+        t_deadline = now() + self.deadline_us
         if self._lost():
-            await self._give_up(t_deadline, f"{what}: request lost, deadline of {self.deadline_us:.0f} us exceeded", kind)
-        await runtime.sleep(self._one_way(src, dst, kind, nbytes))
+            await self._give_up(t_deadline, f"{route.what}: request lost, deadline of {self.deadline_us:.0f} us exceeded", kind)
+        await runtime.sleep(route.go())
         if dst in down:
-            await self._give_up(t_deadline, f"{what}: {dst} is down, deadline of {self.deadline_us:.0f} us exceeded", kind)
+            await self._give_up(t_deadline, f"{route.what}: {dst} is down, deadline of {self.deadline_us:.0f} us exceeded", kind)
         loop = asyncio.get_running_loop()
         stall = self.stalls.get(dst) if self.stalls else None
-        if stall is not None and stall[0] <= runtime.now() < stall[1]:
-            task = loop.start_task(self._held(stall[1], what, getattr(handler, method), args), name=f"handle {what}")
+        if stall is not None and stall[0] <= now() < stall[1]:
+            task = loop.start_task(self._held(stall[1], route.what, getattr(route.handler, method), args), name=route.task_name)
         else:
-            task = loop.start_task(getattr(handler, method)(*args), name=f"handle {what}")
+            task = loop.start_task(getattr(route.handler, method)(*args), name=route.task_name)
         try:
-            if t_deadline == math.inf:  # no deadline: wait for the answer, however long
+            if t_deadline == _INF:  # no deadline: wait for the answer, however long
                 answered = bool((await asyncio.wait({task}))[0])
             elif loop.policy is None:
                 answered = await wait_until(task, t_deadline)
             else:  # see the module docstring: a seeded run keeps its choice points
-                answered = bool((await asyncio.wait({task}, timeout=max(0.0, t_deadline - runtime.now())))[0])
+                answered = bool((await asyncio.wait({task}, timeout=max(0.0, t_deadline - now())))[0])
             if not answered:
                 task.add_done_callback(self._orphan_done)
-                await self._give_up(t_deadline, f"{what}: no answer within the deadline of {self.deadline_us:.0f} us", kind)
-            back = self._one_way(dst, src, kind, REPLY_BYTES)
-            if dst in down or self._lost() or runtime.now() + back > t_deadline:
+                await self._give_up(t_deadline, f"{route.what}: no answer within the deadline of {self.deadline_us:.0f} us", kind)
+            back = route.back()
+            if dst in down or self._lost() or now() + back > t_deadline:
                 task.exception()  # retrieved: the reply (or error) never arrived
-                await self._give_up(t_deadline, f"{what}: reply lost or {dst} went down, deadline exceeded", kind)
+                await self._give_up(t_deadline, f"{route.what}: reply lost or {dst} went down, deadline exceeded", kind)
             await runtime.sleep(back)
         except (GeneratorExit, asyncio.CancelledError):  # the caller itself went away (a run that broke)
             if task.done():
@@ -190,7 +221,7 @@ class SimInterconnect:
             raise
         if src in down:
             task.exception()
-            raise Unreachable(f"partition {src} went down waiting for {what}")
+            raise Unreachable(f"partition {src} went down waiting for {route.what}")
         return task.result()
 
     def _orphan_done(self, task: "asyncio.Task[Any]") -> None:

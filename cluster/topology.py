@@ -32,7 +32,7 @@ import numbers
 import random
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -216,6 +216,10 @@ class LatencyDist:
         alpha) that overflows a float is returned as ``inf``.
         """
         _check_rng(rng, "LatencyDist.sample")
+        return self._sample(rng)
+
+    def _sample(self, rng: random.Random) -> float:
+        """``sample`` of an rng already checked (``LatencyModel.sampler`` checks it once)."""
         d = self.dist
         p = self.params
         if d == "constant":
@@ -664,23 +668,34 @@ class LatencyModel:
         and whatever ``hops``, ``nbytes`` and ``kind``). With a constant 1.0 per hop, 3 hops and
         no per-byte cost the result is exactly 3.0.
         """
+        return self.sampler(hops, nbytes, kind, rng)()
+
+    def sampler(self, hops: int, nbytes: int, kind: str, rng: random.Random) -> Callable[[], float]:
+        """``one_way(hops, nbytes, kind, rng)`` with its arguments fixed and checked once: a
+        function of nothing that draws what ``one_way`` draws, in the same order, and adds the
+        same terms in the same order (so it gives the same floats), from the model as it is at
+        each draw (a study may change it while it runs). For a path that sends many messages of
+        one kind between the same two partitions (the sim's interconnect keeps one per route)."""
         # (type(x) is int first: the common case, without the numbers.Integral ABC check)
         if type(hops) is not int and (isinstance(hops, bool) or not isinstance(hops, numbers.Integral)) or hops < 0:
             raise TopologyError(f"LatencyModel.one_way.hops: must be an integer >= 0, got {hops!r}")
         if type(nbytes) is not int and (isinstance(nbytes, bool) or not isinstance(nbytes, numbers.Integral)) or nbytes < 0:
             raise TopologyError(f"LatencyModel.one_way.nbytes: must be an integer >= 0, got {nbytes!r}")
         _check_rng(rng, "LatencyModel.one_way.rng")
-        t = 0.0
-        if hops:
-            t = hops * self.per_hop.sample(rng)
-        if nbytes and self.per_byte_us:
-            t += nbytes * self.per_byte_us
-        ex = self.extra.get(kind)
-        if ex is not None:
-            t += ex.sample(rng)
-        if self.floor is not None:  # last: a model without one draws exactly what it always drew
-            t += self.floor.sample(rng)
-        return t
+
+        def draw() -> float:
+            t = 0.0
+            if hops:
+                t = hops * self.per_hop._sample(rng)
+            if nbytes and self.per_byte_us:
+                t += nbytes * self.per_byte_us
+            ex = self.extra.get(kind)
+            if ex is not None:
+                t += ex._sample(rng)
+            if self.floor is not None:  # last: a model without one draws exactly what it always drew
+                t += self.floor._sample(rng)
+            return t
+        return draw
 
     def mean_one_way(self, hops: int, nbytes: int, kind: str) -> float:
         """The expected value of ``one_way(hops, nbytes, kind, rng)`` (may be ``inf``)."""

@@ -177,12 +177,18 @@ class WaitQueue:
 
     def __init__(self, name: str):
         self.name = name
-        self._event = asyncio.Event()
+        # what the sleepers since the last wake_all wait for; None while no one sleeps (a wake-up
+        # with no sleeper, the common case, then does nothing, as wake_up_all of an empty queue)
+        self._event: asyncio.Event | None = None
 
     async def wait(self) -> None:
         might_sleep(f"wait_event({self.name})")
+        if self._event is None:
+            self._event = asyncio.Event()
         await self._event.wait()
 
     def wake_all(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
+        event = self._event
+        if event is not None:
+            self._event = None
+            event.set()

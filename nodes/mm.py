@@ -79,7 +79,8 @@ def check_user_address(address: int, what: str, *, aligned: bool = False) -> int
 def check_user_span(start: int, end: int, what: str) -> None:
     """Validate the range [start, end) of an invalidation: integers, non-empty, inside user
     space. Not necessarily page aligned (an exported invalidate need not be)."""
-    if not isinstance(start, (int, np.integer)) or not isinstance(end, (int, np.integer)):
+    if (type(start) is not int or type(end) is not int) and (  # (the common case first, without isinstance)
+            not isinstance(start, (int, np.integer)) or not isinstance(end, (int, np.integer))):
         raise InvalidArgument(f"{what}: start and end must be integers, got {start!r}, {end!r}")
     if start >= end:
         raise InvalidArgument(f"{what}: empty range [{start:#x}, {end:#x})")

@@ -283,6 +283,18 @@ def has_op(mn: MmuNotifier, op: str) -> bool:
     return getattr(type(mn), op) is not getattr(MmuNotifier, op)
 
 
+def _answered(mn: MmuNotifier, r: Any, after: Callable[[MmuNotifier], None] | None,
+              failed: Callable[[MmuNotifier, int], None] | None) -> int:
+    """What a walk does with ``mn``'s answer ``r``: a non-zero int (a modern start's -EAGAIN)
+    goes to ``failed`` and is returned; otherwise ``mn`` gets ``after``, and 0 is returned."""
+    if isinstance(r, int) and r and failed is not None:
+        failed(mn, r)
+        return r
+    if after is not None:
+        after(mn)
+    return 0
+
+
 # -- the RCU hlist ----------------------------------------------------------------------------
 
 _POISON = object()  # LIST_POISON2: what hlist_del_rcu leaves in pprev
@@ -470,15 +482,18 @@ class NotifierCore:
         nmm = mm.notifier_mm
         return nmm is not None and (not nmm.list.empty() or nmm.itree is not None)
 
-    async def _call(self, mn: MmuNotifier, mm: Mm, op: str, *args: Any, range: MmuNotifierRange | None = None) -> Any:
-        """One callout. With a modern core's ``range`` a notifier that ``takes_range`` gets it
-        alone; and a range that is not blockable is called as the kernel brackets it,
-        non_block_start()/non_block_end() (312364f3534c): a callout that sleeps there is
-        ``SleepingInAtomicContext``."""
-        self.oracle.callout(mn, mm, op, args)
+    async def _call(self, mn: MmuNotifier, mm: Mm, op: str, args: tuple[Any, ...] = (),
+                    range: MmuNotifierRange | None = None) -> Any:
+        """One callout, ``op(mm, *args)``. With a modern core's ``range`` a notifier that
+        ``takes_range`` gets it alone; and a range that is not blockable is called as the kernel
+        brackets it, non_block_start()/non_block_end() (312364f3534c): a callout that sleeps
+        there is ``SleepingInAtomicContext``."""
+        oracle = self.oracle
+        oracle.callout(mn, mm, op, args)
         if self.trace_callouts:
             self.runtime.trace("callout", f"{op}{_fmt_args(args)} -> {mn.name} on {mm.name}")
-        t0 = self.runtime.now() if self.timings.enabled else 0.0
+        timed = self.timings.enabled
+        t0 = self.runtime.now() if timed else 0.0
         try:
             if range is not None:
                 call = (range,) if mn.takes_range else (mm, *args)
@@ -492,9 +507,9 @@ class NotifierCore:
                     current_range.reset(token)
             return await call_maybe_async(getattr(mn, op), mm, *args)
         finally:
-            self.oracle.callout_done(mn, mm, op)
+            oracle.callout_done(mn, mm, op)
             # an op a proxy answers itself (``local``: nodes.remote) is no round trip to time
-            if self.timings.enabled and not getattr(getattr(mn, op), "local", False):
+            if timed and self.timings.enabled and not getattr(getattr(mn, op), "local", False):
                 self.timings.callout(self.runtime.now(), self.runtime.now() - t0, mm, op)
 
     def _note(self, what: str) -> None:
@@ -516,28 +531,26 @@ class NotifierCore:
         mn_hlist_invalidate_range_start() does (``ret = _ret``)."""
         if not self.has_notifiers(mm):
             return 0
+        nmm = mm.notifier_mm
+        assert nmm is not None
         ret = 0
-
-        async def one(mn: MmuNotifier) -> None:
-            nonlocal ret
-            r = await self._call(mn, mm, op, *args, range=range)
-            if isinstance(r, int) and r and failed is not None:
-                ret = r
-                failed(mn, r)
-            elif after is not None:
-                after(mn)
-        assert mm.notifier_mm is not None
         srcu = self.srcu_for(mm)
         cpu = current_cpu.get()
         idx = srcu.read_lock(cpu)
         try:
             if self.fanout == "parallel":
                 # mmusim option, not kernel behaviour: every notifier at once, wait for all.
-                await wait_all([one(mn) for mn in mm.notifier_mm.list.walk() if has_op(mn, op)])
+                async def one(mn: MmuNotifier) -> None:
+                    nonlocal ret
+                    ret = _answered(mn, await self._call(mn, mm, op, args, range), after, failed) or ret
+
+                await wait_all([one(mn) for mn in nmm.list.walk() if has_op(mn, op)])
             else:
-                for mn in mm.notifier_mm.list.walk():  # lazily: the list may change as we sleep
+                for mn in nmm.list.walk():  # lazily: the list may change as we sleep
                     if has_op(mn, op):
-                        await one(mn)
+                        r = await self._call(mn, mm, op, args, range)
+                        if after is not None or failed is not None:
+                            ret = _answered(mn, r, after, failed) or ret
         finally:
             srcu.read_unlock(idx, cpu)
         return ret
@@ -623,9 +636,11 @@ class NotifierCore:
         if self.timings.enabled and self.has_subscribers(mm) and flags & MMU_NOTIFIER_RANGE_BLOCKABLE:
             self.timings.range_started(mm, start, end, self.runtime.now())
         self._bump_invalidate_seq(mm)
-        ret = await self._itree_invalidate(mm, rng)
-        if ret:
-            return ret
+        nmm = mm.notifier_mm
+        if nmm is not None and nmm.itree is not None:  # (no coroutine for _itree_invalidate to make when there is none)
+            ret = await self._itree_invalidate(mm, rng)
+            if ret:
+                return ret
         ret = await self._walk(
             mm, "invalidate_range_start", start, end,
             after=lambda mn: self.oracle.range_started(mn, mm, start, end),

@@ -131,17 +131,20 @@ class Oracle:
         self._windows[mn].append((mm.id, start, end))
 
     def mm_range_start(self, mm: Mm, start: int, end: int) -> None:
-        self._mm_ranges[mm.id][(start, end)] += 1
+        open_ranges = self._mm_ranges[mm.id]
+        open_ranges[(start, end)] = open_ranges.get((start, end), 0) + 1
 
     def mm_range_end(self, mm: Mm, start: int, end: int) -> None:
         self.checked["range_end"] += 1
         open_ranges = self._mm_ranges[mm.id]
-        if open_ranges[(start, end)] <= 0:
+        n = open_ranges.get((start, end), 0)
+        if n <= 0:
             self.violation(3, f"invalidate_range_end [{start:#x}, {end:#x}) without a range_start", mm=mm.name)
             return
-        open_ranges[(start, end)] -= 1
-        if not open_ranges[(start, end)]:
-            del open_ranges[(start, end)]
+        if n == 1:
+            open_ranges.pop((start, end))  # no range of these bounds is open any more
+        else:
+            open_ranges[(start, end)] = n - 1
 
     def mm_range_abandoned(self, mm: Mm, start: int, end: int) -> None:
         """A non-blocking range_start of ``mm`` failed (-EAGAIN): its caller may not call

@@ -109,7 +109,8 @@ class Srcu(SrcuBase):
 
     def read_lock(self, cpu: int = 0) -> int:
         """srcu_read_lock(): enter a read section on ``cpu``; returns the index to unlock."""
-        cpu = self._cpu(cpu)
+        if not 0 <= cpu < self.ncpus:
+            raise self._bad_cpu(cpu)
         idx = self.completed & 1
         self.c[cpu][idx] += 1
         self._readers[idx] += 1
@@ -119,8 +120,10 @@ class Srcu(SrcuBase):
 
     def read_unlock(self, idx: int, cpu: int = 0) -> None:
         """srcu_read_unlock(): leave a read section, possibly on another CPU than it began."""
-        cpu = self._cpu(cpu)
-        self._check_idx(idx)
+        if not 0 <= cpu < self.ncpus:
+            raise self._bad_cpu(cpu)
+        if idx != 0 and idx != 1:
+            raise self._bad_idx(idx)
         if self._readers[idx] <= 0:
             raise InternalError(f"srcu_read_unlock({idx}) on {self.name} with no reader on that index")
         self.c[cpu][idx] -= 1

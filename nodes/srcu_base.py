@@ -31,6 +31,12 @@ from typing import Any, AsyncIterator, Callable, ClassVar
 from nodes.errors import SrcuDeadlock
 from nodes.runtime import Runtime, run_atomic
 
+# asyncio.current_task() is _current_tasks.get(get_running_loop()), the running task of each loop
+# that asyncio's C tasks keep; read here without the Python frame of 3.11's current_task() (the
+# readers' hot path: every notifier walk takes and leaves a read section)
+_current_tasks = asyncio.tasks._current_tasks
+_get_running_loop = asyncio.get_running_loop
+
 #: udelay() between two checks of an index: v3.10 SYNCHRONIZE_SRCU_READER_DELAY, v5.10
 #: SRCU_RETRY_CHECK_DELAY (and v6.6's srcu_retry_check_delay default): 5 us in all three
 SYNCHRONIZE_SRCU_READER_DELAY_US = 5.0
@@ -143,28 +149,31 @@ class SrcuBase:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name}, {self._statistics_state()}, readers={self.readers_active()})"
 
-    def _cpu(self, cpu: int) -> int:
-        if not 0 <= cpu < self.ncpus:
-            raise ValueError(f"cpu {cpu} outside 0..{self.ncpus - 1} of SRCU domain {self.name}")
-        return cpu
+    def _bad_cpu(self, cpu: int) -> ValueError:
+        """The error of a read_lock/read_unlock on a CPU the domain does not have (its callers
+        check ``0 <= cpu < ncpus`` themselves: the readers' hot path)."""
+        return ValueError(f"cpu {cpu} outside 0..{self.ncpus - 1} of SRCU domain {self.name}")
 
     @staticmethod
-    def _check_idx(idx: int) -> None:
-        if idx not in (0, 1):
-            raise ValueError(f"srcu index must be 0 or 1, got {idx!r}")
+    def _bad_idx(idx: int) -> ValueError:
+        """The error of a read_unlock with an index that is neither 0 nor 1."""
+        return ValueError(f"srcu index must be 0 or 1, got {idx!r}")
 
     def _note_lock(self) -> None:
         """The running task entered a read section (what lockdep's dep_map records)."""
-        task = asyncio.current_task()
+        task = _current_tasks.get(_get_running_loop())  # asyncio.current_task()
         if task is not None:
-            self._holders[task] = self._holders.get(task, 0) + 1
+            holders = self._holders
+            holders[task] = holders.get(task, 0) + 1
 
     def _note_unlock(self) -> None:
-        task = asyncio.current_task()
-        if task is not None and self._holders.get(task):
-            self._holders[task] -= 1
-            if not self._holders[task]:
+        task = _current_tasks.get(_get_running_loop())  # asyncio.current_task()
+        n = self._holders.get(task) if task is not None else None
+        if n:
+            if n == 1:
                 del self._holders[task]
+            else:
+                self._holders[task] = n - 1
 
     def _check_not_reader(self, what: str) -> None:
         """lockdep's "Illegal synchronize_srcu() in same-type SRCU read-side critical section":

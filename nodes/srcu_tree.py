@@ -517,7 +517,9 @@ class TreeSrcu(SrcuBase):
 
     def read_lock(self, cpu: int = 0) -> int:
         """__srcu_read_lock(): enter a read section on ``cpu``; returns the index to unlock."""
-        sdp = self.sda[self._cpu(cpu)]
+        if not 0 <= cpu < self.ncpus:
+            raise self._bad_cpu(cpu)
+        sdp = self.sda[cpu]
         idx = self.srcu_idx & 1
         sdp.srcu_lock_count[idx] += 1
         self._readers[idx] += 1
@@ -526,8 +528,11 @@ class TreeSrcu(SrcuBase):
 
     def read_unlock(self, idx: int, cpu: int = 0) -> None:
         """__srcu_read_unlock(): leave a read section, possibly on another CPU than it began."""
-        sdp = self.sda[self._cpu(cpu)]
-        self._check_idx(idx)
+        if not 0 <= cpu < self.ncpus:
+            raise self._bad_cpu(cpu)
+        if idx != 0 and idx != 1:
+            raise self._bad_idx(idx)
+        sdp = self.sda[cpu]
         if self._readers[idx] <= 0:
             raise InternalError(f"srcu_read_unlock({idx}) on {self.name} with no reader on that index")
         sdp.srcu_unlock_count[idx] += 1
@@ -794,7 +799,10 @@ class TreeSrcu(SrcuBase):
             self._schedule_cbs_sdp(sdp, 0)
 
     def _this_cpu(self) -> int:
-        return self._cpu(current_cpu.get())
+        cpu = current_cpu.get()
+        if not 0 <= cpu < self.ncpus:
+            raise self._bad_cpu(cpu)
+        return cpu
 
     def _call_srcu(self, cb: SrcuCallback, do_norm: bool) -> None:
         """__call_srcu(): queue ``cb`` on this CPU's srcu_data for the next grace period and

@@ -253,8 +253,10 @@ class GruMmu(SecondaryMmu):
         else:
             self.stats.pages_flushed += npages
             await self.runtime.sleep(npages * self.flush_per_page_us)
-            self._drop(keys_in_span(self.tlb, first, last))
-            fenced = await self.inflight.fence(first, last)
+            if self.tlb:
+                self._drop(keys_in_span(self.tlb, first, last))
+            # nothing in flight: nothing to wait for (the fence would return at once)
+            fenced = bool(self.inflight) and await self.inflight.fence(first, last)
         if fenced:
             self.stats.fenced_flushes += 1
 
