@@ -163,8 +163,8 @@ class SimInterconnect:
         return route
 
     def _lost(self) -> bool:
-        """Whether a message is lost (a draw only when messages can be)."""
-        return self.loss > 0.0 and self.rng.random() < self.loss
+        """Whether a message is lost; call it only when messages can be (``loss > 0``): it draws."""
+        return self.rng.random() < self.loss
 
     async def _give_up(self, t_deadline: float, why: str, kind: str) -> None:
         self.failures[kind] += 1
@@ -187,7 +187,7 @@ class SimInterconnect:
         runtime = self.runtime
         now = self._now
         t_deadline = now() + self.deadline_us
-        if self._lost():
+        if self.loss > 0.0 and self._lost():
             await self._give_up(t_deadline, f"{route.what}: request lost, deadline of {self.deadline_us:.0f} us exceeded", kind)
         await runtime.sleep(route.go())
         if dst in down:
@@ -209,7 +209,7 @@ class SimInterconnect:
                 task.add_done_callback(self._orphan_done)
                 await self._give_up(t_deadline, f"{route.what}: no answer within the deadline of {self.deadline_us:.0f} us", kind)
             back = route.back()
-            if dst in down or self._lost() or now() + back > t_deadline:
+            if dst in down or (self.loss > 0.0 and self._lost()) or now() + back > t_deadline:
                 task.exception()  # retrieved: the reply (or error) never arrived
                 await self._give_up(t_deadline, f"{route.what}: reply lost or {dst} went down, deadline exceeded", kind)
             await runtime.sleep(back)

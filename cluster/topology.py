@@ -674,7 +674,8 @@ class LatencyModel:
         """``one_way(hops, nbytes, kind, rng)`` with its arguments fixed and checked once: a
         function of nothing that draws what ``one_way`` draws, in the same order, and adds the
         same terms in the same order (so it gives the same floats), from the model as it is at
-        each draw (a study may change it while it runs). For a path that sends many messages of
+        each draw (a study may change it while it runs); when every part is a constant, the sum
+        is made once and given while the parts stay the same. For a path that sends many messages of
         one kind between the same two partitions (the sim's interconnect keeps one per route)."""
         # (type(x) is int first: the common case, without the numbers.Integral ABC check)
         if type(hops) is not int and (isinstance(hops, bool) or not isinstance(hops, numbers.Integral)) or hops < 0:
@@ -695,7 +696,19 @@ class LatencyModel:
             if self.floor is not None:  # last: a model without one draws exactly what it always drew
                 t += self.floor._sample(rng)
             return t
-        return draw
+
+        hop, per_byte, ex, floor = self.per_hop, self.per_byte_us, self.extra.get(kind), self.floor
+        if not all(d is None or d.dist == "constant" for d in (hop if hops else None, ex, floor)):
+            return draw
+        fixed = draw()  # draws nothing: every part is a constant
+
+        def constant() -> float:
+            # the sum made once, while the model's parts are those it was made of (a LatencyDist
+            # is frozen: the same object, the same value)
+            if self.per_hop is hop and self.extra.get(kind) is ex and self.floor is floor and self.per_byte_us == per_byte:
+                return fixed
+            return draw()
+        return constant
 
     def mean_one_way(self, hops: int, nbytes: int, kind: str) -> float:
         """The expected value of ``one_way(hops, nbytes, kind, rng)`` (may be ``inf``)."""

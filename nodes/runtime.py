@@ -151,7 +151,8 @@ class Runtime:
         """An awaitable that sleeps ``us`` microseconds (``await runtime.sleep(us)``); returned
         straight from the clock, without a coroutine frame of its own (the simulator's hot
         path)."""
-        might_sleep("sleep")
+        if _atomic_stack:
+            might_sleep("sleep")
         if us < 0:
             raise InternalError(f"negative sleep of {us} us")
         return self.clock.sleep(us)

@@ -371,6 +371,39 @@ def test_extra_latency_per_kind() -> None:
     assert "callout" in m.describe() and "per hop constant 1 us" in m.describe()
 
 
+def test_sampler_draws_what_the_sum_of_its_parts_draws_in_order() -> None:
+    """A sampler (what the sim's interconnect keeps per route) gives the floats of the
+    documented sum, term by term from a twin rng: per hop, per byte, extra, floor."""
+    m = LatencyModel.from_spec({"dist": "lognormal", "median": 0.05, "sigma": 0.3}, per_byte_us=0.001,
+                               extra={"callout": {"dist": "uniform", "low": 1, "high": 2}},
+                               floor={"dist": "pareto", "scale": 3, "alpha": 1.2})
+    a, b = random.Random(5), random.Random(5)
+    draw = m.sampler(3, 64, "callout", a)
+    for _ in range(20):
+        want = 3 * m.per_hop.sample(b)
+        want += 64 * 0.001
+        want += m.extra["callout"].sample(b)
+        want += m.floor.sample(b)  # type: ignore[union-attr]
+        assert draw() == want
+    assert a.getstate() == b.getstate()
+    with pytest.raises(TopologyError, match="hops"):
+        m.sampler(-1, 0, "x", a)
+
+
+def test_a_constant_sampler_follows_a_change_of_its_model() -> None:
+    """Made of constants, a sampler sums once and draws nothing; a study that changes the
+    model while it runs (an extra latency for the kind) gets the new latency at the next draw."""
+    m = LatencyModel.from_spec(0.5)
+    rng = random.Random(2)
+    draw = m.sampler(2, 64, "read", rng)
+    state = rng.getstate()
+    assert draw() == 1.0 and rng.getstate() == state
+    m.extra["read"] = parse_latency(100.0, "read")
+    assert draw() == 101.0
+    m.per_hop = parse_latency({"dist": "uniform", "low": 1, "high": 1}, "hop")
+    assert draw() == 102.0
+
+
 def test_one_way_is_deterministic_per_seed() -> None:
     m = LatencyModel.from_spec(
         {"dist": "lognormal", "median": 0.05, "sigma": 0.3},
