@@ -50,6 +50,7 @@ cdef class _Core:
     cdef public long long seq
     cdef public Py_ssize_t dead
     cdef public object ready
+    cdef public object ready_append
 
 cdef class _Run:
     cdef public object task
@@ -75,3 +76,11 @@ cpdef void _wake(_Run run)
 cpdef void _resume(_Run run)
 cpdef void _step_run(_Run run, exc)
 cpdef void _run_fifo(loop, _Core core, Trace trace, list sched)
+
+cdef class _FutureMaker:
+    cdef object loop
+
+cdef dict _current_tasks
+cdef object _get_running_loop
+cdef object _heappush
+cdef object _heappop

@@ -323,7 +323,7 @@ class _Core:
     own ``_ready``). It is an object of its own so that the compiled build keeps it in a C
     struct (vtime.pxd); the pure module reads it as plain attributes."""
 
-    __slots__ = ("now", "sleepers", "seq", "dead", "ready")
+    __slots__ = ("now", "sleepers", "seq", "dead", "ready", "ready_append")
 
     def __init__(self) -> None:
         self.now = 0.0  # the virtual time, in microseconds
@@ -331,6 +331,7 @@ class _Core:
         self.seq = 0  # the last sequence number given to a sleeper entry
         self.dead = 0  # roughly how many entries of sleepers are dead (wait_until)
         self.ready: Any = None  # the loop's ready queue, set once the loop has made it
+        self.ready_append: Any = None  # its append (a bound method: no look-up per call)
 
 
 class _Run:
@@ -366,7 +367,7 @@ def _wake(run: _Run) -> None:
     deadline of a wait_until, if it was one, is dead)."""
     run.fut_waiter = None
     run.sleeping = 0
-    run.core.ready.append(run)
+    run.core.ready_append(run)
 
 
 def _step_run(run: _Run, exc: Any) -> None:
@@ -432,7 +433,10 @@ class SimFuture(asyncio.Future):  # type: ignore[type-arg]
     (a lock release, an SRCU grace period, a message delivered) at the cost of one Python
     frame."""
 
-    _waiter: "_Run | None" = None  # a class default: no __init__ to run per Future
+    if COMPILED:  # a slot (no dict per Future), set to None by whoever makes one (_new_future, SimTask)
+        __slots__ = ("_waiter",)
+    else:
+        _waiter: "_Run | None" = None  # a class default: no __init__ to run per Future
 
     def set_result(self, result: Any) -> None:
         _future_set_result(self, result)
@@ -492,6 +496,7 @@ class SimTask(SimFuture):
         self._run = run = _Run(
             self, loop, coro, context if context is not None else contextvars.copy_context(),
             name if name is not None else f"{getattr(coro, '__qualname__', 'task')}#{loop._tasks_made}")
+        self._waiter = None
         self._cancel_message: Any = None
         self._num_cancels_requested = 0
         self._log_destroy_pending = True
@@ -619,6 +624,24 @@ class SimTask(SimFuture):
             self._step()
 
 
+class _FutureMaker:
+    """``loop.create_future()`` in the compiled build: a new ``SimFuture`` of ``loop`` whose
+    ``_waiter`` slot is None. While ``loop`` runs, the Future is made with no arguments (the C
+    Future then takes the running loop, as ``asyncio.Future()`` does), which spares a
+    keyword dict per Future."""
+
+    def __init__(self, loop: "VirtualTimeLoop"):
+        self.loop = loop
+
+    def __call__(self) -> SimFuture:
+        if _get_running_loop() is self.loop:
+            fut = SimFuture()
+        else:
+            fut = SimFuture(loop=self.loop)
+        fut._waiter = None
+        return fut
+
+
 class _Until(tuple):  # type: ignore[type-arg]
     """``(future, when)``: what ``wait_until`` yields to the ``SimTask`` awaiting it."""
 
@@ -681,6 +704,7 @@ class _WaitUntil:
 
 
 _current_tasks = asyncio.tasks._current_tasks  # what asyncio.current_task() reads
+_get_running_loop = asyncio.events._get_running_loop
 _heappush = heapq.heappush
 _heappop = heapq.heappop
 _TASKS = (asyncio.Task, SimTask)
@@ -693,12 +717,16 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._core = core = _Core()
         super().__init__(selector=_NoIoSelector())
         core.ready = self._ready  # type: ignore[attr-defined]
+        core.ready_append = self._ready.append  # type: ignore[attr-defined]
         self.policy = policy
         self.trace = trace if trace is not None else Trace("hash")
         self.decisions: list[int] = []  # index chosen at each step with more than one ready
         self._tasks_made = 0
         # ``loop.create_future()``, as a C callable: a Future costs no Python frame to make
-        self.create_future = functools.partial(SimFuture, loop=self)  # type: ignore[method-assign]
+        if COMPILED:
+            self.create_future = _FutureMaker(self)  # type: ignore[method-assign]
+        else:
+            self.create_future = functools.partial(SimFuture, loop=self)  # type: ignore[method-assign]
 
     @property
     def _sleepers(self) -> list[tuple[float, int, _Run]]:
@@ -741,9 +769,15 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         heapq.heapify(sleepers)
         core.dead = 0
 
-    # Asked by every Future made; the virtual loop has no debug mode. ``bool()`` is False,
-    # and as a C function it costs no Python frame per Future.
-    get_debug = staticmethod(bool)  # type: ignore[assignment]
+    # Asked by every Future made; the virtual loop has no debug mode. In the pure module
+    # ``bool()`` is False, and as a C function it costs no Python frame per Future; in the
+    # compiled build a method is a C function too, and one the Future finds without a look-up
+    # in the loop's __dict__.
+    if COMPILED:
+        def get_debug(self) -> bool:
+            return False
+    else:
+        get_debug = staticmethod(bool)  # type: ignore[assignment]
 
     def call_soon(self, callback: Any, *args: Any, context: contextvars.Context | None = None) -> Any:
         """As ``BaseEventLoop.call_soon``, but queues a ``_Ready`` rather than a Handle."""
@@ -865,6 +899,8 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
     if tracing and now != trace._now:
         trace.at(now)
     buf: list[str] = trace._buf  # a step appends who ran (after trace.at(now))
+    popleft = ready.popleft
+    entry: tuple
     run: _Run
     seq: cython.longlong
     when: cython.double
@@ -887,7 +923,7 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
             else:
                 run.context.run(_step_run, run, None)
         for _ in range(len(ready)):
-            handle = ready.popleft()
+            handle = popleft()
             if type(handle) is _Run:  # woken by the SimFuture it awaited
                 run = handle
                 if tracing:
@@ -1019,6 +1055,10 @@ class VirtualClock:
         core: _Core = self._core
         if core is None:
             core = asyncio.get_running_loop()._core  # type: ignore[attr-defined]
+        if cython.compiled:  # _Sleep(when), without a call of __init__
+            s: _Sleep = _Sleep.__new__(_Sleep)
+            s.when = core.now + us
+            return s
         return _sleep_until(core.now + us)
 
     def trace(self, kind: str, detail: str) -> None:
