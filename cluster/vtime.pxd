@@ -23,8 +23,67 @@ cdef extern from *:
         }
         return NULL;
     }
+
+    /* heapq.heappush and heapq.heappop for the sleeper heap, whose entries are tuples
+       (when, seq, run) with a unique seq: the same algorithm as the _heapq module's (so the
+       same heap, entry for entry), comparing (when, seq) as C numbers rather than the tuples
+       through rich comparison (run is never compared, as with the tuples: seq is unique) */
+    static CYTHON_INLINE double mmusim_when(PyObject *w) {
+        return PyFloat_CheckExact(w) ? PyFloat_AS_DOUBLE(w) : PyFloat_AsDouble(w);
+    }
+    static CYTHON_INLINE int mmusim_entry_lt(PyObject *a, PyObject *b) {
+        double x = mmusim_when(PyTuple_GET_ITEM(a, 0)), y = mmusim_when(PyTuple_GET_ITEM(b, 0));
+        if (x != y)
+            return x < y;
+        return PyLong_AsLongLong(PyTuple_GET_ITEM(a, 1)) < PyLong_AsLongLong(PyTuple_GET_ITEM(b, 1));
+    }
+    static void mmusim_siftdown(PyObject **heap, Py_ssize_t startpos, Py_ssize_t pos) {
+        PyObject *newitem = heap[pos];
+        while (pos > startpos) {
+            Py_ssize_t parentpos = (pos - 1) >> 1;
+            PyObject *parent = heap[parentpos];
+            if (!mmusim_entry_lt(newitem, parent))
+                break;
+            heap[pos] = parent;
+            pos = parentpos;
+        }
+        heap[pos] = newitem;
+    }
+    static int mmusim_heap_push(PyObject *heap, PyObject *item) {
+        if (PyList_Append(heap, item) < 0)
+            return -1;
+        mmusim_siftdown(((PyListObject *)heap)->ob_item, 0, PyList_GET_SIZE(heap) - 1);
+        return 0;
+    }
+    /* the smallest entry (a new reference), taken out; the heap is not empty */
+    static PyObject *mmusim_heap_pop(PyObject *heap) {
+        Py_ssize_t n = PyList_GET_SIZE(heap) - 1;
+        PyObject **arr = ((PyListObject *)heap)->ob_item;
+        PyObject *last = arr[n], *ret;
+        Py_SET_SIZE(heap, n);  /* the list keeps its allocation, as list.pop() may */
+        if (n == 0)
+            return last;
+        ret = arr[0];
+        arr[0] = last;
+        /* heapq's _siftup: the smaller child up until a leaf, then _siftdown */
+        Py_ssize_t pos = 0, childpos = 1;
+        PyObject *newitem = arr[0];
+        while (childpos < n) {
+            Py_ssize_t rightpos = childpos + 1;
+            if (rightpos < n && !mmusim_entry_lt(arr[childpos], arr[rightpos]))
+                childpos = rightpos;
+            arr[pos] = arr[childpos];
+            pos = childpos;
+            childpos = 2 * pos + 1;
+        }
+        arr[pos] = newitem;
+        mmusim_siftdown(arr, 0, pos);
+        return ret;
+    }
     """
     object _send_none "mmusim_send_none" (object coro)
+    int _heap_push "mmusim_heap_push" (list heap, object entry) except -1
+    tuple _heap_pop "mmusim_heap_pop" (list heap)
 
 cdef class Trace:
     cdef public str level

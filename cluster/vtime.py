@@ -396,7 +396,10 @@ def _step_run(run: _Run, exc: Any) -> None:
         core: _Core = run.core
         core.seq += 1
         run.sleeping = core.seq
-        _heappush(core.sleepers, (result, core.seq, run))
+        if cython.compiled:
+            _heap_push(core.sleepers, (result, core.seq, run))  # heapq's, in C (vtime.pxd)
+        else:
+            _heappush(core.sleepers, (result, core.seq, run))
         if run.must_cancel:  # it cancelled itself, then slept
             run.sleeping = 0
             loop.call_soon(task._step, context=run.context)
@@ -584,7 +587,10 @@ class SimTask(SimFuture):
             core: _Core = run.core
             core.seq += 1
             run.sleeping = core.seq
-            _heappush(core.sleepers, (when, core.seq, run))
+            if cython.compiled:
+                _heap_push(core.sleepers, (when, core.seq, run))
+            else:
+                _heappush(core.sleepers, (when, core.seq, run))
             if run.must_cancel:
                 run.timed = None
                 fut._waiter = None
@@ -893,7 +899,7 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
     time order, then asyncio's own batch. While there is more to do, go on here rather than
     through run_forever: the simulator's hot path."""
     ready = core.ready
-    sleepers = core.sleepers
+    sleepers: list = core.sleepers
     now: float = core.now
     tracing = trace.level != "off"
     if tracing and now != trace._now:
@@ -910,7 +916,10 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
             when = entry[0]
             if when > now:
                 break
-            _heappop(sleepers)
+            if cython.compiled:
+                _heap_pop(sleepers)  # heapq's, in C (vtime.pxd)
+            else:
+                _heappop(sleepers)
             run = entry[2]
             seq = entry[1]
             if run.sleeping != seq:  # cancelled meanwhile
@@ -962,7 +971,10 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
                 seq = entry[1]
                 if run.sleeping == seq:
                     break
-                _heappop(sleepers)  # the sleep of a task cancelled meanwhile
+                if cython.compiled:
+                    _heap_pop(sleepers)  # the sleep of a task cancelled meanwhile
+                else:
+                    _heappop(sleepers)
             if not sleepers:
                 return
             when = sleepers[0][0]
