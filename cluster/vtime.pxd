@@ -2,6 +2,7 @@
 # makes these classes extension types with these fields (the pure module ignores it). See
 # setup.py and cluster/__init__.py.
 
+from cpython cimport array
 from cpython.contextvars cimport PyContext_Enter, PyContext_Exit
 
 cdef extern from *:
@@ -92,7 +93,7 @@ cdef class Trace:
     cdef object _times_hash
     cdef list _buf
     cdef Py_ssize_t _buf_other
-    cdef list _times
+    cdef array.array _times
     cdef double _now
     cdef double _full_now
     cdef list _entries
@@ -102,6 +103,13 @@ cdef class Trace:
     cpdef void step(self, double now, str key)
     cpdef void event(self, double now, str kind, str detail)
     cpdef void _flush(self)
+
+cdef inline int _times_append(array.array times, double now) except -1:
+    """``times.append(now)``, for Trace.at"""
+    cdef Py_ssize_t n = len(times)
+    array.resize_smart(times, n + 1)
+    times.data.as_doubles[n] = now
+    return 0
 
 cdef class _Core:
     cdef public double now

@@ -81,8 +81,8 @@ class Trace:
 
     Entries are buffered in ``_buf`` and hashed in batches: a step is the name of who ran (the
     virtual loop appends these itself), an event is ``"\x01kind\x01detail"``, and ``""``
-    marks that the virtual time moved, to the next value of ``_times`` (float64s: recording a
-    time formats nothing). The digest is of two streams, each the concatenation of its
+    marks that the virtual time moved, to the next value of ``_times`` (an array of float64s:
+    recording a time formats nothing, and the batch hashes the array's own bytes). The digest is of two streams, each the concatenation of its
     batches, so it does not depend on where batches end: the entries, each followed by a NUL,
     and the times' bytes (little-endian)."""
 
@@ -95,7 +95,7 @@ class Trace:
         self._times_hash = hashlib.blake2b(digest_size=16)
         self._buf: list[str] = []
         self._buf_other = 0  # entries in _buf that are events (the time marks are len(_times))
-        self._times: list[float] = []  # the time each "" entry of _buf moved to
+        self._times = array.array("d")  # the time each "" entry of _buf moved to
         self._now = 0.0  # the time last recorded
         self._full_now = 0.0  # the time of the last line of ``entries``
         self._entries: list[str] = []
@@ -111,7 +111,10 @@ class Trace:
         """Note the virtual time, if it has moved since last noted."""
         if now != self._now:
             self._now = now
-            self._times.append(now)
+            if cython.compiled:
+                _times_append(self._times, now)  # array.append, in C (vtime.pxd)
+            else:
+                self._times.append(now)
             self._buf.append("")
 
     def step(self, now: float, key: str) -> None:
@@ -138,10 +141,12 @@ class Trace:
         self._hash.update("\x00".join(buf).encode())
         self._hash.update(b"\x00")
         if times:
-            packed = array.array("d", times)
             if _BIG_ENDIAN:
+                packed = array.array("d", times)
                 packed.byteswap()
-            self._times_hash.update(packed)
+                self._times_hash.update(packed)
+            else:
+                self._times_hash.update(times)
         if self.level == "full":
             moves = iter(self._times)
             for e in buf:
@@ -153,7 +158,7 @@ class Trace:
                 else:
                     self._entries.append(f"{self._full_now!r} run {e}\n")
         buf.clear()
-        times.clear()
+        del times[:]
 
     @property
     def entries(self) -> list[str]:
@@ -906,6 +911,7 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
         trace.at(now)
     buf: list[str] = trace._buf  # a step appends who ran (after trace.at(now))
     popleft = ready.popleft
+    attrs: dict = loop.__dict__  # ``loop._stopping`` is read from here: one look-up, not an MRO walk
     entry: tuple
     run: _Run
     seq: cython.longlong
@@ -962,7 +968,7 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
             handle._run()
         if tracing and len(buf) >= trace.BATCH:
             trace._flush()
-        if loop._stopping:  # type: ignore[attr-defined]
+        if attrs["_stopping"]:  # loop.stop() was called
             return
         if not ready:  # nothing more now: jump to the next sleeper, unless a timer is first
             while sleepers:
