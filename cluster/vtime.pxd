@@ -7,6 +7,8 @@ from cpython.contextvars cimport PyContext_Enter, PyContext_Exit
 
 cdef extern from *:
     """
+    #include <structmember.h>  /* PyMemberDef (Python.h has it only from 3.12) */
+
     /* coro.send(None), as the pure module calls it, without looking up a bound method:
        the value the coroutine yields, or NULL with StopIteration(value) or its error set */
     static PyObject *mmusim_send_none(PyObject *coro) {
@@ -81,8 +83,38 @@ cdef extern from *:
         mmusim_siftdown(arr, 0, pos);
         return ret;
     }
+
+    /* A SimFuture's _waiter slot (its __slots__), read and written at the offset its member
+       descriptor gives, as the descriptor itself would (an unset slot reads as None here):
+       without the attribute look-up through the type */
+    static Py_ssize_t mmusim_waiter_offset = 0;
+    static int mmusim_waiter_init(PyObject *descr) {
+        if (Py_TYPE(descr) != &PyMemberDescr_Type) {
+            PyErr_SetString(PyExc_TypeError, "SimFuture._waiter is not a slot");
+            return -1;
+        }
+        mmusim_waiter_offset = ((PyMemberDescrObject *)descr)->d_member->offset;
+        return 0;
+    }
+    static CYTHON_INLINE PyObject *mmusim_get_waiter(PyObject *fut) {
+        PyObject *w = *(PyObject **)((char *)fut + mmusim_waiter_offset);
+        if (w == NULL)
+            w = Py_None;
+        Py_INCREF(w);
+        return w;
+    }
+    static CYTHON_INLINE void mmusim_set_waiter(PyObject *fut, PyObject *w) {
+        PyObject **slot = (PyObject **)((char *)fut + mmusim_waiter_offset);
+        PyObject *old = *slot;
+        Py_INCREF(w);
+        *slot = w;
+        Py_XDECREF(old);
+    }
     """
     object _send_none "mmusim_send_none" (object coro)
+    int _waiter_init "mmusim_waiter_init" (object descr) except -1
+    object _get_waiter "mmusim_get_waiter" (object fut)
+    void _set_waiter "mmusim_set_waiter" (object fut, object waiter)
     int _heap_push "mmusim_heap_push" (list heap, object entry) except -1
     tuple _heap_pop "mmusim_heap_pop" (list heap)
 

@@ -408,10 +408,14 @@ def _step_run(run: _Run, exc: Any) -> None:
         if run.must_cancel:  # it cancelled itself, then slept
             run.sleeping = 0
             loop.call_soon(task._step, context=run.context)
-    elif (type(result) is SimFuture and result._waiter is None and result._asyncio_future_blocking
-          and result._loop is loop):  # waits for a SimFuture, which will put it on the ready queue
+    elif (type(result) is SimFuture and (_get_waiter(result) if cython.compiled else result._waiter) is None
+          and result._asyncio_future_blocking and result._loop is loop):
+        # waits for a SimFuture, which will put it on the ready queue
         result._asyncio_future_blocking = False
-        result._waiter = run
+        if cython.compiled:
+            _set_waiter(result, run)  # result._waiter = run, in C (vtime.pxd)
+        else:
+            result._waiter = run
         run.fut_waiter = result
         if run.must_cancel and result.cancel(msg=task._cancel_message):
             run.must_cancel = False
@@ -448,6 +452,12 @@ class SimFuture(asyncio.Future):  # type: ignore[type-arg]
 
     def set_result(self, result: Any) -> None:
         _future_set_result(self, result)
+        if cython.compiled:  # self._waiter, in C (vtime.pxd)
+            waiter = _get_waiter(self)
+            if waiter is not None:  # this is how one task wakes another
+                _wake(waiter)
+                _set_waiter(self, None)
+            return
         waiter = self._waiter
         if waiter is not None:  # this is how one task wakes another
             _wake(waiter)
@@ -472,6 +482,8 @@ class SimFuture(asyncio.Future):  # type: ignore[type-arg]
 
 
 _future_set_result = asyncio.Future.set_result
+if cython.compiled:  # where _get_waiter and _set_waiter find the slot
+    _waiter_init(SimFuture.__dict__["_waiter"])
 _future_set_exception = asyncio.Future.set_exception
 _future_cancel = asyncio.Future.cancel
 
@@ -649,7 +661,7 @@ class _FutureMaker:
             fut = SimFuture()
         else:
             fut = SimFuture(loop=self.loop)
-        fut._waiter = None
+        _set_waiter(fut, None)  # fut._waiter = None, in C (vtime.pxd)
         return fut
 
 
