@@ -47,9 +47,17 @@ class BuildVtime(build_ext):
             f.write(source_digest() + "\n")
 
     def copy_extensions_to_source(self):  # type: ignore[no-untyped-def]
-        """An editable install copies the extension into the source tree: its vtime.built too."""
-        super().copy_extensions_to_source()
+        """An editable install copies the extension into the source tree: its vtime.built too.
+        An extension that could not be compiled is not copied (there is nothing to copy): the
+        install goes on, and the pure module runs."""
         build_py = self.get_finalized_command("build_py")
+        every = self.extensions
+        self.extensions = [ext for ext in every if os.path.exists(
+            os.path.join(self.build_lib, self.get_ext_filename(self.get_ext_fullname(ext.name))))]
+        try:
+            super().copy_extensions_to_source()
+        finally:
+            self.extensions = every
         for ext in self.extensions:
             fullname = self.get_ext_fullname(ext.name)
             built = os.path.dirname(self.get_ext_filename(fullname))  # e.g. cluster/, in build_lib

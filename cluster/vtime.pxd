@@ -2,10 +2,13 @@
 # makes these classes extension types with these fields (the pure module ignores it). See
 # setup.py and cluster/__init__.py.
 
+from cpython cimport array
 from cpython.contextvars cimport PyContext_Enter, PyContext_Exit
 
 cdef extern from *:
     """
+    #include <structmember.h>  /* PyMemberDef (Python.h has it only from 3.12) */
+
     /* coro.send(None), as the pure module calls it, without looking up a bound method:
        the value the coroutine yields, or NULL with StopIteration(value) or its error set */
     static PyObject *mmusim_send_none(PyObject *coro) {
@@ -23,8 +26,97 @@ cdef extern from *:
         }
         return NULL;
     }
+
+    /* heapq.heappush and heapq.heappop for the sleeper heap, whose entries are tuples
+       (when, seq, run) with a unique seq: the same algorithm as the _heapq module's (so the
+       same heap, entry for entry), comparing (when, seq) as C numbers rather than the tuples
+       through rich comparison (run is never compared, as with the tuples: seq is unique) */
+    static CYTHON_INLINE double mmusim_when(PyObject *w) {
+        return PyFloat_CheckExact(w) ? PyFloat_AS_DOUBLE(w) : PyFloat_AsDouble(w);
+    }
+    static CYTHON_INLINE int mmusim_entry_lt(PyObject *a, PyObject *b) {
+        double x = mmusim_when(PyTuple_GET_ITEM(a, 0)), y = mmusim_when(PyTuple_GET_ITEM(b, 0));
+        if (x != y)
+            return x < y;
+        return PyLong_AsLongLong(PyTuple_GET_ITEM(a, 1)) < PyLong_AsLongLong(PyTuple_GET_ITEM(b, 1));
+    }
+    static void mmusim_siftdown(PyObject **heap, Py_ssize_t startpos, Py_ssize_t pos) {
+        PyObject *newitem = heap[pos];
+        while (pos > startpos) {
+            Py_ssize_t parentpos = (pos - 1) >> 1;
+            PyObject *parent = heap[parentpos];
+            if (!mmusim_entry_lt(newitem, parent))
+                break;
+            heap[pos] = parent;
+            pos = parentpos;
+        }
+        heap[pos] = newitem;
+    }
+    static int mmusim_heap_push(PyObject *heap, PyObject *item) {
+        if (PyList_Append(heap, item) < 0)
+            return -1;
+        mmusim_siftdown(((PyListObject *)heap)->ob_item, 0, PyList_GET_SIZE(heap) - 1);
+        return 0;
+    }
+    /* the smallest entry (a new reference), taken out; the heap is not empty */
+    static PyObject *mmusim_heap_pop(PyObject *heap) {
+        Py_ssize_t n = PyList_GET_SIZE(heap) - 1;
+        PyObject **arr = ((PyListObject *)heap)->ob_item;
+        PyObject *last = arr[n], *ret;
+        Py_SET_SIZE(heap, n);  /* the list keeps its allocation, as list.pop() may */
+        if (n == 0)
+            return last;
+        ret = arr[0];
+        arr[0] = last;
+        /* heapq's _siftup: the smaller child up until a leaf, then _siftdown */
+        Py_ssize_t pos = 0, childpos = 1;
+        PyObject *newitem = arr[0];
+        while (childpos < n) {
+            Py_ssize_t rightpos = childpos + 1;
+            if (rightpos < n && !mmusim_entry_lt(arr[childpos], arr[rightpos]))
+                childpos = rightpos;
+            arr[pos] = arr[childpos];
+            pos = childpos;
+            childpos = 2 * pos + 1;
+        }
+        arr[pos] = newitem;
+        mmusim_siftdown(arr, 0, pos);
+        return ret;
+    }
+
+    /* A SimFuture's _waiter slot (its __slots__), read and written at the offset its member
+       descriptor gives, as the descriptor itself would (an unset slot reads as None here):
+       without the attribute look-up through the type */
+    static Py_ssize_t mmusim_waiter_offset = 0;
+    static int mmusim_waiter_init(PyObject *descr) {
+        if (Py_TYPE(descr) != &PyMemberDescr_Type) {
+            PyErr_SetString(PyExc_TypeError, "SimFuture._waiter is not a slot");
+            return -1;
+        }
+        mmusim_waiter_offset = ((PyMemberDescrObject *)descr)->d_member->offset;
+        return 0;
+    }
+    static CYTHON_INLINE PyObject *mmusim_get_waiter(PyObject *fut) {
+        PyObject *w = *(PyObject **)((char *)fut + mmusim_waiter_offset);
+        if (w == NULL)
+            w = Py_None;
+        Py_INCREF(w);
+        return w;
+    }
+    static CYTHON_INLINE void mmusim_set_waiter(PyObject *fut, PyObject *w) {
+        PyObject **slot = (PyObject **)((char *)fut + mmusim_waiter_offset);
+        PyObject *old = *slot;
+        Py_INCREF(w);
+        *slot = w;
+        Py_XDECREF(old);
+    }
     """
     object _send_none "mmusim_send_none" (object coro)
+    int _waiter_init "mmusim_waiter_init" (object descr) except -1
+    object _get_waiter "mmusim_get_waiter" (object fut)
+    void _set_waiter "mmusim_set_waiter" (object fut, object waiter)
+    int _heap_push "mmusim_heap_push" (list heap, object entry) except -1
+    tuple _heap_pop "mmusim_heap_pop" (list heap)
 
 cdef class Trace:
     cdef public str level
@@ -33,7 +125,7 @@ cdef class Trace:
     cdef object _times_hash
     cdef list _buf
     cdef Py_ssize_t _buf_other
-    cdef list _times
+    cdef array.array _times
     cdef double _now
     cdef double _full_now
     cdef list _entries
@@ -44,12 +136,20 @@ cdef class Trace:
     cpdef void event(self, double now, str kind, str detail)
     cpdef void _flush(self)
 
+cdef inline int _times_append(array.array times, double now) except -1:
+    """``times.append(now)``, for Trace.at"""
+    cdef Py_ssize_t n = len(times)
+    array.resize_smart(times, n + 1)
+    times.data.as_doubles[n] = now
+    return 0
+
 cdef class _Core:
     cdef public double now
     cdef public list sleepers
     cdef public long long seq
     cdef public Py_ssize_t dead
     cdef public object ready
+    cdef public object ready_append
 
 cdef class _Run:
     cdef public object task
@@ -75,3 +175,11 @@ cpdef void _wake(_Run run)
 cpdef void _resume(_Run run)
 cpdef void _step_run(_Run run, exc)
 cpdef void _run_fifo(loop, _Core core, Trace trace, list sched)
+
+cdef class _FutureMaker:
+    cdef object loop
+
+cdef dict _current_tasks
+cdef object _get_running_loop
+cdef object _heappush
+cdef object _heappop

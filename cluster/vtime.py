@@ -81,8 +81,8 @@ class Trace:
 
     Entries are buffered in ``_buf`` and hashed in batches: a step is the name of who ran (the
     virtual loop appends these itself), an event is ``"\x01kind\x01detail"``, and ``""``
-    marks that the virtual time moved, to the next value of ``_times`` (float64s: recording a
-    time formats nothing). The digest is of two streams, each the concatenation of its
+    marks that the virtual time moved, to the next value of ``_times`` (an array of float64s:
+    recording a time formats nothing, and the batch hashes the array's own bytes). The digest is of two streams, each the concatenation of its
     batches, so it does not depend on where batches end: the entries, each followed by a NUL,
     and the times' bytes (little-endian)."""
 
@@ -95,7 +95,7 @@ class Trace:
         self._times_hash = hashlib.blake2b(digest_size=16)
         self._buf: list[str] = []
         self._buf_other = 0  # entries in _buf that are events (the time marks are len(_times))
-        self._times: list[float] = []  # the time each "" entry of _buf moved to
+        self._times = array.array("d")  # the time each "" entry of _buf moved to
         self._now = 0.0  # the time last recorded
         self._full_now = 0.0  # the time of the last line of ``entries``
         self._entries: list[str] = []
@@ -111,7 +111,10 @@ class Trace:
         """Note the virtual time, if it has moved since last noted."""
         if now != self._now:
             self._now = now
-            self._times.append(now)
+            if cython.compiled:
+                _times_append(self._times, now)  # array.append, in C (vtime.pxd)
+            else:
+                self._times.append(now)
             self._buf.append("")
 
     def step(self, now: float, key: str) -> None:
@@ -138,10 +141,12 @@ class Trace:
         self._hash.update("\x00".join(buf).encode())
         self._hash.update(b"\x00")
         if times:
-            packed = array.array("d", times)
             if _BIG_ENDIAN:
+                packed = array.array("d", times)
                 packed.byteswap()
-            self._times_hash.update(packed)
+                self._times_hash.update(packed)
+            else:
+                self._times_hash.update(times)
         if self.level == "full":
             moves = iter(self._times)
             for e in buf:
@@ -153,7 +158,7 @@ class Trace:
                 else:
                     self._entries.append(f"{self._full_now!r} run {e}\n")
         buf.clear()
-        times.clear()
+        del times[:]
 
     @property
     def entries(self) -> list[str]:
@@ -323,7 +328,7 @@ class _Core:
     own ``_ready``). It is an object of its own so that the compiled build keeps it in a C
     struct (vtime.pxd); the pure module reads it as plain attributes."""
 
-    __slots__ = ("now", "sleepers", "seq", "dead", "ready")
+    __slots__ = ("now", "sleepers", "seq", "dead", "ready", "ready_append")
 
     def __init__(self) -> None:
         self.now = 0.0  # the virtual time, in microseconds
@@ -331,6 +336,7 @@ class _Core:
         self.seq = 0  # the last sequence number given to a sleeper entry
         self.dead = 0  # roughly how many entries of sleepers are dead (wait_until)
         self.ready: Any = None  # the loop's ready queue, set once the loop has made it
+        self.ready_append: Any = None  # its append (a bound method: no look-up per call)
 
 
 class _Run:
@@ -366,7 +372,7 @@ def _wake(run: _Run) -> None:
     deadline of a wait_until, if it was one, is dead)."""
     run.fut_waiter = None
     run.sleeping = 0
-    run.core.ready.append(run)
+    run.core.ready_append(run)
 
 
 def _step_run(run: _Run, exc: Any) -> None:
@@ -395,14 +401,21 @@ def _step_run(run: _Run, exc: Any) -> None:
         core: _Core = run.core
         core.seq += 1
         run.sleeping = core.seq
-        _heappush(core.sleepers, (result, core.seq, run))
+        if cython.compiled:
+            _heap_push(core.sleepers, (result, core.seq, run))  # heapq's, in C (vtime.pxd)
+        else:
+            _heappush(core.sleepers, (result, core.seq, run))
         if run.must_cancel:  # it cancelled itself, then slept
             run.sleeping = 0
             loop.call_soon(task._step, context=run.context)
-    elif (type(result) is SimFuture and result._waiter is None and result._asyncio_future_blocking
-          and result._loop is loop):  # waits for a SimFuture, which will put it on the ready queue
+    elif (type(result) is SimFuture and (_get_waiter(result) if cython.compiled else result._waiter) is None
+          and result._asyncio_future_blocking and result._loop is loop):
+        # waits for a SimFuture, which will put it on the ready queue
         result._asyncio_future_blocking = False
-        result._waiter = run
+        if cython.compiled:
+            _set_waiter(result, run)  # result._waiter = run, in C (vtime.pxd)
+        else:
+            result._waiter = run
         run.fut_waiter = result
         if run.must_cancel and result.cancel(msg=task._cancel_message):
             run.must_cancel = False
@@ -432,10 +445,19 @@ class SimFuture(asyncio.Future):  # type: ignore[type-arg]
     (a lock release, an SRCU grace period, a message delivered) at the cost of one Python
     frame."""
 
-    _waiter: "_Run | None" = None  # a class default: no __init__ to run per Future
+    if COMPILED:  # a slot (no dict per Future), set to None by whoever makes one (_new_future, SimTask)
+        __slots__ = ("_waiter",)
+    else:
+        _waiter: "_Run | None" = None  # a class default: no __init__ to run per Future
 
     def set_result(self, result: Any) -> None:
         _future_set_result(self, result)
+        if cython.compiled:  # self._waiter, in C (vtime.pxd)
+            waiter = _get_waiter(self)
+            if waiter is not None:  # this is how one task wakes another
+                _wake(waiter)
+                _set_waiter(self, None)
+            return
         waiter = self._waiter
         if waiter is not None:  # this is how one task wakes another
             _wake(waiter)
@@ -460,6 +482,8 @@ class SimFuture(asyncio.Future):  # type: ignore[type-arg]
 
 
 _future_set_result = asyncio.Future.set_result
+if cython.compiled:  # where _get_waiter and _set_waiter find the slot
+    _waiter_init(SimFuture.__dict__["_waiter"])
 _future_set_exception = asyncio.Future.set_exception
 _future_cancel = asyncio.Future.cancel
 
@@ -492,6 +516,7 @@ class SimTask(SimFuture):
         self._run = run = _Run(
             self, loop, coro, context if context is not None else contextvars.copy_context(),
             name if name is not None else f"{getattr(coro, '__qualname__', 'task')}#{loop._tasks_made}")
+        self._waiter = None
         self._cancel_message: Any = None
         self._num_cancels_requested = 0
         self._log_destroy_pending = True
@@ -579,7 +604,10 @@ class SimTask(SimFuture):
             core: _Core = run.core
             core.seq += 1
             run.sleeping = core.seq
-            _heappush(core.sleepers, (when, core.seq, run))
+            if cython.compiled:
+                _heap_push(core.sleepers, (when, core.seq, run))
+            else:
+                _heappush(core.sleepers, (when, core.seq, run))
             if run.must_cancel:
                 run.timed = None
                 fut._waiter = None
@@ -617,6 +645,24 @@ class SimTask(SimFuture):
             self._step(exc)
         else:
             self._step()
+
+
+class _FutureMaker:
+    """``loop.create_future()`` in the compiled build: a new ``SimFuture`` of ``loop`` whose
+    ``_waiter`` slot is None. While ``loop`` runs, the Future is made with no arguments (the C
+    Future then takes the running loop, as ``asyncio.Future()`` does), which spares a
+    keyword dict per Future."""
+
+    def __init__(self, loop: "VirtualTimeLoop"):
+        self.loop = loop
+
+    def __call__(self) -> SimFuture:
+        if _get_running_loop() is self.loop:
+            fut = SimFuture()
+        else:
+            fut = SimFuture(loop=self.loop)
+        _set_waiter(fut, None)  # fut._waiter = None, in C (vtime.pxd)
+        return fut
 
 
 class _Until(tuple):  # type: ignore[type-arg]
@@ -681,6 +727,7 @@ class _WaitUntil:
 
 
 _current_tasks = asyncio.tasks._current_tasks  # what asyncio.current_task() reads
+_get_running_loop = asyncio.events._get_running_loop
 _heappush = heapq.heappush
 _heappop = heapq.heappop
 _TASKS = (asyncio.Task, SimTask)
@@ -693,12 +740,16 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._core = core = _Core()
         super().__init__(selector=_NoIoSelector())
         core.ready = self._ready  # type: ignore[attr-defined]
+        core.ready_append = self._ready.append  # type: ignore[attr-defined]
         self.policy = policy
         self.trace = trace if trace is not None else Trace("hash")
         self.decisions: list[int] = []  # index chosen at each step with more than one ready
         self._tasks_made = 0
         # ``loop.create_future()``, as a C callable: a Future costs no Python frame to make
-        self.create_future = functools.partial(SimFuture, loop=self)  # type: ignore[method-assign]
+        if COMPILED:
+            self.create_future = _FutureMaker(self)  # type: ignore[method-assign]
+        else:
+            self.create_future = functools.partial(SimFuture, loop=self)  # type: ignore[method-assign]
 
     @property
     def _sleepers(self) -> list[tuple[float, int, _Run]]:
@@ -741,9 +792,15 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         heapq.heapify(sleepers)
         core.dead = 0
 
-    # Asked by every Future made; the virtual loop has no debug mode. ``bool()`` is False,
-    # and as a C function it costs no Python frame per Future.
-    get_debug = staticmethod(bool)  # type: ignore[assignment]
+    # Asked by every Future made; the virtual loop has no debug mode. In the pure module
+    # ``bool()`` is False, and as a C function it costs no Python frame per Future; in the
+    # compiled build a method is a C function too, and one the Future finds without a look-up
+    # in the loop's __dict__.
+    if COMPILED:
+        def get_debug(self) -> bool:
+            return False
+    else:
+        get_debug = staticmethod(bool)  # type: ignore[assignment]
 
     def call_soon(self, callback: Any, *args: Any, context: contextvars.Context | None = None) -> Any:
         """As ``BaseEventLoop.call_soon``, but queues a ``_Ready`` rather than a Handle."""
@@ -859,12 +916,15 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
     time order, then asyncio's own batch. While there is more to do, go on here rather than
     through run_forever: the simulator's hot path."""
     ready = core.ready
-    sleepers = core.sleepers
+    sleepers: list = core.sleepers
     now: float = core.now
     tracing = trace.level != "off"
     if tracing and now != trace._now:
         trace.at(now)
     buf: list[str] = trace._buf  # a step appends who ran (after trace.at(now))
+    popleft = ready.popleft
+    attrs: dict = loop.__dict__  # ``loop._stopping`` is read from here: one look-up, not an MRO walk
+    entry: tuple
     run: _Run
     seq: cython.longlong
     when: cython.double
@@ -874,7 +934,10 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
             when = entry[0]
             if when > now:
                 break
-            _heappop(sleepers)
+            if cython.compiled:
+                _heap_pop(sleepers)  # heapq's, in C (vtime.pxd)
+            else:
+                _heappop(sleepers)
             run = entry[2]
             seq = entry[1]
             if run.sleeping != seq:  # cancelled meanwhile
@@ -887,7 +950,7 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
             else:
                 run.context.run(_step_run, run, None)
         for _ in range(len(ready)):
-            handle = ready.popleft()
+            handle = popleft()
             if type(handle) is _Run:  # woken by the SimFuture it awaited
                 run = handle
                 if tracing:
@@ -917,7 +980,7 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
             handle._run()
         if tracing and len(buf) >= trace.BATCH:
             trace._flush()
-        if loop._stopping:  # type: ignore[attr-defined]
+        if attrs["_stopping"]:  # loop.stop() was called
             return
         if not ready:  # nothing more now: jump to the next sleeper, unless a timer is first
             while sleepers:
@@ -926,7 +989,10 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
                 seq = entry[1]
                 if run.sleeping == seq:
                     break
-                _heappop(sleepers)  # the sleep of a task cancelled meanwhile
+                if cython.compiled:
+                    _heap_pop(sleepers)  # the sleep of a task cancelled meanwhile
+                else:
+                    _heappop(sleepers)
             if not sleepers:
                 return
             when = sleepers[0][0]
@@ -1019,6 +1085,10 @@ class VirtualClock:
         core: _Core = self._core
         if core is None:
             core = asyncio.get_running_loop()._core  # type: ignore[attr-defined]
+        if cython.compiled:  # _Sleep(when), without a call of __init__
+            s: _Sleep = _Sleep.__new__(_Sleep)
+            s.when = core.now + us
+            return s
         return _sleep_until(core.now + us)
 
     def trace(self, kind: str, detail: str) -> None:
