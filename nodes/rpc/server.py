@@ -268,10 +268,10 @@ class _Exchange:
     ``STREAM_IN_FLIGHT`` requests and answers here: then the server stops reading its stream,
     and HTTP/2 flow control stops the caller.
 
-    Answers are written as the client writes requests (``client._Stream``): an answer is added
-    to the message being gathered, which is written at once if no write is in progress
-    (``flush``, in the task that answered, without a handoff to a writer task), else when the
-    write in progress ends (``_step``)."""
+    Answers are written without a writer task: an answer is added to the message being
+    gathered, which is written (``flush``) once the tasks and callbacks ready now have run (one
+    ``call_soon``: the answers of the requests of one message read go together, as a writer
+    task woken by them would write them), or when the write in progress ends (``_step``)."""
 
     def __init__(self, context: grpc.aio.ServicerContext, requests: Any, src: str | None,
                  caller: str | None) -> None:
@@ -286,6 +286,7 @@ class _Exchange:
         self.expired: set[int] = set()  # ids in handling stopped by their deadline, to answer DEADLINE_EXCEEDED
         self.answers = pb.ExchangeResponse()  # the next message: answers not yet written
         self.writing = 0  # answers in the write in progress, if any
+        self.flush_soon: asyncio.Handle | None = None  # the flush of the answers gathering, if due
         self.held = 0  # invariant: slots taken, 0 <= held <= STREAM_IN_FLIGHT
         self.room: asyncio.Future[None] | None = None  # what the reader awaits while every slot is taken
         self.closing = False  # no more answers come: the writes end when the last is written
@@ -314,6 +315,7 @@ class _Exchange:
     def flush(self) -> None:
         """Write the gathered answers now, unless a write is in progress (they go when it
         ends) or one failed; once closing with nothing left to write, the writes end."""
+        self.flush_soon = None
         if self.writing or self.write_end.done():
             return
         if not self.answers.replies:
@@ -361,7 +363,8 @@ class _Exchange:
             return
         code, details, error, reply = answer
         self.answers.replies.add(id=rid, code=code, details=details, error=error, reply=reply)
-        self.flush()
+        if not self.writing and self.flush_soon is None:
+            self.flush_soon = self.loop.call_soon(self.flush)
 
     def stop(self, rid: int, *, expired: bool) -> None:
         """Stop handling request ``rid`` (its task is cancelled): its caller gave it up (no
@@ -460,6 +463,8 @@ class StreamServicer:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if state.flush_soon is not None:
+                state.flush_soon.cancel()
             if not state.write_end.done():  # a write in progress ends with the stream: nothing awaits it
                 state.write_end.cancel()
             elif not state.write_end.cancelled():
