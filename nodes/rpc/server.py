@@ -269,9 +269,9 @@ class _Exchange:
     and HTTP/2 flow control stops the caller.
 
     Answers are written without a writer task: an answer is added to the message being
-    gathered, which is written (``flush``) once the tasks and callbacks ready now have run (one
-    ``call_soon``: the answers of the requests of one message read go together, as a writer
-    task woken by them would write them), or when the write in progress ends (``_step``)."""
+    gathered, which is written (``flush``) when the requests of the message read have all been
+    started (their answers go together), at once for a request that finished after waiting,
+    or, if a write is in progress, when it ends (``_step``)."""
 
     def __init__(self, context: grpc.aio.ServicerContext, requests: Any, src: str | None,
                  caller: str | None) -> None:
@@ -286,7 +286,6 @@ class _Exchange:
         self.expired: set[int] = set()  # ids in handling stopped by their deadline, to answer DEADLINE_EXCEEDED
         self.answers = pb.ExchangeResponse()  # the next message: answers not yet written
         self.writing = 0  # answers in the write in progress, if any
-        self.flush_soon: asyncio.Handle | None = None  # the flush of the answers gathering, if due
         self.held = 0  # invariant: slots taken, 0 <= held <= STREAM_IN_FLIGHT
         self.room: asyncio.Future[None] | None = None  # what the reader awaits while every slot is taken
         self.closing = False  # no more answers come: the writes end when the last is written
@@ -315,7 +314,6 @@ class _Exchange:
     def flush(self) -> None:
         """Write the gathered answers now, unless a write is in progress (they go when it
         ends) or one failed; once closing with nothing left to write, the writes end."""
-        self.flush_soon = None
         if self.writing or self.write_end.done():
             return
         if not self.answers.replies:
@@ -351,9 +349,9 @@ class _Exchange:
             waiting._asyncio_future_blocking = False
             waiting.add_done_callback(functools.partial(self._step, write))
 
-    def done(self, rid: int, answer: Answer | None) -> None:
-        """Request ``rid`` ended: queue its ``answer``, or, for None (the caller gave it up),
-        give its slot back."""
+    def done(self, rid: int, answer: Answer | None, *, flush: bool = True) -> None:
+        """Request ``rid`` ended: queue its ``answer`` (written now if ``flush``, else by the
+        reader's next ``flush``), or, for None (the caller gave it up), give its slot back."""
         entry = self.handling.pop(rid, None)
         if entry is not None:
             self.expired.discard(rid)
@@ -363,8 +361,8 @@ class _Exchange:
             return
         code, details, error, reply = answer
         self.answers.replies.add(id=rid, code=code, details=details, error=error, reply=reply)
-        if not self.writing and self.flush_soon is None:
-            self.flush_soon = self.loop.call_soon(self.flush)
+        if flush:
+            self.flush()
 
     def stop(self, rid: int, *, expired: bool) -> None:
         """Stop handling request ``rid`` (its task is cancelled): its caller gave it up (no
@@ -463,8 +461,6 @@ class StreamServicer:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if state.flush_soon is not None:
-                state.flush_soon.cancel()
             if not state.write_end.done():  # a write in progress ends with the stream: nothing awaits it
                 state.write_end.cancel()
             elif not state.write_end.cancelled():
@@ -484,9 +480,11 @@ class StreamServicer:
                         continue
                     if call.id <= 0 or call.id in state.handling:
                         what = "is not > 0" if call.id <= 0 else "is already in flight"
+                        state.flush()  # what was answered before it
                         state.end_reading(f"Exchange: request id {call.id} {what}")
                         return
                     if state.held >= STREAM_IN_FLIGHT:
+                        state.flush()  # the answers gathered give their slots back once written
                         await state.take()
                     else:
                         state.held += 1
@@ -496,15 +494,17 @@ class StreamServicer:
                     try:
                         step = ctx.run(coro.send, None)
                     except StopIteration as answered:
-                        state.done(call.id, answered.value)
+                        state.done(call.id, answered.value, flush=False)
                         continue
                     except Exception as e:  # noqa: BLE001 - answered INTERNAL, as on a unary call
-                        state.done(call.id, self._bug(call, e))
+                        state.done(call.id, self._bug(call, e), flush=False)
                         continue
                     # the request waits: a new task reads on, and this one finishes the request
+                    state.flush()
                     state.reader = loop.create_task(self._read(state, calls))
                     await self._finish(state, call, _Resumed(coro, ctx, step), read_at)
                     return
+                state.flush()  # the answers of the message's requests, together
                 if state.write_end.done():  # a write failed: the caller is gone, or stopped reading
                     state.end_reading(None)
                     return
