@@ -22,7 +22,10 @@ alternating in rounds so that every path sees the same machine state:
    transport (each range_start/end pair counts two). Goal: at 64 in flight, stream callouts
    reach 0.9x the raw stream messages.
 
-Each figure is printed for plaintext and TLS with their ratio (TLS / plaintext).
+Each figure is printed for plaintext and TLS with their ratio (TLS / plaintext). With the
+latencies, the CPU time each process spent per round trip (``time.process_time``, every thread
+of the process: gRPC's own included), A's and B's: what a path costs whatever else the machine
+runs, as wall-clock figures on a shared machine are not.
 
 Run: python benchmarks/bench_rpc.py [--seconds S] [--rounds N]
 """
@@ -104,7 +107,8 @@ def process_b(owners: dict[tuple[str, str], str], mm_ids: dict[tuple[str, str], 
         for path, p1 in parts.items():  # after p0 knows p1's address
             p1.objects["gru"] = await p1.gru("p0", mm_ids[path])
         conn.send(("registered",))
-        await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # "stop"
+        while await asyncio.get_running_loop().run_in_executor(None, conn.recv) == "cpu":  # until "stop"
+            conn.send(time.process_time())
         for path, p1 in parts.items():
             await p1.objects["gru"].unregister()
             await p1.stop()
@@ -214,14 +218,23 @@ async def bench(seconds: float, rounds: int) -> None:
         for op in ops.values():
             await op()
 
+    async def cpu_b() -> float:
+        here.send("cpu")
+        return await loop.run_in_executor(None, here.recv)
+
     lat: dict[tuple[str, str], list[float]] = {k: [] for k in ops}
+    cpu: dict[tuple[str, str], list[float]] = {k: [0.0, 0.0] for k in ops}  # seconds, A's and B's
     new: dict[str, list[float]] = {m: [] for m in MODES}
     for _ in range(rounds):
         for key, op in ops.items():
+            b0, a0 = await cpu_b(), time.process_time()
             for _ in range(100):
                 t0 = time.perf_counter()
                 await op()
                 lat[key].append(time.perf_counter() - t0)
+            a1 = time.process_time()
+            cpu[key][0] += a1 - a0
+            cpu[key][1] += await cpu_b() - b0
         for mode in MODES:
             new[mode].extend([await first_call(mode) for _ in range(NEW_CHANNELS)])
     med = {k: statistics.median(v) * 1e6 for k, v in lat.items()}
@@ -236,6 +249,12 @@ async def bench(seconds: float, rounds: int) -> None:
     for mode in MODES:
         ratios = ", ".join(f"{t} {med[f'pair {t}', mode] / med['ping', mode]:.2f}x" for t in TRANSPORTS)
         print(f"    {mode}: the pair vs one raw unary ping: {ratios} (goal, stream: <= 1.2x, floor 1.6x)")
+    print("  CPU per round trip (process time, A / B):")
+    for kind, label in (("ping", "raw unary ping"), ("stream ping", "raw stream ping"),
+                        *((f"pair {t}", f"range_start or end, {t}") for t in TRANSPORTS)):
+        trips = {m: len(lat[kind, m]) * (2 if kind.startswith("pair") else 1) for m in MODES}
+        print("    " + f"{label:<30}" + "".join(
+            f"  {m}: {cpu[kind, m][0] / trips[m] * 1e6:4.0f} / {cpu[kind, m][1] / trips[m] * 1e6:4.0f} us" for m in MODES))
     first = {m: statistics.median(v) * 1e6 for m, v in new.items()}
     print(_row(f"new channel + first ping (n={len(new['tls'])})", first["plaintext"], first["tls"], "us"))
 

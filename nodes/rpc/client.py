@@ -119,13 +119,13 @@ class _Stream:
         self._writer = asyncio.ensure_future(self._write())
         self._reader = asyncio.ensure_future(self._read())
 
-    async def request(self, method: str, body: bytes, timeout_s: float, probe: bool, what: str) -> Any:
+    async def request(self, method: str, body: bytes, timeout_s: float, probe: bool, what: Callable[[], str]) -> Any:
         """Send one request (``method``: the unary RPC's full name, ``body``: its request
-        serialized; ``what`` names it in errors) and await its ``StreamReply``. Its deadline
+        serialized; ``what()`` names it in errors) and await its ``StreamReply``. Its deadline
         passing is ``Unreachable`` (DEADLINE_EXCEEDED, as a unary call's) and, like a
         cancellation, tells the server; the stream breaking raises the error of the break."""
         if self.broken is not None:
-            raise self.broken(what)
+            raise self.broken(what())
         rid = next(self._ids)
         future = self._loop.create_future()
         deadline = self._loop.time() + timeout_s
@@ -133,14 +133,15 @@ class _Stream:
         if self._timer is None or deadline < self._timer.when():
             self._arm(deadline)
         self.outbox.calls.add(id=rid, method=method, request=body, timeout_us=timeout_s * 1e6, probe=probe)
-        self._flush()
+        if not self._writing:
+            self._flush()
         try:
             return await future
         except _Expired:
-            raise error_from(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", None, what) from None
+            raise error_from(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", None, what()) from None
         except _Broken:
             assert self.broken is not None
-            raise self.broken(what) from None
+            raise self.broken(what()) from None
         finally:
             if self.pending.pop(rid, None) is not None and self.broken is None:  # given up on
                 self.outbox.calls.add(id=rid, cancel=True)
@@ -259,6 +260,12 @@ class _Stream:
 _FULL_NAME = {OWNER_SERVICE: OWNER_SERVICE_NAME, SECONDARY_SERVICE: SECONDARY_SERVICE_NAME}
 
 
+@functools.lru_cache(maxsize=None)
+def _full_name(service: str, rpc: str) -> str:
+    """The full name of ``service``'s RPC ``rpc`` (``/package.Service/Rpc``), as a stream request names it."""
+    return f"/{_FULL_NAME[service]}/{rpc}"
+
+
 class GrpcInterconnect:
     """Requests from this process's partitions to services on others, over gRPC.
 
@@ -364,13 +371,17 @@ class GrpcInterconnect:
             raise ValueError(f"no RPC for {service}.{method}")
         if kind is not None:
             self.messages[kind] += 1
-        what = f"{m.rpc} from {src} to {dst}"
         if self.transport == "stream":
-            reply = await self._stream(src, dst).request(f"/{_FULL_NAME[service]}/{m.rpc}", request.SerializeToString(),
-                                                         self.deadline_us / 1e6, probe, what)
+            def what() -> str:  # made only for an error
+                return f"{m.rpc} from {src} to {dst}"
+
+            stream = self._streams.get((self.directory.get(dst), dst, src)) or self._stream(src, dst)
+            reply = await stream.request(_full_name(service, m.rpc), request.SerializeToString(),
+                                         self.deadline_us / 1e6, probe, what)
             if reply.code != 0:
-                raise error_from(status_code(reply.code), reply.details, reply.error or None, what)
+                raise error_from(status_code(reply.code), reply.details, reply.error or None, what())
             return m.decode_result(m.reply.FromString(reply.reply))
+        what = f"{m.rpc} from {src} to {dst}"
         stub = self._stub(dst, service)
         try:
             reply = await getattr(stub, m.rpc)(

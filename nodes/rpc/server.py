@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import ipaddress
 import logging
 import math
@@ -265,10 +266,17 @@ class _Exchange:
     A slot is taken when a request is read and given back when its answer has been written
     (or it was cancelled), so a caller that sends without reading holds at most
     ``STREAM_IN_FLIGHT`` requests and answers here: then the server stops reading its stream,
-    and HTTP/2 flow control stops the caller."""
+    and HTTP/2 flow control stops the caller.
 
-    def __init__(self, requests: Any, src: str | None, caller: str | None) -> None:
+    Answers are written without a writer task: an answer is added to the message being
+    gathered, which is written (``flush``) when the requests of the message read have all been
+    started (their answers go together), at once for a request that finished after waiting,
+    or, if a write is in progress, when it ends (``_step``)."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, requests: Any, src: str | None,
+                 caller: str | None) -> None:
         self.loop = asyncio.get_running_loop()
+        self.context = context
         self.requests = requests  # the stream's messages, as bytes
         self.src, self.caller = src, caller  # the calling partition, as it claims and as its certificate says
         # invariant: the requests whose handling waits for something (the others are answered
@@ -277,34 +285,73 @@ class _Exchange:
         self.handling: dict[int, tuple[asyncio.Task[None], asyncio.TimerHandle, Any]] = {}
         self.expired: set[int] = set()  # ids in handling stopped by their deadline, to answer DEADLINE_EXCEEDED
         self.answers = pb.ExchangeResponse()  # the next message: answers not yet written
-        self.wake: asyncio.Future[None] | None = None  # what the writer awaits while there are none
-        self.slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        self.writing = 0  # answers in the write in progress, if any
         self.held = 0  # invariant: slots taken, 0 <= held <= STREAM_IN_FLIGHT
-        self.closing = False
+        self.room: asyncio.Future[None] | None = None  # what the reader awaits while every slot is taken
+        self.closing = False  # no more answers come: the writes end when the last is written
         self.reader: asyncio.Task[None] | None = None  # the task reading the stream now
-        self.writer: asyncio.Task[None] | None = None
-        # the reading's end: None (the caller is done sending, or the writer failed), the
+        # the writes' end: None once closing and every answer is written, or the error a write
+        # failed with (then nothing more is written)
+        self.write_end: asyncio.Future[None] = self.loop.create_future()
+        # the reading's end: None (the caller is done sending, or a write failed), the
         # details of a refusal (INVALID_ARGUMENT), or the error reading raised
         self.read_end: asyncio.Future[str | None] = self.loop.create_future()
 
     async def take(self) -> None:
-        await self.slots.acquire()
+        """Take a slot, waiting for one if every slot is taken (only the task reading the
+        stream takes slots, one at a time)."""
+        while self.held >= STREAM_IN_FLIGHT:
+            self.room = self.loop.create_future()
+            await self.room
         self.held += 1
 
     def give(self, n: int = 1) -> None:
         self.held -= n
-        for _ in range(n):
-            self.slots.release()
+        room, self.room = self.room, None
+        if room is not None and not room.done():
+            room.set_result(None)
 
-    def kick(self) -> None:
-        """Wake the writer: answers were added, or the stream is closing."""
-        wake, self.wake = self.wake, None
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+    def flush(self) -> None:
+        """Write the gathered answers now, unless a write is in progress (they go when it
+        ends) or one failed; once closing with nothing left to write, the writes end."""
+        if self.writing or self.write_end.done():
+            return
+        if not self.answers.replies:
+            if self.closing:
+                self.write_end.set_result(None)
+            return
+        message, self.answers = self.answers, pb.ExchangeResponse()
+        self.writing = len(message.replies)
+        self._step(self.context.write(message))
 
-    def done(self, rid: int, answer: Answer | None) -> None:
-        """Request ``rid`` ended: queue its ``answer``, or, for None (the caller gave it up),
-        give its slot back."""
+    def _step(self, write: Any, _: Any = None) -> None:
+        """Drive the write in progress (``write``, gRPC's coroutine) to its next wait, as
+        ``client._Stream._step`` drives a request's: no task runs it, so no cancellation of
+        the task that answered reaches it. When it ends, its slots are given back and what
+        gathered meanwhile is written; if it fails, the writes end with its error and so does
+        the reading (the caller is gone, or stopped reading)."""
+        try:
+            waiting = write.send(None)
+        except StopIteration:
+            self.give(self.writing)
+            self.writing = 0
+            self.flush()
+            return
+        except BaseException as e:  # noqa: BLE001 - the stream's handler raises it
+            self.writing = 0
+            if not self.write_end.done():
+                self.write_end.set_exception(e)
+            self.end_reading(None)
+            return
+        if waiting is None:  # a bare yield: step again soon
+            self.loop.call_soon(self._step, write)
+        else:
+            waiting._asyncio_future_blocking = False
+            waiting.add_done_callback(functools.partial(self._step, write))
+
+    def done(self, rid: int, answer: Answer | None, *, flush: bool = True) -> None:
+        """Request ``rid`` ended: queue its ``answer`` (written now if ``flush``, else by the
+        reader's next ``flush``), or, for None (the caller gave it up), give its slot back."""
         entry = self.handling.pop(rid, None)
         if entry is not None:
             self.expired.discard(rid)
@@ -314,7 +361,8 @@ class _Exchange:
             return
         code, details, error, reply = answer
         self.answers.replies.add(id=rid, code=code, details=details, error=error, reply=reply)
-        self.kick()
+        if flush:
+            self.flush()
 
     def stop(self, rid: int, *, expired: bool) -> None:
         """Stop handling request ``rid`` (its task is cancelled): its caller gave it up (no
@@ -394,27 +442,29 @@ class StreamServicer:
         # the stream is accepted: a caller waits for this before it writes, so a refusal above
         # reaches it as the stream's status, not as a failed write
         await context.send_initial_metadata(())
-        state = _Exchange(requests.__aiter__(), src, caller)
+        state = _Exchange(context, requests.__aiter__(), src, caller)
         self.open.add(state)
-        loop = state.loop
-        state.writer = loop.create_task(self._write(context, state))
-        state.reader = loop.create_task(self._read(state, iter(())))
+        state.reader = state.loop.create_task(self._read(state, iter(())))
         try:
             refusal = await state.read_end
             if refusal is not None:
                 await self._refuse(context, refusal)
-            if state.handling:  # the caller is done sending: answer what is in flight
+            if state.handling and not state.write_end.done():  # the caller is done sending: answer what is in flight
                 await asyncio.wait([task for task, _, _ in state.handling.values()])
             state.closing = True
-            state.kick()
-            await state.writer
+            state.flush()
+            await state.write_end
         finally:
             tasks = [task for task, _, _ in state.handling.values()]
             if state.reader is not None:
                 tasks.append(state.reader)
-            for task in (*tasks, state.writer):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(state.writer, *tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if not state.write_end.done():  # a write in progress ends with the stream: nothing awaits it
+                state.write_end.cancel()
+            elif not state.write_end.cancelled():
+                state.write_end.exception()  # raised above, or the stream ended otherwise
             self.open.discard(state)
 
     async def _read(self, state: _Exchange, calls: Iterator[Any]) -> None:
@@ -430,25 +480,32 @@ class StreamServicer:
                         continue
                     if call.id <= 0 or call.id in state.handling:
                         what = "is not > 0" if call.id <= 0 else "is already in flight"
+                        state.flush()  # what was answered before it
                         state.end_reading(f"Exchange: request id {call.id} {what}")
                         return
-                    await state.take()
+                    if state.held >= STREAM_IN_FLIGHT:
+                        state.flush()  # the answers gathered give their slots back once written
+                        await state.take()
+                    else:
+                        state.held += 1
                     read_at = loop.time()
                     coro = self._answer(call, state.src, state.caller)
                     ctx = contextvars.copy_context()
                     try:
                         step = ctx.run(coro.send, None)
                     except StopIteration as answered:
-                        state.done(call.id, answered.value)
+                        state.done(call.id, answered.value, flush=False)
                         continue
                     except Exception as e:  # noqa: BLE001 - answered INTERNAL, as on a unary call
-                        state.done(call.id, self._bug(call, e))
+                        state.done(call.id, self._bug(call, e), flush=False)
                         continue
                     # the request waits: a new task reads on, and this one finishes the request
+                    state.flush()
                     state.reader = loop.create_task(self._read(state, calls))
                     await self._finish(state, call, _Resumed(coro, ctx, step), read_at)
                     return
-                if state.writer is not None and state.writer.done():  # the caller stopped reading: the write failed
+                state.flush()  # the answers of the message's requests, together
+                if state.write_end.done():  # a write failed: the caller is gone, or stopped reading
                     state.end_reading(None)
                     return
                 try:
@@ -493,18 +550,6 @@ class StreamServicer:
     async def _refuse(context: grpc.aio.ServicerContext, details: str) -> None:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details,
                             trailing_metadata=((ERROR_KEY, "InvalidArgument"),))
-
-    async def _write(self, context: grpc.aio.ServicerContext, state: _Exchange) -> None:
-        while True:
-            if state.answers.replies:
-                message, state.answers = state.answers, pb.ExchangeResponse()
-                await context.write(message)
-                state.give(len(message.replies))
-            elif state.closing:
-                return
-            else:
-                state.wake = state.loop.create_future()
-                await state.wake
 
     async def _answer(self, call: Any, src: str | None, caller: str | None) -> Answer:
         """The answer to ``call``: (status code, details, model error class name or "",

@@ -97,6 +97,12 @@ async def munmap_pages(ctx, mm_id: int, first: int, npages: int) -> int:
     return ctx.interconnect.messages["callout"]
 
 
+async def stream_use(ctx) -> dict:
+    """This partition's transport and what its stream transport wrote: streams opened,
+    messages written, requests (and cancellations) in them."""
+    return {"transport": ctx.interconnect.transport, **ctx.interconnect.written}
+
+
 async def unregister_gru(ctx, name: str) -> dict:
     return asdict(await ctx.objects.pop(name).unregister())
 
@@ -273,6 +279,37 @@ def test_gru_on_p1_maps_p0_over_grpc_munmap_invalidates_exit_and_unregister_are_
     assert r["g2"] == {"vpns": [(BASE >> 12) + i for i in range(2, 5)], "tlb": 3}
     assert r["exit"]["total_us"] > 0 and r["exit"]["total_us"] >= r["exit"]["release_us"] >= 0
     assert r["g2_after_exit"]["released"] and r["g2_after_exit"]["tlb"] == 0
+    assert run.violations == [] and run.faults == [] and run.lost == [] and run.report_problems == []
+
+
+def test_the_stream_transport_carries_a_run_of_callouts_and_remote_faults_between_actors(ray_cluster):
+    """``interconnect.transport: stream`` on the ray backend (mutual TLS, as by default): a GRU
+    on p1 faults p0's pages, p0's munmap invalidates them and its exit releases the GRU, all on
+    long-lived streams (one per direction); the model's state and invariants are as on the unary
+    transport (the test above)."""
+    async def workload(c: RayCluster):
+        out: dict[str, Any] = {}
+        mm_id = await c.on("p0", mapped_mm, 8)
+        out["g"] = await c.on("p1", gru_access, "p0", mm_id, "g", 0, 4, {})
+        out["owner_translations"] = await c.on("p0", owner_translations)
+        out["callouts"] = await c.on("p0", munmap_pages, mm_id, 0, 2)
+        out["g_after_munmap"] = await c.on("p1", gru_state, "g")
+        out["exit"] = await c.on("p0", exit_mm, mm_id)
+        out["g_after_exit"] = await c.on("p1", gru_state, "g")
+        out["p0"], out["p1"] = await c.on("p0", stream_use), await c.on("p1", stream_use)
+        return out
+
+    run = run_ray(config(ray_cluster, partitions=2, transport="stream"), workload)
+    r = run.result
+    assert r["g"] == {"vpns": [(BASE >> 12) + i for i in range(4)], "tlb": 4}
+    assert r["owner_translations"] == 4
+    assert r["callouts"] >= 2 and r["g_after_munmap"]["tlb"] == 2 and r["g_after_munmap"]["range_active"] == 0
+    assert r["exit"]["total_us"] > 0 and r["g_after_exit"]["released"] and r["g_after_exit"]["tlb"] == 0
+    for side in ("p0", "p1"):  # p0's callouts to p1, p1's faults and reports to p0: each on one stream
+        use = r[side]
+        assert use["transport"] == "stream" and use["streams"] == 1, use
+        assert use["calls"] >= use["messages"] >= 1, use
+    assert r["p0"]["calls"] >= r["callouts"]  # every callout travelled on p0's stream
     assert run.violations == [] and run.faults == [] and run.lost == [] and run.report_problems == []
 
 
