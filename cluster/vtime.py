@@ -945,20 +945,14 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
             run.sleeping = 0
             if tracing:
                 buf.append(run.name)
-            if cython.compiled:
-                _resume(run)
-            else:
-                run.context.run(_step_run, run, None)
+            _resume(run)
         for _ in range(len(ready)):
             handle = popleft()
             if type(handle) is _Run:  # woken by the SimFuture it awaited
                 run = handle
                 if tracing:
                     buf.append(run.name)
-                if cython.compiled:
-                    _resume(run)
-                else:
-                    run.context.run(_step_run, run, None)
+                _resume(run)
                 continue
             if type(handle) is _Ready:  # (_run_entry, inlined: the hot path)
                 fn, args, context = handle
