@@ -247,6 +247,8 @@ class _Stream:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if not self._failed.done() and self._writer is not asyncio.current_task():
+            self._writer.cancel()  # it waits for a write to fail, and none will be made now
         self.call.cancel()
         self._on_break(self)
 

@@ -77,6 +77,8 @@ class _RawStream:
             raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
         finally:
             self.pending.pop(rid, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # the reader may have failed it too, after a failed write did
 
     async def close(self) -> None:
         self.call.cancel()
