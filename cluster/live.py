@@ -18,7 +18,7 @@ loopback only, and is said explicitly.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from cluster.context import SecondaryFactory
 from cluster.wallclock import WallClock
@@ -67,7 +67,7 @@ class LivePartition(SecondaryFactory):
                                              transport=transport)  # unary | stream (nodes/rpc/client.py)
         self.owner_service = OwnerService(self.partition, self.interconnect)
         self.secondary_service = SecondaryService(name)
-        self.secondary_service.flush_reports = self.flush_reports
+        self.secondary_service.flush_reports = self.reports_in_flight
         self.server = PartitionServer(self.owner_service, self.secondary_service, identity=identity,
                                       latency_us=latency_us, callout_latency_us=callout_latency_us)
         self._sinks: dict[str, ReportSink] = {}
@@ -111,6 +111,14 @@ class LivePartition(SecondaryFactory):
         """Wait until every oracle report made here has reached its owner."""
         for sink in self._sinks.values():
             await sink.flush()
+
+    def reports_in_flight(self) -> Awaitable[None] | None:
+        """``flush_reports`` if a report made here has not been answered yet, else None: a
+        callout that made none (most) awaits nothing (``SecondaryService.flush_reports``)."""
+        for sink in self._sinks.values():
+            if sink.unanswered:
+                return self.flush_reports()
+        return None
 
     def report_problems(self) -> list[str]:
         """Oracle reports of secondaries here that did not reach their owner: lost (owner

@@ -616,8 +616,8 @@ class SecondaryService:
         self._next_id = 0
         # set when oracle reports travel asynchronously (to an owner in another process): the
         # reports a callout makes then reach their owner before the callout returns, as they
-        # do in-process
-        self.flush_reports: Callable[[], Awaitable[None]] | None = None
+        # do in-process; it answers what to await, or None when no report is on its way
+        self.flush_reports: Callable[[], Awaitable[None] | None] | None = None
 
     def add_pagemap(self, pgmap: DevPagemapOps) -> str:
         """Serve the dev_pagemap_ops of a device here to the owners it migrates to; its id (the
@@ -639,8 +639,8 @@ class SecondaryService:
     async def devmem_migrate_to_ram(self, pagemap_id: str, mm_id: int, address: int, dpfn: int) -> tuple[int, int]:
         """An owner's CPU faults on a page in this device's memory (dev_pagemap_ops.migrate_to_ram)."""
         out = await self._pagemap(pagemap_id).migrate_to_ram(mm_id, address, dpfn)
-        if self.flush_reports is not None:
-            await self.flush_reports()
+        if self.flush_reports is not None and (reports := self.flush_reports()) is not None:
+            await reports
         return out
 
     async def devmem_page_free(self, pagemap_id: str, dpfns: list[int]) -> None:
@@ -667,8 +667,8 @@ class SecondaryService:
             raise InvalidArgument(f"callout {op} to {notifier_id!r} on partition {self.name}: invalidate_seq "
                                   f"{invalidate_seq!r} is not a sequence number (an integer >= 0)")
         result = await call_maybe_async(getattr(mn, op), MmRef(mm_id, mm_name, invalidate_seq), *args)
-        if self.flush_reports is not None:
-            await self.flush_reports()
+        if self.flush_reports is not None and (reports := self.flush_reports()) is not None:
+            await reports
         return result
 
 
@@ -691,8 +691,8 @@ class SecondaryService:
             raise InvalidArgument(f"{what}: pgmap owner {owner!r} is not a name (a string)")
         rng = MmuNotifierRange(MmRef(mm_id, mm_name), start, end, MmuNotifierEvent(event), flags, owner)  # type: ignore[arg-type]
         ok = await call_maybe_async(mni.ops.invalidate, mni, rng, cur_seq)
-        if self.flush_reports is not None:
-            await self.flush_reports()
+        if self.flush_reports is not None and (reports := self.flush_reports()) is not None:
+            await reports
         if not isinstance(ok, bool):
             raise InvalidArgument(f"{what}: the driver answered {ok!r}, not a bool")
         return ok, mni.invalidate_seq
@@ -706,8 +706,8 @@ class SecondaryService:
         if detach is None:
             raise NotFound(f"notifier {notifier_id!r} on partition {self.name} is not an XPMEM driver's")
         await detach(list(attachment_ids))
-        if self.flush_reports is not None:
-            await self.flush_reports()
+        if self.flush_reports is not None and (reports := self.flush_reports()) is not None:
+            await reports
 
 
 class RemoteOwner:

@@ -132,7 +132,10 @@ class _Stream:
         self.pending[rid] = (future, deadline)
         if self._timer is None or deadline < self._timer.when():
             self._arm(deadline)
-        self.outbox.calls.add(id=rid, method=method, request=body, timeout_us=timeout_s * 1e6, probe=probe)
+        if probe:
+            self.outbox.calls.add(id=rid, method=method, request=body, timeout_us=timeout_s * 1e6, probe=True)
+        else:  # (a field left at its default costs nothing to set)
+            self.outbox.calls.add(id=rid, method=method, request=body, timeout_us=timeout_s * 1e6)
         if not self._writing:
             self._flush()
         try:
@@ -430,13 +433,16 @@ class ReportSink:
         self.owner = owner
         self.lost = 0
         self.refused: list[str] = []
+        self.unanswered = 0  # invariant: reports queued or being sent, not yet answered (or lost)
         self._queue: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()
         self._task = runtime.spawn(self._send_all(), name=f"{host}->{owner} oracle reports")
 
     def translation_established(self, host: str, notifier_id: str, mm_id: int, address: int, pfn: int) -> None:
+        self.unanswered += 1
         self._queue.put_nowait((host, notifier_id, mm_id, address, [pfn], True))
 
     def translations_dropped(self, host: str, notifier_id: str, mm_id: int, pfns: Any) -> None:
+        self.unanswered += 1
         self._queue.put_nowait((host, notifier_id, mm_id, 0, [int(p) for p in pfns], False))
 
     async def _send_all(self) -> None:
@@ -449,6 +455,7 @@ class ReportSink:
             except ModelError as e:
                 self.refused.append(f"{type(e).__name__}: {e}")
             finally:
+                self.unanswered -= 1
                 self._queue.task_done()
 
     async def flush(self) -> None:

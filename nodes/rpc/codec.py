@@ -252,8 +252,11 @@ OWNER.update({
 })
 
 
-def _target(nid: str, mm_id: int, mm_name: str, invalidate_seq: int = 0) -> Any:
-    return build(pb.CalloutTarget, notifier_id=nid, mm_id=mm_id, mm_name=mm_name, invalidate_seq=invalidate_seq)
+def _target(nid: str, mm_id: int, mm_name: str, invalidate_seq: int = 0) -> dict[str, Any]:
+    """A request's ``CalloutTarget``, as the fields its request is built with (``build``): a
+    nested message given as a dict is set in place, without a message of its own to copy in
+    (a third of a callout's encoding, issue 13)."""
+    return {"notifier_id": nid, "mm_id": mm_id, "mm_name": mm_name, "invalidate_seq": invalidate_seq}
 
 
 def _callout(op: str, args_of: Callable[[Any], tuple[Any, ...]]) -> Callable[[Any], tuple[Any, ...]]:

@@ -360,7 +360,10 @@ class _Exchange:
             self.give()
             return
         code, details, error, reply = answer
-        self.answers.replies.add(id=rid, code=code, details=details, error=error, reply=reply)
+        if code == 0 and not details and not error:  # an answer: the other fields stay at their defaults
+            self.answers.replies.add(id=rid, reply=reply)
+        else:
+            self.answers.replies.add(id=rid, code=code, details=details, error=error, reply=reply)
         if flush:
             self.flush()
 
