@@ -54,14 +54,14 @@ _INF = math.inf
 
 class _Route:
     """What every call of one method of one service from one partition to another needs:
-    the handler, the call's name (``what``, in errors and the trace; ``task_name``, the
-    handler's task), and the one-way latency of the request and of the reply
+    the handler's method (``fn``, bound), the call's name (``what``, in errors and the trace;
+    ``task_name``, the handler's task), and the one-way latency of the request and of the reply
     (``LatencyModel.sampler``: each call draws them as ``one_way`` would)."""
 
-    __slots__ = ("handler", "what", "task_name", "go", "back")
+    __slots__ = ("fn", "what", "task_name", "go", "back")
 
-    def __init__(self, handler: Any, what: str, go: Callable[[], float], back: Callable[[], float]):
-        self.handler = handler
+    def __init__(self, fn: Callable[..., Any], what: str, go: Callable[[], float], back: Callable[[], float]):
+        self.fn = fn
         self.what = what
         self.task_name = f"handle {what}"
         self.go = go
@@ -147,16 +147,19 @@ class SimInterconnect:
         return await fn(*args)
 
     def _route(self, src: str, dst: str, service: str, method: str, kind: str, nbytes: int) -> "_Route":
-        """The route of a call, made at its first use and kept (``_routes``): the handler, the
-        call's name, and its one-way latency each way (a topology does not change, nor the
-        latency model: the hop counts and the samplers are made once per route)."""
+        """The route of a call, made at its first use and kept (``_routes``): the handler's
+        method, the call's name, and its one-way latency each way (a topology does not change,
+        nor the latency model: the hop counts and the samplers are made once per route)."""
         handler = self._services.get((dst, service))
         if handler is None:
             raise InternalError(f"no service {service!r} on partition {dst}")
+        fn = getattr(handler, method, None)
+        if fn is None:
+            raise InternalError(f"service {service!r} on partition {dst} has no method {method!r}")
         hops = self.topology.hops(src, dst)
         back_hops = self.topology.hops(dst, src)
         route = _Route(
-            handler, f"{service}.{method} {src}->{dst}",
+            fn, f"{service}.{method} {src}->{dst}",
             self.latency.sampler(hops, nbytes, kind, self.rng), self.latency.sampler(back_hops, REPLY_BYTES, kind, self.rng),
         )
         self._routes[(src, dst, service, method, kind, nbytes)] = route
@@ -195,14 +198,16 @@ class SimInterconnect:
         loop = asyncio.get_running_loop()
         stall = self.stalls.get(dst) if self.stalls else None
         if stall is not None and stall[0] <= now() < stall[1]:
-            task = loop.start_task(self._held(stall[1], route.what, getattr(route.handler, method), args), name=route.task_name)
+            task = loop.start_task(self._held(stall[1], route.what, route.fn, args), name=route.task_name)
         else:
-            task = loop.start_task(getattr(route.handler, method)(*args), name=route.task_name)
+            task = loop.start_task(route.fn(*args), name=route.task_name)
         try:
             if t_deadline == _INF:  # no deadline: wait for the answer, however long
                 answered = bool((await asyncio.wait({task}))[0])
             elif loop.policy is None:
-                answered = await wait_until(task, t_deadline)
+                # a handler that finished in its first step (under FIFO it ran already) is
+                # answered: nothing to wait for
+                answered = task.done() or await wait_until(task, t_deadline)
             else:  # see the module docstring: a seeded run keeps its choice points
                 answered = bool((await asyncio.wait({task}, timeout=max(0.0, t_deadline - now())))[0])
             if not answered:

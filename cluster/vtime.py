@@ -482,6 +482,8 @@ class SimFuture(asyncio.Future):  # type: ignore[type-arg]
 
 
 _future_set_result = asyncio.Future.set_result
+_future_init = asyncio.Future.__init__
+_CoroutineType = types.CoroutineType
 if cython.compiled:  # where _get_waiter and _set_waiter find the slot
     _waiter_init(SimFuture.__dict__["_waiter"])
 _future_set_exception = asyncio.Future.set_exception
@@ -508,8 +510,8 @@ class SimTask(SimFuture):
 
     def __init__(self, coro: Coroutine[Any, Any, Any], *, loop: "VirtualTimeLoop", name: str | None = None,
                  context: contextvars.Context | None = None, eager: bool = False):
-        super().__init__(loop=loop)  # (SimFuture)
-        if not asyncio.iscoroutine(coro):
+        _future_init(self, loop=loop)  # (SimFuture has no __init__ of its own: the C Future's, without a super())
+        if type(coro) is not _CoroutineType and not asyncio.iscoroutine(coro):  # (a native coroutine: no call)
             raise TypeError(f"a coroutine was expected, got {coro!r}")
         loop._tasks_made += 1
         self._seq = loop._tasks_made  # creation order: a deterministic order for tasks
@@ -522,7 +524,7 @@ class SimTask(SimFuture):
         self._log_destroy_pending = True
         if not eager:  # an eager task's first step is run by ``VirtualTimeLoop.start_task``
             loop.call_soon(self._step, context=run.context)
-        asyncio.tasks._register_task(self)
+            asyncio.tasks._register_task(self)
 
     @property
     def _name(self) -> str:
@@ -585,7 +587,7 @@ class SimTask(SimFuture):
                 self._run.must_cancel = False
                 super().cancel(msg=self._cancel_message)
             else:
-                super().set_result(e.value)
+                SimFuture.set_result(self, e.value)  # (super().set_result, without a super object per task)
         elif isinstance(e, asyncio.CancelledError):
             super().cancel()
         else:
@@ -782,6 +784,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             _resume(run)
         finally:
             _current_tasks[self] = caller
+        if not task.done():  # as 3.12's eager tasks: one done in its first step never enters all_tasks()
+            asyncio.tasks._register_task(task)
         return task
 
     def _compact_sleepers(self) -> None:
@@ -1068,6 +1072,9 @@ class VirtualClock:
         self._core = getattr(loop, "_core", None)  # the loop's _Core, if it is a VirtualTimeLoop
 
     def now(self) -> float:
+        core: _Core = self._core
+        if core is not None:  # loop.time(), read where it keeps it
+            return core.now
         if self._loop is not None:
             return self._loop.time()
         return asyncio.get_running_loop().time()

@@ -529,10 +529,9 @@ class NotifierCore:
         callout answering a non-zero int (a modern start's -EAGAIN) is reported to ``failed``
         and does not get ``after``; the walk goes on, and returns the last such answer, as
         mn_hlist_invalidate_range_start() does (``ret = _ret``)."""
-        if not self.has_notifiers(mm):
-            return 0
         nmm = mm.notifier_mm
-        assert nmm is not None
+        if nmm is None or nmm.list.next is None:  # not has_notifiers(mm) (inline: the walk's hot path)
+            return 0
         ret = 0
         srcu = self.srcu_for(mm)
         cpu = current_cpu.get()
@@ -546,11 +545,17 @@ class NotifierCore:
 
                 await wait_all([one(mn) for mn in nmm.list.walk() if has_op(mn, op)])
             else:
-                for mn in nmm.list.walk():  # lazily: the list may change as we sleep
-                    if has_op(mn, op):
+                absent = getattr(MmuNotifier, op)  # has_op(mn, op) is getattr(type(mn), op) is not this
+                # Hlist.walk(), without a generator: each node's next is read only after its
+                # callout returned (lazily: the list may change as we sleep)
+                node = nmm.list.next
+                while node is not None:
+                    mn = node.owner
+                    if getattr(type(mn), op) is not absent:
                         r = await self._call(mn, mm, op, args, range)
                         if after is not None or failed is not None:
                             ret = _answered(mn, r, after, failed) or ret
+                    node = node.next
         finally:
             srcu.read_unlock(idx, cpu)
         return ret
@@ -630,7 +635,9 @@ class NotifierCore:
         notifier's -EAGAIN (``_start_failed``); v3.10 answers 0."""
         if start >= end:
             raise InvalidArgument(f"invalidate_range_start: empty range [{start:#x}, {end:#x})")
-        rng = self._range(mm, start, end, event, flags, owner)
+        # (the v3.10 calls' range is None: _range() is called only when it has more to do)
+        rng = (None if not self.modern and flags & MMU_NOTIFIER_RANGE_BLOCKABLE
+               else self._range(mm, start, end, event, flags, owner))
         self.oracle.mm_range_start(mm, start, end)
         # a span that calls no one is not timed, nor the OOM reaper's (not the study's subject)
         if self.timings.enabled and self.has_subscribers(mm) and flags & MMU_NOTIFIER_RANGE_BLOCKABLE:
@@ -696,7 +703,8 @@ class NotifierCore:
         (the kernel does both per notifier; an earlier flush of a secondary TLB is harmless)."""
         if start >= end:
             raise InvalidArgument(f"invalidate_range_end: empty range [{start:#x}, {end:#x})")
-        rng = self._range(mm, start, end, event, flags, owner)
+        rng = (None if not self.modern and flags & MMU_NOTIFIER_RANGE_BLOCKABLE
+               else self._range(mm, start, end, event, flags, owner))
         self.oracle.mm_range_end(mm, start, end)
         self._bump_invalidate_seq(mm)
         self._itree_inv_end(mm, start, end)

@@ -614,6 +614,10 @@ class SecondaryService:
         self.notifiers: dict[str, MmuNotifier | MmuIntervalNotifier] = {PROBE_NOTIFIER: NullNotifier()}
         self.pagemaps: dict[str, DevPagemapOps] = {}  # device memory served to owners (HMM migration)
         self._next_id = 0
+        # (notifier class, op) of the callouts found to name an op of a notifier of that class: a
+        # notifier of that class needs no second look (an op is a method of its class, see
+        # ``has_op``); a few entries per class, whatever the run's length
+        self._callout_ops: set[tuple[type, str]] = set()
         # set when oracle reports travel asynchronously (to an owner in another process): the
         # reports a callout makes then reach their owner before the callout returns, as they
         # do in-process; it answers what to await, or None when no report is on its way
@@ -659,10 +663,12 @@ class SecondaryService:
         owner's core would: the mm is an ``MmRef`` carrying the owner's invalidate sequence as
         the callout left (a negative one is ``InvalidArgument``)."""
         mn = self.notifiers.get(notifier_id)
-        if mn is None:
-            raise NotFound(f"no notifier {notifier_id!r} on partition {self.name}")
-        if not isinstance(mn, MmuNotifier) or op not in OPS or not has_op(mn, op):
-            raise NotFound(f"notifier {notifier_id!r} on partition {self.name} has no op {op!r}")
+        if (type(mn), op) not in self._callout_ops:  # not a class and op already found good
+            if mn is None:
+                raise NotFound(f"no notifier {notifier_id!r} on partition {self.name}")
+            if not isinstance(mn, MmuNotifier) or op not in OPS or not has_op(mn, op):
+                raise NotFound(f"notifier {notifier_id!r} on partition {self.name} has no op {op!r}")
+            self._callout_ops.add((type(mn), op))
         if not isinstance(invalidate_seq, int) or invalidate_seq < 0:
             raise InvalidArgument(f"callout {op} to {notifier_id!r} on partition {self.name}: invalidate_seq "
                                   f"{invalidate_seq!r} is not a sequence number (an integer >= 0)")
