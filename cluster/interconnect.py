@@ -195,7 +195,7 @@ class SimInterconnect:
         await runtime.sleep(route.go())
         if dst in down:
             await self._give_up(t_deadline, f"{route.what}: {dst} is down, deadline of {self.deadline_us:.0f} us exceeded", kind)
-        loop = asyncio.get_running_loop()
+        loop = runtime.running_loop()
         stall = self.stalls.get(dst) if self.stalls else None
         if stall is not None and stall[0] <= now() < stall[1]:
             task = loop.start_task(self._held(stall[1], route.what, route.fn, args), name=route.task_name)

@@ -1071,6 +1071,11 @@ class VirtualClock:
         self._loop = loop
         self._core = getattr(loop, "_core", None)  # the loop's _Core, if it is a VirtualTimeLoop
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop it was made for (or in), if any (``Runtime.loop``)."""
+        return self._loop
+
     def now(self) -> float:
         core: _Core = self._core
         if core is not None:  # loop.time(), read where it keeps it

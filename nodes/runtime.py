@@ -21,6 +21,8 @@ from typing import Any, Awaitable, Callable, Coroutine, Generator, Protocol
 
 from nodes.errors import InternalError, SleepingInAtomicContext
 
+_current_tasks = asyncio.tasks._current_tasks  # the running task of each loop (Runtime.current_task)
+
 
 class Clock(Protocol):
     """An injected source of time, in microseconds."""
@@ -140,12 +142,29 @@ class Runtime:
 
     def __init__(self, clock: Clock):
         self.clock = clock
+        # the event loop the clock runs on, if it names one (a VirtualClock made in its loop
+        # does), else None: asked of the clock, not of asyncio, whose get_running_loop() makes a
+        # getpid() system call each time on Python 3.11 (to notice a fork)
+        self.loop: asyncio.AbstractEventLoop | None = getattr(clock, "loop", None)
         # a dict, not a set: iteration in creation order keeps runs deterministic
         self._tasks: dict[asyncio.Task[Any], None] = {}
         self._failures: list[BaseException] = []
 
     def now(self) -> float:
         return self.clock.now()
+
+    def running_loop(self) -> asyncio.AbstractEventLoop:
+        """``asyncio.get_running_loop()``: the clock's loop when it names one (``loop``)."""
+        loop = self.loop
+        return asyncio.get_running_loop() if loop is None else loop
+
+    def current_task(self) -> asyncio.Task[Any] | None:
+        """``asyncio.current_task()``, the running task of ``running_loop()``, read from the
+        table asyncio's C tasks keep (as current_task does) without asking for the running loop."""
+        loop = self.loop
+        if loop is None:
+            return asyncio.current_task()
+        return _current_tasks.get(loop)
 
     def sleep(self, us: float) -> Awaitable[None]:
         """An awaitable that sleeps ``us`` microseconds (``await runtime.sleep(us)``); returned

@@ -23,7 +23,6 @@ read section of the same domain would never return; like the kernel's lockdep ch
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, ClassVar
@@ -31,11 +30,6 @@ from typing import Any, AsyncIterator, Callable, ClassVar
 from nodes.errors import SrcuDeadlock
 from nodes.runtime import Runtime, run_atomic
 
-# asyncio.current_task() is _current_tasks.get(get_running_loop()), the running task of each loop
-# that asyncio's C tasks keep; read here without the Python frame of 3.11's current_task() (the
-# readers' hot path: every notifier walk takes and leaves a read section)
-_current_tasks = asyncio.tasks._current_tasks
-_get_running_loop = asyncio.get_running_loop
 
 #: udelay() between two checks of an index: v3.10 SYNCHRONIZE_SRCU_READER_DELAY, v5.10
 #: SRCU_RETRY_CHECK_DELAY (and v6.6's srcu_retry_check_delay default): 5 us in all three
@@ -161,13 +155,13 @@ class SrcuBase:
 
     def _note_lock(self) -> None:
         """The running task entered a read section (what lockdep's dep_map records)."""
-        task = _current_tasks.get(_get_running_loop())  # asyncio.current_task()
+        task = self.runtime.current_task()
         if task is not None:
             holders = self._holders
             holders[task] = holders.get(task, 0) + 1
 
     def _note_unlock(self) -> None:
-        task = _current_tasks.get(_get_running_loop())  # asyncio.current_task()
+        task = self.runtime.current_task()
         n = self._holders.get(task) if task is not None else None
         if n:
             if n == 1:
@@ -178,7 +172,7 @@ class SrcuBase:
     def _check_not_reader(self, what: str) -> None:
         """lockdep's "Illegal synchronize_srcu() in same-type SRCU read-side critical section":
         ``what`` waits for a grace period the running task's own read section holds up."""
-        task = asyncio.current_task()
+        task = self.runtime.current_task()
         if task is not None and self._holders.get(task):
             raise SrcuDeadlock(
                 f"Illegal {what}() on {self.name} inside its own read-side critical "
