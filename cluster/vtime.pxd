@@ -117,6 +117,7 @@ cdef extern from *:
     void _set_waiter "mmusim_set_waiter" (object fut, object waiter)
     int _heap_push "mmusim_heap_push" (list heap, object entry) except -1
     tuple _heap_pop "mmusim_heap_pop" (list heap)
+    object _call_kw "PyObject_Call" (object callable, tuple args, dict kwargs)
 
 cdef class Trace:
     cdef public str level
@@ -177,9 +178,8 @@ cpdef void _step_run(_Run run, exc)
 cpdef void _run_fifo(loop, _Core core, Trace trace, list sched)
 
 cdef class _FutureMaker:
-    cdef object loop
+    cdef dict kwargs
 
 cdef dict _current_tasks
-cdef object _get_running_loop
 cdef object _heappush
 cdef object _heappop
