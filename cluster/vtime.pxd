@@ -176,7 +176,6 @@ cdef extern from *:
 
 cdef class Trace:
     cdef public str level
-    cdef public bint threaded
     cdef public Py_ssize_t BATCH
     cdef object _hash
     cdef object _times_hash

@@ -38,12 +38,9 @@ import contextvars
 import functools
 import hashlib
 import heapq
-import os
-import queue
 import random
 import selectors
 import sys
-import threading
 import types
 from collections import deque
 from typing import Any, Awaitable, Coroutine, Generator, Sequence, TypeVar
@@ -76,60 +73,6 @@ class ReplayDiverged(Exception):
 
 
 _BATCH = 4096  # trace entries hashed at a time (Trace.BATCH)
-_HASH_QUEUE = 4  # batches handed to the hashing thread and not yet hashed, at most
-
-
-class _Hasher:
-    """The thread that hashes the batches of every ``Trace`` whose ``threaded`` is set, in the
-    order they were handed over (one queue, one worker, so each hash is fed its batches in
-    order: the same bytes, the same digests). BLAKE2b releases the GIL while it hashes more
-    than 2 KB, so that work runs on another core while the loop goes on: the CPU time it
-    costs is unchanged, only moved. The queue is bounded (``_HASH_QUEUE`` batches), so a loop
-    faster than the hashing waits rather than piling up memory; ``drain`` waits until every
-    batch handed over is hashed, and a fork waits for it too (the child has no worker: a new
-    one starts there when needed)."""
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[Any] | None = None
-        self._lock = threading.Lock()
-
-    def put(self, hash_: Any, data: Any) -> None:
-        """``hash_.update(data)``, in order after everything put before."""
-        q = self._queue
-        if q is None:
-            with self._lock:
-                if self._queue is None:
-                    self._queue = queue.Queue(_HASH_QUEUE)
-                    threading.Thread(target=self._work, args=(self._queue,), name="mmusim-trace-hash",
-                                     daemon=True).start()
-                q = self._queue
-        q.put((hash_, data))
-
-    def drain(self) -> None:
-        """Wait until every batch put so far is hashed."""
-        q = self._queue
-        if q is not None:
-            done = threading.Event()
-            q.put((None, done))
-            done.wait()
-
-    def _forked(self) -> None:
-        self._queue = None  # the worker thread is the parent's
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _work(q: "queue.Queue[Any]") -> None:
-        while True:
-            hash_, data = q.get()
-            if hash_ is None:
-                data.set()
-            else:
-                hash_.update(data)
-
-
-_HASHER = _Hasher()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_HASHER.drain, after_in_child=_HASHER._forked)
 
 
 class Trace:
@@ -139,19 +82,14 @@ class Trace:
     Entries are buffered in ``_buf`` and hashed in batches: a step is the name of who ran (the
     virtual loop appends these itself), an event is ``"\x01kind\x01detail"``, and ``""``
     marks that the virtual time moved, to the next value of ``_times`` (an array of float64s:
-    recording a time formats nothing, and the batch hashes the array's own bytes). The digest
-    is of two streams, each the concatenation of its batches, so it does not depend on where
-    batches end: the entries, each followed by a NUL, and the times' bytes (little-endian).
+    recording a time formats nothing, and the batch hashes the array's own bytes). The digest is of two streams, each the concatenation of its
+    batches, so it does not depend on where batches end: the entries, each followed by a NUL,
+    and the times' bytes (little-endian)."""
 
-    With ``threaded`` (the default) the batches are hashed on a thread of their own
-    (``_Hasher``): the same bytes in the same order, so the same digest, and the same CPU
-    time, spent on another core while the loop goes on."""
-
-    def __init__(self, level: str = "hash", threaded: bool = True):
+    def __init__(self, level: str = "hash"):
         if level not in TRACE_LEVELS:
             raise ValueError(f"trace level must be one of {TRACE_LEVELS}, got {level!r}")
         self.level = level
-        self.threaded = threaded
         self.BATCH = _BATCH  # entries hashed at a time (a test makes batches smaller)
         self._hash = hashlib.blake2b(digest_size=16)  # the entries
         self._times_hash = hashlib.blake2b(digest_size=16)
@@ -200,6 +138,15 @@ class Trace:
             return
         self._steps += len(buf) - self._buf_other - len(times)
         self._buf_other = 0
+        self._hash.update("\x00".join(buf).encode())
+        self._hash.update(b"\x00")
+        if times:
+            if _BIG_ENDIAN:
+                packed = array.array("d", times)
+                packed.byteswap()
+                self._times_hash.update(packed)
+            else:
+                self._times_hash.update(times)
         if self.level == "full":
             moves = iter(self._times)
             for e in buf:
@@ -210,25 +157,7 @@ class Trace:
                     self._entries.append(f"{self._full_now!r} {kind} {detail}\n")
                 else:
                     self._entries.append(f"{self._full_now!r} run {e}\n")
-        buf.append("")  # so that the batch's last entry is followed by a NUL too
-        data = "\x00".join(buf).encode()
         buf.clear()
-        if self.threaded:
-            _HASHER.put(self._hash, data)
-            if times:  # handed over as it is: a new array takes its place
-                self._times = array.array("d")
-                if _BIG_ENDIAN:
-                    times.byteswap()
-                _HASHER.put(self._times_hash, times)
-            return
-        self._hash.update(data)
-        if times:
-            if _BIG_ENDIAN:
-                packed = array.array("d", times)
-                packed.byteswap()
-                self._times_hash.update(packed)
-            else:
-                self._times_hash.update(times)
         del times[:]
 
     @property
@@ -239,8 +168,6 @@ class Trace:
 
     def digest(self) -> str:
         self._flush()
-        if self.threaded:
-            _HASHER.drain()
         return hashlib.blake2b(self._hash.digest() + self._times_hash.digest(), digest_size=16).hexdigest()
 
 
