@@ -749,7 +749,13 @@ _TASKS = (asyncio.Task, SimTask)
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """An asyncio loop on virtual time (microseconds); see the module docstring."""
 
+    # ``get_debug`` is asked by every Future made, and the virtual loop has no debug mode: it
+    # is ``bool`` (``bool()`` is False), held in a slot, a data descriptor that the C Future's
+    # method call reads without looking in the loop's __dict__ first.
+    __slots__ = ("get_debug",)
+
     def __init__(self, policy: SchedulingPolicy | None = None, trace: Trace | None = None):
+        self.get_debug = bool  # type: ignore[method-assign]
         self._core = core = _Core()
         super().__init__(selector=_NoIoSelector())
         core.ready = self._ready  # type: ignore[attr-defined]
@@ -817,16 +823,6 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         sleepers[:] = [e for e in sleepers if e[2].sleeping == e[1]]
         heapq.heapify(sleepers)
         core.dead = 0
-
-    # Asked by every Future made; the virtual loop has no debug mode. In the pure module
-    # ``bool()`` is False, and as a C function it costs no Python frame per Future; in the
-    # compiled build a method is a C function too, and one the Future finds without a look-up
-    # in the loop's __dict__.
-    if COMPILED:
-        def get_debug(self) -> bool:
-            return False
-    else:
-        get_debug = staticmethod(bool)  # type: ignore[assignment]
 
     def call_soon(self, callback: Any, *args: Any, context: contextvars.Context | None = None) -> Any:
         """As ``BaseEventLoop.call_soon``, but queues a ``_Ready`` rather than a Handle."""
