@@ -110,6 +110,55 @@ cdef extern from *:
         *slot = w;
         Py_XDECREF(old);
     }
+
+    /* The C Future's own set_result (a METH_O method) and its _asyncio_future_blocking and
+       _loop getsets (for a SimFuture, whose type does not override them), called straight as
+       their descriptors would call them after checking the type: without the attribute
+       look-up through the type */
+    static PyCFunction mmusim_set_result = NULL;
+    static PyGetSetDef *mmusim_blocking = NULL, *mmusim_loop = NULL;
+    static int mmusim_future_init(PyObject *set_result, PyObject *blocking, PyObject *loop) {
+        if (Py_TYPE(set_result) != &PyMethodDescr_Type
+                || ((PyMethodDescrObject *)set_result)->d_method->ml_flags != METH_O
+                || Py_TYPE(blocking) != &PyGetSetDescr_Type || Py_TYPE(loop) != &PyGetSetDescr_Type) {
+            PyErr_SetString(PyExc_TypeError, "asyncio.Future is not the C Future vtime expects");
+            return -1;
+        }
+        mmusim_set_result = ((PyMethodDescrObject *)set_result)->d_method->ml_meth;
+        mmusim_blocking = ((PyGetSetDescrObject *)blocking)->d_getset;
+        mmusim_loop = ((PyGetSetDescrObject *)loop)->d_getset;
+        return 0;
+    }
+    static CYTHON_INLINE int mmusim_future_set_result(PyObject *fut, PyObject *result) {
+        PyObject *r = mmusim_set_result(fut, result);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+    static CYTHON_INLINE int mmusim_future_blocking(PyObject *fut) {
+        PyObject *b = mmusim_blocking->get(fut, mmusim_blocking->closure);
+        if (b == NULL)
+            return -1;
+        int r = PyObject_IsTrue(b);
+        Py_DECREF(b);
+        return r;
+    }
+    static CYTHON_INLINE int mmusim_future_unblock(PyObject *fut) {
+        return mmusim_blocking->set(fut, Py_False, mmusim_blocking->closure);
+    }
+    static CYTHON_INLINE PyObject *mmusim_future_loop(PyObject *fut) {
+        return mmusim_loop->get(fut, mmusim_loop->closure);
+    }
+
+    /* float(x) for a number of virtual microseconds, without making a float of an int */
+    static CYTHON_INLINE double mmusim_as_double(PyObject *x) {
+        if (PyFloat_CheckExact(x))
+            return PyFloat_AS_DOUBLE(x);
+        if (PyLong_CheckExact(x))
+            return PyLong_AsDouble(x);  /* what float(x) and float + x do with an int */
+        return PyFloat_AsDouble(x);
+    }
     """
     object _send_none "mmusim_send_none" (object coro)
     int _waiter_init "mmusim_waiter_init" (object descr) except -1
@@ -117,6 +166,13 @@ cdef extern from *:
     void _set_waiter "mmusim_set_waiter" (object fut, object waiter)
     int _heap_push "mmusim_heap_push" (list heap, object entry) except -1
     tuple _heap_pop "mmusim_heap_pop" (list heap)
+    object _call_kw "PyObject_Call" (object callable, tuple args, dict kwargs)
+    int _future_init "mmusim_future_init" (object set_result, object blocking, object loop) except -1
+    int _future_set_result_c "mmusim_future_set_result" (object fut, object result) except -1
+    int _future_blocking "mmusim_future_blocking" (object fut) except -1
+    int _future_unblock "mmusim_future_unblock" (object fut) except -1
+    object _future_loop "mmusim_future_loop" (object fut)
+    double _as_double "mmusim_as_double" (object x) except? -1.0
 
 cdef class Trace:
     cdef public str level
@@ -145,6 +201,7 @@ cdef inline int _times_append(array.array times, double now) except -1:
 
 cdef class _Core:
     cdef public double now
+    cdef public bint stopping
     cdef public list sleepers
     cdef public long long seq
     cdef public Py_ssize_t dead
@@ -177,9 +234,8 @@ cpdef void _step_run(_Run run, exc)
 cpdef void _run_fifo(loop, _Core core, Trace trace, list sched)
 
 cdef class _FutureMaker:
-    cdef object loop
+    cdef dict kwargs
 
 cdef dict _current_tasks
-cdef object _get_running_loop
 cdef object _heappush
 cdef object _heappop

@@ -328,7 +328,7 @@ class _Core:
     own ``_ready``). It is an object of its own so that the compiled build keeps it in a C
     struct (vtime.pxd); the pure module reads it as plain attributes."""
 
-    __slots__ = ("now", "sleepers", "seq", "dead", "ready", "ready_append")
+    __slots__ = ("now", "sleepers", "seq", "dead", "ready", "ready_append", "stopping")
 
     def __init__(self) -> None:
         self.now = 0.0  # the virtual time, in microseconds
@@ -337,6 +337,7 @@ class _Core:
         self.dead = 0  # roughly how many entries of sleepers are dead (wait_until)
         self.ready: Any = None  # the loop's ready queue, set once the loop has made it
         self.ready_append: Any = None  # its append (a bound method: no look-up per call)
+        self.stopping = False  # the loop's ``_stopping`` (loop.stop() was called)
 
 
 class _Run:
@@ -376,14 +377,19 @@ def _wake(run: _Run) -> None:
 
 
 def _step_run(run: _Run, exc: Any) -> None:
-    """Run the task's coroutine to its next suspension (``Task.__step``), in its context."""
+    """Run the task's coroutine to its next suspension (``Task.__step``), in its context.
+
+    As asyncio's ``_enter_task``, it makes the task ``asyncio.current_task()`` (a dict store);
+    unlike ``_leave_task``, it leaves it so when the step ends, as the next task's step only
+    overwrites it. Whoever runs anything else on the loop (a callback), or leaves the loop's
+    step, takes it out, as ``_leave_task`` does: what a step or a callback sees is asyncio's,
+    at half the dict stores."""
     task = run.task
     if run.must_cancel:
         if not isinstance(exc, asyncio.CancelledError):
             exc = task._make_cancelled_error()
         run.must_cancel = False
     loop = run.loop
-    # asyncio's _enter_task/_leave_task, as dict stores: asyncio.current_task() is this task
     _current_tasks[loop] = task
     try:
         if exc is not None:
@@ -393,10 +399,8 @@ def _step_run(run: _Run, exc: Any) -> None:
         else:
             result = run.coro.send(None)
     except BaseException as e:
-        _current_tasks[loop] = None
         task._finish(e)
         return
-    _current_tasks[loop] = None
     if type(result) is float:  # a virtual sleep until ``result``: into the sleeper heap
         core: _Core = run.core
         core.seq += 1
@@ -408,14 +412,20 @@ def _step_run(run: _Run, exc: Any) -> None:
         if run.must_cancel:  # it cancelled itself, then slept
             run.sleeping = 0
             loop.call_soon(task._step, context=run.context)
-    elif (type(result) is SimFuture and (_get_waiter(result) if cython.compiled else result._waiter) is None
-          and result._asyncio_future_blocking and result._loop is loop):
+    elif cython.compiled and type(result) is SimFuture:  # the test below, in C (vtime.pxd)
+        if _get_waiter(result) is None and _future_blocking(result) and _future_loop(result) is loop:
+            _future_unblock(result)  # result._asyncio_future_blocking = False
+            _set_waiter(result, run)  # result._waiter = run
+            run.fut_waiter = result
+            if run.must_cancel and result.cancel(msg=task._cancel_message):
+                run.must_cancel = False
+        else:
+            task._suspend(result)
+    elif (type(result) is SimFuture and result._waiter is None and result._asyncio_future_blocking
+          and result._loop is loop):
         # waits for a SimFuture, which will put it on the ready queue
         result._asyncio_future_blocking = False
-        if cython.compiled:
-            _set_waiter(result, run)  # result._waiter = run, in C (vtime.pxd)
-        else:
-            result._waiter = run
+        result._waiter = run
         run.fut_waiter = result
         if run.must_cancel and result.cancel(msg=task._cancel_message):
             run.must_cancel = False
@@ -451,13 +461,14 @@ class SimFuture(asyncio.Future):  # type: ignore[type-arg]
         _waiter: "_Run | None" = None  # a class default: no __init__ to run per Future
 
     def set_result(self, result: Any) -> None:
-        _future_set_result(self, result)
-        if cython.compiled:  # self._waiter, in C (vtime.pxd)
+        if cython.compiled:  # Future.set_result and self._waiter, in C (vtime.pxd)
+            _future_set_result_c(self, result)
             waiter = _get_waiter(self)
             if waiter is not None:  # this is how one task wakes another
                 _wake(waiter)
                 _set_waiter(self, None)
             return
+        _future_set_result(self, result)
         waiter = self._waiter
         if waiter is not None:  # this is how one task wakes another
             _wake(waiter)
@@ -482,10 +493,12 @@ class SimFuture(asyncio.Future):  # type: ignore[type-arg]
 
 
 _future_set_result = asyncio.Future.set_result
-_future_init = asyncio.Future.__init__
+_future_base_init = asyncio.Future.__init__
 _CoroutineType = types.CoroutineType
-if cython.compiled:  # where _get_waiter and _set_waiter find the slot
+if cython.compiled:  # where _get_waiter and _set_waiter find the slot, and the C Future's own
     _waiter_init(SimFuture.__dict__["_waiter"])
+    _future_init(asyncio.Future.__dict__["set_result"], asyncio.Future.__dict__["_asyncio_future_blocking"],
+                 asyncio.Future.__dict__["_loop"])
 _future_set_exception = asyncio.Future.set_exception
 _future_cancel = asyncio.Future.cancel
 
@@ -510,7 +523,7 @@ class SimTask(SimFuture):
 
     def __init__(self, coro: Coroutine[Any, Any, Any], *, loop: "VirtualTimeLoop", name: str | None = None,
                  context: contextvars.Context | None = None, eager: bool = False):
-        _future_init(self, loop=loop)  # (SimFuture has no __init__ of its own: the C Future's, without a super())
+        _future_base_init(self, loop=loop)  # (SimFuture has no __init__ of its own: the C Future's, without a super())
         if type(coro) is not _CoroutineType and not asyncio.iscoroutine(coro):  # (a native coroutine: no call)
             raise TypeError(f"a coroutine was expected, got {coro!r}")
         loop._tasks_made += 1
@@ -650,19 +663,20 @@ class SimTask(SimFuture):
 
 
 class _FutureMaker:
-    """``loop.create_future()`` in the compiled build: a new ``SimFuture`` of ``loop`` whose
-    ``_waiter`` slot is None. While ``loop`` runs, the Future is made with no arguments (the C
-    Future then takes the running loop, as ``asyncio.Future()`` does), which spares a
-    keyword dict per Future."""
+    """``loop.create_future()`` in the compiled build: ``SimFuture(loop=loop)`` with its
+    ``_waiter`` slot set to None, called in C with a keyword dict made once (the C Future's
+    ``__init__`` only reads it), so a Future costs no dict of its own.
+
+    The loop is always passed. A Future made without one asks asyncio's C
+    ``get_running_loop``, which on Python 3.11 makes a ``getpid()`` system call every time (to
+    notice a fork): a cost that instruction counts do not show (callgrind counts no kernel
+    time), and that made ping-pong slower in wall clock while its instruction count fell."""
 
     def __init__(self, loop: "VirtualTimeLoop"):
-        self.loop = loop
+        self.kwargs = {"loop": loop}
 
     def __call__(self) -> SimFuture:
-        if _get_running_loop() is self.loop:
-            fut = SimFuture()
-        else:
-            fut = SimFuture(loop=self.loop)
+        fut = _call_kw(SimFuture, (), self.kwargs)  # SimFuture(loop=loop), in C (vtime.pxd)
         _set_waiter(fut, None)  # fut._waiter = None, in C (vtime.pxd)
         return fut
 
@@ -729,7 +743,6 @@ class _WaitUntil:
 
 
 _current_tasks = asyncio.tasks._current_tasks  # what asyncio.current_task() reads
-_get_running_loop = asyncio.events._get_running_loop
 _heappush = heapq.heappush
 _heappop = heapq.heappop
 _TASKS = (asyncio.Task, SimTask)
@@ -738,7 +751,13 @@ _TASKS = (asyncio.Task, SimTask)
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """An asyncio loop on virtual time (microseconds); see the module docstring."""
 
+    # ``get_debug`` is asked by every Future made, and the virtual loop has no debug mode: it
+    # is ``bool`` (``bool()`` is False), held in a slot, a data descriptor that the C Future's
+    # method call reads without looking in the loop's __dict__ first.
+    __slots__ = ("get_debug",)
+
     def __init__(self, policy: SchedulingPolicy | None = None, trace: Trace | None = None):
+        self.get_debug = bool  # type: ignore[method-assign]
         self._core = core = _Core()
         super().__init__(selector=_NoIoSelector())
         core.ready = self._ready  # type: ignore[attr-defined]
@@ -752,6 +771,16 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             self.create_future = _FutureMaker(self)  # type: ignore[method-assign]
         else:
             self.create_future = functools.partial(SimFuture, loop=self)  # type: ignore[method-assign]
+
+    @property
+    def _stopping(self) -> bool:
+        """asyncio's own flag (``stop()`` sets it, ``run_forever`` clears it), kept in the
+        ``_Core``, where the FIFO loop reads it at every pass without a look-up."""
+        return self._core.stopping
+
+    @_stopping.setter
+    def _stopping(self, value: bool) -> None:
+        self._core.stopping = value
 
     @property
     def _sleepers(self) -> list[tuple[float, int, _Run]]:
@@ -783,7 +812,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         try:
             _resume(run)
         finally:
-            _current_tasks[self] = caller
+            if caller is not None:
+                _current_tasks[self] = caller
+            else:
+                _current_tasks.pop(self, None)
         if not task.done():  # as 3.12's eager tasks: one done in its first step never enters all_tasks()
             asyncio.tasks._register_task(task)
         return task
@@ -795,16 +827,6 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         sleepers[:] = [e for e in sleepers if e[2].sleeping == e[1]]
         heapq.heapify(sleepers)
         core.dead = 0
-
-    # Asked by every Future made; the virtual loop has no debug mode. In the pure module
-    # ``bool()`` is False, and as a C function it costs no Python frame per Future; in the
-    # compiled build a method is a C function too, and one the Future finds without a look-up
-    # in the loop's __dict__.
-    if COMPILED:
-        def get_debug(self) -> bool:
-            return False
-    else:
-        get_debug = staticmethod(bool)  # type: ignore[assignment]
 
     def call_soon(self, callback: Any, *args: Any, context: contextvars.Context | None = None) -> Any:
         """As ``BaseEventLoop.call_soon``, but queues a ``_Ready`` rather than a Handle."""
@@ -912,13 +934,17 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         ready.extend(live)
         if tracing:
             trace.step(now, self._key(handle)[1])
-        self._run_entry(handle)
+        try:
+            self._run_entry(handle)
+        finally:
+            _current_tasks.pop(self, None)  # no task runs now (see _step_run)
 
 
 def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]) -> None:
     """``VirtualTimeLoop._run_once`` under FIFO, once due timers are queued: due sleepers in
     time order, then asyncio's own batch. While there is more to do, go on here rather than
-    through run_forever: the simulator's hot path."""
+    through run_forever: the simulator's hot path. ``asyncio.current_task()`` is None when it
+    returns, and while a callback runs (see _step_run)."""
     ready = core.ready
     sleepers: list = core.sleepers
     now: float = core.now
@@ -927,81 +953,85 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
         trace.at(now)
     buf: list[str] = trace._buf  # a step appends who ran (after trace.at(now))
     popleft = ready.popleft
-    attrs: dict = loop.__dict__  # ``loop._stopping`` is read from here: one look-up, not an MRO walk
     entry: tuple
     run: _Run
     seq: cython.longlong
     when: cython.double
-    while True:
-        while sleepers:  # the due sleepers
-            entry = sleepers[0]
-            when = entry[0]
-            if when > now:
-                break
-            if cython.compiled:
-                _heap_pop(sleepers)  # heapq's, in C (vtime.pxd)
-            else:
-                _heappop(sleepers)
-            run = entry[2]
-            seq = entry[1]
-            if run.sleeping != seq:  # cancelled meanwhile
-                continue
-            run.sleeping = 0
-            if tracing:
-                buf.append(run.name)
-            _resume(run)
-        for _ in range(len(ready)):
-            handle = popleft()
-            if type(handle) is _Run:  # woken by the SimFuture it awaited
-                run = handle
+    try:
+        while True:
+            while sleepers:  # the due sleepers
+                entry = sleepers[0]
+                when = entry[0]
+                if when > now:
+                    break
+                if cython.compiled:
+                    _heap_pop(sleepers)  # heapq's, in C (vtime.pxd)
+                else:
+                    _heappop(sleepers)
+                run = entry[2]
+                seq = entry[1]
+                if run.sleeping != seq:  # cancelled meanwhile
+                    continue
+                run.sleeping = 0
                 if tracing:
                     buf.append(run.name)
                 _resume(run)
-                continue
-            if type(handle) is _Ready:  # (_run_entry, inlined: the hot path)
-                fn, args, context = handle
-                if fn is None:  # cancelled
+            for _ in range(len(ready)):
+                handle = popleft()
+                if type(handle) is _Run:  # woken by the SimFuture it awaited
+                    run = handle
+                    if tracing:
+                        buf.append(run.name)
+                    _resume(run)
+                    continue
+                if type(handle) is _Ready:  # (_run_entry, inlined: the hot path)
+                    fn, args, context = handle
+                    if fn is None:  # cancelled
+                        continue
+                    if tracing:
+                        buf.append(loop._key_of(fn)[1])
+                    _current_tasks.pop(loop, None)  # no task runs now (see _step_run)
+                    try:
+                        context.run(fn, *args)
+                    except (SystemExit, KeyboardInterrupt):
+                        raise
+                    except BaseException as exc:
+                        loop._callback_failed(fn, args, exc)
+                    continue
+                if handle._cancelled:
                     continue
                 if tracing:
-                    buf.append(loop._key_of(fn)[1])
-                try:
-                    context.run(fn, *args)
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    loop._callback_failed(fn, args, exc)
-                continue
-            if handle._cancelled:
-                continue
-            if tracing:
-                buf.append(loop._key(handle)[1])
-            handle._run()
-        if tracing and len(buf) >= trace.BATCH:
-            trace._flush()
-        if attrs["_stopping"]:  # loop.stop() was called
-            return
-        if not ready:  # nothing more now: jump to the next sleeper, unless a timer is first
-            while sleepers:
-                entry = sleepers[0]
-                run = entry[2]
-                seq = entry[1]
-                if run.sleeping == seq:
-                    break
-                if cython.compiled:
-                    _heap_pop(sleepers)  # the sleep of a task cancelled meanwhile
-                else:
-                    _heappop(sleepers)
-            if not sleepers:
+                    buf.append(loop._key(handle)[1])
+                _current_tasks.pop(loop, None)
+                handle._run()
+            if tracing and len(buf) >= trace.BATCH:
+                trace._flush()
+            if core.stopping:  # loop.stop() was called
                 return
-            when = sleepers[0][0]
-            if sched and sched[0]._when <= when:
-                return
-            if when > now:
-                core.now = now = when
-                if tracing:  # the clock moves only here
-                    trace.at(now)
-        elif sched and sched[0]._when <= now:
-            return  # a timer is due too: let the next _run_once queue it in order
+            if not ready:  # nothing more now: jump to the next sleeper, unless a timer is first
+                while sleepers:
+                    entry = sleepers[0]
+                    run = entry[2]
+                    seq = entry[1]
+                    if run.sleeping == seq:
+                        break
+                    if cython.compiled:
+                        _heap_pop(sleepers)  # the sleep of a task cancelled meanwhile
+                    else:
+                        _heappop(sleepers)
+                if not sleepers:
+                    return
+                when = sleepers[0][0]
+                if sched and sched[0]._when <= when:
+                    return
+                if when > now:
+                    core.now = now = when
+                    if tracing:  # the clock moves only here
+                        trace.at(now)
+            elif sched and sched[0]._when <= now:
+                return  # a timer is due too: let the next _run_once queue it in order
+    finally:
+        _current_tasks.pop(loop, None)  # no task runs now (see _step_run)
 
 
 class _Sleep:
@@ -1084,7 +1114,7 @@ class VirtualClock:
             return self._loop.time()
         return asyncio.get_running_loop().time()
 
-    def sleep(self, us: float) -> Awaitable[None]:
+    def sleep(self, us: float | int) -> Awaitable[None]:
         """Resume the awaiting task ``us`` virtual microseconds from now: the awaitable yields
         the wake-up time to the ``SimTask`` awaiting it, which files itself in the loop's
         sleeper heap."""
@@ -1093,7 +1123,7 @@ class VirtualClock:
             core = asyncio.get_running_loop()._core  # type: ignore[attr-defined]
         if cython.compiled:  # _Sleep(when), without a call of __init__
             s: _Sleep = _Sleep.__new__(_Sleep)
-            s.when = core.now + us
+            s.when = core.now + _as_double(us)  # (an int ``us`` makes no float)
             return s
         return _sleep_until(core.now + us)
 

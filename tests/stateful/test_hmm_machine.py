@@ -156,11 +156,14 @@ class HmmMachine(RuleBasedStateMachine):
         assert entries == self.dev.devmem.allocated
 
     def teardown(self) -> None:
-        self.run(vmops.exit_mmap(self.p, self.mm))
-        self.run(self.dev.unregister())
-        assert self.dev.devmem.allocated == 0
-        assert [str(v) for v in self.p.check_invariants(final=True)] == []
-        assert [str(v) for v in self.p.oracle.violations] == []
+        try:
+            self.run(vmops.exit_mmap(self.p, self.mm))
+            self.run(self.dev.unregister())
+            assert self.dev.devmem.allocated == 0
+            assert [str(v) for v in self.p.check_invariants(final=True)] == []
+            assert [str(v) for v in self.p.oracle.violations] == []
+        finally:
+            self.loop.close()
 
 
 MACHINE_SETTINGS = settings(max_examples=40, stateful_step_count=30, deadline=None, database=None,

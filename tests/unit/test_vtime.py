@@ -221,6 +221,43 @@ def _loop(scheduler: str) -> VirtualTimeLoop:
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_current_task_is_the_running_task_in_a_step_none_in_a_callback_and_the_loop_is_not_kept(scheduler):
+    """asyncio.current_task() as on asyncio's own loop, in every kind of step (after a sleep,
+    after a SimFuture, in a done-callback, in a timer handle, after the loop stopped); and no
+    entry of asyncio's current-task table keeps a finished loop alive."""
+    seen = []
+
+    async def player(name, fut):
+        me = asyncio.current_task()
+        seen.append((name, "start", me.get_name() == name))
+        await VirtualClock().sleep(1)
+        seen.append((name, "slept", asyncio.current_task() is me))
+        await fut
+        seen.append((name, "woken", asyncio.current_task() is me))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        futs = [loop.create_future(), loop.create_future()]
+        tasks = [loop.create_task(player(f"p{i}", futs[i]), name=f"p{i}") for i in range(2)]
+        tasks[0].add_done_callback(lambda t: seen.append(("done-callback", asyncio.current_task())))
+        loop.call_soon(lambda: seen.append(("callback", asyncio.current_task())))
+        loop.call_later(3, lambda: seen.append(("timer", asyncio.current_task())))
+        await VirtualClock().sleep(2)
+        for f in futs:
+            f.set_result(None)
+        await asyncio.gather(*tasks)
+        await VirtualClock().sleep(2)
+
+    loop = _loop(scheduler)
+    run_virtual(main(), loop=loop)
+    assert sorted(e for e in seen if e[0].startswith("p")) == sorted(
+        (f"p{i}", what, True) for i in range(2) for what in ("start", "slept", "woken"))
+    assert sorted(e for e in seen if not e[0].startswith("p")) == [
+        ("callback", None), ("done-callback", None), ("timer", None)]
+    assert asyncio.tasks._current_tasks.get(loop) is None and loop not in asyncio.tasks._current_tasks
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
 def test_cancelling_a_sleeping_task_wakes_it_at_once(scheduler):
     seen = []
 
