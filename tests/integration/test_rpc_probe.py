@@ -3,6 +3,8 @@ two live partitions, past any injected latency, not counted as modelled traffic.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from nodes.errors import Unreachable
@@ -64,7 +66,14 @@ def test_the_loaded_probe_keeps_probing_until_stopped_and_gives_up_on_a_dead_par
 
         async def laps(n):  # until p1 has n more samples; each lap awaits real round trips
             target = len(probe.samples["p1"]) + n
+            # a probe that died or hangs fails the test instead of stalling it: it is given
+            # twelve times the interconnect's deadline, which ends any call it makes
+            give_up = asyncio.get_running_loop().time() + 12 * p0.interconnect.deadline_us / 1e6
             while len(probe.samples["p1"]) < target:
+                assert not probe._task.done(), f"the probe ended early: {probe._task.exception()!r}"
+                if asyncio.get_running_loop().time() > give_up:
+                    pytest.fail(f"the probe is stuck: samples {({d: len(v) for d, v in probe.samples.items()})}, "
+                                f"p1 needs {target}; it waits at {probe._task.get_stack(limit=3)}")
                 await p0.interconnect.null_rpc("p0", "p1")
 
         await laps(3)
