@@ -159,6 +159,13 @@ cdef extern from *:
             return PyLong_AsDouble(x);  /* what float(x) and float + x do with an int */
         return PyFloat_AsDouble(x);
     }
+
+    /* the bits of a float64, as int.from_bytes(struct.pack("<d", x), "little") gives them */
+    static CYTHON_INLINE unsigned long long mmusim_double_bits(double x) {
+        unsigned long long u;
+        memcpy(&u, &x, sizeof u);
+        return u;
+    }
     """
     object _send_none "mmusim_send_none" (object coro)
     int _waiter_init "mmusim_waiter_init" (object descr) except -1
@@ -173,30 +180,34 @@ cdef extern from *:
     int _future_unblock "mmusim_future_unblock" (object fut) except -1
     object _future_loop "mmusim_future_loop" (object fut)
     double _as_double "mmusim_as_double" (object x) except? -1.0
+    unsigned long long _double_bits "mmusim_double_bits" (double x)
 
 cdef class Trace:
     cdef public str level
     cdef public Py_ssize_t BATCH
     cdef object _hash
-    cdef object _times_hash
-    cdef list _buf
-    cdef Py_ssize_t _buf_other
-    cdef array.array _times
+    cdef object _events_hash
+    cdef array.array _codes
+    cdef Py_ssize_t _moves
+    cdef list _events
+    cdef dict _code_of
+    cdef dict _names
     cdef double _now
     cdef double _full_now
     cdef list _entries
     cdef Py_ssize_t _steps
     cdef public Py_ssize_t events
+    cpdef unsigned long long code(self, str name) except 0
     cpdef void at(self, double now)
     cpdef void step(self, double now, str key)
     cpdef void event(self, double now, str kind, str detail)
     cpdef void _flush(self)
 
-cdef inline int _times_append(array.array times, double now) except -1:
-    """``times.append(now)``, for Trace.at"""
-    cdef Py_ssize_t n = len(times)
-    array.resize_smart(times, n + 1)
-    times.data.as_doubles[n] = now
+cdef inline int _codes_append(array.array codes, unsigned long long code) except -1:
+    """``codes.append(code)``, for a trace's steps (an array of uint64s)"""
+    cdef Py_ssize_t n = len(codes)
+    array.resize_smart(codes, n + 1)
+    codes.data.as_ulonglongs[n] = code
     return 0
 
 cdef class _Core:
@@ -215,6 +226,7 @@ cdef class _Run:
     cdef public object coro
     cdef public object context
     cdef public str name
+    cdef public unsigned long long tcode
     cdef public long long sleeping
     cdef public bint must_cancel
     cdef public object fut_waiter
@@ -231,6 +243,9 @@ cdef class _Sleep:
 cpdef void _wake(_Run run)
 cpdef void _resume(_Run run)
 cpdef void _step_run(_Run run, exc)
+cdef void _trace_move(Trace trace, double now)
+cdef void _trace_code(array.array codes, unsigned long long code)
+cdef void _trace_run(array.array codes, _Run run, Trace trace)
 cpdef void _run_fifo(loop, _Core core, Trace trace, list sched)
 
 cdef class _FutureMaker:
@@ -239,3 +254,5 @@ cdef class _FutureMaker:
 cdef dict _current_tasks
 cdef object _heappush
 cdef object _heappop
+cdef unsigned long long _MOVED
+cdef unsigned long long _EVENT

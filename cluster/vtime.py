@@ -40,6 +40,7 @@ import hashlib
 import heapq
 import random
 import selectors
+import struct
 import sys
 import types
 from collections import deque
@@ -73,29 +74,37 @@ class ReplayDiverged(Exception):
 
 
 _BATCH = 4096  # trace entries hashed at a time (Trace.BATCH)
+_EVENT = 1  # the code of a model event's entry (its text is the next of Trace._events)
+_MOVED = 1 << 63  # the bit that makes a code a move of the virtual time (Trace.at)
+_CODES_KEPT = 65536  # names whose code Trace.code remembers (then it forgets them all: see there)
 
 
 class Trace:
     """What ran when: a running digest of every step and model event, and optionally the
     whole list (``level="full"``).
 
-    Entries are buffered in ``_buf`` and hashed in batches: a step is the name of who ran (the
-    virtual loop appends these itself), an event is ``"\x01kind\x01detail"``, and ``""``
-    marks that the virtual time moved, to the next value of ``_times`` (an array of float64s:
-    recording a time formats nothing, and the batch hashes the array's own bytes). The digest is of two streams, each the concatenation of its
-    batches, so it does not depend on where batches end: the entries, each followed by a NUL,
-    and the times' bytes (little-endian)."""
+    Entries are buffered as uint64 *codes* in ``_codes`` and hashed in batches: a step is the
+    code of the name of who ran (``Trace.code``: 63 bits of the BLAKE2b of the name, so that a
+    step hashes eight bytes whatever its name's length; a task keeps its code in
+    ``_Run.tcode``), a move of the virtual time is the float64's bits with the top bit set
+    (``_MOVED``: the time is never negative, so its own top bit is clear; recording it formats
+    nothing), and a model event is ``_EVENT``, its ``kind\x01detail`` the next of ``_events``.
+    The digest is of two streams, each the concatenation of its batches, so it does not depend
+    on where batches end: the codes' bytes (little-endian) and the events, each followed by a
+    NUL."""
 
     def __init__(self, level: str = "hash"):
         if level not in TRACE_LEVELS:
             raise ValueError(f"trace level must be one of {TRACE_LEVELS}, got {level!r}")
         self.level = level
         self.BATCH = _BATCH  # entries hashed at a time (a test makes batches smaller)
-        self._hash = hashlib.blake2b(digest_size=16)  # the entries
-        self._times_hash = hashlib.blake2b(digest_size=16)
-        self._buf: list[str] = []
-        self._buf_other = 0  # entries in _buf that are events (the time marks are len(_times))
-        self._times = array.array("d")  # the time each "" entry of _buf moved to
+        self._hash = hashlib.blake2b(digest_size=16)  # the codes
+        self._events_hash = hashlib.blake2b(digest_size=16)
+        self._codes = array.array("Q")
+        self._moves = 0  # entries of _codes that are moves of the time
+        self._events: list[str] = []  # the text of each _EVENT entry of _codes
+        self._code_of: dict[str, int] = {}  # name -> code (Trace.code)
+        self._names: dict[int, str] = {}  # code -> name, for the entries (level "full" only)
         self._now = 0.0  # the time last recorded
         self._full_now = 0.0  # the time of the last line of ``entries``
         self._entries: list[str] = []
@@ -105,60 +114,74 @@ class Trace:
     @property
     def steps(self) -> int:
         """Scheduling steps recorded (0 when the level is ``off``)."""
-        return self._steps + len(self._buf) - self._buf_other - len(self._times)
+        return self._steps + len(self._codes) - len(self._events) - self._moves
+
+    def code(self, name: str) -> cython.ulonglong:
+        """The code a step of ``name`` records: the first eight bytes of the BLAKE2b of its
+        UTF-8, little-endian, without the top bit (``_MOVED``), and 2 or 3 for 0 or 1
+        (``_EVENT``). A function of the name alone: the codes of the last ``_CODES_KEPT``
+        names are remembered, and forgetting them changes nothing but the time, so a run that
+        names a million tasks apart (as unnamed tasks are, ``qualname#N``) keeps its memory
+        flat."""
+        code = self._code_of.get(name)
+        if code is None:
+            if len(self._code_of) >= _CODES_KEPT:
+                self._code_of.clear()
+            code = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little") & (_MOVED - 1)
+            if code <= _EVENT:
+                code += 2
+            self._code_of[name] = code
+            if self.level == "full":
+                self._names[code] = name
+        return code
 
     def at(self, now: float) -> None:
         """Note the virtual time, if it has moved since last noted."""
         if now != self._now:
-            self._now = now
-            if cython.compiled:
-                _times_append(self._times, now)  # array.append, in C (vtime.pxd)
-            else:
-                self._times.append(now)
-            self._buf.append("")
+            _trace_move(self, now)
 
     def step(self, now: float, key: str) -> None:
         self.at(now)
-        self._buf.append(key)
-        if len(self._buf) >= self.BATCH:
+        _trace_code(self._codes, self.code(key))
+        if len(self._codes) >= self.BATCH:
             self._flush()
 
     def event(self, now: float, kind: str, detail: str) -> None:
         self.events += 1
         if self.level != "off":
             self.at(now)
-            self._buf_other += 1
-            self._buf.append(f"\x01{kind}\x01{detail}")
-            if len(self._buf) >= self.BATCH:
+            self._events.append(f"{kind}\x01{detail}")
+            _trace_code(self._codes, _EVENT)
+            if len(self._codes) >= self.BATCH:
                 self._flush()
 
     def _flush(self) -> None:
-        buf, times = self._buf, self._times
-        if not buf:
+        codes, events = self._codes, self._events
+        if not codes:
             return
-        self._steps += len(buf) - self._buf_other - len(times)
-        self._buf_other = 0
-        self._hash.update("\x00".join(buf).encode())
-        self._hash.update(b"\x00")
-        if times:
-            if _BIG_ENDIAN:
-                packed = array.array("d", times)
-                packed.byteswap()
-                self._times_hash.update(packed)
-            else:
-                self._times_hash.update(times)
+        self._steps += len(codes) - len(events) - self._moves
+        self._moves = 0
+        if _BIG_ENDIAN:
+            packed = array.array("Q", codes)
+            packed.byteswap()
+            self._hash.update(packed)
+        else:
+            self._hash.update(codes)
+        if events:
+            self._events_hash.update("\x00".join(events).encode())
+            self._events_hash.update(b"\x00")
         if self.level == "full":
-            moves = iter(self._times)
-            for e in buf:
-                if not e:
-                    self._full_now = next(moves)
-                elif e[0] == "\x01":
-                    kind, detail = e[1:].split("\x01", 1)
+            texts, names = iter(events), self._names
+            for c in codes:
+                if c & _MOVED:
+                    self._full_now = struct.unpack("<d", (c & (_MOVED - 1)).to_bytes(8, "little"))[0]
+                elif c == _EVENT:
+                    kind, detail = next(texts).split("\x01", 1)
                     self._entries.append(f"{self._full_now!r} {kind} {detail}\n")
                 else:
-                    self._entries.append(f"{self._full_now!r} run {e}\n")
-        buf.clear()
-        del times[:]
+                    self._entries.append(f"{self._full_now!r} run {names[c]}\n")
+        del codes[:]
+        events.clear()
 
     @property
     def entries(self) -> list[str]:
@@ -168,7 +191,7 @@ class Trace:
 
     def digest(self) -> str:
         self._flush()
-        return hashlib.blake2b(self._hash.digest() + self._times_hash.digest(), digest_size=16).hexdigest()
+        return hashlib.blake2b(self._hash.digest() + self._events_hash.digest(), digest_size=16).hexdigest()
 
 
 _BIG_ENDIAN = sys.byteorder == "big"
@@ -352,7 +375,7 @@ class _Run:
     Future the task waits for, or None; ``timed`` is set only while a ``wait_until`` waits,
     and then ``timed._waiter`` is this run."""
 
-    __slots__ = ("task", "loop", "core", "coro", "context", "name", "sleeping", "must_cancel", "fut_waiter", "timed")
+    __slots__ = ("task", "loop", "core", "coro", "context", "name", "tcode", "sleeping", "must_cancel", "fut_waiter", "timed")
 
     def __init__(self, task: "SimTask", loop: "VirtualTimeLoop", coro: Coroutine[Any, Any, Any],
                  context: contextvars.Context, name: str):
@@ -362,6 +385,7 @@ class _Run:
         self.coro = coro
         self.context = context
         self.name = name
+        self.tcode = 0  # the code of the name in a trace (Trace.code), once a step of it is traced
         self.sleeping = 0
         self.must_cancel = False
         self.fut_waiter: Any = None
@@ -551,6 +575,7 @@ class SimTask(SimFuture):
 
     def set_name(self, value: object) -> None:
         self._run.name = str(value)
+        self._run.tcode = 0  # the trace's code is the old name's
 
     def get_context(self) -> contextvars.Context:
         return self._run.context
@@ -940,6 +965,33 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             _current_tasks.pop(self, None)  # no task runs now (see _step_run)
 
 
+def _trace_move(trace: Trace, now: float) -> None:
+    """Append a move of the virtual time to ``now`` to a trace's batch (``Trace.at``)."""
+    trace._now = now
+    trace._moves += 1
+    if cython.compiled:
+        _codes_append(trace._codes, _double_bits(now) | _MOVED)  # in C (vtime.pxd)
+    else:
+        trace._codes.append(int.from_bytes(struct.pack("<d", now), "little") | _MOVED)
+
+
+def _trace_code(codes: array.array, code: cython.ulonglong) -> None:
+    """Append a step's code to a trace's batch (``Trace._codes``)."""
+    if cython.compiled:
+        _codes_append(codes, code)  # array.append, in C (vtime.pxd)
+    else:
+        codes.append(code)
+
+
+def _trace_run(codes: array.array, run: _Run, trace: Trace) -> None:
+    """Append the code of a task's step to a trace's batch: the task's own (``_Run.tcode``,
+    worked out at its first traced step)."""
+    code = run.tcode
+    if not code:
+        code = run.tcode = trace.code(run.name)
+    _trace_code(codes, code)
+
+
 def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]) -> None:
     """``VirtualTimeLoop._run_once`` under FIFO, once due timers are queued: due sleepers in
     time order, then asyncio's own batch. While there is more to do, go on here rather than
@@ -951,7 +1003,7 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
     tracing = trace.level != "off"
     if tracing and now != trace._now:
         trace.at(now)
-    buf: list[str] = trace._buf  # a step appends who ran (after trace.at(now))
+    codes: array.array = trace._codes  # a step appends the code of who ran (after trace.at(now))
     popleft = ready.popleft
     entry: tuple
     run: _Run
@@ -974,14 +1026,14 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
                     continue
                 run.sleeping = 0
                 if tracing:
-                    buf.append(run.name)
+                    _trace_run(codes, run, trace)
                 _resume(run)
             for _ in range(len(ready)):
                 handle = popleft()
                 if type(handle) is _Run:  # woken by the SimFuture it awaited
                     run = handle
                     if tracing:
-                        buf.append(run.name)
+                        _trace_run(codes, run, trace)
                     _resume(run)
                     continue
                 if type(handle) is _Ready:  # (_run_entry, inlined: the hot path)
@@ -989,7 +1041,7 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
                     if fn is None:  # cancelled
                         continue
                     if tracing:
-                        buf.append(loop._key_of(fn)[1])
+                        _trace_code(codes, trace.code(loop._key_of(fn)[1]))
                     _current_tasks.pop(loop, None)  # no task runs now (see _step_run)
                     try:
                         context.run(fn, *args)
@@ -1001,10 +1053,10 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
                 if handle._cancelled:
                     continue
                 if tracing:
-                    buf.append(loop._key(handle)[1])
+                    _trace_code(codes, trace.code(loop._key(handle)[1]))
                 _current_tasks.pop(loop, None)
                 handle._run()
-            if tracing and len(buf) >= trace.BATCH:
+            if tracing and len(codes) >= trace.BATCH:
                 trace._flush()
             if core.stopping:  # loop.stop() was called
                 return
@@ -1027,7 +1079,7 @@ def _run_fifo(loop: VirtualTimeLoop, core: _Core, trace: Trace, sched: list[Any]
                 if when > now:
                     core.now = now = when
                     if tracing:  # the clock moves only here
-                        trace.at(now)
+                        _trace_move(trace, now)
             elif sched and sched[0]._when <= now:
                 return  # a timer is due too: let the next _run_once queue it in order
     finally:

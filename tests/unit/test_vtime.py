@@ -539,3 +539,46 @@ def test_a_trace_digest_does_not_depend_on_where_batches_end_and_times_and_event
     later = Trace("hash")  # the same steps, but one of them at another time
     later.step(0.0, "a"), later.step(1.5, "b"), later.event(1.5, "crash", "p1"), later.step(2.5, "c"), later.step(2.5, "d")
     assert later.digest() != one.digest()
+
+
+def test_a_trace_step_is_its_name_whatever_its_length_and_forgetting_names_changes_no_digest(monkeypatch: pytest.MonkeyPatch):
+    import cluster.vtime as vtime
+
+    def fill(t: Trace) -> Trace:
+        for i in range(300):  # 300 names, each stepped twice, the second time after the time moved
+            t.step(float(i), f"a rather long name of a task, as a qualname is: task {i}")
+            t.step(float(i) + 0.5, f"a rather long name of a task, as a qualname is: task {i}")
+        return t
+
+    remembered = fill(Trace("hash")).digest()
+    monkeypatch.setattr(vtime, "_CODES_KEPT", 7)  # forgets every 7 names: the codes are worked out again
+    assert fill(Trace("hash")).digest() == remembered
+    # a name that differs in its last character is another trace, as is a step at another time
+    # and an event's detail
+    other, renamed = fill(Trace("hash")), fill(Trace("hash"))
+    other.step(1000.0, "x1"), renamed.step(1000.0, "x2")
+    assert other.digest() != renamed.digest()
+    one, two = Trace("hash"), Trace("hash")
+    one.step(0.0, "a"), one.step(1.0, "b")
+    two.step(0.0, "a"), two.step(1.5, "b")
+    assert one.digest() != two.digest()
+    one, two = Trace("hash"), Trace("hash")
+    one.event(2.0, "crash", "p1"), two.event(2.0, "crash", "p2")
+    assert one.digest() != two.digest()
+
+
+def test_a_renamed_task_is_traced_under_its_new_name():
+    async def main() -> None:
+        clock = VirtualClock()
+
+        async def worker() -> None:
+            await clock.sleep(1)
+            asyncio.current_task().set_name("renamed")  # type: ignore[union-attr]
+            await clock.sleep(1)
+
+        await asyncio.create_task(worker(), name="first")
+
+    loop = VirtualTimeLoop(trace=Trace("full"))
+    run_virtual(main(), loop=loop)
+    runs = [line for line in loop.trace.entries if line.endswith((" run first\n", " run renamed\n"))]
+    assert runs == ["0.0 run first\n", "1.0 run first\n", "2.0 run renamed\n"]
