@@ -55,7 +55,9 @@ def scale(partitions: int, callouts: int) -> None:
     n_callouts = 2 * per_owner * partitions
     print(f"scale: {partitions} partitions, {n_callouts:,} callouts ({run.result:,} messages) in {wall:.1f} s wall, "
           f"{run.virtual_time_us / 1e3:.1f} virtual ms")
-    print(f"  {n_callouts / wall:,.0f} callouts per wall second; {run.steps / wall:,.0f} scheduler steps per wall second")
+    goal = {32: 100_000, 256: 60_000}.get(partitions)
+    print(f"  {n_callouts / wall:,.0f} callouts per wall second; {run.steps / wall:,.0f} scheduler steps per wall second"
+          + (f" (goal, issue 15: >= {goal:,} at {partitions} partitions)" if goal else ""))
     print(f"  trace digest {run.trace_digest}; invariant violations: {len(run.violations)}")
 
 
@@ -156,6 +158,8 @@ def chains(n: int, repeats: int = 3) -> None:
         o_hash = max(ours(n, "hash") for _ in range(repeats))
         print(f"  {label:<28} SimPy {s:>11,.0f}/s   mmusim {o_off:>11,.0f}/s (trace off, ratio {o_off / s:.2f})"
               f"   {o_hash:>11,.0f}/s (trace hashed, ratio {o_hash / s:.2f})")
+        print(f"  {'':<28} goals (issue 15): >= 2x SimPy, trace off (floor 1.2x); hashed >= 0.9x of off: "
+              f"{o_hash / o_off:.2f}x")
 
 
 if __name__ == "__main__":
