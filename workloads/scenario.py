@@ -52,11 +52,10 @@ Schema (``KNOBS`` holds it; defaults in brackets; times in microseconds)::
     callout.latency      latency            [20]  extra one-way latency of each callout
     topology.hop_latency latency            [1.0] per hop, one way
     topology.hops        positive int       [1]   between any two partitions
-    interconnect.transport unary | stream   [unary]  how requests travel between partitions
-                                                  on the ray backend: one gRPC call each, or
-                                                  long-lived streams (nodes/rpc/client.py);
-                                                  unary until stream meets every goal of
-                                                  benchmarks/bench_rpc.py (nodes/rpc/__init__.py).
+    interconnect.transport unary | stream   [stream] how requests travel between partitions
+                                                  on the ray backend: long-lived streams
+                                                  (nodes/rpc/client.py), or one gRPC call each,
+                                                  for comparison (nodes/rpc/__init__.py).
                                                   The sim backend's interconnect has no transport.
     srcu.scope           global | per_mm    [global]
     srcu.expedited       bool               [false]

@@ -50,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "callout": {"latency": 20},
     "topology": {"hop_latency": 1.0, "hops": 1},
-    "interconnect": {"transport": "unary", "deadline": "auto"},
+    "interconnect": {"transport": "stream", "deadline": "auto"},
     "stall": {"partition": None, "start": 0.0, "length": 60_000_000.0},
     "srcu": {"scope": "global", "expedited": False, "algorithm": "classic", "fanout_leaf": 16, "fanout": 64,
              "exp_holdoff": 25.0, "tree_version": "v5.10"},
