@@ -95,6 +95,11 @@ class SimInterconnect:
         # (src, dst, service, method, kind, nbytes) -> what every such call needs (``_route``)
         self._routes: dict[tuple[str, str, str, str, str, int], _Route] = {}
         self._now = runtime.clock.now  # the runtime's clock, without a frame of Runtime's per read
+        # the clock's own sleep, without Runtime.sleep's frame and checks: a latency is never
+        # negative (every LatencyDist is checked >= 0), and a call made in atomic context (only
+        # run_atomic's callouts can make one) is SleepingInAtomicContext when it first sleeps,
+        # as the kernel's "scheduling while atomic"
+        self._sleep = runtime.clock.sleep
         self.down: dict[str, float] = {}  # partition -> virtual time it crashed
         self.stalls: dict[str, tuple[float, float]] = {}  # partition -> [start, end) of its stall
         self.messages: Counter[str] = Counter()  # per kind
@@ -189,15 +194,17 @@ class SimInterconnect:
         self.messages[kind] += 1
         runtime = self.runtime
         now = self._now
+        sleep = self._sleep
         t_deadline = now() + self.deadline_us
         if self.loss > 0.0 and self._lost():
             await self._give_up(t_deadline, f"{route.what}: request lost, deadline of {self.deadline_us:.0f} us exceeded", kind)
-        await runtime.sleep(route.go())
+        await sleep(route.go())
         if dst in down:
             await self._give_up(t_deadline, f"{route.what}: {dst} is down, deadline of {self.deadline_us:.0f} us exceeded", kind)
-        loop = runtime.running_loop()
-        stall = self.stalls.get(dst) if self.stalls else None
-        if stall is not None and stall[0] <= now() < stall[1]:
+        loop = runtime.loop  # the clock's (a VirtualClock made in its loop names it), or the running one
+        if loop is None:
+            loop = runtime.running_loop()
+        if self.stalls and (stall := self.stalls.get(dst)) is not None and stall[0] <= now() < stall[1]:
             task = loop.start_task(self._held(stall[1], route.what, route.fn, args), name=route.task_name)
         else:
             task = loop.start_task(route.fn(*args), name=route.task_name)
@@ -217,7 +224,7 @@ class SimInterconnect:
             if dst in down or (self.loss > 0.0 and self._lost()) or now() + back > t_deadline:
                 task.exception()  # retrieved: the reply (or error) never arrived
                 await self._give_up(t_deadline, f"{route.what}: reply lost or {dst} went down, deadline exceeded", kind)
-            await runtime.sleep(back)
+            await sleep(back)
         except (GeneratorExit, asyncio.CancelledError):  # the caller itself went away (a run that broke)
             if task.done():
                 self._orphan_done(task)

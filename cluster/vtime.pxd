@@ -84,31 +84,63 @@ cdef extern from *:
         return ret;
     }
 
-    /* A SimFuture's _waiter slot (its __slots__), read and written at the offset its member
-       descriptor gives, as the descriptor itself would (an unset slot reads as None here):
-       without the attribute look-up through the type */
-    static Py_ssize_t mmusim_waiter_offset = 0;
-    static int mmusim_waiter_init(PyObject *descr) {
+    /* A slot of a class's __slots__ (SimFuture._waiter, SimTask._run), read and written at
+       the offset its member descriptor gives, as the descriptor itself would (an unset slot
+       reads as None here): without the attribute look-up through the type */
+    static int mmusim_slot_offset(PyObject *descr, Py_ssize_t *offset) {
         if (Py_TYPE(descr) != &PyMemberDescr_Type) {
-            PyErr_SetString(PyExc_TypeError, "SimFuture._waiter is not a slot");
+            PyErr_Format(PyExc_TypeError, "%R is not a slot", descr);
             return -1;
         }
-        mmusim_waiter_offset = ((PyMemberDescrObject *)descr)->d_member->offset;
+        *offset = ((PyMemberDescrObject *)descr)->d_member->offset;
         return 0;
     }
-    static CYTHON_INLINE PyObject *mmusim_get_waiter(PyObject *fut) {
-        PyObject *w = *(PyObject **)((char *)fut + mmusim_waiter_offset);
-        if (w == NULL)
-            w = Py_None;
-        Py_INCREF(w);
-        return w;
+    static CYTHON_INLINE PyObject *mmusim_slot_get(PyObject *obj, Py_ssize_t offset) {
+        PyObject *v = *(PyObject **)((char *)obj + offset);
+        if (v == NULL)
+            v = Py_None;
+        Py_INCREF(v);
+        return v;
     }
-    static CYTHON_INLINE void mmusim_set_waiter(PyObject *fut, PyObject *w) {
-        PyObject **slot = (PyObject **)((char *)fut + mmusim_waiter_offset);
+    static CYTHON_INLINE void mmusim_slot_set(PyObject *obj, Py_ssize_t offset, PyObject *v) {
+        PyObject **slot = (PyObject **)((char *)obj + offset);
         PyObject *old = *slot;
-        Py_INCREF(w);
-        *slot = w;
+        Py_INCREF(v);
+        *slot = v;
         Py_XDECREF(old);
+    }
+    static Py_ssize_t mmusim_waiter_offset = 0, mmusim_run_offset = 0;
+    static int mmusim_waiter_init(PyObject *descr) { return mmusim_slot_offset(descr, &mmusim_waiter_offset); }
+    static int mmusim_run_slot_init(PyObject *descr) { return mmusim_slot_offset(descr, &mmusim_run_offset); }
+    static CYTHON_INLINE PyObject *mmusim_get_waiter(PyObject *fut) { return mmusim_slot_get(fut, mmusim_waiter_offset); }
+    static CYTHON_INLINE void mmusim_set_waiter(PyObject *fut, PyObject *w) { mmusim_slot_set(fut, mmusim_waiter_offset, w); }
+    static CYTHON_INLINE void mmusim_set_run(PyObject *task, PyObject *run) { mmusim_slot_set(task, mmusim_run_offset, run); }
+
+    /* A new instance of ``type``, a subclass of the C asyncio.Future with no __init__ of its
+       own (SimFuture; SimTask, whose __init__ this passes over), as ``type(**kwargs)`` would
+       make a SimFuture: the type's tp_new, then the C Future's tp_init with ``kwargs``
+       ({"loop": loop}, made once per loop), without type_call and a keyword dict per call */
+    static initproc mmusim_future_tp_init = NULL;
+    static PyObject *mmusim_no_args = NULL;
+    static int mmusim_future_type_init(PyObject *future_type) {
+        if (!PyType_Check(future_type) || ((PyTypeObject *)future_type)->tp_init == NULL) {
+            PyErr_SetString(PyExc_TypeError, "asyncio.Future is not the C Future vtime expects");
+            return -1;
+        }
+        mmusim_future_tp_init = ((PyTypeObject *)future_type)->tp_init;
+        mmusim_no_args = PyTuple_New(0);
+        return mmusim_no_args == NULL ? -1 : 0;
+    }
+    static PyObject *mmusim_new_future(PyObject *type, PyObject *kwargs) {
+        PyTypeObject *tp = (PyTypeObject *)type;
+        PyObject *fut = tp->tp_new(tp, mmusim_no_args, NULL);
+        if (fut == NULL)
+            return NULL;
+        if (mmusim_future_tp_init(fut, mmusim_no_args, kwargs) < 0) {
+            Py_DECREF(fut);
+            return NULL;
+        }
+        return fut;
     }
 
     /* The C Future's own set_result (a METH_O method) and its _asyncio_future_blocking and
@@ -171,9 +203,12 @@ cdef extern from *:
     int _waiter_init "mmusim_waiter_init" (object descr) except -1
     object _get_waiter "mmusim_get_waiter" (object fut)
     void _set_waiter "mmusim_set_waiter" (object fut, object waiter)
+    int _run_slot_init "mmusim_run_slot_init" (object descr) except -1
+    void _set_run "mmusim_set_run" (object task, object run)
+    int _future_type_init "mmusim_future_type_init" (object future_type) except -1
+    object _new_future "mmusim_new_future" (object type, dict kwargs)
     int _heap_push "mmusim_heap_push" (list heap, object entry) except -1
     tuple _heap_pop "mmusim_heap_pop" (list heap)
-    object _call_kw "PyObject_Call" (object callable, tuple args, dict kwargs)
     int _future_init "mmusim_future_init" (object set_result, object blocking, object loop) except -1
     int _future_set_result_c "mmusim_future_set_result" (object fut, object result) except -1
     int _future_blocking "mmusim_future_blocking" (object fut) except -1
@@ -218,6 +253,8 @@ cdef class _Core:
     cdef public Py_ssize_t dead
     cdef public object ready
     cdef public object ready_append
+    cdef public long long tasks_made
+    cdef public dict future_kwargs
 
 cdef class _Run:
     cdef public object task
@@ -226,9 +263,12 @@ cdef class _Run:
     cdef public object coro
     cdef public object context
     cdef public str name
+    cdef public long long seq
     cdef public unsigned long long tcode
     cdef public long long sleeping
     cdef public bint must_cancel
+    cdef public object cancel_message
+    cdef public Py_ssize_t cancels
     cdef public object fut_waiter
     cdef public object timed
 
@@ -247,6 +287,8 @@ cdef void _trace_move(Trace trace, double now)
 cdef void _trace_code(array.array codes, unsigned long long code)
 cdef void _trace_run(array.array codes, _Run run, Trace trace)
 cpdef void _run_fifo(loop, _Core core, Trace trace, list sched)
+cdef _Run _setup_task(task, loop, coro, context, str name)
+cdef _new_task(loop, coro, str name)
 
 cdef class _FutureMaker:
     cdef dict kwargs

@@ -351,7 +351,7 @@ class _Core:
     own ``_ready``). It is an object of its own so that the compiled build keeps it in a C
     struct (vtime.pxd); the pure module reads it as plain attributes."""
 
-    __slots__ = ("now", "sleepers", "seq", "dead", "ready", "ready_append", "stopping")
+    __slots__ = ("now", "sleepers", "seq", "dead", "ready", "ready_append", "stopping", "tasks_made", "future_kwargs")
 
     def __init__(self) -> None:
         self.now = 0.0  # the virtual time, in microseconds
@@ -361,6 +361,8 @@ class _Core:
         self.ready: Any = None  # the loop's ready queue, set once the loop has made it
         self.ready_append: Any = None  # its append (a bound method: no look-up per call)
         self.stopping = False  # the loop's ``_stopping`` (loop.stop() was called)
+        self.tasks_made = 0  # how many SimTasks the loop has made (the last one's ``_Run.seq``)
+        self.future_kwargs: dict[str, Any] = {}  # {"loop": the loop}: what makes a Future of the loop (_new_future)
 
 
 class _Run:
@@ -373,21 +375,29 @@ class _Run:
     Invariants: ``sleeping`` is the sequence number of the task's live entry in the sleeper
     heap, or 0 when it has none (an entry whose number differs is dead); ``fut_waiter`` is the
     Future the task waits for, or None; ``timed`` is set only while a ``wait_until`` waits,
-    and then ``timed._waiter`` is this run."""
+    and then ``timed._waiter`` is this run; ``task`` is None once the task is done (it is never
+    stepped again, and the task and its run are then no reference cycle).
 
-    __slots__ = ("task", "loop", "core", "coro", "context", "name", "tcode", "sleeping", "must_cancel", "fut_waiter", "timed")
+    The compiled build makes one without calling ``__init__`` (``_setup_task``): every field
+    this leaves at None, 0 or False is the C struct's own initial value."""
+
+    __slots__ = ("task", "loop", "core", "coro", "context", "name", "seq", "tcode", "sleeping", "must_cancel",
+                 "cancel_message", "cancels", "fut_waiter", "timed")
 
     def __init__(self, task: "SimTask", loop: "VirtualTimeLoop", coro: Coroutine[Any, Any, Any],
-                 context: contextvars.Context, name: str):
+                 context: contextvars.Context, name: str, seq: int):
         self.task = task
         self.loop = loop
         self.core = loop._core
         self.coro = coro
         self.context = context
         self.name = name
+        self.seq = seq  # creation order (``SimTask._seq``): a deterministic order for tasks
         self.tcode = 0  # the code of the name in a trace (Trace.code), once a step of it is traced
         self.sleeping = 0
         self.must_cancel = False
+        self.cancel_message: Any = None  # Task._cancel_message
+        self.cancels = 0  # Task._num_cancels_requested
         self.fut_waiter: Any = None
         self.timed: Any = None  # the SimFuture of a ``wait_until`` in progress
 
@@ -409,6 +419,8 @@ def _step_run(run: _Run, exc: Any) -> None:
     step, takes it out, as ``_leave_task`` does: what a step or a callback sees is asyncio's,
     at half the dict stores."""
     task = run.task
+    if task is None:  # (Task.__step's check)
+        raise asyncio.InvalidStateError(f"_step(): task {run.name!r} is already done")
     if run.must_cancel:
         if not isinstance(exc, asyncio.CancelledError):
             exc = task._make_cancelled_error()
@@ -441,7 +453,7 @@ def _step_run(run: _Run, exc: Any) -> None:
             _future_unblock(result)  # result._asyncio_future_blocking = False
             _set_waiter(result, run)  # result._waiter = run
             run.fut_waiter = result
-            if run.must_cancel and result.cancel(msg=task._cancel_message):
+            if run.must_cancel and result.cancel(msg=run.cancel_message):
                 run.must_cancel = False
         else:
             task._suspend(result)
@@ -451,7 +463,7 @@ def _step_run(run: _Run, exc: Any) -> None:
         result._asyncio_future_blocking = False
         result._waiter = run
         run.fut_waiter = result
-        if run.must_cancel and result.cancel(msg=task._cancel_message):
+        if run.must_cancel and result.cancel(msg=run.cancel_message):
             run.must_cancel = False
     else:
         task._suspend(result)
@@ -521,6 +533,7 @@ _future_base_init = asyncio.Future.__init__
 _CoroutineType = types.CoroutineType
 if cython.compiled:  # where _get_waiter and _set_waiter find the slot, and the C Future's own
     _waiter_init(SimFuture.__dict__["_waiter"])
+    _future_type_init(asyncio.Future)
     _future_init(asyncio.Future.__dict__["set_result"], asyncio.Future.__dict__["_asyncio_future_blocking"],
                  asyncio.Future.__dict__["_loop"])
 _future_set_exception = asyncio.Future.set_exception
@@ -543,29 +556,26 @@ class SimTask(SimFuture):
     for every coroutine the loop runs (``asyncio.Task(coro)`` made by hand would refuse the
     sleep with "bad yield")."""
 
-    __slots__ = ("_run", "_cancel_message", "_num_cancels_requested", "_log_destroy_pending", "_seq")
+    # ``_log_destroy_pending`` is a slot for asyncio to set (run_until_complete does); a SimTask
+    # logs no "Task was destroyed but it is pending!", so nothing reads it
+    __slots__ = ("_run", "_log_destroy_pending")
 
     def __init__(self, coro: Coroutine[Any, Any, Any], *, loop: "VirtualTimeLoop", name: str | None = None,
                  context: contextvars.Context | None = None, eager: bool = False):
         _future_base_init(self, loop=loop)  # (SimFuture has no __init__ of its own: the C Future's, without a super())
-        if type(coro) is not _CoroutineType and not asyncio.iscoroutine(coro):  # (a native coroutine: no call)
-            raise TypeError(f"a coroutine was expected, got {coro!r}")
-        loop._tasks_made += 1
-        self._seq = loop._tasks_made  # creation order: a deterministic order for tasks
-        self._run = run = _Run(
-            self, loop, coro, context if context is not None else contextvars.copy_context(),
-            name if name is not None else f"{getattr(coro, '__qualname__', 'task')}#{loop._tasks_made}")
-        self._waiter = None
-        self._cancel_message: Any = None
-        self._num_cancels_requested = 0
-        self._log_destroy_pending = True
+        run = _setup_task(self, loop, coro, context if context is not None else contextvars.copy_context(), name)
         if not eager:  # an eager task's first step is run by ``VirtualTimeLoop.start_task``
             loop.call_soon(self._step, context=run.context)
-            asyncio.tasks._register_task(self)
+            _register_task(self)
 
     @property
     def _name(self) -> str:
         return self._run.name
+
+    @property
+    def _seq(self) -> int:
+        """Creation order: a deterministic order for tasks."""
+        return self._run.seq
 
     def get_coro(self) -> Coroutine[Any, Any, Any]:
         return self._run.coro
@@ -581,23 +591,24 @@ class SimTask(SimFuture):
         return self._run.context
 
     def cancelling(self) -> int:
-        return self._num_cancels_requested
+        return self._run.cancels
 
     def uncancel(self) -> int:
-        if self._num_cancels_requested > 0:
-            self._num_cancels_requested -= 1
-        return self._num_cancels_requested
+        run = self._run
+        if run.cancels > 0:
+            run.cancels -= 1
+        return run.cancels
 
     def cancel(self, msg: Any = None) -> bool:
         """As ``Task.cancel``; a sleeping task is woken now, with ``CancelledError``."""
         if self.done():
             return False
-        self._num_cancels_requested += 1
         run = self._run
+        run.cancels += 1
         if run.fut_waiter is not None and run.fut_waiter.cancel(msg=msg):
             return True  # the waiter's callback steps this task with CancelledError
         run.must_cancel = True
-        self._cancel_message = msg
+        run.cancel_message = msg
         timed = run.timed
         if timed is not None:  # a wait_until: stop waiting for its future (which is not cancelled)
             run.timed = None
@@ -619,11 +630,16 @@ class SimTask(SimFuture):
         _step_run(self._run, exc)
 
     def _finish(self, e: BaseException) -> None:
-        """The coroutine returned or raised ``e``."""
+        """The coroutine returned or raised ``e``. The task's ``_Run`` lets go of the task,
+        which it never steps again: the two are then no reference cycle, and a finished task
+        is freed as soon as its last holder lets go of it, rather than by the cyclic garbage
+        collector (a run makes a task per request)."""
+        run = self._run
+        run.task = None
         if isinstance(e, StopIteration):
-            if self._run.must_cancel:  # cancelled while returning
-                self._run.must_cancel = False
-                super().cancel(msg=self._cancel_message)
+            if run.must_cancel:  # cancelled while returning
+                run.must_cancel = False
+                super().cancel(msg=run.cancel_message)
             else:
                 SimFuture.set_result(self, e.value)  # (super().set_result, without a super object per task)
         elif isinstance(e, asyncio.CancelledError):
@@ -666,7 +682,7 @@ class SimTask(SimFuture):
                 result._asyncio_future_blocking = False
                 result.add_done_callback(self._wakeup, context=run.context)
                 run.fut_waiter = result
-                if run.must_cancel and result.cancel(msg=self._cancel_message):
+                if run.must_cancel and result.cancel(msg=run.cancel_message):
                     run.must_cancel = False
                 return
         elif result is None:  # a bare yield: run again in the next step
@@ -687,9 +703,53 @@ class SimTask(SimFuture):
             self._step()
 
 
+if cython.compiled:  # where _set_run finds the slot
+    _run_slot_init(SimTask.__dict__["_run"])
+
+
+def _setup_task(task: SimTask, loop: "VirtualTimeLoop", coro: Coroutine[Any, Any, Any], context: contextvars.Context,
+                name: str | None) -> _Run:
+    """What a new ``SimTask`` holds besides the C Future's state, made once that is: its
+    ``_Run`` (in its ``_run`` slot; its ``_waiter`` is None). ``SimTask.__init__`` and the
+    compiled build's ``_new_task`` share it."""
+    if type(coro) is not _CoroutineType and not asyncio.iscoroutine(coro):  # (a native coroutine: no call)
+        raise TypeError(f"a coroutine was expected, got {coro!r}")
+    core: _Core = loop._core
+    core.tasks_made += 1
+    if name is None:
+        name = f"{getattr(coro, '__qualname__', 'task')}#{core.tasks_made}"
+    run: _Run
+    if cython.compiled:  # the fields in C, without _Run.__init__ (vtime.pxd); the rest start None, 0 or False
+        run = _Run.__new__(_Run)
+        run.task = task
+        run.loop = loop
+        run.core = core
+        run.coro = coro
+        run.context = context
+        run.name = name
+        run.seq = core.tasks_made
+        _set_run(task, run)  # task._run = run, in C (vtime.pxd)
+        _set_waiter(task, None)
+        return run
+    run = task._run = _Run(task, loop, coro, context, name, core.tasks_made)
+    task._waiter = None
+    return run
+
+
+def _new_task(loop: "VirtualTimeLoop", coro: Coroutine[Any, Any, Any], name: str | None) -> SimTask:
+    """``SimTask(coro, loop=loop, name=name, eager=True)``: a task of the loop, neither
+    scheduled nor registered. The compiled build makes it in C, as ``_FutureMaker`` makes a
+    Future (the C Future's ``__init__`` with the loop's keyword dict), then ``_setup_task``."""
+    if cython.compiled:
+        task = _new_future(SimTask, loop._core.future_kwargs)
+        _setup_task(task, loop, coro, contextvars.copy_context(), name)
+        return task
+    return SimTask(coro, loop=loop, name=name, eager=True)
+
+
 class _FutureMaker:
     """``loop.create_future()`` in the compiled build: ``SimFuture(loop=loop)`` with its
-    ``_waiter`` slot set to None, called in C with a keyword dict made once (the C Future's
+    ``_waiter`` slot set to None, made in C with a keyword dict made once (the C Future's
     ``__init__`` only reads it), so a Future costs no dict of its own.
 
     The loop is always passed. A Future made without one asks asyncio's C
@@ -698,10 +758,10 @@ class _FutureMaker:
     time), and that made ping-pong slower in wall clock while its instruction count fell."""
 
     def __init__(self, loop: "VirtualTimeLoop"):
-        self.kwargs = {"loop": loop}
+        self.kwargs = loop._core.future_kwargs
 
     def __call__(self) -> SimFuture:
-        fut = _call_kw(SimFuture, (), self.kwargs)  # SimFuture(loop=loop), in C (vtime.pxd)
+        fut = _new_future(SimFuture, self.kwargs)  # SimFuture(loop=loop), in C (vtime.pxd)
         _set_waiter(fut, None)  # fut._waiter = None, in C (vtime.pxd)
         return fut
 
@@ -768,6 +828,7 @@ class _WaitUntil:
 
 
 _current_tasks = asyncio.tasks._current_tasks  # what asyncio.current_task() reads
+_register_task = asyncio.tasks._register_task  # what asyncio.all_tasks() lists
 _heappush = heapq.heappush
 _heappop = heapq.heappop
 _TASKS = (asyncio.Task, SimTask)
@@ -784,13 +845,13 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def __init__(self, policy: SchedulingPolicy | None = None, trace: Trace | None = None):
         self.get_debug = bool  # type: ignore[method-assign]
         self._core = core = _Core()
+        core.future_kwargs = {"loop": self}
         super().__init__(selector=_NoIoSelector())
         core.ready = self._ready  # type: ignore[attr-defined]
         core.ready_append = self._ready.append  # type: ignore[attr-defined]
         self.policy = policy
         self.trace = trace if trace is not None else Trace("hash")
         self.decisions: list[int] = []  # index chosen at each step with more than one ready
-        self._tasks_made = 0
         # ``loop.create_future()``, as a C callable: a Future costs no Python frame to make
         if COMPILED:
             self.create_future = _FutureMaker(self)  # type: ignore[method-assign]
@@ -816,7 +877,12 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
                     context: contextvars.Context | None = None) -> SimTask:
         """Every coroutine this loop runs runs in a ``SimTask``."""
         self._check_closed()  # type: ignore[attr-defined]
-        return SimTask(coro, loop=self, name=name, context=context)
+        if context is not None or not cython.compiled:
+            return SimTask(coro, loop=self, name=name, context=context)
+        task = _new_task(self, coro, name)  # (SimTask.__init__, in C)
+        self.call_soon(task._step, context=task._run.context)
+        _register_task(task)
+        return task
 
     def start_task(self, coro: Coroutine[Any, Any, T], *, name: str) -> SimTask:
         """A ``SimTask`` for ``coro`` that starts as soon as it can. Under FIFO its first step
@@ -828,7 +894,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         it). The interconnect starts a request's handler this way."""
         if self.policy is not None:
             return SimTask(coro, loop=self, name=name)
-        task = SimTask(coro, loop=self, name=name, eager=True)
+        task = _new_task(self, coro, name)
         run: _Run = task._run
         trace: Trace = self.trace
         if trace.level != "off":
@@ -842,7 +908,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             else:
                 _current_tasks.pop(self, None)
         if not task.done():  # as 3.12's eager tasks: one done in its first step never enters all_tasks()
-            asyncio.tasks._register_task(task)
+            _register_task(task)
         return task
 
     def _compact_sleepers(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import types
 from typing import Any, Awaitable, Callable, Coroutine, Generator, Protocol
@@ -146,6 +147,10 @@ class Runtime:
         # does), else None: asked of the clock, not of asyncio, whose get_running_loop() makes a
         # getpid() system call each time on Python 3.11 (to notice a fork)
         self.loop: asyncio.AbstractEventLoop | None = getattr(clock, "loop", None)
+        if self.loop is not None:
+            # current_task() as one C call, without a Python frame (SRCU's readers ask it at every
+            # read_lock and read_unlock): asyncio's table of running tasks, read for this loop
+            self.current_task = functools.partial(_current_tasks.get, self.loop)  # type: ignore[method-assign]
         # a dict, not a set: iteration in creation order keeps runs deterministic
         self._tasks: dict[asyncio.Task[Any], None] = {}
         self._failures: list[BaseException] = []
@@ -160,7 +165,9 @@ class Runtime:
 
     def current_task(self) -> asyncio.Task[Any] | None:
         """``asyncio.current_task()``, the running task of ``running_loop()``, read from the
-        table asyncio's C tasks keep (as current_task does) without asking for the running loop."""
+        table asyncio's C tasks keep (as current_task does) without asking for the running loop.
+        A runtime whose clock names its loop has this as a ``functools.partial`` of the table's
+        ``get`` instead (``__init__``): the same answer."""
         loop = self.loop
         if loop is None:
             return asyncio.current_task()

@@ -582,3 +582,57 @@ def test_a_renamed_task_is_traced_under_its_new_name():
     run_virtual(main(), loop=loop)
     runs = [line for line in loop.trace.entries if line.endswith((" run first\n", " run renamed\n"))]
     assert runs == ["0.0 run first\n", "1.0 run first\n", "2.0 run renamed\n"]
+
+
+def test_a_finished_task_is_freed_by_reference_counting_not_the_cycle_collector():
+    # a task and its _Run refer to each other until the task is done; then the run lets go,
+    # so a run that makes a task per request frees each one when its last holder lets go
+    import gc
+    import weakref
+
+    async def main() -> list[weakref.ref[Any]]:
+        loop = asyncio.get_running_loop()
+        clock = VirtualClock()
+
+        async def handler(sleeps: bool) -> int:
+            if sleeps:
+                await clock.sleep(1)
+            return 7
+
+        refs = []
+        for sleeps in (False, True):
+            for make in (lambda c: loop.create_task(c), lambda c: loop.start_task(c, name="handle x")):
+                t = make(handler(sleeps))
+                assert await t == 7
+                refs.append(weakref.ref(t))
+                del t
+        return refs
+
+    gc.disable()
+    try:
+        refs = run_virtual(main())
+        assert [r() for r in refs] == [None] * 4
+    finally:
+        gc.enable()
+
+
+def test_tasks_count_cancellations_and_are_named_and_ordered_by_creation():
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        clock = VirtualClock()
+
+        async def sleeper() -> None:
+            await clock.sleep(10)
+
+        a = loop.create_task(sleeper())
+        b = loop.start_task(sleeper(), name="handle y")
+        assert a.get_name() == f"{sleeper.__qualname__}#{a._seq}" and b.get_name() == "handle y"
+        assert b._seq == a._seq + 1
+        assert (a.cancelling(), a.cancel(), a.cancel(), a.cancelling()) == (0, True, True, 2)
+        assert (a.uncancel(), a.uncancel(), a.uncancel()) == (1, 0, 0)
+        with pytest.raises(asyncio.CancelledError):
+            await a
+        await b
+        assert (a.cancelled(), b.done(), b.cancelling()) == (True, True, 0)
+
+    run_virtual(main())
