@@ -36,12 +36,14 @@ from __future__ import annotations
 import contextvars
 import enum
 import errno
+import functools
 from dataclasses import dataclass
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
 
 from nodes.errors import InvalidArgument, NullPointerDereference, SleepingInAtomicContext
 from nodes.mm import Mm, mm_drop_all_locks, mm_take_all_locks
-from nodes.runtime import Runtime, SpinLock, TaskSignals, call_maybe_async, current_cpu, run_atomic, wait_all
+from nodes.runtime import Runtime, SpinLock, TaskSignals, call_maybe_async, current_cpu, op_awaitable, run_atomic, wait_all
 from nodes.srcu_base import SrcuBase
 
 if TYPE_CHECKING:
@@ -283,15 +285,16 @@ def has_op(mn: MmuNotifier, op: str) -> bool:
     return getattr(type(mn), op) is not getattr(MmuNotifier, op)
 
 
-def _answered(mn: MmuNotifier, r: Any, after: Callable[[MmuNotifier], None] | None,
-              failed: Callable[[MmuNotifier, int], None] | None) -> int:
-    """What a walk does with ``mn``'s answer ``r``: a non-zero int (a modern start's -EAGAIN)
-    goes to ``failed`` and is returned; otherwise ``mn`` gets ``after``, and 0 is returned."""
+def _answered(mn: MmuNotifier, r: Any, mm: Mm, args: tuple[Any, ...], range: "MmuNotifierRange | None",
+              after: Callable[..., None] | None, failed: Callable[..., None] | None) -> int:
+    """What a walk of ``op(mm, *args)`` (in ``range``, under a modern core) does with ``mn``'s
+    answer ``r``: a non-zero int (a modern start's -EAGAIN) goes to ``failed(mn, range, r)``
+    and is returned; otherwise ``mn`` gets ``after(mn, mm, *args)``, and 0 is returned."""
     if isinstance(r, int) and r and failed is not None:
-        failed(mn, r)
+        failed(mn, range, r)
         return r
     if after is not None:
-        after(mn)
+        after(mn, mm, *args)
     return 0
 
 
@@ -505,7 +508,8 @@ class NotifierCore:
                     return await call_maybe_async(getattr(mn, op), *call)
                 finally:
                     current_range.reset(token)
-            return await call_maybe_async(getattr(mn, op), mm, *args)
+            r = getattr(mn, op)(mm, *args)  # (call_maybe_async, without its frame)
+            return await (r if type(r) is CoroutineType else op_awaitable(r))
         finally:
             oracle.callout_done(mn, mm, op)
             # an op a proxy answers itself (``local``: nodes.remote) is no round trip to time
@@ -522,13 +526,13 @@ class NotifierCore:
             return  # synchronize_rcu(): no reader that sleeps is waited for (the rcu modes' bug)
         await (srcu.synchronize_expedited() if self.expedited else srcu.synchronize())
 
-    async def _walk(self, mm: Mm, op: str, *args: Any, after: Callable[[MmuNotifier], None] | None = None,
-                    range: MmuNotifierRange | None = None,
-                    failed: Callable[[MmuNotifier, int], None] | None = None) -> int:
+    async def _walk(self, mm: Mm, op: str, *args: Any, after: Callable[..., None] | None = None,
+                    range: MmuNotifierRange | None = None, failed: Callable[..., None] | None = None) -> int:
         """Call ``op`` on every notifier of ``mm`` that has it, under the SRCU read lock. A
         callout answering a non-zero int (a modern start's -EAGAIN) is reported to ``failed``
-        and does not get ``after``; the walk goes on, and returns the last such answer, as
-        mn_hlist_invalidate_range_start() does (``ret = _ret``)."""
+        (``failed(mn, range, answer)``) and does not get ``after`` (``after(mn, mm, *args)``);
+        the walk goes on, and returns the last such answer, as mn_hlist_invalidate_range_start()
+        does (``ret = _ret``). (No closure here: its cells would be made at every walk.)"""
         nmm = mm.notifier_mm
         if nmm is None or nmm.list.next is None:  # not has_notifiers(mm) (inline: the walk's hot path)
             return 0
@@ -538,12 +542,7 @@ class NotifierCore:
         idx = srcu.read_lock(cpu)
         try:
             if self.fanout == "parallel":
-                # mmusim option, not kernel behaviour: every notifier at once, wait for all.
-                async def one(mn: MmuNotifier) -> None:
-                    nonlocal ret
-                    ret = _answered(mn, await self._call(mn, mm, op, args, range), after, failed) or ret
-
-                await wait_all([one(mn) for mn in nmm.list.walk() if has_op(mn, op)])
+                ret = await self._fan_out(nmm, mm, op, args, after, range, failed)
             else:
                 absent = getattr(MmuNotifier, op)  # has_op(mn, op) is getattr(type(mn), op) is not this
                 # Hlist.walk(), without a generator: each node's next is read only after its
@@ -554,10 +553,24 @@ class NotifierCore:
                     if getattr(type(mn), op) is not absent:
                         r = await self._call(mn, mm, op, args, range)
                         if after is not None or failed is not None:
-                            ret = _answered(mn, r, after, failed) or ret
+                            ret = _answered(mn, r, mm, args, range, after, failed) or ret
                     node = node.next
         finally:
             srcu.read_unlock(idx, cpu)
+        return ret
+
+    async def _fan_out(self, nmm: "MmuNotifierMm", mm: Mm, op: str, args: tuple[Any, ...],
+                       after: Callable[..., None] | None, range: MmuNotifierRange | None,
+                       failed: Callable[..., None] | None) -> int:
+        """``_walk``'s callouts under ``fanout: parallel``, an mmusim option, not kernel
+        behaviour: every notifier at once, wait for all; the last non-zero answer."""
+        ret = 0
+
+        async def one(mn: MmuNotifier) -> None:
+            nonlocal ret
+            ret = _answered(mn, await self._call(mn, mm, op, args, range), mm, args, range, after, failed) or ret
+
+        await wait_all([one(mn) for mn in nmm.list.walk() if has_op(mn, op)])
         return ret
 
     def _walk_atomic(self, mm: Mm, op: str, *args: Any, stop_at_first: bool = False,
@@ -648,11 +661,8 @@ class NotifierCore:
             ret = await self._itree_invalidate(mm, rng)
             if ret:
                 return ret
-        ret = await self._walk(
-            mm, "invalidate_range_start", start, end,
-            after=lambda mn: self.oracle.range_started(mn, mm, start, end),
-            range=rng, failed=None if rng is None else lambda mn, r: self._start_failed(mn, rng, r),
-        )
+        ret = await self._walk(mm, "invalidate_range_start", start, end, after=self.oracle.range_started, range=rng,
+                               failed=None if rng is None else self._start_failed)
         if ret:
             await self._unwind_failed_start(rng)
         return ret
@@ -931,7 +941,7 @@ class NotifierCore:
             t1 = self.runtime.now()
             await self._synchronize(srcu)
             return TeardownTiming(self.runtime.now() - t0, t1 - t0, self.runtime.now() - t1)
-        await self._walk(mm, "release", after=lambda mn: self.oracle.released(mn, mm, "exit"))
+        await self._walk(mm, "release", after=functools.partial(self.oracle.released, by="exit"))
         t1 = self.runtime.now()
         with nmm.lock:
             while not nmm.list.empty():

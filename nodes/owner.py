@@ -15,7 +15,7 @@ owner is where the frames, and so the ground truth, live.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 
@@ -32,11 +32,13 @@ if TYPE_CHECKING:
     from nodes.secondary.xpmem import XpmemCred, XpmemGrant
 
 
-@dataclass(frozen=True)
-class MmRef:
+class MmRef(NamedTuple):
     """How a secondary sees the mm a callout is about when the mm lives elsewhere (or when the
     secondary tears itself down): its id and name, and the owner's invalidate sequence of the
-    mm as the callout left (``Mm.invalidate_seq``, after the core's bump for this callout)."""
+    mm as the callout left (``Mm.invalidate_seq``, after the core's bump for this callout).
+
+    A named tuple, immutable as a frozen dataclass would be, but made without a
+    ``object.__setattr__`` per field: the secondary's side of every callout makes one."""
 
     id: int
     name: str

@@ -48,6 +48,7 @@ from __future__ import annotations
 import errno
 from collections import Counter
 from dataclasses import dataclass, field
+from types import CoroutineType
 from typing import Any, Awaitable, Callable, Protocol
 
 import numpy as np
@@ -60,7 +61,7 @@ from nodes.mm import Mm
 from nodes.notifier import OPS, RANGE_OPS, MmuNotifier, MmuNotifierEvent, MmuNotifierRange, TeardownTiming, has_op
 from nodes.owner import LocalOwner, MmRef, PageRef
 from nodes.partition import Partition
-from nodes.runtime import call_maybe_async
+from nodes.runtime import call_maybe_async, op_awaitable
 from nodes.secondary.xpmem import XpmemCred, XpmemGrant
 from nodes.vmops import exit_mmap
 
@@ -672,7 +673,8 @@ class SecondaryService:
         if not isinstance(invalidate_seq, int) or invalidate_seq < 0:
             raise InvalidArgument(f"callout {op} to {notifier_id!r} on partition {self.name}: invalidate_seq "
                                   f"{invalidate_seq!r} is not a sequence number (an integer >= 0)")
-        result = await call_maybe_async(getattr(mn, op), MmRef(mm_id, mm_name, invalidate_seq), *args)
+        r = getattr(mn, op)(MmRef(mm_id, mm_name, invalidate_seq), *args)  # (call_maybe_async, without its frame)
+        result = await (r if type(r) is CoroutineType else op_awaitable(r))
         if self.flush_reports is not None and (reports := self.flush_reports()) is not None:
             await reports
         return result

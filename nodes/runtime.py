@@ -108,10 +108,16 @@ def run_atomic(what: str, fn: Callable[..., Any], *args: Any) -> Any:
 
 def call_maybe_async(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
     """Call a sleepable op that may be written as a plain or an async function; await what
-    this returns (``await call_maybe_async(op, ...)``). An async op's coroutine is returned
-    as it is, so awaiting it costs no frame of this function's (the notifier walk's hot path);
-    a plain op's result comes back wrapped in an awaitable that gives it at once."""
-    result = fn(*args)
+    this returns (``await call_maybe_async(op, ...)``): ``op_awaitable(fn(*args))``."""
+    return op_awaitable(fn(*args))
+
+
+def op_awaitable(result: Any) -> Awaitable[Any]:
+    """What to await of what a sleepable op returned: an async op's coroutine (or any
+    awaitable) as it is, so awaiting it costs no frame of this function's; a plain op's result
+    wrapped in an awaitable that gives it at once. The callouts' hot paths call the op
+    themselves and come here only for what is not a coroutine
+    (``r if type(r) is CoroutineType else op_awaitable(r)``): no frame for an async op."""
     if type(result) is _CoroutineType or inspect.isawaitable(result):
         return result
     return _Done(result)
