@@ -94,6 +94,10 @@ class SimInterconnect:
         self._services: dict[tuple[str, str], Any] = {}
         # (src, dst, service, method, kind, nbytes) -> what every such call needs (``_route``)
         self._routes: dict[tuple[str, str, str, str, str, int], _Route] = {}
+        # (hops, nbytes, kind) -> its sampler, shared by every route of that distance, size and
+        # kind: it draws from the interconnect's one rng as a sampler of its own would, and a
+        # run with many partitions reads one sampler (in cache) rather than one per route
+        self._samplers: dict[tuple[int, int, str], Callable[[], float]] = {}
         self._now = runtime.clock.now  # the runtime's clock, without a frame of Runtime's per read
         # the clock's own sleep, without Runtime.sleep's frame and checks: a latency is never
         # negative (every LatencyDist is checked >= 0), and a call made in atomic context (only
@@ -161,14 +165,18 @@ class SimInterconnect:
         fn = getattr(handler, method, None)
         if fn is None:
             raise InternalError(f"service {service!r} on partition {dst} has no method {method!r}")
-        hops = self.topology.hops(src, dst)
-        back_hops = self.topology.hops(dst, src)
-        route = _Route(
-            fn, f"{service}.{method} {src}->{dst}",
-            self.latency.sampler(hops, nbytes, kind, self.rng), self.latency.sampler(back_hops, REPLY_BYTES, kind, self.rng),
-        )
+        route = _Route(fn, f"{service}.{method} {src}->{dst}", self._sampler(self.topology.hops(src, dst), nbytes, kind),
+                       self._sampler(self.topology.hops(dst, src), REPLY_BYTES, kind))
         self._routes[(src, dst, service, method, kind, nbytes)] = route
         return route
+
+    def _sampler(self, hops: int, nbytes: int, kind: str) -> Callable[[], float]:
+        """The one-way latency of ``hops`` hops for ``nbytes`` bytes of ``kind``, drawn as
+        ``LatencyModel.one_way`` draws it (see ``_samplers``)."""
+        sampler = self._samplers.get((hops, nbytes, kind))
+        if sampler is None:
+            sampler = self._samplers[(hops, nbytes, kind)] = self.latency.sampler(hops, nbytes, kind, self.rng)
+        return sampler
 
     def _lost(self) -> bool:
         """Whether a message is lost; call it only when messages can be (``loss > 0``): it draws."""
