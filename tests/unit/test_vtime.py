@@ -495,6 +495,49 @@ def test_wait_until_sweeps_dead_deadlines_so_memory_stays_flat():
     assert run_virtual(main()) <= _COMPACT_MIN * 2 + 2
 
 
+def test_sleepers_wake_in_time_then_sleep_order_through_cancellations_and_early_wakes():
+    # the sleeper heap under a churn of sleeps, cancelled sleeps and deadlines that end early:
+    # every sleep that is not cancelled ends at its time, same-time sleeps in the order they began
+    import random
+
+    from cluster.vtime import wait_until
+
+    rng = random.Random(15)
+    woke: list[tuple[float, int]] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        clock = VirtualClock()
+
+        async def sleeper(i: int, us: float) -> None:
+            await clock.sleep(us)
+            woke.append((loop.time(), i))
+
+        async def waiter(fut: asyncio.Future[None], us: float) -> None:
+            await wait_until(fut, loop.time() + us)
+
+        tasks = []
+        for i in range(2_000):
+            tasks.append((i, loop.create_task(sleeper(i, float(rng.randrange(50))))))
+            if rng.random() < 0.3:  # a deadline whose future comes first: its sleep ends early
+                fut = loop.create_future()
+                loop.create_task(waiter(fut, 1e6))
+                loop.call_later(rng.randrange(1, 40), fut.set_result, None)
+            if i % 7 == 3:
+                await clock.sleep(0)  # let them start: the sleeps begin in this order
+        await clock.sleep(0)
+        cancelled = {i for i, t in tasks if rng.random() < 0.25 and t.cancel()}
+        await asyncio.gather(*(t for _, t in tasks), return_exceptions=True)
+        assert not cancelled & {i for _, i in woke}
+        assert len(woke) == len(tasks) - len(cancelled)
+
+    run_virtual(main())
+    assert [t for t, _ in woke] == sorted(t for t, _ in woke)
+    for a, b in zip(woke, woke[1:]):
+        if a[0] == b[0]:
+            assert a[1] < b[1]  # began earlier: every sleep here began in creation order
+
+
 @pytest.mark.parametrize("scheduler", ["fifo", "random"])
 def test_start_task_runs_its_first_step_at_once_under_fifo_only_as_its_own_task(scheduler):
     async def main() -> list[Any]:
