@@ -209,9 +209,7 @@ class SimInterconnect:
         await sleep(route.go())
         if dst in down:
             await self._give_up(t_deadline, f"{route.what}: {dst} is down, deadline of {self.deadline_us:.0f} us exceeded", kind)
-        loop = runtime.loop  # the clock's (a VirtualClock made in its loop names it), or the running one
-        if loop is None:
-            loop = runtime.running_loop()
+        loop = runtime.loop or runtime.running_loop()  # the clock's, when it names one (no frame for that)
         if self.stalls and (stall := self.stalls.get(dst)) is not None and stall[0] <= now() < stall[1]:
             task = loop.start_task(self._held(stall[1], route.what, route.fn, args), name=route.task_name)
         else:

@@ -288,7 +288,8 @@ cdef void _trace_code(array.array codes, unsigned long long code)
 cdef void _trace_run(array.array codes, _Run run, Trace trace)
 cpdef void _run_fifo(loop, _Core core, Trace trace, list sched)
 cdef _Run _setup_task(task, loop, coro, context, str name)
-cdef _new_task(loop, coro, str name)
+cdef _new_task(loop, coro, str name, context)
+cdef void _schedule_task(loop, task)
 
 cdef class _FutureMaker:
     cdef dict kwargs

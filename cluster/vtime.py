@@ -563,10 +563,9 @@ class SimTask(SimFuture):
     def __init__(self, coro: Coroutine[Any, Any, Any], *, loop: "VirtualTimeLoop", name: str | None = None,
                  context: contextvars.Context | None = None, eager: bool = False):
         _future_base_init(self, loop=loop)  # (SimFuture has no __init__ of its own: the C Future's, without a super())
-        run = _setup_task(self, loop, coro, context if context is not None else contextvars.copy_context(), name)
+        _setup_task(self, loop, coro, context if context is not None else contextvars.copy_context(), name)
         if not eager:  # an eager task's first step is run by ``VirtualTimeLoop.start_task``
-            loop.call_soon(self._step, context=run.context)
-            _register_task(self)
+            _schedule_task(loop, self)
 
     @property
     def _name(self) -> str:
@@ -736,15 +735,24 @@ def _setup_task(task: SimTask, loop: "VirtualTimeLoop", coro: Coroutine[Any, Any
     return run
 
 
-def _new_task(loop: "VirtualTimeLoop", coro: Coroutine[Any, Any, Any], name: str | None) -> SimTask:
-    """``SimTask(coro, loop=loop, name=name, eager=True)``: a task of the loop, neither
-    scheduled nor registered. The compiled build makes it in C, as ``_FutureMaker`` makes a
-    Future (the C Future's ``__init__`` with the loop's keyword dict), then ``_setup_task``."""
+def _new_task(loop: "VirtualTimeLoop", coro: Coroutine[Any, Any, Any], name: str | None,
+              context: contextvars.Context | None) -> SimTask:
+    """``SimTask(coro, loop=loop, name=name, context=context, eager=True)``: a task of the
+    loop, neither scheduled nor registered. The compiled build makes it in C, as
+    ``_FutureMaker`` makes a Future (the C Future's ``__init__`` with the loop's keyword dict),
+    then ``_setup_task``."""
     if cython.compiled:
         task = _new_future(SimTask, loop._core.future_kwargs)
-        _setup_task(task, loop, coro, contextvars.copy_context(), name)
+        _setup_task(task, loop, coro, context if context is not None else contextvars.copy_context(), name)
         return task
-    return SimTask(coro, loop=loop, name=name, eager=True)
+    return SimTask(coro, loop=loop, name=name, context=context, eager=True)
+
+
+def _schedule_task(loop: "VirtualTimeLoop", task: SimTask) -> None:
+    """What ``Task.__init__`` does last: the new task's first step queued, and the task listed
+    by ``asyncio.all_tasks()``."""
+    loop.call_soon(task._step, context=task._run.context)
+    _register_task(task)
 
 
 class _FutureMaker:
@@ -877,11 +885,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
                     context: contextvars.Context | None = None) -> SimTask:
         """Every coroutine this loop runs runs in a ``SimTask``."""
         self._check_closed()  # type: ignore[attr-defined]
-        if context is not None or not cython.compiled:
-            return SimTask(coro, loop=self, name=name, context=context)
-        task = _new_task(self, coro, name)  # (SimTask.__init__, in C)
-        self.call_soon(task._step, context=task._run.context)
-        _register_task(task)
+        task = _new_task(self, coro, name, context)
+        _schedule_task(self, task)
         return task
 
     def start_task(self, coro: Coroutine[Any, Any, T], *, name: str) -> SimTask:
@@ -894,7 +899,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         it). The interconnect starts a request's handler this way."""
         if self.policy is not None:
             return SimTask(coro, loop=self, name=name)
-        task = _new_task(self, coro, name)
+        task = _new_task(self, coro, name, None)
         run: _Run = task._run
         trace: Trace = self.trace
         if trace.level != "off":
